@@ -1,0 +1,67 @@
+//! The admin listener: `/healthz` (the process runs), `/readyz` (its dependencies answer) and
+//! `/metrics` (Prometheus text format), on its own port, away from the public API.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// A readiness check: `Err(reason)` makes `/readyz` answer 503 with the reason.
+pub type ReadinessCheck =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+#[derive(Clone)]
+struct AdminState {
+    metrics: PrometheusHandle,
+    ready: ReadinessCheck,
+}
+
+pub fn router(metrics: PrometheusHandle, ready: ReadinessCheck) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(|State(state): State<AdminState>| async move { state.metrics.render() }))
+        .with_state(AdminState { metrics, ready })
+}
+
+async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    match (state.ready)().await {
+        Ok(()) => (StatusCode::OK, "ready".to_owned()),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
+    }
+}
+
+/// Binds the admin listener and serves it until `shutdown` is cancelled. Returns the bound
+/// address (useful with port 0) and the serving task.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: PrometheusHandle,
+    ready: ReadinessCheck,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the admin listener on {addr}"))?;
+    let bound = listener.local_addr()?;
+    tracing::info!(addr = %bound, "admin listener (/healthz, /readyz, /metrics)");
+    let app = router(metrics, ready);
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(err) = served {
+            tracing::error!(%err, "admin listener failed");
+        }
+    });
+    Ok((bound, task))
+}

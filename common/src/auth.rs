@@ -1,0 +1,322 @@
+//! JWT bearer authentication and scopes.
+//!
+//! Tokens carry the tenant in `ten`, the scopes in `scope` (a list, or one space-separated
+//! string), and the user in `user_name` or `sub`. Keys come from configuration: an HS256 shared
+//! secret for local use, RSA/EC public keys from PEM files or a JWKS document for real
+//! deployments. `exp` is required; `nbf`, `iss` and `aud` are checked when present/configured.
+
+use std::fs;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use axum::http::{header, HeaderMap};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::config::AuthArgs;
+use crate::error::ApiError;
+
+/// Scopes of the API (DESIGN.md §3). `uts.su` grants all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    UsagesWrite,
+    UsagesRead,
+    AggregatesRead,
+    Admin,
+}
+
+impl Scope {
+    pub const SUPER_USER: &'static str = "uts.su";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::UsagesWrite => "uts.usages.write",
+            Scope::UsagesRead => "uts.usages.read",
+            Scope::AggregatesRead => "uts.aggregates.read",
+            Scope::Admin => "uts.admin",
+        }
+    }
+}
+
+/// The authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub tenant: String,
+    /// `user_name`, else `sub`; empty when the token has neither.
+    pub user: String,
+    pub scopes: Vec<String>,
+}
+
+impl Principal {
+    pub fn has_scope(&self, scope: Scope) -> bool {
+        self.scopes.iter().any(|s| s == scope.as_str() || s == Scope::SUPER_USER)
+    }
+
+    /// 403 unless the token carries `scope` (or `uts.su`).
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+        if self.has_scope(scope) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "the token lacks the scope {} required by this operation",
+                scope.as_str()
+            )))
+        }
+    }
+}
+
+/// The claims this service reads and writes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ten: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<ScopeClaim>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+}
+
+/// `scope` as a JSON list (MindSphere style) or an OAuth2 space-separated string.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ScopeClaim {
+    List(Vec<String>),
+    Text(String),
+}
+
+impl ScopeClaim {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            ScopeClaim::List(list) => list,
+            ScopeClaim::Text(text) => text.split_whitespace().map(str::to_owned).collect(),
+        }
+    }
+}
+
+struct VerificationKey {
+    kid: Option<String>,
+    key: DecodingKey,
+    algorithms: Vec<Algorithm>,
+}
+
+/// Verifies bearer tokens against the configured keys.
+pub struct Authenticator {
+    keys: Vec<VerificationKey>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    leeway: u64,
+}
+
+const HMAC: &[Algorithm] = &[Algorithm::HS256];
+const RSA: &[Algorithm] = &[Algorithm::RS256, Algorithm::RS384, Algorithm::RS512];
+const EC: &[Algorithm] = &[Algorithm::ES256, Algorithm::ES384];
+
+impl Authenticator {
+    pub fn from_args(args: &AuthArgs) -> anyhow::Result<Self> {
+        let mut keys = Vec::new();
+        if let Some(secret) = &args.hs256_secret {
+            if secret.len() < 16 {
+                bail!("the HS256 secret must be at least 16 bytes long");
+            }
+            keys.push(VerificationKey {
+                kid: None,
+                key: DecodingKey::from_secret(secret.as_bytes()),
+                algorithms: HMAC.to_vec(),
+            });
+        }
+        for path in &args.public_key_files {
+            let pem = fs::read(path)
+                .with_context(|| format!("reading public key file {}", path.display()))?;
+            let key = if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
+                VerificationKey { kid: None, key, algorithms: RSA.to_vec() }
+            } else if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
+                VerificationKey { kid: None, key, algorithms: EC.to_vec() }
+            } else {
+                bail!("{} holds neither an RSA nor an EC public key in PEM", path.display());
+            };
+            keys.push(key);
+        }
+        if let Some(path) = &args.jwks_file {
+            let text = fs::read_to_string(path)
+                .with_context(|| format!("reading JWKS file {}", path.display()))?;
+            let set: JwkSet = serde_json::from_str(&text)
+                .with_context(|| format!("parsing JWKS file {}", path.display()))?;
+            for jwk in &set.keys {
+                let algorithms = match &jwk.algorithm {
+                    AlgorithmParameters::RSA(_) => RSA.to_vec(),
+                    AlgorithmParameters::EllipticCurve(_) => EC.to_vec(),
+                    _ => continue,
+                };
+                let key = DecodingKey::from_jwk(jwk)
+                    .with_context(|| format!("loading a key of JWKS file {}", path.display()))?;
+                keys.push(VerificationKey { kid: jwk.common.key_id.clone(), key, algorithms });
+            }
+        }
+        if keys.is_empty() {
+            bail!(
+                "no token verification key configured: set UTS_JWT_HS256_SECRET, \
+                 UTS_JWT_PUBLIC_KEY_FILES or UTS_JWT_JWKS_FILE"
+            );
+        }
+        Ok(Self {
+            keys,
+            issuer: args.issuer.clone(),
+            audience: args.audience.clone(),
+            leeway: args.leeway_seconds,
+        })
+    }
+
+    /// Authenticates the `Authorization: Bearer` header: 401 when it is missing, malformed,
+    /// forged, expired or lacks the tenant claim.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
+        let value = headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::unauthorized("missing Authorization header with a Bearer token"))?;
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ApiError::unauthorized("the Authorization header must be 'Bearer <token>'"))?;
+        self.verify(token)
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Principal, ApiError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| ApiError::unauthorized("the bearer token is not a well-formed JWT"))?;
+        let mut last_error = None;
+        for key in self.keys.iter().filter(|k| k.algorithms.contains(&header.alg)) {
+            if let (Some(wanted), Some(have)) = (&header.kid, &key.kid) {
+                if wanted != have {
+                    continue;
+                }
+            }
+            let mut validation = Validation::new(header.alg);
+            validation.leeway = self.leeway;
+            validation.validate_nbf = true;
+            validation.set_required_spec_claims(&["exp"]);
+            match &self.audience {
+                Some(aud) => validation.set_audience(&[aud]),
+                None => validation.validate_aud = false,
+            }
+            if let Some(iss) = &self.issuer {
+                validation.set_issuer(&[iss]);
+            }
+            match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
+                Ok(data) => return principal_of(data.claims),
+                Err(err) => last_error = Some(err),
+            }
+        }
+        let reason = match last_error.as_ref().map(|e| e.kind()) {
+            Some(ErrorKind::ExpiredSignature) => "the bearer token has expired",
+            Some(ErrorKind::ImmatureSignature) => "the bearer token is not valid yet",
+            Some(ErrorKind::InvalidIssuer) => "the bearer token has the wrong issuer",
+            Some(ErrorKind::InvalidAudience) => "the bearer token has the wrong audience",
+            Some(ErrorKind::MissingRequiredClaim(_)) => "the bearer token lacks the exp claim",
+            Some(ErrorKind::InvalidSignature) => "the bearer token's signature is invalid",
+            None => "the bearer token is signed with an algorithm or key this service does not accept",
+            Some(_) => "the bearer token is invalid",
+        };
+        Err(ApiError::unauthorized(reason))
+    }
+}
+
+fn principal_of(claims: Claims) -> Result<Principal, ApiError> {
+    let tenant = claims
+        .ten
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::unauthorized("the bearer token lacks the tenant claim ten"))?;
+    Ok(Principal {
+        tenant,
+        user: claims.user_name.or(claims.sub).unwrap_or_default(),
+        scopes: claims.scope.map(ScopeClaim::into_vec).unwrap_or_default(),
+    })
+}
+
+/// Mints an HS256 token (local runs, tests, the quick start). `ttl_seconds` may be negative to
+/// make an already expired token.
+pub fn mint_hs256(
+    secret: &str,
+    tenant: &str,
+    user: &str,
+    scopes: &[&str],
+    ttl_seconds: i64,
+) -> anyhow::Result<String> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let exp = now.checked_add_signed(ttl_seconds).context("token lifetime out of range")?;
+    let claims = Claims {
+        ten: Some(tenant.to_owned()),
+        scope: Some(ScopeClaim::List(scopes.iter().map(|s| (*s).to_owned()).collect())),
+        user_name: (!user.is_empty()).then(|| user.to_owned()),
+        sub: (!user.is_empty()).then(|| user.to_owned()),
+        exp,
+        iat: Some(now),
+        iss: Some("uts-local".to_owned()),
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .context("signing the token")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "a-local-test-secret-of-32-bytes!";
+
+    fn authenticator() -> Authenticator {
+        Authenticator::from_args(&AuthArgs {
+            hs256_secret: Some(SECRET.to_owned()),
+            leeway_seconds: 0,
+            ..AuthArgs::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_minted_token_verifies() {
+        let token = mint_hs256(SECRET, "acme", "jo@acme", &["uts.usages.write"], 60).unwrap();
+        let principal = authenticator().verify(&token).unwrap();
+        assert_eq!(principal.tenant, "acme");
+        assert_eq!(principal.user, "jo@acme");
+        assert!(principal.has_scope(Scope::UsagesWrite));
+        assert!(!principal.has_scope(Scope::UsagesRead));
+        assert!(principal.require(Scope::Admin).is_err());
+    }
+
+    #[test]
+    fn super_user_scope_grants_everything() {
+        let token = mint_hs256(SECRET, "acme", "", &["uts.su"], 60).unwrap();
+        let principal = authenticator().verify(&token).unwrap();
+        assert!(principal.has_scope(Scope::Admin) && principal.has_scope(Scope::AggregatesRead));
+    }
+
+    #[test]
+    fn expired_forged_and_garbage_tokens_are_refused() {
+        let auth = authenticator();
+        let expired = mint_hs256(SECRET, "acme", "", &["uts.su"], -120).unwrap();
+        assert_eq!(auth.verify(&expired).unwrap_err().message, "the bearer token has expired");
+        let forged = mint_hs256("another-secret-of-enough-length", "acme", "", &["uts.su"], 60).unwrap();
+        assert_eq!(auth.verify(&forged).unwrap_err().message, "the bearer token's signature is invalid");
+        assert_eq!(auth.verify("not.a.jwt").unwrap_err().code, "unauthorized");
+    }
+
+    #[test]
+    fn space_separated_scopes_are_understood() {
+        let claims = ScopeClaim::Text("uts.usages.read uts.admin".into()).into_vec();
+        assert_eq!(claims, vec!["uts.usages.read", "uts.admin"]);
+    }
+}

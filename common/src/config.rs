@@ -1,0 +1,140 @@
+//! Configuration groups shared by the binaries, `#[command(flatten)]`ed into each binary's own
+//! clap config. Every flag also reads an environment variable; secrets hide their values from
+//! `--help`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How to reach Kafka and how the topics are named.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers, comma-separated host:port.
+    #[arg(long = "kafka-brokers", env = "UTS_KAFKA_BROKERS", default_value = "127.0.0.1:19092")]
+    pub brokers: String,
+
+    /// Extra librdkafka properties as key=value, comma-separated (e.g. security.protocol=ssl).
+    #[arg(long = "kafka-property", env = "UTS_KAFKA_PROPERTIES", value_delimiter = ',')]
+    pub properties: Vec<String>,
+
+    /// Prefix of every topic name: `<prefix>.usage-jobs`, `<prefix>.status`, ...
+    #[arg(long = "topic-prefix", env = "UTS_TOPIC_PREFIX", default_value = "uts")]
+    pub topic_prefix: String,
+
+    /// Partitions of each topic when it is created; bounds the parallelism of every stage.
+    #[arg(long = "topic-partitions", env = "UTS_TOPIC_PARTITIONS", default_value_t = 6)]
+    pub partitions: i32,
+
+    /// Replication factor of each topic when it is created.
+    #[arg(long = "topic-replication", env = "UTS_TOPIC_REPLICATION", default_value_t = 1)]
+    pub replication: i32,
+
+    /// How long a produce may wait for the brokers' acknowledgement before it fails, in
+    /// milliseconds. Bounds how long a POST waits when Kafka is unreachable.
+    #[arg(long = "kafka-produce-timeout-ms", env = "UTS_KAFKA_PRODUCE_TIMEOUT_MS", default_value_t = 5000)]
+    pub produce_timeout_ms: u64,
+}
+
+impl KafkaArgs {
+    pub fn topics(&self) -> Topics {
+        Topics::with_prefix(&self.topic_prefix)
+    }
+
+    pub fn produce_timeout(&self) -> Duration {
+        Duration::from_millis(self.produce_timeout_ms)
+    }
+}
+
+/// The names of the five topics of DESIGN.md §5.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    pub usage_jobs: String,
+    pub usages_verified: String,
+    pub aggregates: String,
+    pub status: String,
+    pub dead_letter: String,
+}
+
+impl Topics {
+    pub fn with_prefix(prefix: &str) -> Self {
+        Self {
+            usage_jobs: format!("{prefix}.usage-jobs"),
+            usages_verified: format!("{prefix}.usages.verified"),
+            aggregates: format!("{prefix}.aggregates"),
+            status: format!("{prefix}.status"),
+            dead_letter: format!("{prefix}.dead-letter"),
+        }
+    }
+
+    pub fn all(&self) -> [&str; 5] {
+        [
+            &self.usage_jobs,
+            &self.usages_verified,
+            &self.aggregates,
+            &self.status,
+            &self.dead_letter,
+        ]
+    }
+}
+
+/// How to reach PostgreSQL.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL connection URL.
+    #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
+    pub url: String,
+
+    /// Maximum connections in this process's pool.
+    #[arg(long = "database-max-connections", env = "UTS_DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    pub max_connections: u32,
+}
+
+/// The admin listener (`/healthz`, `/readyz`, `/metrics`), kept off the public port.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminArgs {
+    /// Address of the admin listener; port 0 picks a free port (logged at start-up).
+    #[arg(long = "admin-addr", env = "UTS_ADMIN_ADDR", default_value = "127.0.0.1:0")]
+    pub addr: SocketAddr,
+}
+
+/// Logging.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TelemetryArgs {
+    /// Log format: `text` for people, `json` for log collectors. The filter comes from RUST_LOG.
+    #[arg(long = "log-format", env = "UTS_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Keys that verify bearer tokens. At least one source must be given.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AuthArgs {
+    /// Shared HS256 secret (local runs and tests).
+    #[arg(long = "jwt-hs256-secret", env = "UTS_JWT_HS256_SECRET", hide_env_values = true)]
+    pub hs256_secret: Option<String>,
+
+    /// PEM files with RSA or EC public keys (RS256/RS384/RS512, ES256/ES384), comma-separated.
+    #[arg(long = "jwt-public-key-file", env = "UTS_JWT_PUBLIC_KEY_FILES", value_delimiter = ',')]
+    pub public_key_files: Vec<PathBuf>,
+
+    /// A JWKS document (JSON Web Key Set) with the issuer's public keys.
+    #[arg(long = "jwt-jwks-file", env = "UTS_JWT_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+
+    /// Required `iss` claim, when set.
+    #[arg(long = "jwt-issuer", env = "UTS_JWT_ISSUER")]
+    pub issuer: Option<String>,
+
+    /// Required `aud` claim, when set.
+    #[arg(long = "jwt-audience", env = "UTS_JWT_AUDIENCE")]
+    pub audience: Option<String>,
+
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    #[arg(long = "jwt-leeway-seconds", env = "UTS_JWT_LEEWAY_SECONDS", default_value_t = 30)]
+    pub leeway_seconds: u64,
+}

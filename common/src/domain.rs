@@ -1,0 +1,310 @@
+//! Domain types shared by every stage: ids, enums of the API, exact decimals and datetimes.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
+use rust_decimal::Decimal;
+
+use crate::proto::v1;
+
+/// At most this many usages in one POST (DESIGN.md §3).
+pub const MAX_USAGES_PER_REQUEST: usize = 200;
+
+/// Longest accepted identifier-like string (tenant, user, application, unit, ...).
+pub const MAX_NAME_LEN: usize = 256;
+
+/// Identifier of a job: a UUID v7 (time-ordered), rendered as its hyphenated text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(String);
+
+impl JobId {
+    pub fn new() -> Self {
+        Self(uuid::Uuid::now_v7().to_string())
+    }
+
+    /// Accepts any non-empty id of printable ASCII up to 128 characters; ids are opaque to
+    /// clients, and unknown ids are answered with 404 rather than 400.
+    pub fn parse(text: &str) -> Option<Self> {
+        let ok = !text.is_empty()
+            && text.len() <= 128
+            && text.bytes().all(|b| b.is_ascii_graphic());
+        ok.then(|| Self(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for JobId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `userType` of the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UserType {
+    Tenant,
+    User,
+    Agent,
+}
+
+impl UserType {
+    pub const ALL: [UserType; 3] = [UserType::Tenant, UserType::User, UserType::Agent];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserType::Tenant => "tenant",
+            UserType::User => "user",
+            UserType::Agent => "agent",
+        }
+    }
+
+    pub fn to_proto(self) -> v1::UserType {
+        match self {
+            UserType::Tenant => v1::UserType::Tenant,
+            UserType::User => v1::UserType::User,
+            UserType::Agent => v1::UserType::Agent,
+        }
+    }
+
+    pub fn from_proto(value: v1::UserType) -> Option<Self> {
+        match value {
+            v1::UserType::Tenant => Some(UserType::Tenant),
+            v1::UserType::User => Some(UserType::User),
+            v1::UserType::Agent => Some(UserType::Agent),
+            v1::UserType::Unspecified => None,
+        }
+    }
+}
+
+impl FromStr for UserType {
+    type Err = ();
+    fn from_str(text: &str) -> Result<Self, ()> {
+        UserType::ALL.into_iter().find(|t| t.as_str() == text).ok_or(())
+    }
+}
+
+/// Processing status of a usage (DESIGN.md §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum UsageStatus {
+    Accepted,
+    Verified,
+    NoVerification,
+    VerificationFailed,
+    Aggregated,
+    SentForBilling,
+    FailedToSendForBilling,
+    ReceivedForBilling,
+}
+
+impl UsageStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageStatus::Accepted => "ACCEPTED",
+            UsageStatus::Verified => "VERIFIED",
+            UsageStatus::NoVerification => "NOVERIFICATION",
+            UsageStatus::VerificationFailed => "VERIFICATIONFAILED",
+            UsageStatus::Aggregated => "AGGREGATED",
+            UsageStatus::SentForBilling => "SENTFORBILLING",
+            UsageStatus::FailedToSendForBilling => "FAILEDTOSENDFORBILLING",
+            UsageStatus::ReceivedForBilling => "RECEIVEDFORBILLING",
+        }
+    }
+
+    pub fn to_proto(self) -> v1::UsageStatus {
+        match self {
+            UsageStatus::Accepted => v1::UsageStatus::Accepted,
+            UsageStatus::Verified => v1::UsageStatus::Verified,
+            UsageStatus::NoVerification => v1::UsageStatus::Noverification,
+            UsageStatus::VerificationFailed => v1::UsageStatus::Verificationfailed,
+            UsageStatus::Aggregated => v1::UsageStatus::Aggregated,
+            UsageStatus::SentForBilling => v1::UsageStatus::Sentforbilling,
+            UsageStatus::FailedToSendForBilling => v1::UsageStatus::Failedtosendforbilling,
+            UsageStatus::ReceivedForBilling => v1::UsageStatus::Receivedforbilling,
+        }
+    }
+}
+
+/// Status of a job, derived from its usages' statuses (DESIGN.md §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobStatus {
+    Accepted,
+    InProgress,
+    Errors,
+    Completed,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Accepted => "ACCEPTED",
+            JobStatus::InProgress => "INPROGRESS",
+            JobStatus::Errors => "ERRORS",
+            JobStatus::Completed => "COMPLETED",
+        }
+    }
+}
+
+/// Kind of tenant (DESIGN.md §3): only developer and operator tenants may submit usages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TenantType {
+    Developer,
+    Operator,
+    Iot,
+    Customer,
+}
+
+impl TenantType {
+    pub const ALL: [TenantType; 4] = [
+        TenantType::Developer,
+        TenantType::Operator,
+        TenantType::Iot,
+        TenantType::Customer,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TenantType::Developer => "developer",
+            TenantType::Operator => "operator",
+            TenantType::Iot => "iot",
+            TenantType::Customer => "customer",
+        }
+    }
+
+    pub fn may_submit_usages(self) -> bool {
+        matches!(self, TenantType::Developer | TenantType::Operator)
+    }
+}
+
+impl FromStr for TenantType {
+    type Err = ();
+    fn from_str(text: &str) -> Result<Self, ()> {
+        TenantType::ALL.into_iter().find(|t| t.as_str() == text).ok_or(())
+    }
+}
+
+/// Why a text is not an accepted datetime.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("must be an RFC 3339 date-time with a time zone, e.g. 2011-07-14T19:43:37Z")]
+pub struct InvalidDateTime;
+
+/// Parses an RFC 3339 date-time (`2011-07-14T19:43:37Z`, `…+01:00`, fractions of a second) and
+/// normalises it to UTC. Also accepts the ISO 8601 basic offset `+0100` that clients of the
+/// original `/usages` endpoint send (`2020-07-30T23:55:37+0100`). A time zone is required.
+pub fn parse_datetime(text: &str) -> Result<DateTime<Utc>, InvalidDateTime> {
+    if let Ok(dt) = DateTime::parse_from_rfc3339(text) {
+        return Ok(dt.with_timezone(&Utc));
+    }
+    // `%z` accepts `+0100`; `%.f` accepts an optional fraction.
+    DateTime::<FixedOffset>::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f%z")
+        .map(|dt| dt.with_timezone(&Utc))
+        .map_err(|_| InvalidDateTime)
+}
+
+/// Renders a datetime as the API does: RFC 3339, UTC, millisecond precision.
+pub fn format_datetime(dt: DateTime<Utc>) -> String {
+    dt.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+pub fn to_timestamp(dt: DateTime<Utc>) -> prost_types_timestamp::Timestamp {
+    prost_types_timestamp::Timestamp {
+        seconds: dt.timestamp(),
+        nanos: dt.timestamp_subsec_nanos() as i32,
+    }
+}
+
+pub fn from_timestamp(ts: &prost_types_timestamp::Timestamp) -> Option<DateTime<Utc>> {
+    let nanos = u32::try_from(ts.nanos).ok()?;
+    DateTime::from_timestamp(ts.seconds, nanos)
+}
+
+mod prost_types_timestamp {
+    pub use crate::proto::Timestamp;
+}
+
+/// Why a JSON number is not an accepted usage value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidDecimal {
+    #[error("must be a decimal number")]
+    NotANumber,
+    #[error("is out of range: at most 28 significant digits and a magnitude below 7.9e28")]
+    OutOfRange,
+}
+
+/// Parses the exact text of a JSON number (`20`, `0.125`, `-3`, `1.5e3`) into an exact decimal;
+/// never goes through binary floating point.
+pub fn parse_decimal(text: &str) -> Result<Decimal, InvalidDecimal> {
+    if text.contains(['e', 'E']) {
+        return Decimal::from_scientific(text).map_err(|_| classify(text));
+    }
+    Decimal::from_str_exact(text).map_err(|_| classify(text))
+}
+
+fn classify(text: &str) -> InvalidDecimal {
+    let looks_numeric = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'));
+    if looks_numeric {
+        InvalidDecimal::OutOfRange
+    } else {
+        InvalidDecimal::NotANumber
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn datetimes_are_rfc3339_normalised_to_utc() {
+        let dt = parse_datetime("2011-07-14T19:43:37Z").unwrap();
+        assert_eq!(format_datetime(dt), "2011-07-14T19:43:37.000Z");
+        let dt = parse_datetime("2020-07-30T23:55:37.25+01:00").unwrap();
+        assert_eq!(format_datetime(dt), "2020-07-30T22:55:37.250Z");
+        let dt = parse_datetime("2020-07-30T23:55:37+0100").unwrap();
+        assert_eq!(format_datetime(dt), "2020-07-30T22:55:37.000Z");
+        for bad in ["2011-07-14", "2011-07-14T19:43:37", "14.07.2011 19:43", "", "2011-13-14T19:43:37Z"] {
+            assert_eq!(parse_datetime(bad), Err(InvalidDateTime), "{bad}");
+        }
+    }
+
+    #[test]
+    fn timestamps_round_trip() {
+        let dt = parse_datetime("2024-02-29T23:59:59.123456789Z").unwrap();
+        assert_eq!(from_timestamp(&to_timestamp(dt)), Some(dt));
+    }
+
+    #[test]
+    fn decimals_are_exact() {
+        assert_eq!(parse_decimal("0.1").unwrap().to_string(), "0.1");
+        assert_eq!(parse_decimal("20").unwrap().to_string(), "20");
+        assert_eq!(parse_decimal("1.5e3").unwrap().to_string(), "1500");
+        assert_eq!(parse_decimal("-2.50").unwrap().to_string(), "-2.50");
+        assert_eq!(
+            parse_decimal("12345678901234567890.12345678").unwrap().to_string(),
+            "12345678901234567890.12345678"
+        );
+        assert_eq!(parse_decimal("1e400"), Err(InvalidDecimal::OutOfRange));
+        assert_eq!(parse_decimal("99999999999999999999999999999999"), Err(InvalidDecimal::OutOfRange));
+        assert_eq!(parse_decimal("abc"), Err(InvalidDecimal::NotANumber));
+    }
+
+    #[test]
+    fn enums_parse_their_api_spelling() {
+        assert_eq!("agent".parse::<UserType>(), Ok(UserType::Agent));
+        assert!("Agent".parse::<UserType>().is_err());
+        assert_eq!("iot".parse::<TenantType>(), Ok(TenantType::Iot));
+        assert!(TenantType::Operator.may_submit_usages());
+        assert!(!TenantType::Customer.may_submit_usages());
+    }
+}

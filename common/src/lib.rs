@@ -1,0 +1,24 @@
+//! What every Usage Transparency Service process shares: configuration groups ([`config`]),
+//! telemetry ([`telemetry`]), graceful shutdown ([`shutdown`]), Kafka helpers ([`kafka`]), the
+//! PostgreSQL pool and the one migrations directory ([`db`]), domain types ([`domain`]), the
+//! `mdsp.core.generic.*` error model ([`error`]), JWT authentication ([`auth`]), the tenant
+//! directory ([`tenants`]) and the admin listener with `/healthz`, `/readyz`, `/metrics`
+//! ([`admin`]).
+//!
+//! Stages never depend on each other; they meet only here and in the `uts-proto` contracts.
+
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod error;
+pub mod kafka;
+pub mod shutdown;
+pub mod telemetry;
+pub mod tenants;
+
+pub use uts_proto as proto;
+
+/// Base path of the public HTTP API.
+pub const API_BASE: &str = "/api/usagetransparency/v3";

@@ -1,0 +1,384 @@
+//! Validation of the two POST bodies into the `uts.v1` job contents.
+//!
+//! The body is parsed into a JSON tree with exact number texts (serde_json's
+//! `arbitrary_precision`), then walked by hand so that every error names the exact property
+//! (`users[0].resources[1].usages[3].datetime`) and every value stays an exact decimal.
+
+use serde_json::{Map, Value};
+use uts_common::domain::{
+    parse_datetime, parse_decimal, to_timestamp, UserType, MAX_NAME_LEN, MAX_USAGES_PER_REQUEST,
+};
+use uts_common::error::ApiError;
+use uts_common::proto::v1;
+
+/// The usages of one request, ready to become a job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub users: Vec<v1::UserUsages>,
+    pub usages_count: u32,
+}
+
+/// Parses the body of `POST /usagesJobs`:
+/// `{users:[{tenantId, userId?, userType?, resources:[{application, alias?, resource, usages:[{value, unit, datetime}]}]}]}`.
+pub fn parse_usages_jobs(body: &[u8]) -> Result<Batch, ApiError> {
+    let root = parse_json(body)?;
+    let root = as_object(&root, "")?;
+    let users = required_array(root, "users", "")?;
+    check_count(users.iter().map(|user| {
+        nested_len(user, "resources", |resource| nested_len(resource, "usages", |_| 1))
+    }))?;
+
+    let mut next_index = 0u32;
+    let mut out = Vec::with_capacity(users.len());
+    for (i, user) in users.iter().enumerate() {
+        let path = format!("users[{i}]");
+        let user = as_object(user, &path)?;
+        let tenant_id = required_name(user, "tenantId", &path)?;
+        let user_id = optional_name(user, "userId", &path)?;
+        let user_type = match optional_name(user, "userType", &path)? {
+            Some(text) => text.parse::<UserType>().map_err(|()| {
+                ApiError::invalid_body_property(
+                    &format!("{path}.userType"),
+                    "must be one of tenant, user, agent",
+                )
+            })?,
+            // The original: without userId the usage belongs to the whole tenant.
+            None if user_id.is_none() => UserType::Tenant,
+            None => UserType::User,
+        };
+        let resources = required_array(user, "resources", &path)?;
+        let mut out_resources = Vec::with_capacity(resources.len());
+        for (j, resource) in resources.iter().enumerate() {
+            let path = format!("{path}.resources[{j}]");
+            let resource = as_object(resource, &path)?;
+            let application = required_name(resource, "application", &path)?;
+            let alias = optional_name(resource, "alias", &path)?.unwrap_or(application);
+            let resource_name = required_name(resource, "resource", &path)?;
+            let usages = required_array(resource, "usages", &path)?;
+            let mut out_usages = Vec::with_capacity(usages.len());
+            for (k, usage) in usages.iter().enumerate() {
+                let path = format!("{path}.usages[{k}]");
+                out_usages.push(parse_usage(usage, &path, ["value", "unit", "datetime"], next_index)?);
+                next_index += 1;
+            }
+            out_resources.push(v1::ResourceUsages {
+                application: application.to_owned(),
+                alias: alias.to_owned(),
+                resource: resource_name.to_owned(),
+                usages: out_usages,
+            });
+        }
+        out.push(v1::UserUsages {
+            tenant_id: tenant_id.to_owned(),
+            user_id: user_id.unwrap_or(tenant_id).to_owned(),
+            user_type: user_type.to_proto() as i32,
+            resources: out_resources,
+        });
+    }
+    Ok(Batch { users: out, usages_count: next_index })
+}
+
+/// Parses the body of the older `POST /usages`:
+/// `{CustomerTenantID, CustomerUserID, UTSUsageData:[{resourceName?, resourceAlias?, UsageData:[{usage, usageUnit, usageDate}]}]}`.
+///
+/// `resourceAlias` names the application; it is required here because a usage without an
+/// application cannot be verified, aggregated or billed. `resourceName` is the resource and
+/// defaults to the application.
+pub fn parse_legacy_usages(body: &[u8]) -> Result<Batch, ApiError> {
+    let root = parse_json(body)?;
+    let root = as_object(&root, "")?;
+    let tenant_id = required_name(root, "CustomerTenantID", "")?;
+    let user_id = required_name(root, "CustomerUserID", "")?;
+    let data = required_array(root, "UTSUsageData", "")?;
+    check_count(data.iter().map(|entry| nested_len(entry, "UsageData", |_| 1)))?;
+
+    let mut next_index = 0u32;
+    let mut resources = Vec::with_capacity(data.len());
+    for (j, entry) in data.iter().enumerate() {
+        let path = format!("UTSUsageData[{j}]");
+        let entry = as_object(entry, &path)?;
+        let application = required_name(entry, "resourceAlias", &path)?;
+        let resource = optional_name(entry, "resourceName", &path)?.unwrap_or(application);
+        let usages = required_array(entry, "UsageData", &path)?;
+        let mut out_usages = Vec::with_capacity(usages.len());
+        for (k, usage) in usages.iter().enumerate() {
+            let path = format!("{path}.UsageData[{k}]");
+            out_usages.push(parse_usage(usage, &path, ["usage", "usageUnit", "usageDate"], next_index)?);
+            next_index += 1;
+        }
+        resources.push(v1::ResourceUsages {
+            application: application.to_owned(),
+            alias: application.to_owned(),
+            resource: resource.to_owned(),
+            usages: out_usages,
+        });
+    }
+    let user = v1::UserUsages {
+        tenant_id: tenant_id.to_owned(),
+        user_id: user_id.to_owned(),
+        user_type: v1::UserType::User as i32,
+        resources,
+    };
+    Ok(Batch { users: vec![user], usages_count: next_index })
+}
+
+/// One usage; `names` are the field names of value, unit and datetime in this body shape.
+fn parse_usage(usage: &Value, path: &str, names: [&str; 3], index: u32) -> Result<v1::Usage, ApiError> {
+    let [value_name, unit_name, datetime_name] = names;
+    let usage = as_object(usage, path)?;
+    let value_path = format!("{path}.{value_name}");
+    let value = match usage.get(value_name) {
+        None | Some(Value::Null) => return Err(ApiError::missing_body_property(&value_path)),
+        Some(Value::Number(number)) => parse_decimal(&number.to_string())
+            .map_err(|problem| ApiError::invalid_body_property(&value_path, problem))?,
+        Some(_) => return Err(ApiError::invalid_body_property(&value_path, "must be a number")),
+    };
+    let unit = required_name(usage, unit_name, path)?;
+    let datetime_path = format!("{path}.{datetime_name}");
+    let datetime = match usage.get(datetime_name) {
+        None | Some(Value::Null) => return Err(ApiError::missing_body_property(&datetime_path)),
+        Some(Value::String(text)) => parse_datetime(text)
+            .map_err(|problem| ApiError::invalid_body_property(&datetime_path, problem))?,
+        Some(_) => {
+            return Err(ApiError::invalid_body_property(
+                &datetime_path,
+                "must be a string holding an RFC 3339 date-time",
+            ))
+        }
+    };
+    Ok(v1::Usage {
+        index,
+        value: value.to_string(),
+        unit: unit.to_owned(),
+        datetime: Some(to_timestamp(datetime)),
+    })
+}
+
+fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid_body_property("", "is empty; a JSON object is required"));
+    }
+    serde_json::from_slice(body)
+        .map_err(|err| ApiError::invalid_body_property("", format_args!("is not valid JSON: {err}")))
+}
+
+/// 413 before anything else when the request holds more usages than allowed: the whole request
+/// is refused, nothing is accepted.
+fn check_count(counts: impl Iterator<Item = usize>) -> Result<(), ApiError> {
+    let total: usize = counts.sum();
+    if total > MAX_USAGES_PER_REQUEST {
+        return Err(ApiError::payload_too_large(format!(
+            "the request holds {total} usages; at most {MAX_USAGES_PER_REQUEST} are accepted per request"
+        )));
+    }
+    Ok(())
+}
+
+/// Sum of `inner` over the elements of `value[key]` when it is an array; 0 for other shapes
+/// (they fail validation later with a precise message).
+fn nested_len(value: &Value, key: &str, inner: impl Fn(&Value) -> usize) -> usize {
+    value
+        .get(key)
+        .and_then(Value::as_array)
+        .map_or(0, |items| items.iter().map(&inner).sum())
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn as_object<'a>(value: &'a Value, path: &str) -> Result<&'a Map<String, Value>, ApiError> {
+    value
+        .as_object()
+        .ok_or_else(|| ApiError::invalid_body_property(path, "must be a JSON object"))
+}
+
+fn required_array<'a>(
+    object: &'a Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<&'a Vec<Value>, ApiError> {
+    let path = join(path, key);
+    match object.get(key) {
+        None | Some(Value::Null) => Err(ApiError::missing_body_property(&path)),
+        Some(Value::Array(items)) if items.is_empty() => {
+            Err(ApiError::invalid_body_property(&path, "must not be empty"))
+        }
+        Some(Value::Array(items)) => Ok(items),
+        Some(_) => Err(ApiError::invalid_body_property(&path, "must be an array")),
+    }
+}
+
+fn required_name<'a>(
+    object: &'a Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<&'a str, ApiError> {
+    optional_name(object, key, path)?.ok_or_else(|| ApiError::missing_body_property(&join(path, key)))
+}
+
+/// A non-empty string of at most [`MAX_NAME_LEN`] characters without control characters;
+/// `None` when absent or null.
+fn optional_name<'a>(
+    object: &'a Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<Option<&'a str>, ApiError> {
+    let text = match object.get(key) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(text)) => text,
+        Some(_) => return Err(ApiError::invalid_body_property(&join(path, key), "must be a string")),
+    };
+    let problem = if text.trim().is_empty() {
+        Some("must not be empty")
+    } else if text.chars().count() > MAX_NAME_LEN {
+        Some("must be at most 256 characters long")
+    } else if text.chars().any(char::is_control) {
+        Some("must not contain control characters")
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(ApiError::invalid_body_property(&join(path, key), problem)),
+        None => Ok(Some(text)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn jobs(body: Value) -> Result<Batch, ApiError> {
+        parse_usages_jobs(body.to_string().as_bytes())
+    }
+
+    fn seed() -> Value {
+        json!({"users":[{"tenantId":"siemenshcops","userId":"john.doe@healthcare.siemens.com","userType":"user",
+            "resources":[{"application":"manage-my-machines","alias":"analyze-my-performance","resource":"asset-id-1",
+            "usages":[{"value":20,"unit":"mmm-recurring-unit","datetime":"2011-07-14T19:43:37Z"}]}]}]})
+    }
+
+    fn message_of(result: Result<Batch, ApiError>) -> (String, String) {
+        let err = result.unwrap_err();
+        (err.full_code(), err.message)
+    }
+
+    #[test]
+    fn the_seed_sample_is_accepted_as_sent() {
+        let batch = jobs(seed()).unwrap();
+        assert_eq!(batch.usages_count, 1);
+        let user = &batch.users[0];
+        assert_eq!(user.tenant_id, "siemenshcops");
+        assert_eq!(user.user_id, "john.doe@healthcare.siemens.com");
+        assert_eq!(user.user_type, v1::UserType::User as i32);
+        let resource = &user.resources[0];
+        assert_eq!((resource.application.as_str(), resource.alias.as_str()), ("manage-my-machines", "analyze-my-performance"));
+        let usage = &resource.usages[0];
+        assert_eq!((usage.index, usage.value.as_str(), usage.unit.as_str()), (0, "20", "mmm-recurring-unit"));
+        assert_eq!(usage.datetime.as_ref().unwrap().seconds, 1_310_672_617);
+    }
+
+    #[test]
+    fn defaults_follow_the_original() {
+        let batch = jobs(json!({"users":[{"tenantId":"t1","resources":[{"application":"app","resource":"r",
+            "usages":[{"value":1,"unit":"u","datetime":"2024-01-01T00:00:00Z"}]}]},
+            {"tenantId":"t2","userId":"bob","resources":[{"application":"app","resource":"r",
+            "usages":[{"value":1,"unit":"u","datetime":"2024-01-01T00:00:00Z"}]}]}]}))
+        .unwrap();
+        let (t1, t2) = (&batch.users[0], &batch.users[1]);
+        assert_eq!((t1.user_id.as_str(), t1.user_type), ("t1", v1::UserType::Tenant as i32));
+        assert_eq!((t2.user_id.as_str(), t2.user_type), ("bob", v1::UserType::User as i32));
+        assert_eq!(t1.resources[0].alias, "app");
+        assert_eq!(batch.users[1].resources[0].usages[0].index, 1);
+    }
+
+    #[test]
+    fn values_stay_exact() {
+        let body = br#"{"users":[{"tenantId":"t","resources":[{"application":"a","resource":"r","usages":[
+            {"value":0.1,"unit":"u","datetime":"2024-01-01T00:00:00Z"},
+            {"value":12345678901234567890.123456789,"unit":"u","datetime":"2024-01-01T00:00:00Z"},
+            {"value":2.5e2,"unit":"u","datetime":"2024-01-01T00:00:00Z"}]}]}]}"#;
+        let batch = parse_usages_jobs(body).unwrap();
+        let values: Vec<&str> = batch.users[0].resources[0].usages.iter().map(|u| u.value.as_str()).collect();
+        assert_eq!(values, ["0.1", "12345678901234567890.123456789", "250"]);
+    }
+
+    #[test]
+    fn every_malformed_field_is_named() {
+        let cases: Vec<(Value, &str, &str)> = vec![
+            (json!([]), "invalidRequestBodyProperty", "request body must be a JSON object"),
+            (json!({}), "missingRequestBodyProperty", "users is required"),
+            (json!({"users": []}), "invalidRequestBodyProperty", "users must not be empty"),
+            (json!({"users": {}}), "invalidRequestBodyProperty", "users must be an array"),
+            (json!({"users":[{"resources":[]}]}), "missingRequestBodyProperty", "users[0].tenantId is required"),
+            (json!({"users":[{"tenantId":5}]}), "invalidRequestBodyProperty", "users[0].tenantId must be a string"),
+            (json!({"users":[{"tenantId":" "}]}), "invalidRequestBodyProperty", "users[0].tenantId must not be empty"),
+            (json!({"users":[{"tenantId":"t","userType":"robot","resources":[]}]}), "invalidRequestBodyProperty",
+                "users[0].userType must be one of tenant, user, agent"),
+            (json!({"users":[{"tenantId":"t","resources":[]}]}), "invalidRequestBodyProperty", "users[0].resources must not be empty"),
+            (json!({"users":[{"tenantId":"t","resources":[{"resource":"r","usages":[]}]}]}), "missingRequestBodyProperty",
+                "users[0].resources[0].application is required"),
+            (json!({"users":[{"tenantId":"t","resources":[{"application":"a","resource":"r","usages":[
+                {"value":"20","unit":"u","datetime":"2024-01-01T00:00:00Z"}]}]}]}), "invalidRequestBodyProperty",
+                "users[0].resources[0].usages[0].value must be a number"),
+            (json!({"users":[{"tenantId":"t","resources":[{"application":"a","resource":"r","usages":[
+                {"unit":"u","datetime":"2024-01-01T00:00:00Z"}]}]}]}), "missingRequestBodyProperty",
+                "users[0].resources[0].usages[0].value is required"),
+            (json!({"users":[{"tenantId":"t","resources":[{"application":"a","resource":"r","usages":[
+                {"value":1,"unit":"u","datetime":"2024-01-01T00:00:00Z"},
+                {"value":1,"unit":"u","datetime":"yesterday"}]}]}]}), "invalidRequestBodyProperty",
+                "users[0].resources[0].usages[1].datetime must be an RFC 3339 date-time with a time zone, e.g. 2011-07-14T19:43:37Z"),
+            (json!({"users":[{"tenantId":"t","resources":[{"application":"a","resource":"r","usages":[
+                {"value":1,"datetime":"2024-01-01T00:00:00Z"}]}]}]}), "missingRequestBodyProperty",
+                "users[0].resources[0].usages[0].unit is required"),
+        ];
+        for (body, code, message) in cases {
+            let (got_code, got_message) = message_of(jobs(body.clone()));
+            assert_eq!(got_code, format!("mdsp.core.generic.{code}"), "{body}");
+            assert_eq!(got_message, message, "{body}");
+        }
+    }
+
+    #[test]
+    fn out_of_range_and_non_json_values_are_refused() {
+        let (_, message) = message_of(parse_usages_jobs(br#"{"users":[{"tenantId":"t","resources":[{"application":"a","resource":"r","usages":[{"value":1e400,"unit":"u","datetime":"2024-01-01T00:00:00Z"}]}]}]}"#));
+        assert!(message.starts_with("users[0].resources[0].usages[0].value is out of range"), "{message}");
+        let (code, message) = message_of(parse_usages_jobs(br#"{"users":[{"tenantId":"t","resources":[{"application":"a","resource":"r","usages":[{"value":NaN}]}]}]}"#));
+        assert_eq!(code, "mdsp.core.generic.invalidRequestBodyProperty");
+        assert!(message.starts_with("request body is not valid JSON"), "{message}");
+        let (_, message) = message_of(parse_usages_jobs(b""));
+        assert_eq!(message, "request body is empty; a JSON object is required");
+    }
+
+    #[test]
+    fn more_than_200_usages_are_refused_whole() {
+        let usage = json!({"value":1,"unit":"u","datetime":"2024-01-01T00:00:00Z"});
+        let body = |n: usize| json!({"users":[
+            {"tenantId":"t","resources":[{"application":"a","resource":"r","usages": vec![usage.clone(); n - 1]}]},
+            {"tenantId":"t","resources":[{"application":"a","resource":"r","usages": [usage.clone()]}]}]});
+        assert_eq!(jobs(body(200)).unwrap().usages_count, 200);
+        let err = jobs(body(201)).unwrap_err();
+        assert_eq!(err.status, axum::http::StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(err.message, "the request holds 201 usages; at most 200 are accepted per request");
+    }
+
+    #[test]
+    fn the_legacy_shape_maps_onto_a_job() {
+        let body = json!({"CustomerTenantID":"core","CustomerUserID":"jo@core","UTSUsageData":[
+            {"resourceName":"markAsset","resourceAlias":"managemymachines",
+             "UsageData":[{"usage":1,"usageUnit":"manage-mymachine-unit","usageDate":"2020-07-30T23:55:37+0100"}]}]});
+        let batch = parse_legacy_usages(body.to_string().as_bytes()).unwrap();
+        let user = &batch.users[0];
+        assert_eq!((user.tenant_id.as_str(), user.user_id.as_str()), ("core", "jo@core"));
+        let resource = &user.resources[0];
+        assert_eq!((resource.application.as_str(), resource.resource.as_str()), ("managemymachines", "markAsset"));
+        assert_eq!(resource.usages[0].unit, "manage-mymachine-unit");
+        let (_, message) = message_of(parse_legacy_usages(br#"{"CustomerTenantID":"core","CustomerUserID":"u","UTSUsageData":[{"UsageData":[]}]}"#));
+        assert_eq!(message, "UTSUsageData[0].resourceAlias is required");
+    }
+}

@@ -1,0 +1,233 @@
+//! HTTP routes of the gateway.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use chrono::{SubsecRound, Utc};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::Serialize;
+use uts_common::auth::{Principal, Scope};
+use uts_common::domain::{format_datetime, to_timestamp, JobId};
+use uts_common::error::ApiError;
+use uts_common::proto::{v1, Message};
+use uts_common::{kafka, API_BASE};
+
+use crate::idempotency::{self, Claim, Original};
+use crate::payload::{self, Batch};
+use crate::AppState;
+
+/// The public API router.
+pub fn app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route(&format!("{API_BASE}/usagesJobs"), post(post_usages_jobs))
+        .route(&format!("{API_BASE}/usages"), post(post_usages))
+        .fallback(|| async { ApiError::no_match("no such endpoint") })
+        // Bodies are read by `read_body` with the configured limit and an mdsp error.
+        .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn(record_request))
+        .with_state(state)
+}
+
+/// The answer of `POST /usagesJobs`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UsagesJob {
+    id: String,
+    time: String,
+    status: &'static str,
+    usages_count: u32,
+}
+
+async fn post_usages_jobs(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let accepted = accept(&state, &headers, body, v1::Origin::UsagesJobs).await?;
+    let location = format!("{API_BASE}/usagesJobs/{}", accepted.job_id);
+    let answer = UsagesJob {
+        id: accepted.job_id,
+        time: format_datetime(accepted.received_at),
+        status: "ACCEPTED",
+        usages_count: accepted.usages_count,
+    };
+    let mut response = (StatusCode::ACCEPTED, Json(answer)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    Ok(response)
+}
+
+/// The older endpoint answers 200 with the original's text and does not reveal the job id.
+async fn post_usages(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    accept(&state, &headers, body, v1::Origin::Usages).await?;
+    Ok((StatusCode::OK, "Data is successfully saved to the database").into_response())
+}
+
+/// Authenticates, validates and makes the job durable in Kafka. Returns only once Kafka has
+/// acknowledged it.
+async fn accept(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    origin: v1::Origin,
+) -> Result<Original, ApiError> {
+    let principal = state.auth.authenticate(headers)?;
+    principal.require(Scope::UsagesWrite)?;
+    if let Some(throttle) = &state.throttle {
+        throttle.check(&principal.tenant)?;
+    }
+    check_submitter(state, &principal).await?;
+    check_content_type(headers)?;
+    let key = headers.get(idempotency::HEADER).map(idempotency::parse_key).transpose()?;
+    let bytes = read_body(body, state.max_body_bytes).await?;
+    let batch = match origin {
+        v1::Origin::Usages => payload::parse_legacy_usages(&bytes)?,
+        _ => payload::parse_usages_jobs(&bytes)?,
+    };
+
+    let mut job = Original {
+        job_id: JobId::new().to_string(),
+        // Millisecond precision: the `time` answered is exactly what is stored and replayed.
+        received_at: Utc::now().trunc_subsecs(3),
+        usages_count: batch.usages_count,
+    };
+    if let Some(key) = &key {
+        let route = if origin == v1::Origin::Usages { "usages" } else { "usagesJobs" };
+        let hash = idempotency::request_hash(route, &bytes);
+        let claim = idempotency::claim(&state.pool, &principal.tenant, key, &hash, &job, state.idempotency_window)
+            .await
+            .map_err(|err| unavailable("PostgreSQL", &err))?;
+        match claim {
+            Claim::New => {}
+            // Re-produce under the original id: the first attempt may never have reached Kafka.
+            Claim::Replay(original) => job = original,
+            Claim::Mismatch => {
+                return Err(ApiError::invalid_parameter(
+                    "Idempotency-Key",
+                    "was already used with a different request body",
+                ))
+            }
+        }
+    }
+
+    let message = to_message(&principal, &job, origin, key, batch);
+    let started = Instant::now();
+    let produced = kafka::produce_durably(
+        &state.producer,
+        &state.jobs_topic,
+        job.job_id.as_bytes(),
+        &message.encode_to_vec(),
+        state.produce_timeout,
+    )
+    .await;
+    metrics::histogram!("uts_gateway_kafka_produce_duration_seconds").record(started.elapsed().as_secs_f64());
+    if let Err(err) = produced {
+        metrics::counter!("uts_gateway_kafka_produce_failures_total").increment(1);
+        return Err(unavailable("Kafka", &err));
+    }
+    metrics::counter!("uts_gateway_usages_accepted_total").increment(u64::from(job.usages_count));
+    metrics::counter!("uts_gateway_jobs_accepted_total").increment(1);
+    Ok(job)
+}
+
+fn to_message(
+    principal: &Principal,
+    job: &Original,
+    origin: v1::Origin,
+    key: Option<String>,
+    batch: Batch,
+) -> v1::UsageJob {
+    v1::UsageJob {
+        job_id: job.job_id.clone(),
+        submitter_tenant: principal.tenant.clone(),
+        submitter_user: principal.user.clone(),
+        received_at: Some(to_timestamp(job.received_at)),
+        origin: origin as i32,
+        idempotency_key: key.unwrap_or_default(),
+        usages_count: batch.usages_count,
+        users: batch.users,
+    }
+}
+
+/// Only developer and operator tenants may submit usages (DESIGN.md §3).
+async fn check_submitter(state: &AppState, principal: &Principal) -> Result<(), ApiError> {
+    let tenant = state
+        .tenants
+        .get(&principal.tenant)
+        .await
+        .map_err(|err| unavailable("PostgreSQL", &err))?;
+    match tenant {
+        Some(tenant) if tenant.tenant_type.may_submit_usages() => Ok(()),
+        Some(tenant) => Err(ApiError::forbidden(format!(
+            "tenant {} is a {} tenant; only developer and operator tenants may submit usages",
+            principal.tenant,
+            tenant.tenant_type.as_str()
+        ))),
+        None => Err(ApiError::forbidden(format!(
+            "tenant {} is not registered as a developer or operator tenant",
+            principal.tenant
+        ))),
+    }
+}
+
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let is_json = essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    if is_json {
+        Ok(())
+    } else {
+        Err(ApiError::unsupported_media_type(format!(
+            "Content-Type must be application/json, not {:?}",
+            content_type
+        )))
+    }
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::payload_too_large(
+            format!("the request body exceeds {limit} bytes"),
+        )),
+        Err(err) => Err(ApiError::invalid_body_property("", format_args!("could not be read: {err}"))),
+    }
+}
+
+fn unavailable(dependency: &str, err: &dyn std::fmt::Display) -> ApiError {
+    tracing::warn!(%err, dependency, "dependency unavailable; request refused with 503");
+    ApiError::service_unavailable(
+        format!("{dependency} is unavailable; nothing was accepted, retry later"),
+        1,
+    )
+}
+
+/// Counts requests by route and status and times them.
+async fn record_request(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("uts_gateway_http_requests_total", "method" => method, "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("uts_gateway_http_request_duration_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}

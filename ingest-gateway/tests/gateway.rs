@@ -1,0 +1,255 @@
+//! The gateway end to end over HTTP, against the real Kafka and PostgreSQL.
+
+mod support;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use support::{batch, seed_sample, TestGateway};
+use uts_common::domain::from_timestamp;
+use uts_common::proto::v1;
+
+const WRITE: &[&str] = &["uts.usages.write"];
+
+async fn error_of(response: reqwest::Response) -> (StatusCode, String, String) {
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    let error = &body["errors"][0];
+    assert!(error["logref"].is_string(), "{body}");
+    (status, error["code"].as_str().unwrap().to_owned(), error["message"].as_str().unwrap().to_owned())
+}
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn the_seed_sample_is_acknowledged_and_readable_from_kafka(pool: PgPool) {
+    let gateway = TestGateway::start(pool, &[]).await;
+    let token = TestGateway::token("acme", WRITE);
+    let response = gateway.post_jobs(&token, &seed_sample()).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let answer: Value = response.json().await.unwrap();
+    let id = answer["id"].as_str().unwrap();
+    assert_eq!(location, format!("/api/usagetransparency/v3/usagesJobs/{id}"));
+    assert_eq!(answer["status"], "ACCEPTED");
+    assert_eq!(answer["usagesCount"], 1);
+
+    let jobs = gateway.read_jobs();
+    assert_eq!(jobs.len(), 1);
+    let job = &jobs[0];
+    assert_eq!(job.job_id, id);
+    assert_eq!(job.submitter_tenant, "acme");
+    assert_eq!(job.submitter_user, "tester@example.com");
+    assert_eq!(job.origin, v1::Origin::UsagesJobs as i32);
+    assert_eq!(job.usages_count, 1);
+    let received = from_timestamp(job.received_at.as_ref().unwrap()).unwrap();
+    assert_eq!(uts_common::domain::format_datetime(received), answer["time"].as_str().unwrap());
+    let expected = v1::UserUsages {
+        tenant_id: "acme".into(),
+        user_id: "john.doe@healthcare.siemens.com".into(),
+        user_type: v1::UserType::User as i32,
+        resources: vec![v1::ResourceUsages {
+            application: "manage-my-machines".into(),
+            alias: "analyze-my-performance".into(),
+            resource: "asset-id-1".into(),
+            usages: vec![v1::Usage {
+                index: 0,
+                value: "20".into(),
+                unit: "mmm-recurring-unit".into(),
+                datetime: Some(uts_common::proto::Timestamp { seconds: 1_310_672_617, nanos: 0 }),
+            }],
+        }],
+    };
+    assert_eq!(job.users, vec![expected]);
+    gateway.stop().await;
+}
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn more_than_200_usages_are_refused_and_nothing_reaches_kafka(pool: PgPool) {
+    let gateway = TestGateway::start(pool, &[]).await;
+    let token = TestGateway::token("acme", WRITE);
+    let (status, code, message) = error_of(gateway.post_jobs(&token, &batch("acme", 201)).await).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(code, "mdsp.core.generic.payloadTooLarge");
+    assert!(message.contains("201 usages"), "{message}");
+
+    let response = gateway.post_jobs(&token, &batch("acme", 200)).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["usagesCount"], 200);
+    let jobs = gateway.read_jobs();
+    assert_eq!(jobs.len(), 1, "only the 200-usage job is in Kafka");
+    assert_eq!(jobs[0].job_id, answer["id"].as_str().unwrap());
+    assert_eq!(jobs[0].usages_count, 200);
+}
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn malformed_requests_get_400_naming_the_field_and_nothing_is_produced(pool: PgPool) {
+    let gateway = TestGateway::start(pool, &[]).await;
+    let token = TestGateway::token("acme", WRITE);
+    let usage = |value: Value, datetime: Value| {
+        json!({"users":[{"tenantId":"acme","resources":[{"application":"a","resource":"r",
+            "usages":[{"value": value, "unit":"u", "datetime": datetime}]}]}]})
+    };
+    let cases = [
+        (usage(json!("20"), json!("2024-01-01T00:00:00Z")), "users[0].resources[0].usages[0].value must be a number"),
+        (usage(json!(true), json!("2024-01-01T00:00:00Z")), "users[0].resources[0].usages[0].value must be a number"),
+        (usage(json!(1), json!("2024-01-01 00:00")), "users[0].resources[0].usages[0].datetime must be an RFC 3339 date-time"),
+        (usage(json!(1), json!(1_700_000_000)), "users[0].resources[0].usages[0].datetime must be a string"),
+        (json!({"users":[{"tenantId":"acme","userType":"machine","resources":[]}]}), "users[0].userType must be one of"),
+        (json!({"users":[]}), "users must not be empty"),
+        (json!({"users":[{"tenantId":"acme","resources":[{"application":"a","resource":"r","usages":[]}]}]}),
+            "users[0].resources[0].usages must not be empty"),
+        (json!({"users":[{"tenantId":"acme","resources":[{"resource":"r","usages":[]}]}]}),
+            "users[0].resources[0].application is required"),
+    ];
+    for (body, expected) in cases {
+        let (status, code, message) = error_of(gateway.post_jobs(&token, &body).await).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(code.starts_with("mdsp.core.generic."), "{code}");
+        assert!(message.starts_with(expected), "{message} does not start with {expected}");
+    }
+    // Non-finite and broken JSON never parse.
+    let response = gateway
+        .client
+        .post(gateway.url("/usagesJobs"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(r#"{"users":[{"tenantId":"acme","resources":[{"application":"a","resource":"r","usages":[{"value":Infinity,"unit":"u","datetime":"2024-01-01T00:00:00Z"}]}]}]}"#)
+        .send()
+        .await
+        .unwrap();
+    let (status, code, _) = error_of(response).await;
+    assert_eq!((status, code.as_str()), (StatusCode::BAD_REQUEST, "mdsp.core.generic.invalidRequestBodyProperty"));
+    // Not JSON at all: 415.
+    let response = gateway
+        .client
+        .post(gateway.url("/usagesJobs"))
+        .bearer_auth(&token)
+        .header("content-type", "text/plain")
+        .body(seed_sample().to_string())
+        .send()
+        .await
+        .unwrap();
+    let (status, code, _) = error_of(response).await;
+    assert_eq!((status, code.as_str()), (StatusCode::UNSUPPORTED_MEDIA_TYPE, "mdsp.core.generic.unsupportedMediaType"));
+    assert!(gateway.read_jobs().is_empty(), "a refused request produced a job");
+}
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn a_body_over_the_byte_limit_is_413(pool: PgPool) {
+    let gateway = TestGateway::start(pool, &["--max-body-bytes=2048"]).await;
+    let token = TestGateway::token("acme", WRITE);
+    let (status, code, message) = error_of(gateway.post_jobs(&token, &batch("acme", 100)).await).await;
+    assert_eq!((status, code.as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "mdsp.core.generic.payloadTooLarge"));
+    assert!(message.contains("2048 bytes"), "{message}");
+}
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn authentication_and_authorisation_matrix(pool: PgPool) {
+    let gateway = TestGateway::start(pool, &[]).await;
+    let body = seed_sample();
+    let url = gateway.url("/usagesJobs");
+
+    let response = gateway.client.post(&url).json(&body).send().await.unwrap();
+    let (status, code, _) = error_of(response).await;
+    assert_eq!((status, code.as_str()), (StatusCode::UNAUTHORIZED, "mdsp.core.generic.unauthorized"), "no token");
+
+    let forged = uts_common::auth::mint_hs256("some-other-secret-0123456789", "acme", "", WRITE, 600).unwrap();
+    let expired = uts_common::auth::mint_hs256(support::SECRET, "acme", "", WRITE, -3600).unwrap();
+    for (token, why) in [(forged, "signature"), (expired, "expired"), ("garbage".to_owned(), "well-formed")] {
+        let (status, _, message) = error_of(gateway.post_jobs(&token, &body).await).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{why}");
+        assert!(message.contains(why), "{message} should mention {why}");
+    }
+
+    let read_only = TestGateway::token("acme", &["uts.usages.read"]);
+    let (status, _, message) = error_of(gateway.post_jobs(&read_only, &body).await).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(message.contains("uts.usages.write"), "{message}");
+
+    for tenant in ["plant-1", "buyer", "unknown-tenant"] {
+        let token = TestGateway::token(tenant, WRITE);
+        let (status, code, message) = error_of(gateway.post_jobs(&token, &body).await).await;
+        assert_eq!((status, code.as_str()), (StatusCode::FORBIDDEN, "mdsp.core.generic.forbidden"), "{tenant}");
+        assert!(message.contains(tenant), "{message}");
+    }
+
+    // A developer tenant and the super-user scope are accepted.
+    for (tenant, scopes) in [("devco", WRITE), ("acme", &["uts.su"][..])] {
+        let token = TestGateway::token(tenant, scopes);
+        assert_eq!(gateway.post_jobs(&token, &body).await.status(), StatusCode::ACCEPTED, "{tenant}");
+    }
+    assert_eq!(gateway.read_jobs().len(), 2, "only the two accepted jobs are in Kafka");
+}
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn the_same_idempotency_key_returns_the_same_job(pool: PgPool) {
+    let gateway = TestGateway::start(pool, &[]).await;
+    let token = TestGateway::token("acme", WRITE);
+    let post = |key: &'static str, body: Value| {
+        let request = gateway
+            .client
+            .post(gateway.url("/usagesJobs"))
+            .bearer_auth(&token)
+            .header("Idempotency-Key", key)
+            .json(&body);
+        async move { request.send().await.unwrap() }
+    };
+    let first = post("order-42", batch("acme", 3)).await;
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let first: Value = first.json().await.unwrap();
+    let second = post("order-42", batch("acme", 3)).await;
+    assert_eq!(second.status(), StatusCode::ACCEPTED);
+    let second: Value = second.json().await.unwrap();
+    assert_eq!(first, second, "a retry gets the original answer");
+
+    let other = post("order-43", batch("acme", 3)).await.json::<Value>().await.unwrap();
+    assert_ne!(other["id"], first["id"]);
+
+    let (status, _, message) = error_of(post("order-42", batch("acme", 4)).await).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(message.starts_with("Idempotency-Key was already used"), "{message}");
+
+    // Kafka holds the first job twice under one id (consumers dedup by id) and the other once.
+    let jobs = gateway.read_jobs();
+    let with_first_id = jobs.iter().filter(|j| j.job_id == first["id"].as_str().unwrap()).count();
+    assert_eq!((jobs.len(), with_first_id), (3, 2));
+    assert!(jobs.iter().all(|j| j.idempotency_key.starts_with("order-4")));
+}
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn the_legacy_endpoint_goes_through_the_same_pipeline(pool: PgPool) {
+    let gateway = TestGateway::start(pool, &[]).await;
+    let token = TestGateway::token("acme", WRITE);
+    let body = json!({"CustomerTenantID":"acme","CustomerUserID":"jo@acme","UTSUsageData":[
+        {"resourceName":"markAsset","resourceAlias":"managemymachines",
+         "UsageData":[{"usage":1,"usageUnit":"manage-mymachine-unit","usageDate":"2020-07-30T23:55:37+0100"}]}]});
+    let response = gateway.client.post(gateway.url("/usages")).bearer_auth(&token).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.text().await.unwrap(), "Data is successfully saved to the database");
+    let jobs = gateway.read_jobs();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].origin, v1::Origin::Usages as i32);
+    assert_eq!(jobs[0].users[0].resources[0].application, "managemymachines");
+}
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn a_tenant_over_its_rate_gets_429_with_retry_after(pool: PgPool) {
+    let gateway = TestGateway::start(pool, &["--rate-limit-per-second=1", "--rate-limit-burst=2"]).await;
+    let token = TestGateway::token("acme", WRITE);
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..3 {
+        let response = gateway.post_jobs(&token, &seed_sample()).await;
+        statuses.push(response.status());
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+            let (_, code, _) = error_of(response).await;
+            assert_eq!(code, "mdsp.core.generic.tooManyRequests");
+        }
+    }
+    assert_eq!(statuses, [StatusCode::ACCEPTED, StatusCode::ACCEPTED, StatusCode::TOO_MANY_REQUESTS]);
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    // Another tenant is not throttled by acme's traffic.
+    let other = TestGateway::token("devco", WRITE);
+    assert_eq!(gateway.post_jobs(&other, &seed_sample()).await.status(), StatusCode::ACCEPTED);
+}
