@@ -4,11 +4,13 @@
 //! has the message, which is what a 2xx answer promises (DESIGN.md invariant 1). Consumers use
 //! manual offset commits after the work is durable (at-least-once; stages dedup by ids).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -29,9 +31,73 @@ pub fn client_config(args: &KafkaArgs) -> anyhow::Result<ClientConfig> {
     Ok(config)
 }
 
+/// Whether the brokers are reachable, as the client last saw it. librdkafka reports "all
+/// brokers down" at once through the error callback, but says nothing when they come back, so
+/// [`KafkaHealth::probe_while_down`] asks for metadata until they answer again.
+#[derive(Debug, Clone, Default)]
+pub struct KafkaHealth {
+    down: Arc<AtomicBool>,
+}
+
+impl KafkaHealth {
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
+    }
+
+    pub fn mark_down(&self) {
+        if !self.down.swap(true, Ordering::Relaxed) {
+            tracing::warn!("Kafka brokers unreachable: refusing work that needs them until they answer");
+        }
+    }
+
+    fn mark_up(&self) {
+        if self.down.swap(false, Ordering::Relaxed) {
+            tracing::info!("Kafka brokers reachable again");
+        }
+    }
+
+    /// Every `interval`, while the brokers are marked down, asks them for metadata and marks
+    /// them up when they answer. Runs until `shutdown`.
+    pub async fn probe_while_down(
+        self,
+        producer: DurableProducer,
+        interval: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+            if self.is_down() && check_reachable(&producer, Duration::from_secs(1)).await.is_ok() {
+                self.mark_up();
+            }
+        }
+    }
+}
+
+/// Client context that feeds [`KafkaHealth`] from librdkafka's error callback.
+pub struct HealthContext {
+    health: KafkaHealth,
+}
+
+impl ClientContext for HealthContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error, KafkaError::Global(RDKafkaErrorCode::AllBrokersDown)) {
+            self.health.mark_down();
+        } else {
+            tracing::warn!(%error, reason, "Kafka client error");
+        }
+    }
+}
+
+/// The producer type every stage uses.
+pub type DurableProducer = FutureProducer<HealthContext>;
+
 /// A producer whose acknowledgement means "durable in Kafka": idempotent, `acks=all`, and a
-/// bounded delivery timeout so that callers fail fast when the brokers are unreachable.
-pub fn durable_producer(args: &KafkaArgs) -> anyhow::Result<FutureProducer> {
+/// bounded delivery timeout so that callers fail fast when the brokers are unreachable. The
+/// returned [`KafkaHealth`] says whether the brokers are currently reachable.
+pub fn durable_producer(args: &KafkaArgs) -> anyhow::Result<(DurableProducer, KafkaHealth)> {
     let mut config = client_config(args)?;
     let timeout_ms = args.produce_timeout_ms.to_string();
     config
@@ -49,7 +115,11 @@ pub fn durable_producer(args: &KafkaArgs) -> anyhow::Result<FutureProducer> {
             config.set(key.trim(), value.trim());
         }
     }
-    config.create().context("creating the Kafka producer")
+    let health = KafkaHealth::default();
+    let producer = config
+        .create_with_context(HealthContext { health: health.clone() })
+        .context("creating the Kafka producer")?;
+    Ok((producer, health))
 }
 
 /// A consumer in `group` that commits offsets only when told to (after the work is durable)
@@ -90,7 +160,7 @@ pub async fn ensure_topics(args: &KafkaArgs, topics: &Topics) -> anyhow::Result<
 }
 
 /// Asks the brokers for cluster metadata: the readiness probe of every Kafka client.
-pub async fn check_reachable(producer: &FutureProducer, timeout: Duration) -> Result<(), KafkaError> {
+pub async fn check_reachable(producer: &DurableProducer, timeout: Duration) -> Result<(), KafkaError> {
     // fetch_metadata blocks; FutureProducer clones share one client.
     let producer = producer.clone();
     tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, timeout).map(|_| ()))
@@ -100,7 +170,7 @@ pub async fn check_reachable(producer: &FutureProducer, timeout: Duration) -> Re
 
 /// Produces one message and waits for the brokers' acknowledgement (or the bounded timeout).
 pub async fn produce_durably(
-    producer: &FutureProducer,
+    producer: &DurableProducer,
     topic: &str,
     key: &[u8],
     payload: &[u8],

@@ -16,7 +16,9 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// metrics recorder. Safe to call more than once (tests build several apps in one process).
 pub fn init(args: &TelemetryArgs) -> PrometheusHandle {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     // A second init in the same process fails harmlessly: the first subscriber stays.
     let _ = match args.log_format {
         LogFormat::Text => builder.try_init(),

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -45,7 +45,10 @@ pub struct AppState {
     pub(crate) auth: Authenticator,
     /// Tenant types, cached: the hot path must not query PostgreSQL per request.
     pub(crate) tenants: TenantDirectory,
-    pub(crate) producer: FutureProducer,
+    pub(crate) producer: kafka::DurableProducer,
+    /// Refuse at once (503) while the brokers are known to be unreachable, instead of letting
+    /// every request wait for the delivery timeout.
+    pub(crate) kafka_health: kafka::KafkaHealth,
     pub(crate) jobs_topic: String,
     pub(crate) produce_timeout: Duration,
     pub(crate) pool: PgPool,
@@ -68,11 +71,12 @@ impl Application {
     /// hand over their own database.
     pub async fn build(config: Config, pool: PgPool) -> anyhow::Result<Self> {
         let auth = Authenticator::from_args(&config.auth).context("loading token verification keys")?;
-        let producer = kafka::durable_producer(&config.kafka)?;
+        let (producer, kafka_health) = kafka::durable_producer(&config.kafka)?;
         let state = Arc::new(AppState {
             auth,
             tenants: TenantDirectory::new(pool.clone(), config.tenant_cache_ttl()),
             producer,
+            kafka_health,
             jobs_topic: config.kafka.topics().usage_jobs,
             produce_timeout: config.kafka.produce_timeout(),
             pool,
@@ -98,6 +102,11 @@ impl Application {
         let ready = readiness(self.state.clone());
         let (_, admin_task) = admin::serve(self.admin_addr, metrics, ready, shutdown.clone()).await?;
         let pruner = tokio::spawn(prune_idempotency_keys(self.state.clone(), shutdown.clone()));
+        let prober = tokio::spawn(self.state.kafka_health.clone().probe_while_down(
+            self.state.producer.clone(),
+            Duration::from_millis(500),
+            shutdown.clone(),
+        ));
 
         tracing::info!(
             addr = %self.local_addr(),
@@ -118,6 +127,7 @@ impl Application {
             .await?
             .context("flushing the Kafka producer")?;
         pruner.abort();
+        prober.abort();
         let _ = admin_task.await;
         tracing::info!("ingest gateway stopped");
         Ok(())

@@ -122,6 +122,13 @@ async fn accept(
         }
     }
 
+    if state.kafka_health.is_down() {
+        metrics::counter!("uts_gateway_kafka_produce_failures_total").increment(1);
+        return Err(ApiError::service_unavailable(
+            "Kafka is unavailable; nothing was accepted, retry later",
+            1,
+        ));
+    }
     let message = to_message(&principal, &job, origin, key, batch);
     let started = Instant::now();
     let produced = kafka::produce_durably(
@@ -134,6 +141,9 @@ async fn accept(
     .await;
     metrics::histogram!("uts_gateway_kafka_produce_duration_seconds").record(started.elapsed().as_secs_f64());
     if let Err(err) = produced {
+        if matches!(err, rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::MessageTimedOut)) {
+            state.kafka_health.mark_down();
+        }
         metrics::counter!("uts_gateway_kafka_produce_failures_total").increment(1);
         return Err(unavailable("Kafka", &err));
     }

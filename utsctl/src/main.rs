@@ -85,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
             let pool = db::connect(&database).await?;
             let tenant = tenants::Tenant { tenant_id: id, tenant_type, operator_tenant_id: operator };
             tenants::upsert(&pool, &tenant).await.context("saving the tenant")?;
-            println!("tenant {} is a {} tenant", tenant.tenant_id, tenant.tenant_type.as_str());
+            println!("tenant {} registered as {}", tenant.tenant_id, tenant.tenant_type.as_str());
         }
     }
     Ok(())

@@ -1,0 +1,18 @@
+# One image with every binary of the workspace; docker-compose.yml picks the command per stage.
+# protoc is not needed (the proto crate compiles with protox); librdkafka is built from source
+# by rdkafka-sys, which needs a C toolchain, make and perl at build time only.
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --bins \
+ && mkdir /out \
+ && cp target/release/ingest-gateway target/release/utsctl /out/
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates curl \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 uts
+COPY --from=build /out/ /usr/local/bin/
+USER uts
+ENV UTS_LOG_FORMAT=json

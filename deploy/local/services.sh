@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Starts and stops the service's own processes (built from this workspace) in the background,
+# with pid files and logs under $UTS_LOCAL_DIR/run. Kafka and PostgreSQL come from infra.sh.
+#
+#   deploy/local/services.sh start   build, migrate, create topics, start every stage
+#   deploy/local/services.sh stop    SIGTERM every stage (graceful drain), SIGKILL after 20 s
+#   deploy/local/services.sh status
+#
+# Settings: UTS_GATEWAY_PORT (default 18080), UTS_GATEWAY_ADMIN_PORT (default 18081),
+# UTS_CARGO_PROFILE (dev or release; default dev, which shares target/ with the tests).
+set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+UTS_GATEWAY_PORT="${UTS_GATEWAY_PORT:-18080}"
+UTS_GATEWAY_ADMIN_PORT="${UTS_GATEWAY_ADMIN_PORT:-18081}"
+UTS_CARGO_PROFILE="${UTS_CARGO_PROFILE:-dev}"
+RUN_DIR="$UTS_LOCAL_DIR/run"
+# The stages that exist as binaries so far, in start order.
+STAGES=(ingest-gateway)
+
+target_dir() {
+  local dir="${CARGO_TARGET_DIR:-$UTS_REPO_ROOT/target}"
+  if [[ "$UTS_CARGO_PROFILE" == dev ]]; then echo "$dir/debug"; else echo "$dir/$UTS_CARGO_PROFILE"; fi
+}
+
+load_env() {
+  [[ -f "$UTS_LOCAL_DIR/env" ]] || die "no $UTS_LOCAL_DIR/env: run deploy/local/infra.sh up first"
+  # shellcheck disable=SC1091
+  . "$UTS_LOCAL_DIR/env"
+  # A random local signing secret, made once, never committed.
+  local secret_file="$UTS_LOCAL_DIR/jwt-hs256-secret"
+  if [[ ! -s "$secret_file" ]]; then
+    head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$secret_file"
+    chmod 600 "$secret_file"
+  fi
+  UTS_JWT_HS256_SECRET="$(cat "$secret_file")"
+  export UTS_JWT_HS256_SECRET UTS_KAFKA_BROKERS DATABASE_URL
+}
+
+build() {
+  log_info "building the service ($UTS_CARGO_PROFILE profile)"
+  (cd "$UTS_REPO_ROOT" && cargo build --profile "$UTS_CARGO_PROFILE" --bins -q) ||
+    die "cargo build failed"
+}
+
+utsctl() { "$(target_dir)/utsctl" "$@"; }
+
+start_stage() {
+  local name="$1"
+  shift
+  local pid_file="$RUN_DIR/$name.pid" log_file="$RUN_DIR/$name.log"
+  if [[ -f "$pid_file" ]] && pid_alive "$(cat "$pid_file")"; then
+    log_info "$name already running (pid $(cat "$pid_file"))"
+    return 0
+  fi
+  nohup "$(target_dir)/$name" "$@" >>"$log_file" 2>&1 &
+  echo $! >"$pid_file"
+  log_info "started $name (pid $!, log $log_file)"
+}
+
+wait_ready() {
+  local name="$1" admin_port="$2"
+  ready() { curl -fsS "http://127.0.0.1:$admin_port/readyz" >/dev/null 2>&1; }
+  if ! wait_until 60 0.3 ready; then
+    tail -n 30 "$RUN_DIR/$name.log" >&2 || true
+    die "$name did not become ready within 60 s (log above)"
+  fi
+  log_info "$name is ready"
+}
+
+cmd_start() {
+  require_cmd curl curl
+  mkdir -p "$RUN_DIR"
+  load_env
+  build
+  utsctl migrate >&2
+  utsctl topics >&2
+  start_stage ingest-gateway \
+    --listen-addr "127.0.0.1:$UTS_GATEWAY_PORT" --admin-addr "127.0.0.1:$UTS_GATEWAY_ADMIN_PORT"
+  wait_ready ingest-gateway "$UTS_GATEWAY_ADMIN_PORT"
+}
+
+cmd_stop() {
+  local name pid
+  for name in "${STAGES[@]}"; do
+    local pid_file="$RUN_DIR/$name.pid"
+    [[ -f "$pid_file" ]] || continue
+    pid="$(cat "$pid_file")"
+    if pid_alive "$pid"; then
+      kill -TERM "$pid" 2>/dev/null || true
+      if ! wait_pid_exit "$pid" 20; then
+        log_warn "$name (pid $pid) did not stop within 20 s; killing it"
+        kill -KILL "$pid" 2>/dev/null || true
+      fi
+      log_info "stopped $name"
+    fi
+    rm -f "$pid_file"
+  done
+}
+
+cmd_status() {
+  local name rc=0
+  for name in "${STAGES[@]}"; do
+    local pid_file="$RUN_DIR/$name.pid"
+    if [[ -f "$pid_file" ]] && pid_alive "$(cat "$pid_file")"; then
+      echo "$name: running (pid $(cat "$pid_file"))"
+    else
+      echo "$name: stopped"
+      rc=1
+    fi
+  done
+  return $rc
+}
+
+# Registers the sample's tenant, mints a token for it and posts the sample from
+# deploy/samples/usages-job.json (the POST /usagesJobs sample of the original documentation).
+cmd_demo() {
+  load_env
+  local tenant=siemenshcops url="http://127.0.0.1:$UTS_GATEWAY_PORT/api/usagetransparency/v3"
+  utsctl tenant --id "$tenant" --type operator >&2
+  local token
+  token="$(utsctl token --tenant "$tenant" --user john.doe@healthcare.siemens.com \
+    --scopes uts.usages.write,uts.usages.read,uts.aggregates.read)"
+  echo "\$ curl -X POST $url/usagesJobs -H 'Authorization: Bearer …' -H 'Content-Type: application/json' --data @deploy/samples/usages-job.json"
+  curl -sS -i -X POST "$url/usagesJobs" \
+    -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+    --data @"$UTS_REPO_ROOT/deploy/samples/usages-job.json" | tr -d '\r'
+  echo
+  echo
+  echo "A token for tenant $tenant (valid 1 h):"
+  echo "$token"
+}
+
+case "${1:-}" in
+  start) cmd_start ;;
+  demo) cmd_demo ;;
+  stop) cmd_stop ;;
+  status) cmd_status ;;
+  *) echo "usage: $0 {start|stop|status|demo}" >&2; exit 2 ;;
+esac

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs every test against the real Kafka and PostgreSQL started by infra.sh: the workspace's
+# tests (in parallel; each test uses its own topics and its own database), then the tests that
+# stop and restart the shared broker, alone.
+set -euo pipefail
+dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$dir/../.." && pwd)"
+# Build tools the crates need (librdkafka is compiled from source by rdkafka-sys).
+for tool in cc:gcc c++:g++ make:make curl:curl perl:perl; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || {
+    echo "installing ${tool##*:}" >&2
+    (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${tool##*:}") >&2
+  }
+done
+"$dir/infra.sh" up >/dev/null
+# shellcheck disable=SC1091
+. "${UTS_LOCAL_DIR:-$root/.local}/env"
+export UTS_KAFKA_BROKERS DATABASE_URL
+cd "$root"
+cargo test --workspace --all-targets
+cargo test -p ingest-gateway --test kafka_outage -- --ignored

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Quick start: starts Kafka (KRaft, from Maven Central jars) and PostgreSQL (Debian package),
+# runs the migrations, creates the topics, starts every stage of the service, posts the sample
+# usages job and prints the answer. Everything stays running; stop it with deploy/local/down.sh.
+set -euo pipefail
+dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+"$dir/infra.sh" up >/dev/null
+"$dir/services.sh" start
+"$dir/services.sh" demo
+cat <<MSG
+
+The service is running:
+  API          http://127.0.0.1:${UTS_GATEWAY_PORT:-18080}/api/usagetransparency/v3
+  gateway admin http://127.0.0.1:${UTS_GATEWAY_ADMIN_PORT:-18081}/metrics  (/healthz, /readyz)
+Stop everything with: deploy/local/down.sh
+MSG
