@@ -314,6 +314,55 @@ mod tests {
         assert_eq!(auth.verify("not.a.jwt").unwrap_err().code, "unauthorized");
     }
 
+    fn fixture(name: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    }
+
+    fn sign(algorithm: Algorithm, key: EncodingKey, kid: Option<&str>) -> String {
+        let claims = Claims {
+            ten: Some("acme".into()),
+            scope: Some(ScopeClaim::Text("uts.usages.read".into())),
+            user_name: None,
+            sub: Some("svc".into()),
+            exp: SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 60,
+            iat: None,
+            iss: None,
+        };
+        let mut header = Header::new(algorithm);
+        header.kid = kid.map(str::to_owned);
+        jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    }
+
+    #[test]
+    fn rsa_and_ec_public_keys_from_pem_verify_their_tokens() {
+        let auth = Authenticator::from_args(&AuthArgs {
+            public_key_files: vec![fixture("rsa-public.pem"), fixture("ec-public.pem")],
+            ..AuthArgs::default()
+        })
+        .unwrap();
+        let rsa = EncodingKey::from_rsa_pem(&fs::read(fixture("rsa-private.pem")).unwrap()).unwrap();
+        let ec = EncodingKey::from_ec_pem(&fs::read(fixture("ec-private.pem")).unwrap()).unwrap();
+        for token in [sign(Algorithm::RS256, rsa, None), sign(Algorithm::ES256, ec, None)] {
+            let principal = auth.verify(&token).unwrap();
+            assert_eq!((principal.tenant.as_str(), principal.user.as_str()), ("acme", "svc"));
+        }
+        // An HS256 token is refused when no shared secret is configured (no algorithm confusion).
+        let hs = mint_hs256(SECRET, "acme", "", &["uts.su"], 60).unwrap();
+        assert_eq!(auth.verify(&hs).unwrap_err().code, "unauthorized");
+    }
+
+    #[test]
+    fn jwks_keys_are_chosen_by_kid() {
+        let auth = Authenticator::from_args(&AuthArgs {
+            jwks_file: Some(fixture("jwks.json")),
+            ..AuthArgs::default()
+        })
+        .unwrap();
+        let key = || EncodingKey::from_rsa_pem(&fs::read(fixture("rsa-private.pem")).unwrap()).unwrap();
+        assert!(auth.verify(&sign(Algorithm::RS256, key(), Some("test-rsa-1"))).is_ok());
+        assert!(auth.verify(&sign(Algorithm::RS256, key(), Some("another-key"))).is_err());
+    }
+
     #[test]
     fn space_separated_scopes_are_understood() {
         let claims = ScopeClaim::Text("uts.usages.read uts.admin".into()).into_vec();

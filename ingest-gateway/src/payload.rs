@@ -1,8 +1,18 @@
 //! Validation of the two POST bodies into the `uts.v1` job contents.
 //!
-//! The body is parsed into a JSON tree with exact number texts (serde_json's
-//! `arbitrary_precision`), then walked by hand so that every error names the exact property
-//! (`users[0].resources[1].usages[3].datetime`) and every value stays an exact decimal.
+//! Two paths, one rule set. The *fast path* deserialises a well-formed body straight into
+//! borrowed structs (no JSON tree, values kept as their raw number text) and accepts it only if
+//! every check passes. Anything it does not accept goes to the *walker*, which parses the body
+//! into a JSON tree with exact number texts (serde_json's `arbitrary_precision`) and walks it
+//! by hand so that the error names the exact property
+//! (`users[0].resources[1].usages[3].datetime`). The walker is the specification: the fast path
+//! must accept exactly what the walker accepts and build the same batch (tested below). Values
+//! stay exact decimals on both paths.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use serde_json::{Map, Value};
 use uts_common::domain::{
@@ -21,6 +31,126 @@ pub struct Batch {
 /// Parses the body of `POST /usagesJobs`:
 /// `{users:[{tenantId, userId?, userType?, resources:[{application, alias?, resource, usages:[{value, unit, datetime}]}]}]}`.
 pub fn parse_usages_jobs(body: &[u8]) -> Result<Batch, ApiError> {
+    match fast_usages_jobs(body) {
+        Some(batch) => Ok(batch),
+        None => walk_usages_jobs(body),
+    }
+}
+
+#[derive(Deserialize)]
+struct JobsIn<'a> {
+    #[serde(borrow)]
+    users: Vec<UserIn<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UserIn<'a> {
+    #[serde(borrow)]
+    tenant_id: Cow<'a, str>,
+    #[serde(borrow, default)]
+    user_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    user_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    resources: Vec<ResourceIn<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ResourceIn<'a> {
+    #[serde(borrow)]
+    application: Cow<'a, str>,
+    #[serde(borrow, default)]
+    alias: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    resource: Cow<'a, str>,
+    #[serde(borrow)]
+    usages: Vec<UsageIn<'a>>,
+}
+
+#[derive(Deserialize)]
+struct UsageIn<'a> {
+    #[serde(borrow)]
+    value: &'a RawValue,
+    #[serde(borrow)]
+    unit: Cow<'a, str>,
+    #[serde(borrow)]
+    datetime: Cow<'a, str>,
+}
+
+/// The fast path: `Some` only for a body the walker would accept, with the same batch.
+fn fast_usages_jobs(body: &[u8]) -> Option<Batch> {
+    let parsed: JobsIn<'_> = serde_json::from_slice(body).ok()?;
+    let count: usize = parsed.users.iter().flat_map(|u| &u.resources).map(|r| r.usages.len()).sum();
+    if parsed.users.is_empty() || count > MAX_USAGES_PER_REQUEST {
+        return None;
+    }
+    let mut next_index = 0u32;
+    let mut users = Vec::with_capacity(parsed.users.len());
+    for user in parsed.users {
+        let tenant_id = valid_name(user.tenant_id)?;
+        let user_id = match user.user_id {
+            Some(text) => Some(valid_name(text)?),
+            None => None,
+        };
+        let user_type = match user.user_type {
+            Some(text) => valid_name(text)?.parse::<UserType>().ok()?,
+            None if user_id.is_none() => UserType::Tenant,
+            None => UserType::User,
+        };
+        if user.resources.is_empty() {
+            return None;
+        }
+        let mut resources = Vec::with_capacity(user.resources.len());
+        for resource in user.resources {
+            let application = valid_name(resource.application)?;
+            let alias = match resource.alias {
+                Some(text) => Some(valid_name(text)?),
+                None => None,
+            };
+            let resource_name = valid_name(resource.resource)?;
+            if resource.usages.is_empty() {
+                return None;
+            }
+            let mut usages = Vec::with_capacity(resource.usages.len());
+            for usage in resource.usages {
+                let raw = usage.value.get();
+                if !raw.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+                    return None;
+                }
+                let value = parse_decimal(raw).ok()?;
+                let datetime = parse_datetime(&usage.datetime).ok()?;
+                usages.push(v1::Usage {
+                    index: next_index,
+                    value: value.to_string(),
+                    unit: valid_name(usage.unit)?,
+                    datetime: Some(to_timestamp(datetime)),
+                });
+                next_index += 1;
+            }
+            resources.push(v1::ResourceUsages {
+                alias: alias.unwrap_or_else(|| application.clone()),
+                application,
+                resource: resource_name,
+                usages,
+            });
+        }
+        users.push(v1::UserUsages {
+            user_id: user_id.unwrap_or_else(|| tenant_id.clone()),
+            tenant_id,
+            user_type: user_type.to_proto() as i32,
+            resources,
+        });
+    }
+    Some(Batch { users, usages_count: next_index })
+}
+
+fn valid_name(text: Cow<'_, str>) -> Option<String> {
+    name_problem(&text).is_none().then(|| text.into_owned())
+}
+
+/// The walker: the specification of what is accepted, with an error naming the property.
+fn walk_usages_jobs(body: &[u8]) -> Result<Batch, ApiError> {
     let root = parse_json(body)?;
     let root = as_object(&root, "")?;
     let users = required_array(root, "users", "")?;
@@ -233,7 +363,14 @@ fn optional_name<'a>(
         Some(Value::String(text)) => text,
         Some(_) => return Err(ApiError::invalid_body_property(&join(path, key), "must be a string")),
     };
-    let problem = if text.trim().is_empty() {
+    match name_problem(text) {
+        Some(problem) => Err(ApiError::invalid_body_property(&join(path, key), problem)),
+        None => Ok(Some(text)),
+    }
+}
+
+fn name_problem(text: &str) -> Option<&'static str> {
+    if text.trim().is_empty() {
         Some("must not be empty")
     } else if text.chars().count() > MAX_NAME_LEN {
         Some("must be at most 256 characters long")
@@ -241,10 +378,6 @@ fn optional_name<'a>(
         Some("must not contain control characters")
     } else {
         None
-    };
-    match problem {
-        Some(problem) => Err(ApiError::invalid_body_property(&join(path, key), problem)),
-        None => Ok(Some(text)),
     }
 }
 
@@ -253,8 +386,23 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Parses with both paths and checks they agree: the fast path never accepts what the
+    /// walker refuses and, when both accept, builds the same batch. (The fast path may leave
+    /// odd but valid bodies, such as duplicate keys, to the walker.)
     fn jobs(body: Value) -> Result<Batch, ApiError> {
-        parse_usages_jobs(body.to_string().as_bytes())
+        agree(body.to_string().as_bytes())
+    }
+
+    fn agree(body: &[u8]) -> Result<Batch, ApiError> {
+        let walked = walk_usages_jobs(body);
+        let fast = fast_usages_jobs(body);
+        match (&walked, &fast) {
+            (Ok(w), Some(f)) => assert_eq!(w, f, "paths built different batches"),
+            (Err(_), None) => {}
+            (Ok(_), None) => {}
+            (Err(e), Some(_)) => panic!("the fast path accepted an invalid body ({}): {}", e.message, String::from_utf8_lossy(body)),
+        }
+        parse_usages_jobs(body)
     }
 
     fn seed() -> Value {
@@ -271,6 +419,7 @@ mod tests {
     #[test]
     fn the_seed_sample_is_accepted_as_sent() {
         let batch = jobs(seed()).unwrap();
+        assert!(fast_usages_jobs(seed().to_string().as_bytes()).is_some(), "the seed takes the fast path");
         assert_eq!(batch.usages_count, 1);
         let user = &batch.users[0];
         assert_eq!(user.tenant_id, "siemenshcops");
@@ -303,7 +452,7 @@ mod tests {
             {"value":0.1,"unit":"u","datetime":"2024-01-01T00:00:00Z"},
             {"value":12345678901234567890.123456789,"unit":"u","datetime":"2024-01-01T00:00:00Z"},
             {"value":2.5e2,"unit":"u","datetime":"2024-01-01T00:00:00Z"}]}]}]}"#;
-        let batch = parse_usages_jobs(body).unwrap();
+        let batch = agree(body).unwrap();
         let values: Vec<&str> = batch.users[0].resources[0].usages.iter().map(|u| u.value.as_str()).collect();
         assert_eq!(values, ["0.1", "12345678901234567890.123456789", "250"]);
     }
@@ -346,13 +495,39 @@ mod tests {
 
     #[test]
     fn out_of_range_and_non_json_values_are_refused() {
-        let (_, message) = message_of(parse_usages_jobs(br#"{"users":[{"tenantId":"t","resources":[{"application":"a","resource":"r","usages":[{"value":1e400,"unit":"u","datetime":"2024-01-01T00:00:00Z"}]}]}]}"#));
+        let (_, message) = message_of(agree(br#"{"users":[{"tenantId":"t","resources":[{"application":"a","resource":"r","usages":[{"value":1e400,"unit":"u","datetime":"2024-01-01T00:00:00Z"}]}]}]}"#));
         assert!(message.starts_with("users[0].resources[0].usages[0].value is out of range"), "{message}");
         let (code, message) = message_of(parse_usages_jobs(br#"{"users":[{"tenantId":"t","resources":[{"application":"a","resource":"r","usages":[{"value":NaN}]}]}]}"#));
         assert_eq!(code, "mdsp.core.generic.invalidRequestBodyProperty");
         assert!(message.starts_with("request body is not valid JSON"), "{message}");
         let (_, message) = message_of(parse_usages_jobs(b""));
         assert_eq!(message, "request body is empty; a JSON object is required");
+    }
+
+    #[test]
+    fn both_paths_agree_on_edge_cases() {
+        let long = "x".repeat(257);
+        let bodies: Vec<String> = vec![
+            r#"{"users":[{"tenantId":"t\u00e9","userId":null,"resources":[{"application":"a\n","resource":"r","usages":[{"value":1,"unit":"u","datetime":"2024-01-01T00:00:00Z"}]}]}]}"#.into(),
+            r#"{"users":[{"tenantId":"t\u00e9","userId":null,"resources":[{"application":"a\"b","resource":"r","usages":[{"value":-0.5,"unit":"u","datetime":"2024-01-01T00:00:00+02:00"}]}]}]}"#.into(),
+            r#"{"users":[{"tenantId":"t","tenantId":"u","resources":[{"application":"a","resource":"r","usages":[{"value":1,"unit":"u","datetime":"2024-01-01T00:00:00Z"}]}]}]}"#.into(),
+            r#"{"extra":1,"users":[{"tenantId":"t","x":{},"resources":[{"application":"a","alias":null,"resource":"r","usages":[{"value":1,"unit":"u","datetime":"2024-01-01T00:00:00Z","note":"n"}]}]}]}"#.into(),
+            r#"{"users":[{"tenantId":"t","userType":null,"resources":[{"application":"a","resource":"r","usages":[{"value":"1","unit":"u","datetime":"2024-01-01T00:00:00Z"}]}]}]}"#.into(),
+            r#"{"users":[{"tenantId":"t","userType":"agent","resources":[{"application":"a","resource":"r","usages":[{"value":null,"unit":"u","datetime":"2024-01-01T00:00:00Z"}]}]}]}"#.into(),
+            r#"{"users":[{"tenantId":"t","resources":[{"application":"a","resource":" ","usages":[{"value":1,"unit":"u","datetime":"2024-01-01T00:00:00Z"}]}]}]}"#.into(),
+            format!(r#"{{"users":[{{"tenantId":"{long}","resources":[{{"application":"a","resource":"r","usages":[{{"value":1,"unit":"u","datetime":"2024-01-01T00:00:00Z"}}]}}]}}]}}"#),
+            r#"{"users":[{"tenantId":"t","resources":[{"application":"a","resource":"r","usages":[{"value":1,"unit":"u","datetime":"2024-01-01T00:00:00Z"}]}]}], "users": null}"#.into(),
+            "null".into(),
+            "".into(),
+        ];
+        let mut accepted = 0;
+        for body in &bodies {
+            accepted += usize::from(agree(body.as_bytes()).is_ok());
+        }
+        assert_eq!(accepted, 3, "escaped strings, duplicate keys and unknown fields are valid");
+        // Ordinary valid bodies take the fast path.
+        assert!(fast_usages_jobs(bodies[1].as_bytes()).is_some());
+        assert!(fast_usages_jobs(bodies[3].as_bytes()).is_some());
     }
 
     #[test]
