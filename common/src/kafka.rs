@@ -122,17 +122,20 @@ pub fn durable_producer(args: &KafkaArgs) -> anyhow::Result<(DurableProducer, Ka
     Ok((producer, health))
 }
 
-/// A consumer in `group` that commits offsets only when told to (after the work is durable)
-/// and starts from the earliest offset when the group has none.
-pub fn manual_commit_consumer(args: &KafkaArgs, group: &str) -> anyhow::Result<StreamConsumer> {
+/// A consumer in `group` for at-least-once processing: offsets are *stored* by the caller only
+/// after the work is durable, and librdkafka commits the stored offsets every second, on
+/// rebalance and on close. It starts from the earliest offset when the group has none.
+pub fn at_least_once_consumer(args: &KafkaArgs, group: &str) -> anyhow::Result<StreamConsumer> {
     let mut config = client_config(args)?;
     config
         .set("group.id", group)
-        .set("enable.auto.commit", "false")
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
-        .set("partition.assignment.strategy", "cooperative-sticky");
+        .set("heartbeat.interval.ms", "1000")
+        .set("partition.assignment.strategy", "roundrobin");
     config.create().context("creating the Kafka consumer")
 }
 

@@ -1,7 +1,8 @@
 //! What every Usage Transparency Service process shares: configuration groups ([`config`]),
 //! telemetry ([`telemetry`]), graceful shutdown ([`shutdown`]), Kafka helpers ([`kafka`]), the
 //! PostgreSQL pool and the one migrations directory ([`db`]), domain types ([`domain`]), the
-//! `mdsp.core.generic.*` error model ([`error`]), JWT authentication ([`auth`]), the tenant
+//! `mdsp.core.generic.*` error model ([`error`]), the consumer runner every stage uses
+//! ([`runner`]), JWT authentication ([`auth`]), the tenant
 //! directory ([`tenants`]) and the admin listener with `/healthz`, `/readyz`, `/metrics`
 //! ([`admin`]).
 //!
@@ -14,6 +15,7 @@ pub mod db;
 pub mod domain;
 pub mod error;
 pub mod kafka;
+pub mod runner;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tenants;

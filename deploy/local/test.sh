@@ -18,4 +18,5 @@ done
 export UTS_KAFKA_BROKERS DATABASE_URL
 cd "$root"
 cargo test --workspace --all-targets
-cargo test -p ingest-gateway --test kafka_outage -- --ignored
+# Same package selection as above, so nothing is rebuilt.
+cargo test --workspace --test kafka_outage -- --ignored

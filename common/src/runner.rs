@@ -1,0 +1,257 @@
+//! The one consumer runner every stage uses (CONVENTIONS.md 5):
+//! receive a batch → decode each message → handle the batch (a DB transaction and/or
+//! productions) → store the offsets → commit.
+//!
+//! **Delivery: at-least-once.** Offsets are stored only after the handler returned `Ok`, i.e.
+//! after its work is durable; librdkafka commits stored offsets in the background
+//! (`enable.auto.commit` with `enable.auto.offset.store=false`, the pattern of rust-rdkafka's
+//! `at_least_once.rs`), on rebalance and, synchronously, when the runner stops. A crash
+//! between the work and the commit redelivers the batch, so every handler must be idempotent
+//! (deterministic ids, `ON CONFLICT`).
+//!
+//! **Ordering caveat:** one runner handles its batches one after the other, and a batch's
+//! offsets are stored only when the whole batch succeeded, so an offset never passes a message
+//! whose work is not durable. Within a batch the handler sees messages in partition order.
+//!
+//! **Failures:** a message that cannot be decoded (or that the handler's `decode` refuses) is
+//! poison: it goes to the dead-letter topic with the reason, and its offset is stored like any
+//! other, so it never blocks its partition. A handler error is retryable: the batch is retried
+//! with exponential backoff (100 ms doubling to 30 s), never skipped. Shutdown is checked only
+//! between batches and during backoff; a batch abandoned at shutdown is not committed and is
+//! redelivered to whoever takes the partition next.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::Utc;
+use futures::StreamExt;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::Message as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::KafkaArgs;
+use crate::kafka::{self, DurableProducer};
+use crate::proto::{v1, Message};
+
+/// Most messages handed to the handler at once.
+pub const MAX_BATCH: usize = 256;
+
+/// How long the runner waits for more messages to fill a batch once it has one.
+const BATCH_LINGER: Duration = Duration::from_millis(20);
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Where a message came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A decoded message with its origin.
+#[derive(Debug, Clone)]
+pub struct Decoded<T> {
+    pub origin: Origin,
+    pub key: Option<Vec<u8>>,
+    pub item: T,
+}
+
+/// What a stage does with its messages.
+pub trait Handler: Send + Sync {
+    type Item: Send + Sync;
+
+    /// Decodes and validates one message; `Err(reason)` sends it to the dead-letter topic.
+    fn decode(&self, topic: &str, key: Option<&[u8]>, payload: Option<&[u8]>) -> Result<Self::Item, String>;
+
+    /// Does the work of a batch durably. `Err` is retried with backoff; the batch's offsets are
+    /// stored only after `Ok`.
+    fn handle(&self, batch: &[Decoded<Self::Item>]) -> impl std::future::Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// Decodes a protobuf payload, the usual first step of [`Handler::decode`].
+pub fn decode_proto<M: Message + Default>(payload: Option<&[u8]>) -> Result<M, String> {
+    let payload = payload.ok_or_else(|| "empty payload".to_owned())?;
+    M::decode(payload).map_err(|err| format!("not a valid {}: {err}", std::any::type_name::<M>()))
+}
+
+pub struct Runner {
+    pub stage: v1::Stage,
+    pub consumer: StreamConsumer,
+    pub producer: DurableProducer,
+    pub dead_letter_topic: String,
+    pub produce_timeout: Duration,
+    /// Metric label, e.g. `verifier`.
+    pub name: &'static str,
+}
+
+impl Runner {
+    /// A runner for `stage` in consumer group `group`, subscribed to `topics`.
+    pub fn new(
+        args: &KafkaArgs,
+        stage: v1::Stage,
+        name: &'static str,
+        group: &str,
+        topics: &[&str],
+    ) -> anyhow::Result<Self> {
+        let consumer = kafka::at_least_once_consumer(args, group)?;
+        consumer.subscribe(topics).with_context(|| format!("subscribing to {topics:?}"))?;
+        let (producer, _) = kafka::durable_producer(args)?;
+        Ok(Self {
+            stage,
+            consumer,
+            producer,
+            dead_letter_topic: args.topics().dead_letter,
+            produce_timeout: args.produce_timeout(),
+            name,
+        })
+    }
+
+    /// Runs until `shutdown`: batches are finished, their offsets committed synchronously.
+    pub async fn run<H: Handler>(self, handler: H, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let consumed = self.consume(&handler, &shutdown).await;
+        let finished = self.finish();
+        consumed.and(finished)
+    }
+
+    /// Handles batches until shutdown; returns early, without storing the batch's offsets,
+    /// when shutdown interrupts a retry.
+    async fn consume<H: Handler>(&self, handler: &H, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let mut stream = self.consumer.stream();
+        loop {
+            let first = tokio::select! {
+                () = shutdown.cancelled() => break,
+                next = stream.next() => next,
+            };
+            let Some(first) = first else { break };
+            let mut messages = vec![first];
+            // Fill the batch with what is already there, waiting at most BATCH_LINGER.
+            let linger = tokio::time::sleep(BATCH_LINGER);
+            tokio::pin!(linger);
+            while messages.len() < MAX_BATCH {
+                tokio::select! {
+                    () = &mut linger => break,
+                    next = stream.next() => match next {
+                        Some(message) => messages.push(message),
+                        None => break,
+                    },
+                }
+            }
+            let mut batch = Vec::with_capacity(messages.len());
+            let mut origins = Vec::with_capacity(messages.len());
+            for message in messages {
+                let message = match message {
+                    Ok(message) => message,
+                    Err(err) => {
+                        // Broker or consumer errors: librdkafka recovers by itself; nothing
+                        // was consumed, so nothing is lost.
+                        tracing::warn!(%err, stage = self.name, "Kafka consumer error");
+                        continue;
+                    }
+                };
+                let origin = origin_of(&message);
+                match handler.decode(message.topic(), message.key(), message.payload()) {
+                    Ok(item) => batch.push(Decoded { origin: origin.clone(), key: message.key().map(<[u8]>::to_vec), item }),
+                    Err(reason) => {
+                        if !self.dead_letter(&message, &reason, shutdown).await {
+                            // Shutting down before the dead letter was written: do not commit.
+                            return Ok(());
+                        }
+                    }
+                }
+                origins.push(origin);
+            }
+            if !batch.is_empty() && !self.handle_with_retries(handler, &batch, shutdown).await {
+                return Ok(());
+            }
+            for origin in &origins {
+                // rd_kafka_offset_store stores offset + 1 itself: the next offset to consume.
+                self.consumer
+                    .store_offset(&origin.topic, origin.partition, origin.offset)
+                    .context("storing a consumed offset")?;
+            }
+            metrics::counter!("uts_stage_messages_total", "stage" => self.name).increment(origins.len() as u64);
+        }
+        Ok(())
+    }
+
+    /// Retries `handle` with backoff until it succeeds (`true`) or shutdown (`false`).
+    async fn handle_with_retries<H: Handler>(
+        &self,
+        handler: &H,
+        batch: &[Decoded<H::Item>],
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let started = std::time::Instant::now();
+            match handler.handle(batch).await {
+                Ok(()) => {
+                    metrics::histogram!("uts_stage_batch_duration_seconds", "stage" => self.name)
+                        .record(started.elapsed().as_secs_f64());
+                    return true;
+                }
+                Err(err) => {
+                    metrics::counter!("uts_stage_errors_total", "stage" => self.name, "kind" => "retryable").increment(1);
+                    tracing::warn!(error = format!("{err:#}"), stage = self.name, retry_in_ms = backoff.as_millis() as u64,
+                        "batch failed; retrying");
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return false,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Writes a poison message to the dead-letter topic, retrying until it is durable (`true`)
+    /// or shutdown (`false`).
+    async fn dead_letter(&self, message: &BorrowedMessage<'_>, reason: &str, shutdown: &CancellationToken) -> bool {
+        tracing::warn!(topic = message.topic(), partition = message.partition(), offset = message.offset(),
+            reason, stage = self.name, "poison message sent to the dead-letter topic");
+        metrics::counter!("uts_stage_errors_total", "stage" => self.name, "kind" => "poison").increment(1);
+        let letter = v1::DeadLetter {
+            source_topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            stage: self.stage as i32,
+            reason: reason.to_owned(),
+            original_key: message.key().map(<[u8]>::to_vec).unwrap_or_default(),
+            original_value: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            failed_at: Some(crate::domain::to_timestamp(Utc::now())),
+        };
+        let payload = letter.encode_to_vec();
+        let key = message.key().unwrap_or_default();
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            match kafka::produce_durably(&self.producer, &self.dead_letter_topic, key, &payload, self.produce_timeout).await {
+                Ok(()) => return true,
+                Err(err) => tracing::warn!(%err, "writing a dead letter failed; retrying"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return false,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Commits the stored offsets synchronously; the last step before exit.
+    fn finish(&self) -> anyhow::Result<()> {
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => {}
+            // Nothing stored since the last commit.
+            Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+            Err(err) => return Err(err).context("committing offsets at shutdown"),
+        }
+        tracing::info!(stage = self.name, "consumer stopped; offsets committed");
+        Ok(())
+    }
+}
+
+fn origin_of(message: &BorrowedMessage<'_>) -> Origin {
+    Origin { topic: message.topic().to_owned(), partition: message.partition(), offset: message.offset() }
+}
