@@ -192,6 +192,58 @@ impl FromStr for TenantType {
     }
 }
 
+/// How a daily bucket folds its usages (DESIGN.md §7). SUM when no rule applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum AggregationFunction {
+    #[default]
+    Sum,
+    Count,
+    Min,
+    Max,
+    Avg,
+    Last,
+}
+
+impl AggregationFunction {
+    pub const ALL: [AggregationFunction; 6] = [
+        AggregationFunction::Sum,
+        AggregationFunction::Count,
+        AggregationFunction::Min,
+        AggregationFunction::Max,
+        AggregationFunction::Avg,
+        AggregationFunction::Last,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AggregationFunction::Sum => "SUM",
+            AggregationFunction::Count => "COUNT",
+            AggregationFunction::Min => "MIN",
+            AggregationFunction::Max => "MAX",
+            AggregationFunction::Avg => "AVG",
+            AggregationFunction::Last => "LAST",
+        }
+    }
+
+    pub fn to_proto(self) -> v1::AggregationFunction {
+        match self {
+            AggregationFunction::Sum => v1::AggregationFunction::Sum,
+            AggregationFunction::Count => v1::AggregationFunction::Count,
+            AggregationFunction::Min => v1::AggregationFunction::Min,
+            AggregationFunction::Max => v1::AggregationFunction::Max,
+            AggregationFunction::Avg => v1::AggregationFunction::Avg,
+            AggregationFunction::Last => v1::AggregationFunction::Last,
+        }
+    }
+}
+
+impl FromStr for AggregationFunction {
+    type Err = ();
+    fn from_str(text: &str) -> Result<Self, ()> {
+        AggregationFunction::ALL.into_iter().find(|f| f.as_str() == text).ok_or(())
+    }
+}
+
 /// Why a text is not an accepted datetime.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("must be an RFC 3339 date-time with a time zone, e.g. 2011-07-14T19:43:37Z")]

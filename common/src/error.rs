@@ -45,7 +45,8 @@ struct ErrorEntry<'a> {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// An error with any status and `mdsp.core.generic.<code>`; prefer the named constructors.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,

@@ -19,6 +19,7 @@ pub mod runner;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tenants;
+pub mod testing;
 
 pub use uts_proto as proto;
 

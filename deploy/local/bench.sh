@@ -18,6 +18,8 @@ log_info "building release binaries (the first time takes several minutes)"
 (cd "$UTS_REPO_ROOT" && cargo build --release -q -p ingest-gateway -p utsctl -p uts-bench)
 bin="${CARGO_TARGET_DIR:-$UTS_REPO_ROOT/target}/release"
 
+# Its own topics: the benchmark never floods the topics of the local stack.
+export UTS_TOPIC_PREFIX=uts-bench
 UTS_JWT_HS256_SECRET="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 export UTS_JWT_HS256_SECRET
 "$bin/utsctl" migrate >&2
@@ -30,7 +32,13 @@ mkdir -p "$(dirname "$log_file")"
 RUST_LOG=warn "$bin/ingest-gateway" --listen-addr "127.0.0.1:$port" --admin-addr "127.0.0.1:$admin_port" \
   --database-max-connections 4 >"$log_file" 2>&1 &
 gateway_pid=$!
-trap 'kill -TERM $gateway_pid 2>/dev/null; wait $gateway_pid 2>/dev/null || true' EXIT
+cleanup() {
+  kill -TERM "$gateway_pid" 2>/dev/null
+  wait "$gateway_pid" 2>/dev/null || true
+  # The benchmark writes gigabytes; drop its topics so local disks do not fill up.
+  "$UTS_LOCAL_SCRIPTS_DIR/kafka.sh" topics --delete --topic 'uts-bench\..*' >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
 ready() { curl -fsS "http://127.0.0.1:$admin_port/readyz" >/dev/null 2>&1; }
 wait_until 60 0.3 ready || die "the bench gateway did not become ready (see $log_file)"
 

@@ -6,7 +6,8 @@
 #   deploy/local/services.sh stop    SIGTERM every stage (graceful drain), SIGKILL after 20 s
 #   deploy/local/services.sh status
 #
-# Settings: UTS_GATEWAY_PORT (default 18080), UTS_GATEWAY_ADMIN_PORT (default 18081),
+# Ports (127.0.0.1): gateway API 18080 and admin 18081, verifier admin 18082, billing receiver
+# 18070 (admin 18071). Settings: UTS_GATEWAY_PORT, UTS_GATEWAY_ADMIN_PORT,
 # UTS_CARGO_PROFILE (dev or release; default dev, which shares target/ with the tests).
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -16,7 +17,7 @@ UTS_GATEWAY_ADMIN_PORT="${UTS_GATEWAY_ADMIN_PORT:-18081}"
 UTS_CARGO_PROFILE="${UTS_CARGO_PROFILE:-dev}"
 RUN_DIR="$UTS_LOCAL_DIR/run"
 # The stages that exist as binaries so far, in start order.
-STAGES=(ingest-gateway)
+STAGES=(billing-receiver ingest-gateway verifier)
 
 target_dir() {
   local dir="${CARGO_TARGET_DIR:-$UTS_REPO_ROOT/target}"
@@ -75,9 +76,14 @@ cmd_start() {
   build
   utsctl migrate >&2
   utsctl topics >&2
+  start_stage billing-receiver --listen-addr 127.0.0.1:18070 --admin-addr 127.0.0.1:18071 \
+    --data-file "$RUN_DIR/billing-receiver.jsonl"
   start_stage ingest-gateway \
     --listen-addr "127.0.0.1:$UTS_GATEWAY_PORT" --admin-addr "127.0.0.1:$UTS_GATEWAY_ADMIN_PORT"
+  start_stage verifier --admin-addr 127.0.0.1:18082
+  wait_ready billing-receiver 18071
   wait_ready ingest-gateway "$UTS_GATEWAY_ADMIN_PORT"
+  wait_ready verifier 18082
 }
 
 cmd_stop() {

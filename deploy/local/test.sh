@@ -16,6 +16,9 @@ done
 # shellcheck disable=SC1091
 . "${UTS_LOCAL_DIR:-$root/.local}/env"
 export UTS_KAFKA_BROKERS DATABASE_URL
+# Drop the topics earlier test runs left behind (every test makes its own, randomly named);
+# deletion is asynchronous and new names never collide with them.
+"$dir/kafka.sh" topics --delete --topic '(test|runner)-.*' >/dev/null 2>&1 || true
 cd "$root"
 cargo test --workspace --all-targets
 # Same package selection as above, so nothing is rebuilt.

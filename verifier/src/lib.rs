@@ -1,14 +1,223 @@
-//! # verifier (not built yet: the pipeline issue)
+//! # verifier
 //!
 //! **Consumes** `uts.usage-jobs` (consumer group `uts-verifier`). For each usage it checks the
 //! tenant rules of DESIGN.md §3 (payload tenant is the submitter, or an IoT tenant of that
-//! operator with the application provisioned) and the rule for (application, unit).
+//! operator with the application provisioned) and the active rule for (application, unit):
+//! allowed user types, minimum and maximum value, integers only, and the accepted time window
+//! relative to the job's receipt. See [`decide`].
 //!
 //! **Produces** the verified usages of each job to `uts.usages.verified`, one message per
-//! (job, aggregation key), keyed by the aggregation key; status transitions (VERIFIED,
-//! NOVERIFICATION, VERIFICATIONFAILED with validation errors) to `uts.status`, keyed by job id,
-//! with deterministic event ids; undecodable jobs to `uts.dead-letter`.
+//! (job, aggregation key), keyed by the aggregation key; one status event per job (ACCEPTED →
+//! VERIFIED / NOVERIFICATION / VERIFICATIONFAILED counts per application and unit, validation
+//! errors carrying the failing usages in the `users` shape) to `uts.status`, keyed by job id,
+//! with the deterministic event id `verifier:<job id>`; undecodable jobs to `uts.dead-letter`.
 //!
-//! **Delivery:** at-least-once consumption through the shared consumer runner; offsets are
-//! committed only after both productions are acknowledged, so a crash re-verifies a job and
-//! re-produces the same messages and event ids, which downstream stages dedup.
+//! **Delivery:** at-least-once through the shared consumer runner. The decision for a job is
+//! stored in PostgreSQL (`verifier_decisions`) before anything is produced, and offsets are
+//! committed only after every production is acknowledged. A redelivered or re-submitted job
+//! (same job id) is answered from the stored decision, so it yields exactly the same messages
+//! even if rules changed meanwhile, and downstream dedup by (job, aggregation key) and event id
+//! stays exact.
+//!
+//! **Failure modes:** PostgreSQL or Kafka unavailable → the batch is retried with backoff, never
+//! skipped; a message that is not a `UsageJob` (or has no job id) → dead letter; SIGTERM → the
+//! batch in hand is finished and its offsets committed.
+
+pub mod catalog;
+pub mod decide;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::future::try_join_all;
+use sqlx::PgPool;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use uts_common::admin;
+use uts_common::config::{AdminArgs, DatabaseArgs, KafkaArgs, TelemetryArgs};
+use uts_common::kafka::{self, DurableProducer};
+use uts_common::proto::{v1, Message};
+use uts_common::runner::{decode_proto, Decoded, Handler, Runner};
+
+use crate::catalog::Catalog;
+use crate::decide::{aggregation_key_text, decide, Decision};
+
+/// Consumer group of every verifier process.
+pub const GROUP: &str = "uts-verifier";
+
+/// Verifies accepted usages against tenants, provisioning and rules.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "verifier", version, about)]
+pub struct Config {
+    /// Kafka consumer group; every verifier process of one deployment shares it.
+    #[arg(long = "consumer-group", env = "UTS_VERIFIER_GROUP", default_value = GROUP)]
+    pub group: String,
+
+    /// Make usages without an active rule fail verification instead of passing as
+    /// NOVERIFICATION.
+    #[arg(long = "require-rule", env = "UTS_REQUIRE_RULE", default_value_t = false)]
+    pub require_rule: bool,
+
+    /// How often rules, tenants and provisioning are re-read, in milliseconds.
+    #[arg(long = "catalog-refresh-ms", env = "UTS_CATALOG_REFRESH_MS", default_value_t = 2000)]
+    pub catalog_refresh_ms: u64,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub admin: AdminArgs,
+
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+/// The runner's handler.
+pub struct Verifier {
+    pool: PgPool,
+    producer: DurableProducer,
+    verified_topic: String,
+    status_topic: String,
+    produce_timeout: Duration,
+    require_rule: bool,
+    refresh: Duration,
+    /// The snapshot and when it was loaded; refreshed lazily at the start of a batch.
+    catalog: Mutex<Option<(Arc<Catalog>, Instant)>>,
+}
+
+impl Verifier {
+    async fn catalog(&self) -> anyhow::Result<Arc<Catalog>> {
+        let mut slot = self.catalog.lock().await;
+        if let Some((catalog, at)) = slot.as_ref() {
+            if at.elapsed() < self.refresh {
+                return Ok(catalog.clone());
+            }
+        }
+        let catalog = Arc::new(Catalog::load(&self.pool).await.context("loading rules, tenants and provisioning")?);
+        *slot = Some((catalog.clone(), Instant::now()));
+        Ok(catalog)
+    }
+
+    /// The stored decision of each job, deciding and storing those that have none.
+    async fn decisions(&self, jobs: &[&v1::UsageJob]) -> anyhow::Result<HashMap<String, Decision>> {
+        let ids: Vec<&str> = jobs.iter().map(|j| j.job_id.as_str()).collect();
+        let mut decisions = load_decisions(&self.pool, &ids).await?;
+        let missing: Vec<&v1::UsageJob> = jobs.iter().copied().filter(|j| !decisions.contains_key(&j.job_id)).collect();
+        if missing.is_empty() {
+            return Ok(decisions);
+        }
+        let catalog = self.catalog().await?;
+        let mut tx = self.pool.begin().await?;
+        for job in missing {
+            if decisions.contains_key(&job.job_id) {
+                continue; // the same job twice in one batch
+            }
+            let decision = decide(job, &catalog, self.require_rule);
+            // Another verifier may have decided the same job (a rebalance, a duplicate): the
+            // first stored decision wins and is what everyone produces.
+            sqlx::query("INSERT INTO verifier_decisions (job_id, decision) VALUES ($1, $2) ON CONFLICT (job_id) DO NOTHING")
+                .bind(&job.job_id)
+                .bind(decision.to_proto().encode_to_vec())
+                .execute(&mut *tx)
+                .await?;
+            decisions.insert(job.job_id.clone(), decision);
+        }
+        tx.commit().await?;
+        // Re-read, so a decision stored concurrently by another process is the one produced.
+        Ok(load_decisions(&self.pool, &ids).await?)
+    }
+}
+
+async fn load_decisions(pool: &PgPool, ids: &[&str]) -> anyhow::Result<HashMap<String, Decision>> {
+    let rows: Vec<(String, Vec<u8>)> =
+        sqlx::query_as("SELECT job_id, decision FROM verifier_decisions WHERE job_id = ANY($1)")
+            .bind(ids)
+            .fetch_all(pool)
+            .await
+            .context("reading stored decisions")?;
+    rows.into_iter()
+        .map(|(id, bytes)| {
+            let decision = v1::VerifierDecision::decode(bytes.as_slice()).context("decoding a stored decision")?;
+            Ok((id, Decision::from_proto(decision)))
+        })
+        .collect()
+}
+
+impl Handler for Verifier {
+    type Item = v1::UsageJob;
+
+    fn decode(&self, _topic: &str, _key: Option<&[u8]>, payload: Option<&[u8]>) -> Result<v1::UsageJob, String> {
+        let job: v1::UsageJob = decode_proto(payload)?;
+        if job.job_id.is_empty() {
+            return Err("usage job without job_id".into());
+        }
+        if job.submitter_tenant.is_empty() {
+            return Err("usage job without submitter_tenant".into());
+        }
+        Ok(job)
+    }
+
+    async fn handle(&self, batch: &[Decoded<v1::UsageJob>]) -> anyhow::Result<()> {
+        let jobs: Vec<&v1::UsageJob> = batch.iter().map(|d| &d.item).collect();
+        let decisions = self.decisions(&jobs).await?;
+        let mut sends = Vec::new();
+        for decision in decisions.values() {
+            for verified in &decision.batches {
+                let key = verified.key.as_ref().map(aggregation_key_text).unwrap_or_default();
+                sends.push((self.verified_topic.as_str(), key, verified.encode_to_vec()));
+            }
+            sends.push((self.status_topic.as_str(), decision.status.job_id.clone(), decision.status.encode_to_vec()));
+        }
+        try_join_all(sends.iter().map(|(topic, key, payload)| {
+            kafka::produce_durably(&self.producer, topic, key.as_bytes(), payload, self.produce_timeout)
+        }))
+        .await
+        .context("producing verified usages and status events")?;
+        let usages: u64 = jobs.iter().map(|j| u64::from(j.usages_count)).sum();
+        metrics::counter!("uts_verifier_usages_total").increment(usages);
+        Ok(())
+    }
+}
+
+/// Runs the verifier with `pool` until `shutdown`.
+pub async fn run_with_pool(config: Config, pool: PgPool, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let topics = config.kafka.topics();
+    let runner = Runner::new(&config.kafka, v1::Stage::Verifier, "verifier", &config.group, &[&topics.usage_jobs])?;
+    let (producer, _) = kafka::durable_producer(&config.kafka)?;
+    let handler = Verifier {
+        pool: pool.clone(),
+        producer: producer.clone(),
+        verified_topic: topics.usages_verified,
+        status_topic: topics.status,
+        produce_timeout: config.kafka.produce_timeout(),
+        require_rule: config.require_rule,
+        refresh: Duration::from_millis(config.catalog_refresh_ms),
+        catalog: Mutex::new(None),
+    };
+    let ready: admin::ReadinessCheck = Arc::new(move || {
+        let (pool, producer) = (pool.clone(), producer.clone());
+        Box::pin(async move {
+            kafka::check_reachable(&producer, Duration::from_secs(2)).await.map_err(|e| format!("Kafka: {e}"))?;
+            sqlx::query("SELECT 1").execute(&pool).await.map_err(|e| format!("PostgreSQL: {e}"))?;
+            Ok(())
+        })
+    });
+    let (_, admin_task) =
+        admin::serve(config.admin.addr, uts_common::telemetry::metrics_handle(), ready, shutdown.clone()).await?;
+    tracing::info!(group = %config.group, require_rule = config.require_rule, "verifier consuming");
+    let result = runner.run(handler, shutdown).await;
+    let _ = admin_task.await;
+    result
+}
+
+/// The binary's entry point.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    uts_common::telemetry::init(&config.telemetry);
+    let pool = uts_common::db::connect(&config.database).await?;
+    run_with_pool(config, pool, shutdown).await
+}

@@ -1,0 +1,504 @@
+//! The verification of one job: a pure function of the job and a catalog snapshot, so the same
+//! inputs always give the same messages.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use chrono::{DateTime, Duration, Utc};
+use rust_decimal::Decimal;
+use uts_common::domain::{from_timestamp, AggregationFunction, UsageStatus, UserType};
+use uts_common::proto::v1;
+
+use crate::catalog::{Catalog, Rule};
+
+/// Why a usage failed verification. Each kind becomes one validation error of the job.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Violation {
+    TenantNotAllowed { tenant: String, submitter: String, application: String },
+    NoRule { application: String, unit: String },
+    UserTypeNotAllowed { user_type: &'static str, allowed: String },
+    BelowMinimum { minimum: String },
+    AboveMaximum { maximum: String },
+    NotAnInteger,
+    TooOld { max_age_days: i32 },
+    InTheFuture { max_future_minutes: i32 },
+    Malformed { detail: String },
+}
+
+impl Violation {
+    fn code(&self) -> &'static str {
+        match self {
+            Violation::TenantNotAllowed { .. } => "mdsp.uts.verification.tenantNotAllowed",
+            Violation::NoRule { .. } => "mdsp.uts.verification.noRule",
+            Violation::UserTypeNotAllowed { .. } => "mdsp.uts.verification.userTypeNotAllowed",
+            Violation::BelowMinimum { .. } => "mdsp.uts.verification.valueBelowMinimum",
+            Violation::AboveMaximum { .. } => "mdsp.uts.verification.valueAboveMaximum",
+            Violation::NotAnInteger => "mdsp.uts.verification.valueNotInteger",
+            Violation::TooOld { .. } => "mdsp.uts.verification.usageTooOld",
+            Violation::InTheFuture { .. } => "mdsp.uts.verification.usageInFuture",
+            Violation::Malformed { .. } => "mdsp.uts.verification.malformedUsage",
+        }
+    }
+
+    fn message_and_parameters(&self) -> (String, Vec<(&'static str, String)>) {
+        match self {
+            Violation::TenantNotAllowed { tenant, submitter, application } => (
+                format!(
+                    "tenant {submitter} may not report usages of tenant {tenant} for application {application}: \
+                     it is neither the submitter nor an IoT tenant of it with the application provisioned"
+                ),
+                vec![("tenantId", tenant.clone()), ("application", application.clone())],
+            ),
+            Violation::NoRule { application, unit } => (
+                format!("no active rule exists for application {application} and unit {unit}, and a rule is required"),
+                vec![("application", application.clone()), ("unit", unit.clone())],
+            ),
+            Violation::UserTypeNotAllowed { user_type, allowed } => (
+                format!("userType {user_type} is not allowed by the rule (allowed: {allowed})"),
+                vec![("userType", (*user_type).to_owned()), ("allowed", allowed.clone())],
+            ),
+            Violation::BelowMinimum { minimum } => {
+                (format!("value is below the rule's minimum {minimum}"), vec![("minimum", minimum.clone())])
+            }
+            Violation::AboveMaximum { maximum } => {
+                (format!("value is above the rule's maximum {maximum}"), vec![("maximum", maximum.clone())])
+            }
+            Violation::NotAnInteger => ("value must be an integer by the rule".to_owned(), vec![]),
+            Violation::TooOld { max_age_days } => (
+                format!("datetime is more than {max_age_days} days before the job was received"),
+                vec![("maxAgeDays", max_age_days.to_string())],
+            ),
+            Violation::InTheFuture { max_future_minutes } => (
+                format!("datetime is more than {max_future_minutes} minutes after the job was received"),
+                vec![("maxFutureMinutes", max_future_minutes.to_string())],
+            ),
+            Violation::Malformed { detail } => (format!("the usage is malformed: {detail}"), vec![]),
+        }
+    }
+}
+
+/// The messages one job yields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub batches: Vec<v1::VerifiedBatch>,
+    pub status: v1::StatusEvent,
+}
+
+impl Decision {
+    pub fn to_proto(&self) -> v1::VerifierDecision {
+        v1::VerifierDecision { batches: self.batches.clone(), status: Some(self.status.clone()) }
+    }
+
+    pub fn from_proto(decision: v1::VerifierDecision) -> Self {
+        Self { batches: decision.batches, status: decision.status.unwrap_or_default() }
+    }
+}
+
+/// The Kafka key of a verified batch: its aggregation key. Only partitioning depends on it, so
+/// a separator that could appear in a name costs nothing but an uneven spread.
+pub fn aggregation_key_text(key: &v1::AggregationKey) -> String {
+    format!("{}/{}/{}/{}", key.provider_tenant, key.consumer_tenant, key.application, key.unit)
+}
+
+/// The status event id of the verifier's step for a job: deterministic, so a redelivery is
+/// recognised by the projection.
+pub fn event_id(job_id: &str) -> String {
+    format!("verifier:{job_id}")
+}
+
+/// Verifies every usage of `job` against `catalog`. `require_rule` makes usages without a rule
+/// fail instead of passing as NOVERIFICATION.
+pub fn decide(job: &v1::UsageJob, catalog: &Catalog, require_rule: bool) -> Decision {
+    let received_at = job.received_at.as_ref().and_then(from_timestamp).unwrap_or_else(Utc::now);
+    // (provider, consumer, application, unit) → batch under construction.
+    let mut batches: BTreeMap<(String, String, String, String), v1::VerifiedBatch> = BTreeMap::new();
+    // (application, unit, status) → count.
+    let mut transitions: BTreeMap<(String, String, UsageStatus), u32> = BTreeMap::new();
+    // violation → failing usages in the users shape, built per (user index, resource index).
+    let mut failures: BTreeMap<Violation, BTreeMap<(usize, usize), (v1::UserUsages, v1::ResourceUsages)>> =
+        BTreeMap::new();
+
+    for (u, user) in job.users.iter().enumerate() {
+        let user_type = v1::UserType::try_from(user.user_type)
+            .ok()
+            .and_then(UserType::from_proto)
+            .unwrap_or(UserType::User);
+        for (r, resource) in user.resources.iter().enumerate() {
+            for usage in &resource.usages {
+                let rule = catalog.rule(&resource.application, &usage.unit);
+                let verdict = check(job, user, user_type, resource, usage, rule, catalog, received_at, require_rule);
+                let status = match verdict {
+                    Err(violation) => {
+                        let entry = failures.entry(violation).or_default().entry((u, r)).or_insert_with(|| {
+                            (
+                                v1::UserUsages { resources: vec![], ..user.clone() },
+                                v1::ResourceUsages { usages: vec![], ..resource.clone() },
+                            )
+                        });
+                        entry.1.usages.push(usage.clone());
+                        UsageStatus::VerificationFailed
+                    }
+                    Ok(()) => {
+                        let status = if rule.is_some() { UsageStatus::Verified } else { UsageStatus::NoVerification };
+                        let provider = rule.map_or(job.submitter_tenant.as_str(), |r| r.owner_tenant_id.as_str());
+                        let key = (
+                            provider.to_owned(),
+                            user.tenant_id.clone(),
+                            resource.application.clone(),
+                            usage.unit.clone(),
+                        );
+                        let batch = batches.entry(key).or_insert_with_key(|(provider, consumer, application, unit)| {
+                            new_batch(job, provider, consumer, application, unit, rule, status)
+                        });
+                        batch.usages.push(v1::VerifiedUsage {
+                            index: usage.index,
+                            value: usage.value.clone(),
+                            datetime: usage.datetime,
+                            user_id: user.user_id.clone(),
+                            user_type: user.user_type,
+                            resource: resource.resource.clone(),
+                            alias: resource.alias.clone(),
+                        });
+                        status
+                    }
+                };
+                *transitions.entry((resource.application.clone(), usage.unit.clone(), status)).or_default() += 1;
+            }
+        }
+    }
+
+    let errors = failures
+        .into_iter()
+        .map(|(violation, by_place)| {
+            let (message, parameters) = violation.message_and_parameters();
+            let mut users: Vec<v1::UserUsages> = Vec::new();
+            let mut last_user = None;
+            for ((u, _), (user, resource)) in by_place {
+                if last_user != Some(u) {
+                    users.push(user);
+                    last_user = Some(u);
+                }
+                users.last_mut().expect("pushed above").resources.push(resource);
+            }
+            v1::UsageError {
+                code: violation.code().to_owned(),
+                message,
+                message_parameters: parameters
+                    .into_iter()
+                    .map(|(name, value)| v1::MessageParameter { name: name.to_owned(), value })
+                    .collect(),
+                // Deterministic, like every id in a decision.
+                logref: format!("{}:{}", job.job_id, violation.code()),
+                error_type: v1::ErrorType::Validation as i32,
+                info: String::new(),
+                error_data: Some(v1::usage_error::ErrorData::Validation(v1::ValidationErrorData { users })),
+            }
+        })
+        .collect();
+
+    let status = v1::StatusEvent {
+        event_id: event_id(&job.job_id),
+        job_id: job.job_id.clone(),
+        submitter_tenant: job.submitter_tenant.clone(),
+        stage: v1::Stage::Verifier as i32,
+        occurred_at: job.received_at,
+        transitions: transitions
+            .into_iter()
+            .map(|((application, unit, to), count)| v1::StatusTransition {
+                application,
+                unit,
+                from: UsageStatus::Accepted.to_proto() as i32,
+                to: to.to_proto() as i32,
+                count,
+            })
+            .collect(),
+        errors,
+    };
+    Decision { batches: batches.into_values().collect(), status }
+}
+
+fn new_batch(
+    job: &v1::UsageJob,
+    provider: &str,
+    consumer: &str,
+    application: &str,
+    unit: &str,
+    rule: Option<&Rule>,
+    status: UsageStatus,
+) -> v1::VerifiedBatch {
+    v1::VerifiedBatch {
+        job_id: job.job_id.clone(),
+        submitter_tenant: job.submitter_tenant.clone(),
+        key: Some(v1::AggregationKey {
+            provider_tenant: provider.to_owned(),
+            consumer_tenant: consumer.to_owned(),
+            application: application.to_owned(),
+            unit: unit.to_owned(),
+        }),
+        rule_id: rule.map(|r| r.rule_id.clone()).unwrap_or_default(),
+        rule_version: rule.map_or(0, |r| r.version as u32),
+        function: rule.map_or(AggregationFunction::Sum, |r| r.function).to_proto() as i32,
+        billable: rule.is_some_and(|r| r.billing_enabled),
+        verification_status: status.to_proto() as i32,
+        usages: Vec::new(),
+        received_at: job.received_at,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check(
+    job: &v1::UsageJob,
+    user: &v1::UserUsages,
+    user_type: UserType,
+    resource: &v1::ResourceUsages,
+    usage: &v1::Usage,
+    rule: Option<&Rule>,
+    catalog: &Catalog,
+    received_at: DateTime<Utc>,
+    require_rule: bool,
+) -> Result<(), Violation> {
+    if !catalog.may_report_for(&job.submitter_tenant, &user.tenant_id, &resource.application) {
+        return Err(Violation::TenantNotAllowed {
+            tenant: user.tenant_id.clone(),
+            submitter: job.submitter_tenant.clone(),
+            application: resource.application.clone(),
+        });
+    }
+    let Some(rule) = rule else {
+        return if require_rule {
+            Err(Violation::NoRule { application: resource.application.clone(), unit: usage.unit.clone() })
+        } else {
+            Ok(())
+        };
+    };
+    if let Some(allowed) = &rule.allowed_user_types {
+        if !allowed.contains(&user_type) {
+            let allowed = allowed.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ");
+            return Err(Violation::UserTypeNotAllowed { user_type: user_type.as_str(), allowed });
+        }
+    }
+    // The gateway only produces exact decimal strings; anything else is a contract breach.
+    let value = Decimal::from_str(&usage.value)
+        .map_err(|_| Violation::Malformed { detail: format!("value {:?} is not a decimal", usage.value) })?;
+    if let Some(minimum) = rule.min_value {
+        if value < minimum {
+            return Err(Violation::BelowMinimum { minimum: minimum.normalize().to_string() });
+        }
+    }
+    if let Some(maximum) = rule.max_value {
+        if value > maximum {
+            return Err(Violation::AboveMaximum { maximum: maximum.normalize().to_string() });
+        }
+    }
+    if rule.integers_only && !value.fract().is_zero() {
+        return Err(Violation::NotAnInteger);
+    }
+    let datetime = usage
+        .datetime
+        .as_ref()
+        .and_then(from_timestamp)
+        .ok_or_else(|| Violation::Malformed { detail: "datetime is missing".to_owned() })?;
+    if let Some(days) = rule.max_age_days {
+        if datetime < received_at - Duration::days(i64::from(days)) {
+            return Err(Violation::TooOld { max_age_days: days });
+        }
+    }
+    if let Some(minutes) = rule.max_future_minutes {
+        if datetime > received_at + Duration::minutes(i64::from(minutes)) {
+            return Err(Violation::InTheFuture { max_future_minutes: minutes });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::TenantInfo;
+    use uts_common::domain::{to_timestamp, TenantType};
+
+    const NOW: i64 = 1_795_000_000;
+
+    fn usage(index: u32, value: &str, unit: &str, seconds_from_now: i64) -> v1::Usage {
+        v1::Usage {
+            index,
+            value: value.into(),
+            unit: unit.into(),
+            datetime: Some(to_timestamp(DateTime::from_timestamp(NOW + seconds_from_now, 0).unwrap())),
+        }
+    }
+
+    fn job(users: Vec<v1::UserUsages>) -> v1::UsageJob {
+        v1::UsageJob {
+            job_id: "job-1".into(),
+            submitter_tenant: "op".into(),
+            received_at: Some(to_timestamp(DateTime::from_timestamp(NOW, 0).unwrap())),
+            usages_count: users.iter().flat_map(|u| &u.resources).map(|r| r.usages.len() as u32).sum(),
+            users,
+            ..Default::default()
+        }
+    }
+
+    fn user(tenant: &str, user_type: v1::UserType, application: &str, usages: Vec<v1::Usage>) -> v1::UserUsages {
+        v1::UserUsages {
+            tenant_id: tenant.into(),
+            user_id: format!("{tenant}-user"),
+            user_type: user_type as i32,
+            resources: vec![v1::ResourceUsages {
+                application: application.into(),
+                alias: application.into(),
+                resource: "asset".into(),
+                usages,
+            }],
+        }
+    }
+
+    fn rule() -> Rule {
+        Rule {
+            rule_id: "rule-1".into(),
+            owner_tenant_id: "provider".into(),
+            active: true,
+            function: AggregationFunction::Max,
+            billing_enabled: true,
+            min_value: Some(Decimal::from(0)),
+            max_value: Some(Decimal::from(100)),
+            integers_only: true,
+            allowed_user_types: Some(vec![UserType::User, UserType::Agent]),
+            max_age_days: Some(30),
+            max_future_minutes: Some(5),
+            version: 3,
+        }
+    }
+
+    fn catalog() -> Catalog {
+        let mut catalog = Catalog::default();
+        catalog.rules.insert(("app".into(), "unit".into()), rule());
+        let iot = |operator: &str| TenantInfo { tenant_type: TenantType::Iot, operator_tenant_id: Some(operator.into()) };
+        catalog.tenants.insert("op".into(), TenantInfo { tenant_type: TenantType::Operator, operator_tenant_id: None });
+        catalog.tenants.insert("plant".into(), iot("op"));
+        catalog.tenants.insert("foreign-plant".into(), iot("other-op"));
+        catalog.provisioned.insert(("plant".into(), "app".into()));
+        catalog.provisioned.insert(("foreign-plant".into(), "app".into()));
+        catalog
+    }
+
+    fn status_counts(decision: &Decision) -> Vec<(String, i32, u32)> {
+        decision.status.transitions.iter().map(|t| (t.unit.clone(), t.to, t.count)).collect()
+    }
+
+    #[test]
+    fn usages_without_a_rule_pass_unverified_and_aggregate_with_sum_for_the_submitter() {
+        let decision = decide(&job(vec![user("op", v1::UserType::Tenant, "app", vec![usage(0, "1.5", "other", 0)])]), &catalog(), false);
+        assert_eq!(decision.batches.len(), 1);
+        let batch = &decision.batches[0];
+        assert_eq!(batch.key.as_ref().unwrap().provider_tenant, "op");
+        assert_eq!(batch.function, v1::AggregationFunction::Sum as i32);
+        assert!(!batch.billable);
+        assert_eq!(batch.verification_status, v1::UsageStatus::Noverification as i32);
+        assert_eq!(status_counts(&decision), vec![("other".into(), v1::UsageStatus::Noverification as i32, 1)]);
+        assert!(decision.status.errors.is_empty());
+
+        let strict = decide(&job(vec![user("op", v1::UserType::Tenant, "app", vec![usage(0, "1.5", "other", 0)])]), &catalog(), true);
+        assert!(strict.batches.is_empty());
+        assert_eq!(strict.status.errors[0].code, "mdsp.uts.verification.noRule");
+    }
+
+    #[test]
+    fn each_rule_constraint_fails_its_own_usages_with_its_own_error() {
+        let usages = vec![
+            usage(0, "10", "unit", 0),          // ok
+            usage(1, "-1", "unit", 0),          // below minimum
+            usage(2, "101", "unit", 0),         // above maximum
+            usage(3, "1.5", "unit", 0),         // not an integer
+            usage(4, "1", "unit", -31 * 86400), // too old
+            usage(5, "1", "unit", 600),         // in the future
+            usage(6, "100", "unit", 299),       // ok: at the maximum, within 5 minutes
+        ];
+        let decision = decide(&job(vec![user("op", v1::UserType::User, "app", usages)]), &catalog(), false);
+        assert_eq!(decision.batches.len(), 1);
+        let batch = &decision.batches[0];
+        assert_eq!(batch.usages.iter().map(|u| u.index).collect::<Vec<_>>(), vec![0, 6]);
+        assert_eq!(batch.key.as_ref().unwrap().provider_tenant, "provider", "the rule's owner is the provider");
+        assert_eq!((batch.function, batch.billable, batch.rule_version), (v1::AggregationFunction::Max as i32, true, 3));
+        let mut codes: Vec<(String, Vec<u32>)> = decision
+            .status
+            .errors
+            .iter()
+            .map(|e| {
+                let Some(v1::usage_error::ErrorData::Validation(data)) = &e.error_data else { panic!("no data") };
+                (e.code.clone(), data.users[0].resources[0].usages.iter().map(|u| u.index).collect())
+            })
+            .collect();
+        codes.sort();
+        assert_eq!(
+            codes,
+            vec![
+                ("mdsp.uts.verification.usageInFuture".into(), vec![5]),
+                ("mdsp.uts.verification.usageTooOld".into(), vec![4]),
+                ("mdsp.uts.verification.valueAboveMaximum".into(), vec![2]),
+                ("mdsp.uts.verification.valueBelowMinimum".into(), vec![1]),
+                ("mdsp.uts.verification.valueNotInteger".into(), vec![3]),
+            ]
+        );
+        assert_eq!(
+            status_counts(&decision),
+            vec![
+                ("unit".into(), v1::UsageStatus::Verified as i32, 2),
+                ("unit".into(), v1::UsageStatus::Verificationfailed as i32, 5)
+            ]
+        );
+    }
+
+    #[test]
+    fn user_types_and_tenants_are_checked() {
+        let users = vec![
+            user("op", v1::UserType::Tenant, "app", vec![usage(0, "1", "unit", 0)]),       // user type not allowed
+            user("plant", v1::UserType::User, "app", vec![usage(1, "1", "unit", 0)]),      // IoT of op, provisioned
+            user("plant", v1::UserType::User, "other-app", vec![usage(2, "1", "x", 0)]),   // not provisioned
+            user("foreign-plant", v1::UserType::User, "app", vec![usage(3, "1", "unit", 0)]), // another operator's
+            user("stranger", v1::UserType::User, "app", vec![usage(4, "1", "unit", 0)]),   // unknown tenant
+        ];
+        let decision = decide(&job(users), &catalog(), false);
+        let verified: Vec<u32> = decision.batches.iter().flat_map(|b| b.usages.iter().map(|u| u.index)).collect();
+        assert_eq!(verified, vec![1]);
+        assert_eq!(decision.batches[0].key.as_ref().unwrap().consumer_tenant, "plant");
+        // One error per refused (tenant, application), each naming it and carrying its usages.
+        let mut refused: Vec<(String, String, Vec<u32>)> = decision
+            .status
+            .errors
+            .iter()
+            .filter(|e| e.code.ends_with("tenantNotAllowed"))
+            .map(|e| {
+                let Some(v1::usage_error::ErrorData::Validation(data)) = &e.error_data else { panic!() };
+                assert!(e.message.contains(&data.users[0].tenant_id), "{}", e.message);
+                let usages = data.users[0].resources[0].usages.iter().map(|u| u.index).collect();
+                (data.users[0].tenant_id.clone(), data.users[0].resources[0].application.clone(), usages)
+            })
+            .collect();
+        refused.sort();
+        assert_eq!(
+            refused,
+            vec![
+                ("foreign-plant".into(), "app".into(), vec![3]),
+                ("plant".into(), "other-app".into(), vec![2]),
+                ("stranger".into(), "app".into(), vec![4]),
+            ]
+        );
+        assert!(decision.status.errors.iter().any(|e| e.code.ends_with("userTypeNotAllowed")));
+    }
+
+    #[test]
+    fn an_inactive_rule_does_not_apply() {
+        let mut catalog = catalog();
+        catalog.rules.get_mut(&("app".to_owned(), "unit".to_owned())).unwrap().active = false;
+        let decision = decide(&job(vec![user("op", v1::UserType::Tenant, "app", vec![usage(0, "-5", "unit", 0)])]), &catalog, false);
+        assert_eq!(decision.batches[0].verification_status, v1::UsageStatus::Noverification as i32);
+    }
+
+    #[test]
+    fn the_same_job_always_yields_the_same_decision() {
+        let job = job(vec![user("op", v1::UserType::User, "app", vec![usage(0, "1", "unit", 0), usage(1, "-1", "unit", 0)])]);
+        assert_eq!(decide(&job, &catalog(), false), decide(&job, &catalog(), false));
+        assert_eq!(decide(&job, &catalog(), false).status.event_id, "verifier:job-1");
+    }
+}

@@ -1,0 +1,181 @@
+//! The verifier against the real Kafka and PostgreSQL: jobs in, verified batches and status
+//! events out; a job seen again yields the same messages even after a rule change; poison goes
+//! to the dead-letter topic.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use clap::Parser;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uts_common::config::KafkaArgs;
+use uts_common::domain::{to_timestamp, TenantType};
+use uts_common::proto::{v1, Message};
+use uts_common::tenants::{self, Tenant};
+use uts_common::testing::{isolated_kafka, read_topic};
+use uts_common::kafka;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn start(kafka_args: &KafkaArgs, pool: PgPool) -> CancellationToken {
+    let mut args = vec![
+        "verifier".to_owned(),
+        "--database-url=postgres://unused".to_owned(),
+        "--admin-addr=127.0.0.1:0".to_owned(),
+        "--catalog-refresh-ms=0".to_owned(),
+        format!("--consumer-group=verifier-{}", uuid::Uuid::new_v4()),
+    ];
+    args.push(format!("--kafka-brokers={}", kafka_args.brokers));
+    args.push(format!("--topic-prefix={}", kafka_args.topic_prefix));
+    let config = verifier::Config::parse_from(args);
+    // Stage logs (RUST_LOG) show in the output of a failing test.
+    uts_common::telemetry::init(&config.telemetry);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(verifier::run_with_pool(config, pool, shutdown.clone()));
+    shutdown
+}
+
+async fn setup(pool: &PgPool) {
+    for (id, kind, operator) in
+        [("op", TenantType::Operator, None), ("provider", TenantType::Developer, None), ("plant", TenantType::Iot, Some("op"))]
+    {
+        tenants::upsert(pool, &Tenant { tenant_id: id.into(), tenant_type: kind, operator_tenant_id: operator.map(Into::into) })
+            .await
+            .unwrap();
+    }
+    sqlx::query("INSERT INTO provisioning (tenant_id, application) VALUES ('plant', 'app')").execute(pool).await.unwrap();
+    sqlx::query(
+        "INSERT INTO rules (application, unit, owner_tenant_id, aggregation_function, billing_enabled, max_value, integers_only)
+         VALUES ('app', 'unit', 'provider', 'MAX', true, 100, true)",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+fn job(id: &str) -> v1::UsageJob {
+    let now: DateTime<Utc> = Utc::now();
+    let usage = |index: u32, value: &str, unit: &str| v1::Usage {
+        index,
+        value: value.into(),
+        unit: unit.into(),
+        datetime: Some(to_timestamp(now)),
+    };
+    let user = |tenant: &str, usages: Vec<v1::Usage>| v1::UserUsages {
+        tenant_id: tenant.into(),
+        user_id: "u".into(),
+        user_type: v1::UserType::User as i32,
+        resources: vec![v1::ResourceUsages { application: "app".into(), alias: "app".into(), resource: "r".into(), usages }],
+    };
+    v1::UsageJob {
+        job_id: id.into(),
+        submitter_tenant: "op".into(),
+        received_at: Some(to_timestamp(now)),
+        usages_count: 5,
+        users: vec![
+            user("op", vec![usage(0, "7", "unit"), usage(1, "101", "unit"), usage(2, "2.5", "free-unit")]),
+            user("plant", vec![usage(3, "50", "unit"), usage(4, "0.5", "unit")]),
+        ],
+        ..Default::default()
+    }
+}
+
+async fn produce(args: &KafkaArgs, key: &str, payload: Vec<u8>) {
+    let (producer, _) = kafka::durable_producer(args).unwrap();
+    kafka::produce_durably(&producer, &args.topics().usage_jobs, key.as_bytes(), &payload, Duration::from_secs(10))
+        .await
+        .unwrap();
+}
+
+fn decode_all<M: Message + Default>(messages: &[(Vec<u8>, Vec<u8>)]) -> Vec<M> {
+    messages.iter().map(|(_, payload)| M::decode(payload.as_slice()).unwrap()).collect()
+}
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn a_job_becomes_verified_batches_and_one_status_event(pool: PgPool) {
+    setup(&pool).await;
+    let args = isolated_kafka(2).await;
+    let shutdown = start(&args, pool.clone()).await;
+    produce(&args, "job-1", job("job-1").encode_to_vec()).await;
+
+    let topics = args.topics();
+    let statuses: Vec<v1::StatusEvent> = decode_all(&read_topic(&args, &topics.status, 1, WAIT).await);
+    assert_eq!(statuses.len(), 1, "one status event");
+    let status = &statuses[0];
+    assert_eq!((status.event_id.as_str(), status.job_id.as_str()), ("verifier:job-1", "job-1"));
+    let mut counts: Vec<(String, i32, u32)> = status.transitions.iter().map(|t| (t.unit.clone(), t.to, t.count)).collect();
+    counts.sort();
+    assert_eq!(
+        counts,
+        vec![
+            ("free-unit".into(), v1::UsageStatus::Noverification as i32, 1),
+            ("unit".into(), v1::UsageStatus::Verified as i32, 2),
+            ("unit".into(), v1::UsageStatus::Verificationfailed as i32, 2),
+        ]
+    );
+    let codes: Vec<&str> = status.errors.iter().map(|e| e.code.as_str()).collect();
+    assert_eq!(codes, vec!["mdsp.uts.verification.valueAboveMaximum", "mdsp.uts.verification.valueNotInteger"]);
+
+    // Three aggregation keys: (provider, op), (provider, plant) with the rule; (op, op) without.
+    let batches: Vec<v1::VerifiedBatch> = decode_all(&read_topic(&args, &topics.usages_verified, 3, WAIT).await);
+    let mut seen: Vec<(String, String, String, Vec<u32>, bool)> = batches
+        .iter()
+        .map(|b| {
+            let key = b.key.clone().unwrap();
+            (key.provider_tenant, key.consumer_tenant, key.unit, b.usages.iter().map(|u| u.index).collect(), b.billable)
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            ("op".into(), "op".into(), "free-unit".into(), vec![2], false),
+            ("provider".into(), "op".into(), "unit".into(), vec![0], true),
+            ("provider".into(), "plant".into(), "unit".into(), vec![3], true),
+        ]
+    );
+    shutdown.cancel();
+}
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn a_job_seen_again_yields_the_same_messages_even_after_a_rule_change(pool: PgPool) {
+    setup(&pool).await;
+    let args = isolated_kafka(2).await;
+    let shutdown = start(&args, pool.clone()).await;
+    let the_job = job("job-2").encode_to_vec();
+    produce(&args, "job-2", the_job.clone()).await;
+    let topics = args.topics();
+    let first = read_topic(&args, &topics.status, 1, WAIT).await;
+    assert_eq!(first.len(), 1);
+
+    // Tighten the rule, then the same job arrives again (a client retry or a redelivery).
+    sqlx::query("UPDATE rules SET max_value = 1, version = version + 1").execute(&pool).await.unwrap();
+    produce(&args, "job-2", the_job).await;
+    let both = read_topic(&args, &topics.status, 2, WAIT).await;
+    assert_eq!(both.len(), 2);
+    assert_eq!(both[0].1, both[1].1, "the second status event is byte-identical to the first");
+    let batches: Vec<v1::VerifiedBatch> = decode_all(&read_topic(&args, &topics.usages_verified, 6, WAIT).await);
+    assert_eq!(batches.len(), 6);
+    let mut unique = batches.iter().map(Message::encode_to_vec).collect::<Vec<_>>();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 3, "each batch was produced twice, identically");
+    shutdown.cancel();
+}
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn poison_goes_to_the_dead_letter_topic_and_the_verifier_carries_on(pool: PgPool) {
+    setup(&pool).await;
+    let args = isolated_kafka(1).await;
+    let shutdown = start(&args, pool.clone()).await;
+    produce(&args, "junk", b"definitely not protobuf \xff".to_vec()).await;
+    produce(&args, "job-3", job("job-3").encode_to_vec()).await;
+    let topics = args.topics();
+    let letters: Vec<v1::DeadLetter> = decode_all(&read_topic(&args, &topics.dead_letter, 1, WAIT).await);
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].original_key, b"junk");
+    assert_eq!(letters[0].stage, v1::Stage::Verifier as i32);
+    let statuses: Vec<v1::StatusEvent> = decode_all(&read_topic(&args, &topics.status, 1, WAIT).await);
+    assert_eq!(statuses[0].job_id, "job-3", "the job after the poison was verified");
+    shutdown.cancel();
+}
