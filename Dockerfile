@@ -6,7 +6,8 @@ WORKDIR /src
 COPY . .
 RUN cargo build --release --bins \
  && mkdir /out \
- && cp target/release/ingest-gateway target/release/verifier target/release/billing-receiver \
+ && cp target/release/ingest-gateway target/release/verifier target/release/aggregator \
+       target/release/billing-receiver \
        target/release/utsctl /out/
 
 FROM debian:bookworm-slim

@@ -237,6 +237,12 @@ impl AggregationFunction {
     }
 }
 
+impl AggregationFunction {
+    pub fn from_proto(value: v1::AggregationFunction) -> Option<Self> {
+        AggregationFunction::ALL.into_iter().find(|f| f.to_proto() == value)
+    }
+}
+
 impl FromStr for AggregationFunction {
     type Err = ();
     fn from_str(text: &str) -> Result<Self, ()> {

@@ -56,7 +56,19 @@ pub struct Origin {
 pub struct Decoded<T> {
     pub origin: Origin,
     pub key: Option<Vec<u8>>,
+    /// The raw message, kept for the dead-letter topic should the handler reject it.
+    pub payload: Vec<u8>,
     pub item: T,
+}
+
+/// A message of the batch that the handler could not process and never will (e.g. an
+/// aggregate that would overflow): it goes to the dead-letter topic instead of blocking its
+/// partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// Position of the message in the batch.
+    pub position: usize,
+    pub reason: String,
 }
 
 /// What a stage does with its messages.
@@ -67,8 +79,11 @@ pub trait Handler: Send + Sync {
     fn decode(&self, topic: &str, key: Option<&[u8]>, payload: Option<&[u8]>) -> Result<Self::Item, String>;
 
     /// Does the work of a batch durably. `Err` is retried with backoff; the batch's offsets are
-    /// stored only after `Ok`.
-    fn handle(&self, batch: &[Decoded<Self::Item>]) -> impl std::future::Future<Output = anyhow::Result<()>> + Send;
+    /// stored only after `Ok`. The messages it returns as rejected go to the dead-letter topic.
+    fn handle(
+        &self,
+        batch: &[Decoded<Self::Item>],
+    ) -> impl std::future::Future<Output = anyhow::Result<Vec<Rejected>>> + Send;
 }
 
 /// Decodes a protobuf payload, the usual first step of [`Handler::decode`].
@@ -153,9 +168,15 @@ impl Runner {
                 };
                 let origin = origin_of(&message);
                 match handler.decode(message.topic(), message.key(), message.payload()) {
-                    Ok(item) => batch.push(Decoded { origin: origin.clone(), key: message.key().map(<[u8]>::to_vec), item }),
+                    Ok(item) => batch.push(Decoded {
+                        origin: origin.clone(),
+                        key: message.key().map(<[u8]>::to_vec),
+                        payload: message.payload().unwrap_or_default().to_vec(),
+                        item,
+                    }),
                     Err(reason) => {
-                        if !self.dead_letter(&message, &reason, shutdown).await {
+                        let (key, payload) = (message.key(), message.payload().unwrap_or_default());
+                        if !self.dead_letter(&origin, key, payload, &reason, shutdown).await {
                             // Shutting down before the dead letter was written: do not commit.
                             return Ok(());
                         }
@@ -163,8 +184,17 @@ impl Runner {
                 }
                 origins.push(origin);
             }
-            if !batch.is_empty() && !self.handle_with_retries(handler, &batch, shutdown).await {
-                return Ok(());
+            if !batch.is_empty() {
+                let Some(rejected) = self.handle_with_retries(handler, &batch, shutdown).await else {
+                    return Ok(());
+                };
+                for Rejected { position, reason } in rejected {
+                    let Some(decoded) = batch.get(position) else { continue };
+                    let key = decoded.key.as_deref();
+                    if !self.dead_letter(&decoded.origin, key, &decoded.payload, &reason, shutdown).await {
+                        return Ok(());
+                    }
+                }
             }
             for origin in &origins {
                 // rd_kafka_offset_store stores offset + 1 itself: the next offset to consume.
@@ -177,21 +207,22 @@ impl Runner {
         Ok(())
     }
 
-    /// Retries `handle` with backoff until it succeeds (`true`) or shutdown (`false`).
+    /// Retries `handle` with backoff until it succeeds (the rejected messages) or shutdown
+    /// (`None`).
     async fn handle_with_retries<H: Handler>(
         &self,
         handler: &H,
         batch: &[Decoded<H::Item>],
         shutdown: &CancellationToken,
-    ) -> bool {
+    ) -> Option<Vec<Rejected>> {
         let mut backoff = MIN_BACKOFF;
         loop {
             let started = std::time::Instant::now();
             match handler.handle(batch).await {
-                Ok(()) => {
+                Ok(rejected) => {
                     metrics::histogram!("uts_stage_batch_duration_seconds", "stage" => self.name)
                         .record(started.elapsed().as_secs_f64());
-                    return true;
+                    return Some(rejected);
                 }
                 Err(err) => {
                     metrics::counter!("uts_stage_errors_total", "stage" => self.name, "kind" => "retryable").increment(1);
@@ -200,7 +231,7 @@ impl Runner {
                 }
             }
             tokio::select! {
-                () = shutdown.cancelled() => return false,
+                () = shutdown.cancelled() => return None,
                 () = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -209,22 +240,29 @@ impl Runner {
 
     /// Writes a poison message to the dead-letter topic, retrying until it is durable (`true`)
     /// or shutdown (`false`).
-    async fn dead_letter(&self, message: &BorrowedMessage<'_>, reason: &str, shutdown: &CancellationToken) -> bool {
-        tracing::warn!(topic = message.topic(), partition = message.partition(), offset = message.offset(),
+    async fn dead_letter(
+        &self,
+        origin: &Origin,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        reason: &str,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        tracing::warn!(topic = origin.topic, partition = origin.partition, offset = origin.offset,
             reason, stage = self.name, "poison message sent to the dead-letter topic");
         metrics::counter!("uts_stage_errors_total", "stage" => self.name, "kind" => "poison").increment(1);
         let letter = v1::DeadLetter {
-            source_topic: message.topic().to_owned(),
-            partition: message.partition(),
-            offset: message.offset(),
+            source_topic: origin.topic.clone(),
+            partition: origin.partition,
+            offset: origin.offset,
             stage: self.stage as i32,
             reason: reason.to_owned(),
-            original_key: message.key().map(<[u8]>::to_vec).unwrap_or_default(),
-            original_value: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            original_key: key.map(<[u8]>::to_vec).unwrap_or_default(),
+            original_value: payload.to_vec(),
             failed_at: Some(crate::domain::to_timestamp(Utc::now())),
         };
         let payload = letter.encode_to_vec();
-        let key = message.key().unwrap_or_default();
+        let key = key.unwrap_or_default();
         let mut backoff = MIN_BACKOFF;
         loop {
             match kafka::produce_durably(&self.producer, &self.dead_letter_topic, key, &payload, self.produce_timeout).await {

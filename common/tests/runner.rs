@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use uts_common::config::KafkaArgs;
 use uts_common::kafka;
 use uts_common::proto::{v1, Message};
-use uts_common::runner::{decode_proto, Decoded, Handler, Runner};
+use uts_common::runner::{decode_proto, Decoded, Handler, Rejected, Runner};
 
 #[derive(Parser)]
 struct Args {
@@ -55,7 +55,7 @@ impl Handler for Recorder {
         Ok(job)
     }
 
-    async fn handle(&self, batch: &[Decoded<v1::UsageJob>]) -> anyhow::Result<()> {
+    async fn handle(&self, batch: &[Decoded<v1::UsageJob>]) -> anyhow::Result<Vec<Rejected>> {
         self.attempts.fetch_add(1, Ordering::SeqCst);
         let left = self.failures_left.load(Ordering::SeqCst);
         if left > 0 {
@@ -63,7 +63,7 @@ impl Handler for Recorder {
             anyhow::bail!("simulated database outage");
         }
         self.seen.lock().unwrap().extend(batch.iter().map(|d| d.item.job_id.clone()));
-        Ok(())
+        Ok(Vec::new())
     }
 }
 

@@ -39,7 +39,7 @@ use uts_common::admin;
 use uts_common::config::{AdminArgs, DatabaseArgs, KafkaArgs, TelemetryArgs};
 use uts_common::kafka::{self, DurableProducer};
 use uts_common::proto::{v1, Message};
-use uts_common::runner::{decode_proto, Decoded, Handler, Runner};
+use uts_common::runner::{decode_proto, Decoded, Handler, Rejected, Runner};
 
 use crate::catalog::Catalog;
 use crate::decide::{aggregation_key_text, decide, Decision};
@@ -162,7 +162,7 @@ impl Handler for Verifier {
         Ok(job)
     }
 
-    async fn handle(&self, batch: &[Decoded<v1::UsageJob>]) -> anyhow::Result<()> {
+    async fn handle(&self, batch: &[Decoded<v1::UsageJob>]) -> anyhow::Result<Vec<Rejected>> {
         let jobs: Vec<&v1::UsageJob> = batch.iter().map(|d| &d.item).collect();
         let decisions = self.decisions(&jobs).await?;
         let mut sends = Vec::new();
@@ -180,7 +180,7 @@ impl Handler for Verifier {
         .context("producing verified usages and status events")?;
         let usages: u64 = jobs.iter().map(|j| u64::from(j.usages_count)).sum();
         metrics::counter!("uts_verifier_usages_total").increment(usages);
-        Ok(())
+        Ok(Vec::new())
     }
 }
 
