@@ -7,7 +7,7 @@ COPY . .
 RUN cargo build --release --bins \
  && mkdir /out \
  && cp target/release/ingest-gateway target/release/verifier target/release/aggregator \
-       target/release/billing-receiver \
+       target/release/billing-forwarder target/release/billing-receiver \
        target/release/utsctl /out/
 
 FROM debian:bookworm-slim

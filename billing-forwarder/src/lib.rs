@@ -1,12 +1,535 @@
-//! # billing-forwarder (not built yet: the pipeline issue)
+//! # billing-forwarder
 //!
-//! **Consumes** `uts.aggregates` (consumer group `uts-billing-forwarder`) for billable buckets
-//! and keeps an outbox in PostgreSQL.
+//! **Consumes** `uts.aggregates` (consumer group `uts-billing-forwarder`). Every version of a
+//! *billable* daily bucket becomes a row of the PostgreSQL outbox (`billing_outbox`); the offset
+//! is stored after that insert committed. Non-billable buckets are skipped.
 //!
-//! **Produces** HTTP calls to the configured billing endpoint, one per (bucket, version) with
-//! an idempotency key, retried with exponential backoff; SENTFORBILLING,
-//! FAILEDTOSENDFORBILLING (with billing errors) and RECEIVEDFORBILLING transitions to
-//! `uts.status`.
+//! **Sends** each outbox row, on a cadence (`--send-interval-ms`), to the billing endpoint
+//! (`--billing-url`) as one JSON record with `Idempotency-Key: <bucket>:<version>`, in version
+//! order per bucket (later versions are corrections). Several forwarder processes share the
+//! outbox safely (`FOR UPDATE SKIP LOCKED`).
 //!
-//! **Delivery:** the outbox row is written in the same transaction that records the consumed
-//! offset's work; sends are at-least-once and the billing system dedups by idempotency key.
+//! **Produces** status events for the jobs that contributed to the bucket version, keyed by job
+//! id, with deterministic event ids `billing:<job>:<bucket>:<version>:<outcome>`:
+//! AGGREGATED → SENTFORBILLING → RECEIVEDFORBILLING when the billing system acknowledges the
+//! record (its 2xx answer is the receipt); AGGREGATED → FAILEDTOSENDFORBILLING, with a billing
+//! error carrying the record's id, the first time a send fails; FAILEDTOSENDFORBILLING →
+//! SENTFORBILLING → RECEIVEDFORBILLING when a retry later succeeds.
+//!
+//! **Delivery:** outbox rows are written at-least-once and deduplicated by (bucket, version);
+//! sends are at-least-once and the billing system deduplicates by idempotency key; status
+//! events are produced before the row is marked received, so a crash re-sends and re-emits
+//! (same ids) instead of losing a transition.
+//!
+//! **Failure modes:** network errors, timeouts and 5xx/429 answers back off exponentially
+//! (`--retry-base-ms` doubling up to `--retry-max-ms`) and are retried forever; other 4xx
+//! answers mark the record rejected for good (and FAILEDTOSENDFORBILLING); undecodable
+//! aggregates → dead letter; SIGTERM → the consumer commits and the sender finishes its round.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{NaiveDate, Utc};
+use futures::future::try_join_all;
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uts_common::admin;
+use uts_common::config::{AdminArgs, DatabaseArgs, KafkaArgs, TelemetryArgs};
+use uts_common::domain::{AggregationFunction, UsageStatus};
+use uts_common::kafka::{self, DurableProducer};
+use uts_common::proto::{v1, Message};
+use uts_common::runner::{decode_proto, Decoded, Handler, Rejected, Runner};
+
+/// Consumer group of every forwarder process.
+pub const GROUP: &str = "uts-billing-forwarder";
+
+/// Most outbox rows sent in one round.
+const MAX_ROUND: i64 = 200;
+
+/// How long a claimed outbox row is left to the forwarder that claimed it.
+const LEASE: Duration = Duration::from_secs(120);
+
+/// Forwards billable daily aggregates to the billing system.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "billing-forwarder", version, about)]
+pub struct Config {
+    /// Where billing records are POSTed.
+    #[arg(long = "billing-url", env = "UTS_BILLING_URL", default_value = "http://127.0.0.1:18070/billing/v1/records")]
+    pub billing_url: String,
+
+    /// Bearer token for the billing endpoint, if it needs one.
+    #[arg(long = "billing-token", env = "UTS_BILLING_TOKEN", hide_env_values = true)]
+    pub billing_token: Option<String>,
+
+    /// How often the outbox is scanned for records due, in milliseconds.
+    #[arg(long = "send-interval-ms", env = "UTS_BILLING_SEND_INTERVAL_MS", default_value_t = 500)]
+    pub send_interval_ms: u64,
+
+    /// First retry delay after a failed send, in milliseconds; doubles per attempt.
+    #[arg(long = "retry-base-ms", env = "UTS_BILLING_RETRY_BASE_MS", default_value_t = 1000)]
+    pub retry_base_ms: u64,
+
+    /// Longest retry delay, in milliseconds.
+    #[arg(long = "retry-max-ms", env = "UTS_BILLING_RETRY_MAX_MS", default_value_t = 300_000)]
+    pub retry_max_ms: u64,
+
+    /// Timeout of one billing request, in milliseconds.
+    #[arg(long = "request-timeout-ms", env = "UTS_BILLING_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+
+    /// Kafka consumer group; every forwarder process of one deployment shares it.
+    #[arg(long = "consumer-group", env = "UTS_BILLING_FORWARDER_GROUP", default_value = GROUP)]
+    pub group: String,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub admin: AdminArgs,
+
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+/// The consumer side: aggregates into the outbox.
+struct OutboxWriter {
+    pool: PgPool,
+}
+
+/// A decoded aggregate: `None` when it is not billable.
+pub struct Billable(Option<(v1::DailyAggregate, NaiveDate)>);
+
+impl Handler for OutboxWriter {
+    type Item = Billable;
+
+    fn decode(&self, _topic: &str, _key: Option<&[u8]>, payload: Option<&[u8]>) -> Result<Billable, String> {
+        let aggregate: v1::DailyAggregate = decode_proto(payload)?;
+        if !aggregate.billable {
+            return Ok(Billable(None));
+        }
+        let bucket = aggregate.bucket.as_ref().ok_or("aggregate without bucket")?;
+        bucket.key.as_ref().ok_or("aggregate without aggregation key")?;
+        let day = NaiveDate::parse_from_str(&bucket.day, "%Y-%m-%d").map_err(|_| format!("bad day {:?}", bucket.day))?;
+        if aggregate.version == 0 {
+            return Err("aggregate without version".into());
+        }
+        Ok(Billable(Some((aggregate, day))))
+    }
+
+    async fn handle(&self, batch: &[Decoded<Billable>]) -> anyhow::Result<Vec<Rejected>> {
+        let mut tx = self.pool.begin().await?;
+        for decoded in batch {
+            let Some((aggregate, day)) = &decoded.item.0 else { continue };
+            let key = aggregate.bucket.as_ref().and_then(|b| b.key.as_ref()).expect("checked in decode");
+            sqlx::query(
+                "INSERT INTO billing_outbox
+                    (provider_tenant_id, consumer_tenant_id, application, unit, day, version, message)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+            )
+            .bind(&key.provider_tenant)
+            .bind(&key.consumer_tenant)
+            .bind(&key.application)
+            .bind(&key.unit)
+            .bind(day)
+            .bind(aggregate.version as i64)
+            .bind(aggregate.encode_to_vec())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Vec::new())
+    }
+}
+
+/// The JSON record sent to billing. The same (bucket, version) always yields the same body, so
+/// a re-send is recognised as a duplicate, never as a conflict.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BillingRecord<'a> {
+    bucket: BucketJson<'a>,
+    version: u64,
+    value: &'a str,
+    usages_count: u64,
+    function: &'static str,
+    rule_id: &'a str,
+    jobs: Vec<JobJson<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BucketJson<'a> {
+    provider_tenant: &'a str,
+    consumer_tenant: &'a str,
+    application: &'a str,
+    unit: &'a str,
+    day: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JobJson<'a> {
+    job_id: &'a str,
+    usages_count: u32,
+}
+
+/// What one send attempt came to.
+enum Outcome {
+    Received,
+    Retry(String),
+    Rejected(String),
+}
+
+/// The sender side: the outbox to the billing system.
+struct Sender {
+    pool: PgPool,
+    producer: DurableProducer,
+    status_topic: String,
+    produce_timeout: Duration,
+    http: reqwest::Client,
+    config: Config,
+}
+
+type OutboxRow = (String, String, String, String, NaiveDate, i64, Vec<u8>, String, i32);
+
+impl Sender {
+    /// Sends the records that are due; returns how many were claimed.
+    async fn round(&self) -> anyhow::Result<usize> {
+        // Claim due rows with a lease instead of holding locks across HTTP calls: another
+        // forwarder skips them until the lease ends. Only the oldest unsent version of each
+        // bucket is due, so versions reach billing in order.
+        let rows: Vec<OutboxRow> = sqlx::query_as(
+            "UPDATE billing_outbox o SET next_attempt_at = now() + make_interval(secs => $2)
+             FROM (
+               SELECT provider_tenant_id, consumer_tenant_id, application, unit, day, version
+               FROM billing_outbox d
+               WHERE d.state IN ('pending', 'retrying') AND d.next_attempt_at <= now()
+                 AND NOT EXISTS (
+                   SELECT 1 FROM billing_outbox p
+                   WHERE p.provider_tenant_id = d.provider_tenant_id AND p.consumer_tenant_id = d.consumer_tenant_id
+                     AND p.application = d.application AND p.unit = d.unit AND p.day = d.day
+                     AND p.version < d.version AND p.state IN ('pending', 'retrying'))
+               ORDER BY d.next_attempt_at
+               LIMIT $1
+               FOR UPDATE SKIP LOCKED
+             ) due
+             WHERE (o.provider_tenant_id, o.consumer_tenant_id, o.application, o.unit, o.day, o.version)
+                 = (due.provider_tenant_id, due.consumer_tenant_id, due.application, due.unit, due.day, due.version)
+             RETURNING o.provider_tenant_id, o.consumer_tenant_id, o.application, o.unit, o.day, o.version,
+                       o.message, o.state, o.attempts",
+        )
+        .bind(MAX_ROUND)
+        .bind(LEASE.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
+        let claimed = rows.len();
+        let mut billing_down = false;
+        for (provider, consumer, application, unit, day, version, message, state, attempts) in rows {
+            let pk = (&provider, &consumer, &application, &unit, day, version);
+            if billing_down {
+                // Billing just failed: leave the rest for the next round instead of piling up
+                // timeouts; their lease is released.
+                self.update(pk, &state, Duration::ZERO, None, false).await?;
+                continue;
+            }
+            let aggregate = v1::DailyAggregate::decode(message.as_slice()).context("decoding an outbox message")?;
+            let failed_before = state == "retrying";
+            let bucket_text = format!("{provider}/{consumer}/{application}/{unit}/{day}");
+            let record_key = format!("{bucket_text}:{version}");
+            let outcome = self.send(&aggregate, &record_key).await;
+            // Status events first: a crash before the update re-sends (billing dedups) and
+            // re-emits the same event ids (the projection dedups).
+            self.emit(&status_events(&aggregate, &bucket_text, version, failed_before, &outcome, &record_key)).await?;
+            let (state, delay, error) = match &outcome {
+                Outcome::Received => ("received", Duration::ZERO, None),
+                Outcome::Retry(error) => {
+                    billing_down = true;
+                    ("retrying", self.backoff(attempts + 1), Some(error.clone()))
+                }
+                Outcome::Rejected(error) => ("rejected", Duration::ZERO, Some(error.clone())),
+            };
+            metrics::counter!("uts_billing_forwarder_sends_total", "outcome" => state).increment(1);
+            self.update(pk, state, delay, error, true).await?;
+        }
+        Ok(claimed)
+    }
+
+    async fn update(
+        &self,
+        (provider, consumer, application, unit, day, version): (&String, &String, &String, &String, NaiveDate, i64),
+        state: &str,
+        delay: Duration,
+        error: Option<String>,
+        attempted: bool,
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE billing_outbox
+             SET state = $7, attempts = attempts + $10, last_error = coalesce($8, last_error), updated_at = now(),
+                 next_attempt_at = now() + make_interval(secs => $9)
+             WHERE provider_tenant_id = $1 AND consumer_tenant_id = $2 AND application = $3 AND unit = $4
+               AND day = $5 AND version = $6",
+        )
+        .bind(provider)
+        .bind(consumer)
+        .bind(application)
+        .bind(unit)
+        .bind(day)
+        .bind(version)
+        .bind(state)
+        .bind(error)
+        .bind(delay.as_secs_f64())
+        .bind(i32::from(attempted))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    fn backoff(&self, attempts: i32) -> Duration {
+        let exponent = u32::try_from(attempts.saturating_sub(1)).unwrap_or(0).min(20);
+        Duration::from_millis(self.config.retry_base_ms.saturating_mul(1 << exponent).min(self.config.retry_max_ms))
+    }
+
+    async fn send(&self, aggregate: &v1::DailyAggregate, record_key: &str) -> Outcome {
+        let bucket = aggregate.bucket.clone().unwrap_or_default();
+        let key = bucket.key.unwrap_or_default();
+        let function = v1::AggregationFunction::try_from(aggregate.function)
+            .ok()
+            .and_then(AggregationFunction::from_proto)
+            .unwrap_or_default();
+        let record = BillingRecord {
+            bucket: BucketJson {
+                provider_tenant: &key.provider_tenant,
+                consumer_tenant: &key.consumer_tenant,
+                application: &key.application,
+                unit: &key.unit,
+                day: &bucket.day,
+            },
+            version: aggregate.version,
+            value: &aggregate.value,
+            usages_count: aggregate.usages_count,
+            function: function.as_str(),
+            rule_id: &aggregate.rule_id,
+            jobs: aggregate
+                .contributions
+                .iter()
+                .map(|c| JobJson { job_id: &c.job_id, usages_count: c.usages_count })
+                .collect(),
+        };
+        let mut request = self
+            .http
+            .post(&self.config.billing_url)
+            .header("Idempotency-Key", record_key)
+            .json(&record);
+        if let Some(token) = &self.config.billing_token {
+            request = request.bearer_auth(token);
+        }
+        match request.send().await {
+            Ok(response) if response.status().is_success() => Outcome::Received,
+            Ok(response) => {
+                let status = response.status();
+                let body = response.text().await.unwrap_or_default();
+                let error = format!("billing answered {status}: {}", body.chars().take(300).collect::<String>());
+                if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+                    || status == reqwest::StatusCode::REQUEST_TIMEOUT
+                {
+                    Outcome::Retry(error)
+                } else {
+                    Outcome::Rejected(error)
+                }
+            }
+            Err(err) => Outcome::Retry(format!("billing unreachable: {err}")),
+        }
+    }
+
+    async fn emit(&self, events: &[v1::StatusEvent]) -> anyhow::Result<()> {
+        try_join_all(events.iter().map(|event| {
+            let payload = event.encode_to_vec();
+            async move {
+                kafka::produce_durably(&self.producer, &self.status_topic, event.job_id.as_bytes(), &payload, self.produce_timeout)
+                    .await
+            }
+        }))
+        .await
+        .context("producing billing status events")?;
+        Ok(())
+    }
+
+    async fn run(self, shutdown: CancellationToken) {
+        let interval = Duration::from_millis(self.config.send_interval_ms);
+        loop {
+            match self.round().await {
+                // A full round: more may be due right away.
+                Ok(n) if n as i64 == MAX_ROUND => continue,
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = format!("{err:#}"), "billing round failed; retrying"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+}
+
+/// The status events of one send attempt of one bucket version, one per contributing job.
+fn status_events(
+    aggregate: &v1::DailyAggregate,
+    bucket_text: &str,
+    version: i64,
+    failed_before: bool,
+    outcome: &Outcome,
+    record_key: &str,
+) -> Vec<v1::StatusEvent> {
+    let key = aggregate.bucket.as_ref().and_then(|b| b.key.clone()).unwrap_or_default();
+    let aggregated_or_failed = if failed_before { UsageStatus::FailedToSendForBilling } else { UsageStatus::Aggregated };
+    let mut events = Vec::new();
+    for contribution in &aggregate.contributions {
+        let event = |outcome: &str, steps: &[(UsageStatus, UsageStatus)], errors: Vec<v1::UsageError>| v1::StatusEvent {
+            event_id: format!("billing:{}:{bucket_text}:{version}:{outcome}", contribution.job_id),
+            job_id: contribution.job_id.clone(),
+            submitter_tenant: String::new(),
+            stage: v1::Stage::BillingForwarder as i32,
+            occurred_at: Some(uts_common::domain::to_timestamp(Utc::now())),
+            transitions: steps
+                .iter()
+                .map(|(from, to)| v1::StatusTransition {
+                    application: key.application.clone(),
+                    unit: key.unit.clone(),
+                    from: from.to_proto() as i32,
+                    to: to.to_proto() as i32,
+                    count: contribution.usages_count,
+                })
+                .collect(),
+            errors,
+        };
+        match outcome {
+            Outcome::Received => events.push(event(
+                "received",
+                &[
+                    (aggregated_or_failed, UsageStatus::SentForBilling),
+                    (UsageStatus::SentForBilling, UsageStatus::ReceivedForBilling),
+                ],
+                Vec::new(),
+            )),
+            // Only the first failure is a transition; later failures change nothing visible.
+            Outcome::Retry(error) | Outcome::Rejected(error) if !failed_before => {
+                let billing_error = v1::UsageError {
+                    code: "mdsp.uts.billing.sendFailed".into(),
+                    message: format!("sending the daily aggregate to billing failed: {error}"),
+                    message_parameters: vec![v1::MessageParameter { name: "billingRecordId".into(), value: record_key.into() }],
+                    logref: record_key.into(),
+                    error_type: v1::ErrorType::Billing as i32,
+                    info: String::new(),
+                    error_data: Some(v1::usage_error::ErrorData::BillingIds(record_key.into())),
+                };
+                events.push(event("failed", &[(UsageStatus::Aggregated, UsageStatus::FailedToSendForBilling)], vec![billing_error]));
+            }
+            Outcome::Retry(_) | Outcome::Rejected(_) => {}
+        }
+    }
+    events
+}
+
+/// Runs the forwarder with `pool` until `shutdown`: the outbox writer (consumer) and the sender.
+pub async fn run_with_pool(config: Config, pool: PgPool, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let topics = config.kafka.topics();
+    let runner = Runner::new(&config.kafka, v1::Stage::BillingForwarder, "billing-forwarder", &config.group, &[&topics.aggregates])?;
+    let (producer, _) = kafka::durable_producer(&config.kafka)?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_millis(config.request_timeout_ms))
+        .build()
+        .context("building the HTTP client")?;
+    let sender = Sender {
+        pool: pool.clone(),
+        producer: producer.clone(),
+        status_topic: topics.status,
+        produce_timeout: config.kafka.produce_timeout(),
+        http,
+        config: config.clone(),
+    };
+    let ready: admin::ReadinessCheck = Arc::new({
+        let (pool, producer) = (pool.clone(), producer.clone());
+        move || {
+            let (pool, producer) = (pool.clone(), producer.clone());
+            Box::pin(async move {
+                kafka::check_reachable(&producer, Duration::from_secs(2)).await.map_err(|e| format!("Kafka: {e}"))?;
+                sqlx::query("SELECT 1").execute(&pool).await.map_err(|e| format!("PostgreSQL: {e}"))?;
+                Ok(())
+            })
+        }
+    });
+    let (_, admin_task) =
+        admin::serve(config.admin.addr, uts_common::telemetry::metrics_handle(), ready, shutdown.clone()).await?;
+    tracing::info!(group = %config.group, billing_url = %config.billing_url, "billing forwarder running");
+    let sending = tokio::spawn(sender.run(shutdown.clone()));
+    let result = runner.run(OutboxWriter { pool }, shutdown).await;
+    let _ = sending.await;
+    let _ = admin_task.await;
+    result
+}
+
+/// The binary's entry point.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    uts_common::telemetry::init(&config.telemetry);
+    let pool = uts_common::db::connect(&config.database).await?;
+    run_with_pool(config, pool, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn aggregate() -> v1::DailyAggregate {
+        v1::DailyAggregate {
+            bucket: Some(v1::BucketKey {
+                key: Some(v1::AggregationKey {
+                    provider_tenant: "p".into(),
+                    consumer_tenant: "c".into(),
+                    application: "app".into(),
+                    unit: "u".into(),
+                }),
+                day: "2026-11-22".into(),
+            }),
+            version: 2,
+            value: "12.5".into(),
+            billable: true,
+            usages_count: 5,
+            contributions: vec![
+                v1::JobContribution { job_id: "j1".into(), usages_count: 2 },
+                v1::JobContribution { job_id: "j2".into(), usages_count: 3 },
+            ],
+            ..Default::default()
+        }
+    }
+
+    fn steps(event: &v1::StatusEvent) -> Vec<(i32, i32, u32)> {
+        event.transitions.iter().map(|t| (t.from, t.to, t.count)).collect()
+    }
+
+    #[test]
+    fn a_receipt_moves_every_contributing_job_to_received() {
+        let events = status_events(&aggregate(), "b", 2, false, &Outcome::Received, "b:2");
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].event_id, "billing:j1:b:2:received");
+        use v1::UsageStatus as S;
+        assert_eq!(
+            steps(&events[1]),
+            vec![(S::Aggregated as i32, S::Sentforbilling as i32, 3), (S::Sentforbilling as i32, S::Receivedforbilling as i32, 3)]
+        );
+    }
+
+    #[test]
+    fn only_the_first_failure_is_reported_and_recovery_starts_from_it() {
+        let failed = status_events(&aggregate(), "b", 2, false, &Outcome::Retry("503".into()), "b:2");
+        use v1::UsageStatus as S;
+        assert_eq!(steps(&failed[0]), vec![(S::Aggregated as i32, S::Failedtosendforbilling as i32, 2)]);
+        assert_eq!(failed[0].errors[0].error_type, v1::ErrorType::Billing as i32);
+        assert!(status_events(&aggregate(), "b", 2, true, &Outcome::Retry("503".into()), "b:2").is_empty());
+        let recovered = status_events(&aggregate(), "b", 2, true, &Outcome::Received, "b:2");
+        assert_eq!(steps(&recovered[0])[0], (S::Failedtosendforbilling as i32, S::Sentforbilling as i32, 2));
+    }
+}

@@ -7,7 +7,7 @@
 #   deploy/local/services.sh status
 #
 # Ports (127.0.0.1): gateway API 18080 and admin 18081, verifier admin 18082, aggregator admin
-# 18083, billing receiver
+# 18083, billing-forwarder admin 18084, billing receiver
 # 18070 (admin 18071). Settings: UTS_GATEWAY_PORT, UTS_GATEWAY_ADMIN_PORT,
 # UTS_CARGO_PROFILE (dev or release; default dev, which shares target/ with the tests).
 set -euo pipefail
@@ -18,7 +18,7 @@ UTS_GATEWAY_ADMIN_PORT="${UTS_GATEWAY_ADMIN_PORT:-18081}"
 UTS_CARGO_PROFILE="${UTS_CARGO_PROFILE:-dev}"
 RUN_DIR="$UTS_LOCAL_DIR/run"
 # The stages that exist as binaries so far, in start order.
-STAGES=(billing-receiver ingest-gateway verifier aggregator)
+STAGES=(billing-receiver ingest-gateway verifier aggregator billing-forwarder)
 
 target_dir() {
   local dir="${CARGO_TARGET_DIR:-$UTS_REPO_ROOT/target}"
@@ -83,10 +83,13 @@ cmd_start() {
     --listen-addr "127.0.0.1:$UTS_GATEWAY_PORT" --admin-addr "127.0.0.1:$UTS_GATEWAY_ADMIN_PORT"
   start_stage verifier --admin-addr 127.0.0.1:18082
   start_stage aggregator --admin-addr 127.0.0.1:18083
+  start_stage billing-forwarder --admin-addr 127.0.0.1:18084 \
+    --billing-url http://127.0.0.1:18070/billing/v1/records
   wait_ready billing-receiver 18071
   wait_ready ingest-gateway "$UTS_GATEWAY_ADMIN_PORT"
   wait_ready verifier 18082
   wait_ready aggregator 18083
+  wait_ready billing-forwarder 18084
 }
 
 cmd_stop() {

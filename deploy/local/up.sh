@@ -14,6 +14,7 @@ The service is running:
   gateway admin http://127.0.0.1:${UTS_GATEWAY_ADMIN_PORT:-18081}/metrics  (/healthz, /readyz)
   verifier admin http://127.0.0.1:18082/metrics
   aggregator admin http://127.0.0.1:18083/metrics
+  billing-forwarder admin http://127.0.0.1:18084/metrics
   billing receiver http://127.0.0.1:18070/billing/v1/records
 Stop everything with: deploy/local/down.sh
 MSG

@@ -1,0 +1,151 @@
+//! The billing-forwarder against the real Kafka, PostgreSQL and the reference billing receiver
+//! over HTTP: billable versions reach billing once each, in order; a failing billing system
+//! gives FAILEDTOSENDFORBILLING, then recovery gives SENT and RECEIVED.
+
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uts_common::config::KafkaArgs;
+use uts_common::kafka;
+use uts_common::proto::{v1, Message};
+use uts_common::testing::{isolated_kafka, read_topic};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn start_receiver(extra: &[&str]) -> (String, CancellationToken) {
+    let mut args = vec!["billing-receiver", "--listen-addr=127.0.0.1:0", "--admin-addr=127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let app = billing_receiver::Application::build(billing_receiver::Config::parse_from(args)).await.unwrap();
+    let url = format!("http://{}/billing/v1/records", app.local_addr());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    (url, shutdown)
+}
+
+async fn start_forwarder(kafka_args: &KafkaArgs, pool: PgPool, billing_url: &str) -> CancellationToken {
+    let config = billing_forwarder::Config::parse_from([
+        "billing-forwarder".to_owned(),
+        "--database-url=postgres://unused".to_owned(),
+        "--admin-addr=127.0.0.1:0".to_owned(),
+        "--send-interval-ms=50".to_owned(),
+        "--retry-base-ms=100".to_owned(),
+        format!("--billing-url={billing_url}"),
+        format!("--consumer-group=forwarder-{}", uuid::Uuid::new_v4()),
+        format!("--kafka-brokers={}", kafka_args.brokers),
+        format!("--topic-prefix={}", kafka_args.topic_prefix),
+    ]);
+    uts_common::telemetry::init(&config.telemetry);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(billing_forwarder::run_with_pool(config, pool, shutdown.clone()));
+    shutdown
+}
+
+fn aggregate(unit: &str, version: u64, value: &str, billable: bool, jobs: &[(&str, u32)]) -> Vec<u8> {
+    v1::DailyAggregate {
+        bucket: Some(v1::BucketKey {
+            key: Some(v1::AggregationKey {
+                provider_tenant: "provider".into(),
+                consumer_tenant: "consumer".into(),
+                application: "app".into(),
+                unit: unit.into(),
+            }),
+            day: "2026-11-21".into(),
+        }),
+        version,
+        value: value.into(),
+        function: v1::AggregationFunction::Sum as i32,
+        billable,
+        usages_count: jobs.iter().map(|(_, n)| u64::from(*n)).sum(),
+        contributions: jobs.iter().map(|(job, n)| v1::JobContribution { job_id: (*job).into(), usages_count: *n }).collect(),
+        updated_at: None,
+        rule_id: "rule-1".into(),
+    }
+    .encode_to_vec()
+}
+
+async fn produce(args: &KafkaArgs, messages: &[Vec<u8>]) {
+    let (producer, _) = kafka::durable_producer(args).unwrap();
+    for payload in messages {
+        kafka::produce_durably(&producer, &args.topics().aggregates, b"bucket", payload, Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+}
+
+async fn records(url: &str, at_least: usize) -> Vec<Value> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let records: Vec<Value> = reqwest::get(url).await.unwrap().json().await.unwrap();
+        if records.len() >= at_least || Instant::now() > deadline {
+            return records;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn events(messages: &[(Vec<u8>, Vec<u8>)]) -> Vec<v1::StatusEvent> {
+    messages.iter().map(|(_, p)| v1::StatusEvent::decode(p.as_slice()).unwrap()).collect()
+}
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn billable_versions_reach_billing_once_each_in_order(pool: PgPool) {
+    let args = isolated_kafka(1).await;
+    let (url, receiver) = start_receiver(&[]).await;
+    let forwarder = start_forwarder(&args, pool, &url).await;
+    produce(
+        &args,
+        &[
+            aggregate("u", 1, "20", true, &[("job-1", 1)]),
+            aggregate("u", 1, "20", true, &[("job-1", 1)]), // redelivered
+            aggregate("u", 2, "25.5", true, &[("job-2", 2)]),
+            aggregate("free", 1, "3", false, &[("job-3", 1)]),
+        ],
+    )
+    .await;
+    let stored = records(&url, 2).await;
+    let statuses = events(&read_topic(&args, &args.topics().status, 2, WAIT).await);
+    let versions: Vec<(u64, String)> = stored
+        .iter()
+        .map(|r| (r["record"]["version"].as_u64().unwrap(), r["record"]["value"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(versions, vec![(1, "20".to_owned()), (2, "25.5".to_owned())]);
+    assert_eq!(stored[0]["idempotencyKey"], "provider/consumer/app/u/2026-11-21:1");
+    let mut ids: Vec<&str> = statuses.iter().map(|e| e.event_id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["billing:job-1:provider/consumer/app/u/2026-11-21:1:received", "billing:job-2:provider/consumer/app/u/2026-11-21:2:received"]);
+    let last = statuses.iter().find(|e| e.job_id == "job-2").unwrap();
+    assert_eq!(last.transitions.last().unwrap().to, v1::UsageStatus::Receivedforbilling as i32);
+    assert_eq!(last.transitions.last().unwrap().count, 2);
+    forwarder.cancel();
+    receiver.cancel();
+}
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn a_failing_billing_system_is_retried_until_it_receives(pool: PgPool) {
+    let args = isolated_kafka(1).await;
+    let (url, receiver) = start_receiver(&["--fail-first=2"]).await;
+    let forwarder = start_forwarder(&args, pool, &url).await;
+    produce(&args, &[aggregate("u", 1, "7", true, &[("job-9", 3)])]).await;
+    let statuses = events(&read_topic(&args, &args.topics().status, 2, WAIT).await);
+    assert_eq!(statuses.len(), 2, "one failure event, then one receipt event");
+    use v1::UsageStatus as S;
+    let failed = &statuses[0];
+    assert_eq!(failed.transitions[0].to, S::Failedtosendforbilling as i32);
+    assert_eq!(failed.errors[0].error_type, v1::ErrorType::Billing as i32);
+    assert_eq!(
+        failed.errors[0].error_data,
+        Some(v1::usage_error::ErrorData::BillingIds("provider/consumer/app/u/2026-11-21:1".into()))
+    );
+    let received = &statuses[1];
+    let steps: Vec<(i32, i32)> = received.transitions.iter().map(|t| (t.from, t.to)).collect();
+    assert_eq!(
+        steps,
+        vec![(S::Failedtosendforbilling as i32, S::Sentforbilling as i32), (S::Sentforbilling as i32, S::Receivedforbilling as i32)]
+    );
+    assert_eq!(records(&url, 1).await.len(), 1);
+    forwarder.cancel();
+    receiver.cancel();
+}
