@@ -12,7 +12,7 @@ use anyhow::Context;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::StreamConsumer;
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
@@ -135,6 +135,8 @@ pub fn at_least_once_consumer(args: &KafkaArgs, group: &str) -> anyhow::Result<S
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
+        // Notice new topics and partitions within seconds, not the default five minutes.
+        .set("topic.metadata.refresh.interval.ms", "5000")
         .set("partition.assignment.strategy", "roundrobin");
     config.create().context("creating the Kafka consumer")
 }
@@ -157,6 +159,43 @@ pub async fn ensure_topics(args: &KafkaArgs, topics: &Topics) -> anyhow::Result<
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => anyhow::bail!("creating topic {topic}: {code}"),
+        }
+    }
+    // Creation returns before every broker knows the topics; a consumer that subscribes in
+    // that window sees no partitions until its next metadata refresh. Wait until they are
+    // visible with a leader for every partition.
+    let consumer: rdkafka::consumer::BaseConsumer = client_config(args)?.create()?;
+    let names: Vec<String> = topics.all().iter().map(|t| (*t).to_owned()).collect();
+    tokio::task::spawn_blocking(move || wait_for_leaders(&consumer, &names, Duration::from_secs(30)))
+        .await
+        .context("waiting for topic leaders")??;
+    Ok(())
+}
+
+fn wait_for_leaders(
+    consumer: &rdkafka::consumer::BaseConsumer,
+    topics: &[String],
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    for topic in topics {
+        loop {
+            let ready = consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(5))
+                .map(|metadata| {
+                    metadata.topics().iter().any(|t| {
+                        t.error().is_none()
+                            && !t.partitions().is_empty()
+                            && t.partitions().iter().all(|p| p.leader() >= 0 && p.error().is_none())
+                    })
+                })
+                .unwrap_or(false);
+            if ready {
+                break;
+            }
+            anyhow::ensure!(std::time::Instant::now() < deadline, "topic {topic} has no leader after {timeout:?}");
+            // A blocking thread polling the brokers with a deadline.
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
     Ok(())

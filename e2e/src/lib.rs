@@ -1,0 +1,205 @@
+//! Harness for black-box tests of the whole pipeline: the gateway, verifier, aggregator,
+//! billing-forwarder and the reference billing receiver, started in-process against the real
+//! Kafka (a random topic prefix per test) and a fresh PostgreSQL database, driven through the
+//! gateway's HTTP API and observed through `uts.status`, the database and the receiver.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uts_common::auth::mint_hs256;
+use uts_common::config::KafkaArgs;
+use uts_common::domain::TenantType;
+use uts_common::proto::{v1, Message};
+use uts_common::tenants::{self, Tenant};
+use uts_common::testing::{isolated_kafka, read_topic};
+
+pub const SECRET: &str = "e2e-test-secret-0123456789abcdef";
+
+pub struct Pipeline {
+    pub kafka: KafkaArgs,
+    pub pool: PgPool,
+    pub gateway: SocketAddr,
+    pub billing_url: String,
+    pub client: reqwest::Client,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn common_args(kafka: &KafkaArgs, name: &str) -> Vec<String> {
+    vec![
+        name.to_owned(),
+        "--database-url=postgres://unused".to_owned(),
+        "--admin-addr=127.0.0.1:0".to_owned(),
+        format!("--kafka-brokers={}", kafka.brokers),
+        format!("--topic-prefix={}", kafka.topic_prefix),
+    ]
+}
+
+impl Pipeline {
+    /// Starts every stage. Tenants: `op` (operator, the submitter), `prov` (developer, owner of
+    /// rules), `plant` (IoT of `op`, with `app` provisioned), `buyer` (customer).
+    pub async fn start(pool: PgPool) -> Self {
+        // Stage logs (RUST_LOG) show in the output of a failing test.
+        uts_common::telemetry::init(&uts_common::config::TelemetryArgs { log_format: uts_common::config::LogFormat::Text });
+        let kafka = isolated_kafka(3).await;
+        let shutdown = CancellationToken::new();
+        for (id, kind, operator) in [
+            ("op", TenantType::Operator, None),
+            ("prov", TenantType::Developer, None),
+            ("plant", TenantType::Iot, Some("op")),
+            ("buyer", TenantType::Customer, None),
+        ] {
+            let tenant = Tenant { tenant_id: id.into(), tenant_type: kind, operator_tenant_id: operator.map(Into::into) };
+            tenants::upsert(&pool, &tenant).await.unwrap();
+        }
+        sqlx::query("INSERT INTO provisioning (tenant_id, application) VALUES ('plant', 'app')")
+            .execute(&pool)
+            .await
+            .unwrap();
+
+        let receiver = billing_receiver::Application::build(billing_receiver::Config::parse_from([
+            "billing-receiver",
+            "--listen-addr=127.0.0.1:0",
+            "--admin-addr=127.0.0.1:0",
+        ]))
+        .await
+        .unwrap();
+        let billing_url = format!("http://{}/billing/v1/records", receiver.local_addr());
+        tokio::spawn(receiver.run_until_stopped(shutdown.clone()));
+
+        let mut args = common_args(&kafka, "ingest-gateway");
+        args.extend(["--listen-addr=127.0.0.1:0".to_owned(), format!("--jwt-hs256-secret={SECRET}")]);
+        let gateway = ingest_gateway::Application::build(ingest_gateway::Config::parse_from(args), pool.clone())
+            .await
+            .unwrap();
+        let gateway_addr = gateway.local_addr();
+        tokio::spawn(gateway.run_until_stopped(shutdown.clone()));
+
+        let mut args = common_args(&kafka, "verifier");
+        args.extend(["--catalog-refresh-ms=0".to_owned(), format!("--consumer-group=v-{}", kafka.topic_prefix)]);
+        tokio::spawn(verifier::run_with_pool(verifier::Config::parse_from(args), pool.clone(), shutdown.clone()));
+
+        let mut args = common_args(&kafka, "aggregator");
+        args.push(format!("--consumer-group=a-{}", kafka.topic_prefix));
+        tokio::spawn(aggregator::run_with_pool(aggregator::Config::parse_from(args), pool.clone(), shutdown.clone()));
+
+        let mut args = common_args(&kafka, "billing-forwarder");
+        args.extend([
+            format!("--consumer-group=b-{}", kafka.topic_prefix),
+            format!("--billing-url={billing_url}"),
+            "--send-interval-ms=50".to_owned(),
+            "--retry-base-ms=200".to_owned(),
+        ]);
+        tokio::spawn(billing_forwarder::run_with_pool(
+            billing_forwarder::Config::parse_from(args),
+            pool.clone(),
+            shutdown.clone(),
+        ));
+        Self { kafka, pool, gateway: gateway_addr, billing_url, client: reqwest::Client::new(), shutdown }
+    }
+
+    pub fn token(tenant: &str) -> String {
+        mint_hs256(SECRET, tenant, "e2e@example.com", &["uts.usages.write"], 600).unwrap()
+    }
+
+    /// Posts a job as `tenant`; returns the job id. Panics unless the answer is 202.
+    pub async fn post_job(&self, tenant: &str, body: &serde_json::Value) -> String {
+        let response = self
+            .client
+            .post(format!("http://{}/api/usagetransparency/v3/usagesJobs", self.gateway))
+            .bearer_auth(Self::token(tenant))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
+        let answer: serde_json::Value = response.json().await.unwrap();
+        answer["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Polls the status topic until `done` holds for the job's board, or panics at the deadline.
+    pub async fn wait_for(&self, job_id: &str, timeout: Duration, done: impl Fn(&Board) -> bool) -> Board {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let board = self.board(job_id).await;
+            if done(&board) {
+                return board;
+            }
+            assert!(Instant::now() < deadline, "job {job_id} never reached the expected state: {board:#?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The job's usage counts per (application, unit, status), folded from `uts.status`.
+    pub async fn board(&self, job_id: &str) -> Board {
+        let messages = read_topic(&self.kafka, &self.kafka.topics().status, usize::MAX, Duration::from_millis(500)).await;
+        let mut board = Board::default();
+        for (key, payload) in messages {
+            if key != job_id.as_bytes() {
+                continue;
+            }
+            board.apply(&v1::StatusEvent::decode(payload.as_slice()).unwrap());
+        }
+        board
+    }
+
+    pub async fn billing_records(&self) -> Vec<serde_json::Value> {
+        self.client.get(&self.billing_url).send().await.unwrap().json().await.unwrap()
+    }
+}
+
+/// Usage counts per (application, unit, status) of one job, and its errors.
+#[derive(Debug, Default, Clone)]
+pub struct Board {
+    seen: HashSet<String>,
+    pub counts: BTreeMap<(String, String, String), i64>,
+    pub errors: Vec<v1::UsageError>,
+}
+
+fn status_name(value: i32) -> String {
+    v1::UsageStatus::try_from(value)
+        .map(|s| s.as_str_name().trim_start_matches("USAGE_STATUS_").to_owned())
+        .unwrap_or_else(|_| value.to_string())
+}
+
+impl Board {
+    /// Applies an event once (events are deduplicated by id, like the projection does).
+    pub fn apply(&mut self, event: &v1::StatusEvent) {
+        if !self.seen.insert(event.event_id.clone()) {
+            return;
+        }
+        for t in &event.transitions {
+            let (app, unit) = (t.application.clone(), t.unit.clone());
+            if t.from != v1::UsageStatus::Accepted as i32 {
+                *self.counts.entry((app.clone(), unit.clone(), status_name(t.from))).or_default() -= i64::from(t.count);
+            }
+            *self.counts.entry((app, unit, status_name(t.to))).or_default() += i64::from(t.count);
+        }
+        self.errors.extend(event.errors.iter().cloned());
+    }
+
+    /// Usages now in `status`, over every application and unit.
+    pub fn in_status(&self, status: &str) -> i64 {
+        self.counts.iter().filter(|((_, _, s), _)| s == status).map(|(_, n)| n).sum()
+    }
+
+    /// Statuses holding at least one usage, with their counts.
+    pub fn nonzero(&self) -> BTreeMap<String, i64> {
+        let mut out = BTreeMap::new();
+        for ((_, _, status), n) in &self.counts {
+            if *n != 0 {
+                *out.entry(status.clone()).or_default() += n;
+            }
+        }
+        out
+    }
+}
