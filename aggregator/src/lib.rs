@@ -225,8 +225,9 @@ async fn apply(tx: &mut Transaction<'_, Postgres>, batch: &Batch) -> anyhow::Res
         store_bucket(tx, &bucket, batch, &acc, value, version + 1).await?;
         sqlx::query(
             "INSERT INTO aggregate_contributions
-                (provider_tenant_id, consumer_tenant_id, application, unit, day, job_id, usages_count, version)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                (provider_tenant_id, consumer_tenant_id, application, unit, day, job_id, usages_count, version,
+                 bucket_value, bucket_usages_count)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&bucket.provider)
         .bind(&bucket.consumer)
@@ -236,6 +237,8 @@ async fn apply(tx: &mut Transaction<'_, Postgres>, batch: &Batch) -> anyhow::Res
         .bind(&batch.message.job_id)
         .bind(batch.usages.iter().filter(|u| u.0 == day).count() as i32)
         .bind(version + 1)
+        .bind(value)
+        .bind(acc.count)
         .execute(&mut **tx)
         .await?;
     }
@@ -308,10 +311,12 @@ async fn store_bucket(
     Ok(())
 }
 
-type EmissionRow = (NaiveDate, i32, Decimal, i64, i64, String, bool, String, DateTime<Utc>);
+type EmissionRow = (NaiveDate, i32, Decimal, i64, i64, DateTime<Utc>);
 
-/// The messages for the applied (or previously applied) batches at `positions`: each touched
-/// bucket's current value and version, and one status event per (job, aggregation key).
+/// The messages for the applied (or previously applied) batches at `positions`: for each bucket
+/// the batch touched, the version its contribution produced with the bucket's value at that
+/// version (so every version, and every contributing job, reaches billing), and one status
+/// event per (job, aggregation key). A redelivery yields exactly the same messages.
 async fn emissions(
     tx: &mut Transaction<'_, Postgres>,
     batch: &[Decoded<Batch>],
@@ -324,10 +329,8 @@ async fn emissions(
         let item = &batch[position].item;
         let (job_id, key) = (&item.message.job_id, &item.key);
         let rows: Vec<EmissionRow> = sqlx::query_as(
-            "SELECT c.day, c.usages_count, b.value, b.version, b.usages_count, b.function, b.billable, b.rule_id,
-                    b.updated_at
+            "SELECT c.day, c.usages_count, c.bucket_value, c.version, c.bucket_usages_count, c.applied_at
              FROM aggregate_contributions c
-             JOIN daily_aggregates b USING (provider_tenant_id, consumer_tenant_id, application, unit, day)
              WHERE c.job_id = $1 AND c.provider_tenant_id = $2 AND c.consumer_tenant_id = $3
                AND c.application = $4 AND c.unit = $5
              ORDER BY c.day",
@@ -339,19 +342,18 @@ async fn emissions(
         .bind(&key.unit)
         .fetch_all(&mut **tx)
         .await?;
-        for (day, contributed, value, version, total, function, billable, rule_id, updated_at) in rows {
+        for (day, contributed, value, version, total, applied_at) in rows {
             let day = day.format("%Y-%m-%d").to_string();
-            let function = AggregationFunction::from_str(&function).unwrap_or_default();
             let message = v1::DailyAggregate {
                 bucket: Some(v1::BucketKey { key: Some(key.clone()), day: day.clone() }),
                 version: version as u64,
                 value: value.normalize().to_string(),
-                function: function.to_proto() as i32,
-                billable,
+                function: item.function.to_proto() as i32,
+                billable: item.message.billable,
                 usages_count: total as u64,
                 contributions: vec![v1::JobContribution { job_id: job_id.clone(), usages_count: contributed as u32 }],
-                updated_at: Some(to_timestamp(updated_at)),
-                rule_id,
+                updated_at: Some(to_timestamp(applied_at)),
+                rule_id: item.message.rule_id.clone(),
             };
             aggregates.push((bucket_key_text(key, &day), message.encode_to_vec()));
         }

@@ -38,17 +38,21 @@ CREATE TABLE aggregate_applied_batches (
     PRIMARY KEY (job_id, provider_tenant_id, consumer_tenant_id, application, unit)
 );
 
--- Lineage: which job contributed how many usages to which bucket, and the bucket version its
--- contribution produced.
+-- Lineage: which job contributed how many usages to which bucket, the bucket version its
+-- contribution produced, and the bucket's value and usage count at that version (what the
+-- billing-forwarder sends for that version).
 CREATE TABLE aggregate_contributions (
-    provider_tenant_id text NOT NULL,
-    consumer_tenant_id text NOT NULL,
-    application        text NOT NULL,
-    unit               text NOT NULL,
-    day                date NOT NULL,
-    job_id             text NOT NULL,
-    usages_count       integer NOT NULL,
-    version            bigint NOT NULL,
+    provider_tenant_id  text NOT NULL,
+    consumer_tenant_id  text NOT NULL,
+    application         text NOT NULL,
+    unit                text NOT NULL,
+    day                 date NOT NULL,
+    job_id              text NOT NULL,
+    usages_count        integer NOT NULL,
+    version             bigint NOT NULL,
+    bucket_value        numeric NOT NULL,
+    bucket_usages_count bigint NOT NULL,
+    applied_at          timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (provider_tenant_id, consumer_tenant_id, application, unit, day, job_id)
 );
 

@@ -20,6 +20,9 @@ export UTS_KAFKA_BROKERS DATABASE_URL
 # deletion is asynchronous and new names never collide with them.
 "$dir/kafka.sh" topics --delete --topic '(test|runner)-.*' >/dev/null 2>&1 || true
 cd "$root"
+# The crash test runs the stages as real processes: build the binaries (same profile as the
+# tests, so this only links).
+cargo build --workspace --bins
 cargo test --workspace --all-targets
 # Same package selection as above, so nothing is rebuilt.
 cargo test --workspace --test kafka_outage -- --ignored

@@ -1,4 +1,29 @@
-//! # query-service (not built yet: the query-service issue)
+//! # query-service
+//!
+//! ## What it does now: the admin API
+//!
+//! **Serves** [`admin_api`] under `/api/usagetransparency/v3/admin`: tenants (type, the operator
+//! of an IoT tenant), application provisioning of IoT tenants, rules and KPIs — create, read,
+//! update, list, delete. It reads and writes the `tenants`, `provisioning`, `rules` and `kpis`
+//! tables and nothing else; the verifier re-reads them every few seconds and the gateway's tenant
+//! cache within its TTL, so changes take effect without restarts.
+//!
+//! **Who may call it:** tokens with the scope `uts.admin` (or `uts.su`). That scope belongs to
+//! whoever operates this service, not to a customer: admin data is **global**, an admin token
+//! sees and changes every tenant's rules, KPIs and provisioning, and the token's own tenant is
+//! recorded nowhere (rows carry the owner named in the body, not the caller). Tenant isolation
+//! (DESIGN.md §6) applies to the usage, job and aggregate endpoints, not to this API.
+//!
+//! **Guarantees:** every answer reflects a committed transaction; the cross-row invariants the
+//! schema cannot check (an IoT tenant's operator is an operator tenant; only IoT tenants have
+//! provisioned applications) are checked under row locks, so concurrent admin calls cannot
+//! break them. A rule's or KPI's `version` grows by one with every update.
+//!
+//! **Failure modes:** bad input → 4xx in the `mdsp.core.generic.*` format naming the field or
+//! parameter, nothing written; PostgreSQL down → 503; SIGTERM → stop accepting connections,
+//! finish the requests in hand, exit.
+//!
+//! ## Still to come (the query-service issue)
 //!
 //! **Consumes** `uts.usage-jobs` and `uts.status` (consumer group `uts-query-service`) and
 //! projects them into PostgreSQL: jobs, usage summaries per (job, application, unit,
@@ -11,3 +36,88 @@
 //!
 //! **Delivery:** projections are applied in a PostgreSQL transaction that also records the
 //! applied event ids; offsets are committed after it, so crashes neither lose nor double.
+
+pub mod admin_api;
+pub mod config;
+mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use uts_common::admin::{self, ReadinessCheck};
+use uts_common::auth::Authenticator;
+use uts_common::telemetry;
+
+pub use config::Config;
+pub use routes::app;
+
+/// Everything a request handler needs, shared by all requests.
+pub struct AppState {
+    pub(crate) auth: Authenticator,
+    pub(crate) pool: PgPool,
+}
+
+/// A query service bound to its listener, ready to run.
+pub struct Application {
+    listener: TcpListener,
+    state: Arc<AppState>,
+    admin_addr: SocketAddr,
+}
+
+impl Application {
+    /// Loads the token verification keys and binds the API listener. The pool is passed in so
+    /// that tests can hand over their own database.
+    pub async fn build(config: Config, pool: PgPool) -> anyhow::Result<Self> {
+        let auth = Authenticator::from_args(&config.auth).context("loading token verification keys")?;
+        let state = Arc::new(AppState { auth, pool });
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .with_context(|| format!("binding the API listener on {}", config.listen_addr))?;
+        Ok(Self { listener, state, admin_addr: config.admin.addr })
+    }
+
+    /// The bound address of the public API (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains the requests in hand.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let metrics = telemetry::metrics_handle();
+        let ready = readiness(self.state.clone());
+        let (_, admin_task) = admin::serve(self.admin_addr, metrics, ready, shutdown.clone()).await?;
+
+        tracing::info!(addr = %self.local_addr(), "query service listening");
+        axum::serve(self.listener, app(self.state))
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+            .context("serving the API")?;
+        let _ = admin_task.await;
+        tracing::info!("query service stopped");
+        Ok(())
+    }
+}
+
+/// Builds and runs the query service with its own pool (the binary's entry point).
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    telemetry::init(&config.telemetry);
+    let pool = uts_common::db::connect(&config.database).await?;
+    Application::build(config, pool).await?.run_until_stopped(shutdown).await
+}
+
+fn readiness(state: Arc<AppState>) -> ReadinessCheck {
+    Arc::new(move || {
+        let state = state.clone();
+        Box::pin(async move {
+            sqlx::query("SELECT 1")
+                .execute(&state.pool)
+                .await
+                .map_err(|err| format!("PostgreSQL unreachable: {err}"))?;
+            Ok(())
+        })
+    })
+}

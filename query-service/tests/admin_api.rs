@@ -1,0 +1,625 @@
+//! The admin API end to end over HTTP, against the real PostgreSQL.
+
+mod support;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use support::{error_of, ErrorAnswer, TestQueryService};
+
+/// Expects a 400 with `code` naming `name`, the message starting with `name`.
+#[track_caller]
+fn assert_names(error: &ErrorAnswer, code: &str, name: &str) {
+    assert_eq!(error.status, StatusCode::BAD_REQUEST, "{error:?}");
+    assert_eq!(error.code, code, "{error:?}");
+    assert_eq!(error.names.as_deref(), Some(name), "{error:?}");
+    assert!(error.message.starts_with(name), "{error:?}");
+}
+
+fn rule(application: &str, unit: &str, owner: &str) -> Value {
+    json!({"application": application, "unit": unit, "ownerTenantId": owner})
+}
+
+fn kpi(name: &str, application: &str, owner: &str) -> Value {
+    json!({"name": name, "application": application, "unit": "asset", "ownerTenantId": owner})
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tenants and provisioning
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn tenants_are_created_replaced_read_and_listed(pool: PgPool) {
+    let service = TestQueryService::start(pool).await;
+    let created = service
+        .expect(Method::PUT, "/tenants/acme", Some(json!({"tenantType": "operator"})), StatusCode::CREATED)
+        .await;
+    assert_eq!(created["tenantId"], "acme");
+    assert_eq!(created["tenantType"], "operator");
+    assert_eq!(created["operatorTenantId"], Value::Null);
+    assert_eq!(created["displayName"], Value::Null);
+    let created_at = created["createdAt"].as_str().unwrap().to_owned();
+    assert!(created_at.ends_with('Z') && created_at.len() == 24, "{created_at}");
+
+    let replaced = service
+        .expect(
+            Method::PUT,
+            "/tenants/acme",
+            Some(json!({"tenantType": "operator", "displayName": "ACME Corp"})),
+            StatusCode::OK,
+        )
+        .await;
+    assert_eq!(replaced["displayName"], "ACME Corp");
+    assert_eq!(replaced["createdAt"], created_at.as_str(), "replacing keeps the creation time");
+    assert!(replaced["updatedAt"].as_str().unwrap() >= created_at.as_str());
+
+    let fetched = service.expect(Method::GET, "/tenants/acme", None, StatusCode::OK).await;
+    assert_eq!(fetched, replaced);
+    // What GET answered can be sent back as it is.
+    service.expect(Method::PUT, "/tenants/acme", Some(fetched), StatusCode::OK).await;
+
+    service.tenant("devco", "developer", None).await;
+    let list = service.expect(Method::GET, "/tenants", None, StatusCode::OK).await;
+    let ids: Vec<&str> = list["tenants"].as_array().unwrap().iter().map(|t| t["tenantId"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["acme", "devco"]);
+    assert_eq!(list["page"], json!({"number": 0, "size": 20, "totalElements": 2, "totalPages": 1}));
+    let developers = service.expect(Method::GET, "/tenants?type=developer", None, StatusCode::OK).await;
+    assert_eq!(developers["tenants"].as_array().unwrap().len(), 1);
+    assert_eq!(developers["tenants"][0]["tenantId"], "devco");
+
+    let unknown = error_of(service.call(Method::GET, "/tenants/nobody", None).await).await;
+    assert_eq!((unknown.status, unknown.code.as_str()), (StatusCode::NOT_FOUND, "noMatch"));
+    assert!(unknown.message.contains("nobody"), "{unknown:?}");
+    service.stop().await;
+}
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn concurrent_creates_of_one_tenant_answer_one_201(pool: PgPool) {
+    let service = TestQueryService::start(pool).await;
+    for round in 0..10 {
+        let path = format!("/tenants/racer-{round}");
+        let put = |kind: &str| service.call(Method::PUT, &path, Some(json!({"tenantType": kind})));
+        let (first, second) = tokio::join!(put("developer"), put("operator"));
+        let mut statuses = [first.status(), second.status()];
+        statuses.sort();
+        assert_eq!(statuses, [StatusCode::OK, StatusCode::CREATED], "{path}");
+    }
+    let list = service.expect(Method::GET, "/tenants?size=100", None, StatusCode::OK).await;
+    assert_eq!(list["page"]["totalElements"], 10);
+}
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn tenant_validation_names_the_field(pool: PgPool) {
+    let service = TestQueryService::start(pool).await;
+    let cases = [
+        (json!({}), "missingRequestBodyProperty", "tenantType"),
+        (json!({"tenantType": "partner"}), "invalidRequestBodyProperty", "tenantType"),
+        (json!({"tenantType": "developer", "displayName": 42}), "invalidRequestBodyProperty", "displayName"),
+        (json!({"tenantType": "developer", "operatorTenantId": "acme"}), "invalidRequestBodyProperty", "operatorTenantId"),
+        (json!({"tenantType": "developer", "tenantId": "someone-else"}), "invalidRequestBodyProperty", "tenantId"),
+        (json!({"tenantType": "developer", "colour": "red"}), "invalidRequestBodyProperty", "colour"),
+    ];
+    for (body, code, name) in cases {
+        let error = error_of(service.call(Method::PUT, "/tenants/t1", Some(body)).await).await;
+        assert_names(&error, code, name);
+    }
+    let too_long = format!("/tenants/{}", "x".repeat(129));
+    let error = error_of(service.call(Method::PUT, &too_long, Some(json!({"tenantType": "developer"}))).await).await;
+    assert_names(&error, "invalidParameter", "tenantId");
+    // Nothing was written.
+    let list = service.expect(Method::GET, "/tenants", None, StatusCode::OK).await;
+    assert_eq!(list["page"]["totalElements"], 0);
+}
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn an_iot_tenant_needs_an_operator_tenant(pool: PgPool) {
+    let service = TestQueryService::start(pool).await;
+    service.tenant("acme", "operator", None).await;
+    service.tenant("devco", "developer", None).await;
+    let iot = |operator: Option<&str>| {
+        let mut body = json!({"tenantType": "iot"});
+        if let Some(operator) = operator {
+            body["operatorTenantId"] = operator.into();
+        }
+        Some(body)
+    };
+
+    let error = error_of(service.call(Method::PUT, "/tenants/plant-1", iot(None)).await).await;
+    assert_names(&error, "missingRequestBodyProperty", "operatorTenantId");
+    let error = error_of(service.call(Method::PUT, "/tenants/plant-1", iot(Some("nobody"))).await).await;
+    assert_names(&error, "invalidRequestBodyProperty", "operatorTenantId");
+    assert!(error.message.contains("nobody"), "{error:?}");
+    let error = error_of(service.call(Method::PUT, "/tenants/plant-1", iot(Some("devco"))).await).await;
+    assert_names(&error, "invalidRequestBodyProperty", "operatorTenantId");
+    assert!(error.message.contains("developer"), "{error:?}");
+    let error = error_of(service.call(Method::PUT, "/tenants/plant-1", iot(Some("plant-1"))).await).await;
+    assert_names(&error, "invalidRequestBodyProperty", "operatorTenantId");
+
+    let plant = service.expect(Method::PUT, "/tenants/plant-1", iot(Some("acme")), StatusCode::CREATED).await;
+    assert_eq!(plant["operatorTenantId"], "acme");
+
+    // The operator of an IoT tenant stays an operator...
+    let error = error_of(service.call(Method::PUT, "/tenants/acme", Some(json!({"tenantType": "developer"}))).await).await;
+    assert_names(&error, "invalidRequestBodyProperty", "tenantType");
+    assert!(error.message.contains("plant-1"), "{error:?}");
+    // ...until its IoT tenant has moved to another operator.
+    service.tenant("globex", "operator", None).await;
+    service.expect(Method::PUT, "/tenants/plant-1", iot(Some("globex")), StatusCode::OK).await;
+    let acme = service
+        .expect(Method::PUT, "/tenants/acme", Some(json!({"tenantType": "developer"})), StatusCode::OK)
+        .await;
+    assert_eq!(acme["tenantType"], "developer");
+    // An IoT tenant may become another kind (without provisioned applications); it then loses
+    // its operator.
+    let plant = service
+        .expect(Method::PUT, "/tenants/plant-1", Some(json!({"tenantType": "customer"})), StatusCode::OK)
+        .await;
+    assert_eq!(plant["operatorTenantId"], Value::Null);
+}
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn applications_are_provisioned_only_to_iot_tenants(pool: PgPool) {
+    let service = TestQueryService::start(pool).await;
+    service.tenant("acme", "operator", None).await;
+    service.tenant("plant-1", "iot", Some("acme")).await;
+
+    let error = error_of(service.call(Method::PUT, "/tenants/acme/applications/app", None).await).await;
+    assert_names(&error, "invalidParameter", "tenantId");
+    assert!(error.message.contains("operator tenant"), "{error:?}");
+    let error = error_of(service.call(Method::PUT, "/tenants/nobody/applications/app", None).await).await;
+    assert_eq!((error.status, error.code.as_str()), (StatusCode::NOT_FOUND, "noMatch"));
+    let error = error_of(service.call(Method::GET, "/tenants/nobody/applications", None).await).await;
+    assert_eq!((error.status, error.code.as_str()), (StatusCode::NOT_FOUND, "noMatch"));
+    let long_application = format!("/tenants/plant-1/applications/{}", "a".repeat(257));
+    let error = error_of(service.call(Method::PUT, &long_application, None).await).await;
+    assert_names(&error, "invalidParameter", "application");
+
+    let first = service
+        .expect(Method::PUT, "/tenants/plant-1/applications/monitor", None, StatusCode::CREATED)
+        .await;
+    assert_eq!(first["tenantId"], "plant-1");
+    assert_eq!(first["application"], "monitor");
+    let again = service.expect(Method::PUT, "/tenants/plant-1/applications/monitor", None, StatusCode::OK).await;
+    assert_eq!(again, first, "provisioning twice changes nothing");
+    service.expect(Method::PUT, "/tenants/plant-1/applications/analytics", None, StatusCode::CREATED).await;
+    let listed = service.expect(Method::GET, "/tenants/plant-1/applications", None, StatusCode::OK).await;
+    let names: Vec<&str> =
+        listed["applications"].as_array().unwrap().iter().map(|a| a["application"].as_str().unwrap()).collect();
+    assert_eq!(names, ["analytics", "monitor"]);
+    let none = service.expect(Method::GET, "/tenants/acme/applications", None, StatusCode::OK).await;
+    assert_eq!(none, json!({"applications": []}));
+
+    // An IoT tenant with provisioned applications stays an IoT tenant.
+    let error = error_of(service.call(Method::PUT, "/tenants/plant-1", Some(json!({"tenantType": "customer"}))).await).await;
+    assert_names(&error, "invalidRequestBodyProperty", "tenantType");
+    assert!(error.message.contains("analytics, monitor"), "{error:?}");
+
+    service.expect(Method::DELETE, "/tenants/plant-1/applications/monitor", None, StatusCode::NO_CONTENT).await;
+    let error = error_of(service.call(Method::DELETE, "/tenants/plant-1/applications/monitor", None).await).await;
+    assert_eq!((error.status, error.code.as_str()), (StatusCode::NOT_FOUND, "noMatch"));
+    let listed = service.expect(Method::GET, "/tenants/plant-1/applications", None, StatusCode::OK).await;
+    assert_eq!(listed["applications"].as_array().unwrap().len(), 1);
+    // What the verifier reads.
+    let rows: Vec<(String, String)> = sqlx::query_as("SELECT tenant_id, application FROM provisioning")
+        .fetch_all(&service.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, [("plant-1".to_owned(), "analytics".to_owned())]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rules
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn a_rule_round_trip_keeps_exact_values_and_counts_versions(pool: PgPool) {
+    let service = TestQueryService::start(pool).await;
+    service.tenant("acme", "operator", None).await;
+    service.tenant("globex", "operator", None).await;
+
+    let response = service
+        .call(Method::POST, "/rules", Some(rule("monitor", "kWh", "acme")))
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let created: Value = response.json().await.unwrap();
+    let id = created["ruleId"].as_str().unwrap().to_owned();
+    assert_eq!(location, format!("/api/usagetransparency/v3/admin/rules/{id}"));
+    let defaults = json!({
+        "ruleId": id, "application": "monitor", "unit": "kWh", "ownerTenantId": "acme", "active": true,
+        "aggregationFunction": "SUM", "billingEnabled": false, "minValue": null, "maxValue": null,
+        "integersOnly": false, "allowedUserTypes": null, "maxAgeDays": null, "maxFutureMinutes": null,
+        "version": 1, "createdAt": created["createdAt"], "updatedAt": created["updatedAt"],
+    });
+    assert_eq!(created, defaults);
+    let fetched = service.expect(Method::GET, &format!("/rules/{id}"), None, StatusCode::OK).await;
+    assert_eq!(fetched, created);
+
+    // A full update; numbers keep their exact text, numbers or strings alike.
+    let update = r#"{"application":"monitor","unit":"kWh","ownerTenantId":"globex","active":false,
+        "aggregationFunction":"MAX","billingEnabled":true,"minValue":0.10,"maxValue":"12345678901234567890.123456789",
+        "integersOnly":true,"allowedUserTypes":["user","agent"],"maxAgeDays":35,"maxFutureMinutes":0}"#;
+    let response = service
+        .client
+        .put(service.url(&format!("/rules/{id}")))
+        .bearer_auth(&service.admin)
+        .header("content-type", "application/json")
+        .body(update)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let updated: Value = response.json().await.unwrap();
+    assert_eq!(updated["version"], 2);
+    assert_eq!(updated["ownerTenantId"], "globex");
+    assert_eq!(updated["active"], false);
+    assert_eq!(updated["aggregationFunction"], "MAX");
+    assert_eq!(updated["billingEnabled"], true);
+    assert_eq!(updated["minValue"], "0.10");
+    assert_eq!(updated["maxValue"], "12345678901234567890.123456789");
+    assert_eq!(updated["integersOnly"], true);
+    assert_eq!(updated["allowedUserTypes"], json!(["user", "agent"]));
+    assert_eq!((updated["maxAgeDays"].clone(), updated["maxFutureMinutes"].clone()), (json!(35), json!(0)));
+    assert_eq!(updated["createdAt"], created["createdAt"]);
+    assert!(updated["updatedAt"].as_str().unwrap() >= created["updatedAt"].as_str().unwrap());
+
+    // Every update counts, and left-out properties return to their defaults (a full update).
+    let reset = service
+        .expect(Method::PUT, &format!("/rules/{id}"), Some(rule("monitor", "kWh", "acme")), StatusCode::OK)
+        .await;
+    assert_eq!(reset["version"], 3);
+    assert_eq!(reset["minValue"], Value::Null);
+    assert_eq!(reset["allowedUserTypes"], Value::Null);
+    assert_eq!(reset["active"], true);
+    // What GET answered can be sent back as it is.
+    let fetched = service.expect(Method::GET, &format!("/rules/{id}"), None, StatusCode::OK).await;
+    let again = service.expect(Method::PUT, &format!("/rules/{id}"), Some(fetched), StatusCode::OK).await;
+    assert_eq!(again["version"], 4);
+    // The verifier reads the stored numeric exactly.
+    let (version, max): (i32, Option<String>) =
+        sqlx::query_as("SELECT version, max_value::text FROM rules WHERE rule_id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&service.pool)
+            .await
+            .unwrap();
+    assert_eq!((version, max), (4, None));
+
+    service.expect(Method::DELETE, &format!("/rules/{id}"), None, StatusCode::NO_CONTENT).await;
+    for method in [Method::GET, Method::DELETE] {
+        let error = error_of(service.call(method, &format!("/rules/{id}"), None).await).await;
+        assert_eq!((error.status, error.code.as_str()), (StatusCode::NOT_FOUND, "noMatch"));
+    }
+    let error = error_of(service.call(Method::PUT, &format!("/rules/{id}"), Some(rule("m", "u", "acme"))).await).await;
+    assert_eq!(error.status, StatusCode::NOT_FOUND);
+}
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn a_second_rule_for_the_same_application_and_unit_is_refused_naming_unit(pool: PgPool) {
+    let service = TestQueryService::start(pool).await;
+    service.tenant("acme", "operator", None).await;
+    let first = service.expect(Method::POST, "/rules", Some(rule("monitor", "kWh", "acme")), StatusCode::CREATED).await;
+    let error = error_of(service.call(Method::POST, "/rules", Some(rule("monitor", "kWh", "acme"))).await).await;
+    assert_names(&error, "invalidRequestBodyProperty", "unit");
+    assert!(error.message.contains(first["ruleId"].as_str().unwrap()), "names the existing rule: {error:?}");
+
+    // The same through an update that moves another rule onto (monitor, kWh).
+    let second = service.expect(Method::POST, "/rules", Some(rule("monitor", "MWh", "acme")), StatusCode::CREATED).await;
+    let path = format!("/rules/{}", second["ruleId"].as_str().unwrap());
+    let error = error_of(service.call(Method::PUT, &path, Some(rule("monitor", "kWh", "acme"))).await).await;
+    assert_names(&error, "invalidRequestBodyProperty", "unit");
+    let unchanged = service.expect(Method::GET, &path, None, StatusCode::OK).await;
+    assert_eq!((unchanged["unit"].clone(), unchanged["version"].clone()), (json!("MWh"), json!(1)));
+}
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn rule_validation_names_the_field(pool: PgPool) {
+    let service = TestQueryService::start(pool).await;
+    service.tenant("acme", "operator", None).await;
+    let with = |key: &str, value: Value| {
+        let mut body = rule("monitor", "kWh", "acme");
+        body[key] = value;
+        body
+    };
+    let cases = [
+        (json!({"unit": "kWh", "ownerTenantId": "acme"}), "missingRequestBodyProperty", "application"),
+        (json!({"application": "monitor", "ownerTenantId": "acme"}), "missingRequestBodyProperty", "unit"),
+        (with("ownerTenantId", json!("nobody")), "invalidRequestBodyProperty", "ownerTenantId"),
+        (with("aggregationFunction", json!("MEDIAN")), "invalidRequestBodyProperty", "aggregationFunction"),
+        (with("billingEnabled", json!("true")), "invalidRequestBodyProperty", "billingEnabled"),
+        (with("minValue", json!("one")), "invalidRequestBodyProperty", "minValue"),
+        (json!({"application": "m", "unit": "u", "ownerTenantId": "acme", "minValue": 5, "maxValue": "4.99"}),
+            "invalidRequestBodyProperty", "maxValue"),
+        (with("allowedUserTypes", json!(["user", "robot"])), "invalidRequestBodyProperty", "allowedUserTypes[1]"),
+        (with("allowedUserTypes", json!([])), "invalidRequestBodyProperty", "allowedUserTypes"),
+        (with("maxAgeDays", json!(0)), "invalidRequestBodyProperty", "maxAgeDays"),
+        (with("maxFutureMinutes", json!(-5)), "invalidRequestBodyProperty", "maxFutureMinutes"),
+        (with("ruleId", json!("8d2c5c4e-0000-4000-8000-000000000000")), "invalidRequestBodyProperty", "ruleId"),
+        (with("owner", json!("acme")), "invalidRequestBodyProperty", "owner"),
+    ];
+    for (body, code, name) in cases {
+        let error = error_of(service.call(Method::POST, "/rules", Some(body.clone())).await).await;
+        assert_names(&error, code, name);
+    }
+
+    // A number beyond the exact decimal range is refused, not rounded.
+    let response = service
+        .client
+        .post(service.url("/rules"))
+        .bearer_auth(&service.admin)
+        .header("content-type", "application/json")
+        .body(r#"{"application":"m","unit":"u","ownerTenantId":"acme","maxValue":1e400}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_names(&error_of(response).await, "invalidRequestBodyProperty", "maxValue");
+    // Broken JSON, a non-object body, a non-JSON content type and an oversized body.
+    let send_raw = |content_type: &'static str, body: String| {
+        service
+            .client
+            .post(service.url("/rules"))
+            .bearer_auth(&service.admin)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let error = error_of(send_raw("application/json", "{\"application\":".into()).await.unwrap()).await;
+    assert_eq!((error.status, error.code.as_str()), (StatusCode::BAD_REQUEST, "invalidRequestBodyProperty"));
+    let error = error_of(send_raw("application/json", "[]".into()).await.unwrap()).await;
+    assert_eq!((error.status, error.code.as_str()), (StatusCode::BAD_REQUEST, "invalidRequestBodyProperty"));
+    let error = error_of(send_raw("text/plain", rule("m", "u", "acme").to_string()).await.unwrap()).await;
+    assert_eq!((error.status, error.code.as_str()), (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupportedMediaType"));
+    let huge = json!({"application": "m", "unit": "u", "ownerTenantId": "acme", "pad": "x".repeat(64 * 1024)});
+    let error = error_of(send_raw("application/json", huge.to_string()).await.unwrap()).await;
+    assert_eq!((error.status, error.code.as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "payloadTooLarge"));
+
+    // A malformed id names nothing: 404, like an unknown one.
+    for path in ["/rules/not-a-uuid", "/rules/00000000-0000-0000-0000-000000000000"] {
+        let error = error_of(service.call(Method::GET, path, None).await).await;
+        assert_eq!((error.status, error.code.as_str()), (StatusCode::NOT_FOUND, "noMatch"), "{path}");
+    }
+    // The id in a PUT body must be the one in the path.
+    let created = service.expect(Method::POST, "/rules", Some(rule("monitor", "kWh", "acme")), StatusCode::CREATED).await;
+    let path = format!("/rules/{}", created["ruleId"].as_str().unwrap());
+    let error = error_of(
+        service
+            .call(Method::PUT, &path, Some(with("ruleId", json!("8d2c5c4e-0000-4000-8000-000000000000"))))
+            .await,
+    )
+    .await;
+    assert_names(&error, "invalidRequestBodyProperty", "ruleId");
+    let error = error_of(service.call(Method::PUT, &path, Some(with("ownerTenantId", json!("nobody")))).await).await;
+    assert_names(&error, "invalidRequestBodyProperty", "ownerTenantId");
+    // Nothing but the one valid rule was written.
+    let list = service.expect(Method::GET, "/rules", None, StatusCode::OK).await;
+    assert_eq!(list["page"]["totalElements"], 1);
+    assert_eq!(list["rules"][0]["version"], 1);
+}
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn rule_lists_filter_and_page(pool: PgPool) {
+    let service = TestQueryService::start(pool).await;
+    service.tenant("acme", "operator", None).await;
+    service.tenant("globex", "developer", None).await;
+    for unit in ["u1", "u2", "u3", "u4", "u5"] {
+        service.expect(Method::POST, "/rules", Some(rule("monitor", unit, "acme")), StatusCode::CREATED).await;
+    }
+    service.expect(Method::POST, "/rules", Some(rule("billing", "u1", "globex")), StatusCode::CREATED).await;
+
+    let page = |query: &'static str| service.expect(Method::GET, query, None, StatusCode::OK);
+    let units = |list: &Value| -> Vec<String> {
+        list["rules"].as_array().unwrap().iter().map(|r| format!("{}/{}", r["application"].as_str().unwrap(), r["unit"].as_str().unwrap())).collect()
+    };
+    let all = page("/rules").await;
+    assert_eq!(units(&all), ["billing/u1", "monitor/u1", "monitor/u2", "monitor/u3", "monitor/u4", "monitor/u5"]);
+
+    let first = page("/rules?application=monitor&size=2").await;
+    assert_eq!(units(&first), ["monitor/u1", "monitor/u2"]);
+    assert_eq!(first["page"], json!({"number": 0, "size": 2, "totalElements": 5, "totalPages": 3}));
+    let last = page("/rules?application=monitor&size=2&page=2").await;
+    assert_eq!(units(&last), ["monitor/u5"], "the last page is partial");
+    assert_eq!(last["page"], json!({"number": 2, "size": 2, "totalElements": 5, "totalPages": 3}));
+    let beyond = page("/rules?application=monitor&size=2&page=3").await;
+    assert_eq!(beyond["rules"], json!([]));
+    assert_eq!(beyond["page"]["totalElements"], 5);
+
+    assert_eq!(units(&page("/rules?ownerTenantId=globex").await), ["billing/u1"]);
+    assert_eq!(units(&page("/rules?unit=u1").await), ["billing/u1", "monitor/u1"]);
+    assert_eq!(units(&page("/rules?unit=u1&application=monitor&ownerTenantId=acme").await), ["monitor/u1"]);
+    assert_eq!(units(&page("/rules?application=&unit=u2&page=&size=").await), ["monitor/u2"], "empty = absent");
+    let nothing = page("/rules?application=nothing").await;
+    assert_eq!(nothing, json!({"rules": [], "page": {"number": 0, "size": 20, "totalElements": 0, "totalPages": 0}}));
+
+    for (query, name) in [
+        ("/rules?size=0", "size"),
+        ("/rules?size=1001", "size"),
+        ("/rules?page=-1", "page"),
+        ("/rules?page=abc", "page"),
+        ("/rules?owner=acme", "owner"),
+        ("/rules?unit=a&unit=b", "unit"),
+    ] {
+        let error = error_of(service.call(Method::GET, query, None).await).await;
+        assert_names(&error, "invalidParameter", name);
+    }
+    let biggest = page("/rules?size=1000").await;
+    assert_eq!(biggest["page"]["size"], 1000);
+}
+
+// ---------------------------------------------------------------------------------------------
+// KPIs
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn a_kpi_round_trip(pool: PgPool) {
+    let service = TestQueryService::start(pool).await;
+    service.tenant("acme", "operator", None).await;
+
+    let response = service.call(Method::POST, "/kpis", Some(kpi("asset-count", "assetmonitor", "acme"))).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let created: Value = response.json().await.unwrap();
+    let id = created["kpiId"].as_str().unwrap().to_owned();
+    assert_eq!(location, format!("/api/usagetransparency/v3/admin/kpis/{id}"));
+    assert_eq!(
+        created,
+        json!({
+            "kpiId": id, "name": "asset-count", "displayName": "asset-count", "application": "assetmonitor",
+            "applicationDisplayName": "assetmonitor", "unit": "asset", "ownerTenantId": "acme",
+            "aggregationFunctionDaily": "SUM", "aggregationFunctionMonthly": "SUM", "preFill": "ZERO",
+            "unitConversionFactor": "1", "version": 1, "createdAt": created["createdAt"], "updatedAt": created["updatedAt"],
+        })
+    );
+    assert_eq!(service.expect(Method::GET, &format!("/kpis/{id}"), None, StatusCode::OK).await, created);
+
+    let update = json!({
+        "name": "asset-count", "displayName": "asset count", "application": "assetmonitor",
+        "applicationDisplayName": "Asset Monitor", "unit": "asset", "ownerTenantId": "acme",
+        "aggregationFunctionDaily": "MAX", "aggregationFunctionMonthly": "AVG", "preFill": "LAST",
+        "unitConversionFactor": "0.001",
+    });
+    let updated = service.expect(Method::PUT, &format!("/kpis/{id}"), Some(update), StatusCode::OK).await;
+    assert_eq!(updated["version"], 2);
+    assert_eq!(updated["displayName"], "asset count");
+    assert_eq!(updated["applicationDisplayName"], "Asset Monitor");
+    assert_eq!(updated["aggregationFunctionDaily"], "MAX");
+    assert_eq!(updated["aggregationFunctionMonthly"], "AVG");
+    assert_eq!(updated["preFill"], "LAST");
+    assert_eq!(updated["unitConversionFactor"], "0.001");
+    assert_eq!(updated["createdAt"], created["createdAt"]);
+    let again = service.expect(Method::PUT, &format!("/kpis/{id}"), Some(updated), StatusCode::OK).await;
+    assert_eq!(again["version"], 3);
+    assert_eq!(again["unitConversionFactor"], "0.001");
+
+    service.expect(Method::POST, "/kpis", Some(kpi("users", "assetmonitor", "acme")), StatusCode::CREATED).await;
+    service.expect(Method::POST, "/kpis", Some(kpi("asset-count", "fleet", "acme")), StatusCode::CREATED).await;
+    let list = service.expect(Method::GET, "/kpis?application=assetmonitor", None, StatusCode::OK).await;
+    let names: Vec<&str> = list["kpis"].as_array().unwrap().iter().map(|k| k["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["asset-count", "users"]);
+    assert_eq!(list["page"], json!({"number": 0, "size": 20, "totalElements": 2, "totalPages": 1}));
+    let second = service.expect(Method::GET, "/kpis?size=2&page=1", None, StatusCode::OK).await;
+    assert_eq!(second["kpis"].as_array().unwrap().len(), 1, "3 KPIs: the second page of 2 holds 1");
+    assert_eq!(second["page"]["totalPages"], 2);
+
+    service.expect(Method::DELETE, &format!("/kpis/{id}"), None, StatusCode::NO_CONTENT).await;
+    for method in [Method::GET, Method::DELETE] {
+        let error = error_of(service.call(method, &format!("/kpis/{id}"), None).await).await;
+        assert_eq!((error.status, error.code.as_str()), (StatusCode::NOT_FOUND, "noMatch"));
+    }
+    let error = error_of(service.call(Method::GET, "/kpis/42", None).await).await;
+    assert_eq!(error.status, StatusCode::NOT_FOUND);
+}
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn kpi_validation_names_the_field(pool: PgPool) {
+    let service = TestQueryService::start(pool).await;
+    service.tenant("acme", "operator", None).await;
+    let with = |key: &str, value: Value| {
+        let mut body = kpi("asset-count", "assetmonitor", "acme");
+        body[key] = value;
+        body
+    };
+    let cases = [
+        (json!({"application": "a", "unit": "u", "ownerTenantId": "acme"}), "missingRequestBodyProperty", "name"),
+        (with("unit", json!(null)), "missingRequestBodyProperty", "unit"),
+        (with("ownerTenantId", json!("nobody")), "invalidRequestBodyProperty", "ownerTenantId"),
+        (with("aggregationFunctionDaily", json!("sum")), "invalidRequestBodyProperty", "aggregationFunctionDaily"),
+        (with("aggregationFunctionMonthly", json!("MEDIAN")), "invalidRequestBodyProperty", "aggregationFunctionMonthly"),
+        (with("preFill", json!("ALL")), "invalidRequestBodyProperty", "preFill"),
+        (with("unitConversionFactor", json!(0)), "invalidRequestBodyProperty", "unitConversionFactor"),
+        (with("unitConversionFactor", json!("-1")), "invalidRequestBodyProperty", "unitConversionFactor"),
+        (with("displayName", json!("")), "invalidRequestBodyProperty", "displayName"),
+        (with("kpiId", json!("8d2c5c4e-0000-4000-8000-000000000000")), "invalidRequestBodyProperty", "kpiId"),
+    ];
+    for (body, code, name) in cases {
+        let error = error_of(service.call(Method::POST, "/kpis", Some(body.clone())).await).await;
+        assert_names(&error, code, name);
+    }
+    // The name is unique per application.
+    service.expect(Method::POST, "/kpis", Some(kpi("asset-count", "assetmonitor", "acme")), StatusCode::CREATED).await;
+    let error = error_of(service.call(Method::POST, "/kpis", Some(kpi("asset-count", "assetmonitor", "acme"))).await).await;
+    assert_names(&error, "invalidRequestBodyProperty", "name");
+    for (query, name) in [("/kpis?size=0", "size"), ("/kpis?unit=x", "unit")] {
+        let error = error_of(service.call(Method::GET, query, None).await).await;
+        assert_names(&error, "invalidParameter", name);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Authentication and authorisation
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn authentication_and_authorisation_matrix(pool: PgPool) {
+    let service = TestQueryService::start(pool).await;
+    service.tenant("acme", "operator", None).await;
+    let endpoints: [(Method, &str, Option<Value>); 8] = [
+        (Method::GET, "/tenants", None),
+        (Method::GET, "/tenants/acme", None),
+        (Method::PUT, "/tenants/acme", Some(json!({"tenantType": "operator"}))),
+        (Method::GET, "/tenants/acme/applications", None),
+        (Method::GET, "/rules", None),
+        (Method::POST, "/rules", Some(rule("monitor", "kWh", "acme"))),
+        (Method::GET, "/kpis", None),
+        (Method::POST, "/kpis", Some(kpi("asset-count", "monitor", "acme"))),
+    ];
+    let forged = uts_common::auth::mint_hs256("some-other-secret-0123456789", "acme", "", &["uts.admin"], 600).unwrap();
+    let expired = uts_common::auth::mint_hs256(support::SECRET, "acme", "", &["uts.admin"], -3600).unwrap();
+    let every_other_scope = TestQueryService::token("acme", &["uts.usages.write", "uts.usages.read", "uts.aggregates.read"]);
+    for (method, path, body) in &endpoints {
+        let what = format!("{method} {path}");
+        let mut request = service.client.request(method.clone(), service.url(path));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let error = error_of(request.send().await.unwrap()).await;
+        assert_eq!((error.status, error.code.as_str()), (StatusCode::UNAUTHORIZED, "unauthorized"), "no token: {what}");
+        for token in [&forged, &expired, &"garbage".to_owned()] {
+            let error = error_of(service.call_as(token, method.clone(), path, body.clone()).await).await;
+            assert_eq!(error.status, StatusCode::UNAUTHORIZED, "bad token: {what}");
+        }
+        let error = error_of(service.call_as(&every_other_scope, method.clone(), path, body.clone()).await).await;
+        assert_eq!((error.status, error.code.as_str()), (StatusCode::FORBIDDEN, "forbidden"), "wrong scope: {what}");
+        assert!(error.message.contains("uts.admin"), "{error:?}");
+    }
+    // Authentication comes before anything else: a bad body or id is not even looked at.
+    let error = error_of(service.call_as(&every_other_scope, Method::POST, "/rules", Some(json!({}))).await).await;
+    assert_eq!(error.status, StatusCode::FORBIDDEN);
+    let error = error_of(service.client.get(service.url("/rules/not-a-uuid")).send().await.unwrap()).await;
+    assert_eq!(error.status, StatusCode::UNAUTHORIZED);
+
+    // uts.admin and uts.su may do everything; the caller's own tenant plays no part.
+    let su = TestQueryService::token("some-tenant", &["uts.su"]);
+    let admin = TestQueryService::token("another-tenant", &["uts.admin"]);
+    for (token, (method, path, body)) in [&su, &admin].into_iter().cycle().zip(endpoints) {
+        let status = service.call_as(token, method.clone(), path, body).await.status();
+        assert!(status.is_success(), "{method} {path}: {status}");
+    }
+    // Unknown endpoints are 404 in the same format.
+    let error = error_of(service.call(Method::GET, "/widgets", None).await).await;
+    assert_eq!((error.status, error.code.as_str()), (StatusCode::NOT_FOUND, "noMatch"));
+    service.stop().await;
+}
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn tenant_lists_page(pool: PgPool) {
+    let service = TestQueryService::start(pool).await;
+    let empty = service.expect(Method::GET, "/tenants?size=3", None, StatusCode::OK).await;
+    assert_eq!(empty, json!({"tenants": [], "page": {"number": 0, "size": 3, "totalElements": 0, "totalPages": 0}}));
+    for id in ["t1", "t2", "t3", "t4", "t5", "t6", "t7"] {
+        service.tenant(id, "customer", None).await;
+    }
+    service.tenant("op", "operator", None).await;
+    let ids = |list: &Value| -> Vec<String> {
+        list["tenants"].as_array().unwrap().iter().map(|t| t["tenantId"].as_str().unwrap().to_owned()).collect()
+    };
+    let mut seen = Vec::new();
+    for page in 0..3 {
+        let list = service
+            .expect(Method::GET, &format!("/tenants?type=customer&size=3&page={page}"), None, StatusCode::OK)
+            .await;
+        assert_eq!(list["page"], json!({"number": page, "size": 3, "totalElements": 7, "totalPages": 3}));
+        seen.extend(ids(&list));
+    }
+    assert_eq!(seen, ["t1", "t2", "t3", "t4", "t5", "t6", "t7"], "pages are disjoint and ordered; the last holds 1");
+    let beyond = service.expect(Method::GET, "/tenants?type=customer&size=3&page=3", None, StatusCode::OK).await;
+    assert_eq!(beyond["tenants"], json!([]));
+    for (query, name) in [("/tenants?size=0", "size"), ("/tenants?size=5000", "size"), ("/tenants?type=robot", "type")] {
+        let error = error_of(service.call(Method::GET, query, None).await).await;
+        assert_names(&error, "invalidParameter", name);
+    }
+}

@@ -1,0 +1,135 @@
+//! Test support: a real query service on port 0 against a fresh PostgreSQL database from
+//! `#[sqlx::test]`.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use query_service::{Application, Config};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uts_common::auth::mint_hs256;
+
+pub const SECRET: &str = "integration-test-secret-0123456789";
+
+pub const ADMIN: &[&str] = &["uts.admin"];
+
+pub struct TestQueryService {
+    pub addr: SocketAddr,
+    pub pool: PgPool,
+    pub client: reqwest::Client,
+    /// An admin token of the operator running the service.
+    pub admin: String,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestQueryService {
+    pub async fn start(pool: PgPool) -> Self {
+        let config = Config::parse_from([
+            "query-service",
+            "--listen-addr=127.0.0.1:0",
+            "--admin-addr=127.0.0.1:0",
+            "--database-url=postgres://unused",
+            &format!("--jwt-hs256-secret={SECRET}"),
+        ]);
+        let app = Application::build(config, pool.clone()).await.expect("building the query service");
+        let addr = app.local_addr();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        Self {
+            addr,
+            pool,
+            client: reqwest::Client::new(),
+            admin: Self::token("service-operator", ADMIN),
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// `path` is relative to the admin API's base path.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}/api/usagetransparency/v3/admin{path}", self.addr)
+    }
+
+    pub fn token(tenant: &str, scopes: &[&str]) -> String {
+        mint_hs256(SECRET, tenant, "admin@example.com", scopes, 600).unwrap()
+    }
+
+    /// Sends `body` (as JSON, when given) with the admin token.
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> reqwest::Response {
+        self.call_as(&self.admin, method, path, body).await
+    }
+
+    pub async fn call_as(&self, token: &str, method: Method, path: &str, body: Option<Value>) -> reqwest::Response {
+        let mut request = self.client.request(method, self.url(path)).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.expect("sending a request")
+    }
+
+    /// Sends and expects `status`; returns the JSON body (Null when there is none).
+    pub async fn expect(&self, method: Method, path: &str, body: Option<Value>, status: StatusCode) -> Value {
+        let what = format!("{method} {path}");
+        let response = self.call(method, path, body).await;
+        let actual = response.status();
+        let text = response.text().await.unwrap();
+        assert_eq!(actual, status, "{what}: {text}");
+        if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap()
+        }
+    }
+
+    /// Registers a tenant through the API.
+    pub async fn tenant(&self, id: &str, kind: &str, operator: Option<&str>) {
+        let mut body = serde_json::json!({ "tenantType": kind });
+        if let Some(operator) = operator {
+            body["operatorTenantId"] = operator.into();
+        }
+        self.expect(Method::PUT, &format!("/tenants/{id}"), Some(body), StatusCode::CREATED).await;
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for TestQueryService {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// An error answer's parts.
+#[derive(Debug)]
+pub struct ErrorAnswer {
+    pub status: StatusCode,
+    /// Without the `mdsp.core.generic.` prefix.
+    pub code: String,
+    pub message: String,
+    /// The value of the first `messageParameters` entry: the property or parameter named.
+    pub names: Option<String>,
+}
+
+pub async fn error_of(response: reqwest::Response) -> ErrorAnswer {
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    let error = &body["errors"][0];
+    assert!(error["logref"].is_string(), "{body}");
+    let code = error["code"].as_str().unwrap();
+    ErrorAnswer {
+        status,
+        code: code.strip_prefix("mdsp.core.generic.").expect("an mdsp.core.generic code").to_owned(),
+        message: error["message"].as_str().unwrap().to_owned(),
+        names: error["messageParameters"][0]["value"].as_str().map(str::to_owned),
+    }
+}
