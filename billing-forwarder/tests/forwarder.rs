@@ -149,3 +149,21 @@ async fn a_failing_billing_system_is_retried_until_it_receives(pool: PgPool) {
     forwarder.cancel();
     receiver.cancel();
 }
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn poison_goes_to_the_dead_letter_topic_and_the_forwarder_carries_on(pool: PgPool) {
+    let args = isolated_kafka(1).await;
+    let (url, receiver) = start_receiver(&[]).await;
+    let forwarder = start_forwarder(&args, pool, &url).await;
+    produce(&args, &[b"\x08\x96\x01 junk".to_vec(), aggregate("u", 1, "1", true, &[("job-after", 1)])]).await;
+    let letters: Vec<v1::DeadLetter> = read_topic(&args, &args.topics().dead_letter, 1, WAIT)
+        .await
+        .iter()
+        .map(|(_, p)| v1::DeadLetter::decode(p.as_slice()).unwrap())
+        .collect();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].stage, v1::Stage::BillingForwarder as i32);
+    assert_eq!(records(&url, 1).await.len(), 1, "the aggregate after the poison was billed");
+    forwarder.cancel();
+    receiver.cancel();
+}

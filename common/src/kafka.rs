@@ -125,7 +125,11 @@ pub fn durable_producer(args: &KafkaArgs) -> anyhow::Result<(DurableProducer, Ka
 /// A consumer in `group` for at-least-once processing: offsets are *stored* by the caller only
 /// after the work is durable, and librdkafka commits the stored offsets every second, on
 /// rebalance and on close. It starts from the earliest offset when the group has none.
-pub fn at_least_once_consumer(args: &KafkaArgs, group: &str) -> anyhow::Result<StreamConsumer> {
+pub fn at_least_once_consumer(
+    args: &KafkaArgs,
+    group: &str,
+    stage: &'static str,
+) -> anyhow::Result<StreamConsumer<StageContext>> {
     let mut config = client_config(args)?;
     config
         .set("group.id", group)
@@ -137,9 +141,39 @@ pub fn at_least_once_consumer(args: &KafkaArgs, group: &str) -> anyhow::Result<S
         .set("heartbeat.interval.ms", "1000")
         // Notice new topics and partitions within seconds, not the default five minutes.
         .set("topic.metadata.refresh.interval.ms", "5000")
+        // Feeds the lag gauge (StageContext::stats).
+        .set("statistics.interval.ms", "5000")
         .set("partition.assignment.strategy", "roundrobin");
-    config.create().context("creating the Kafka consumer")
+    config.create_with_context(StageContext { stage }).context("creating the Kafka consumer")
 }
+
+/// Consumer context of a stage: publishes its lag from librdkafka's statistics.
+pub struct StageContext {
+    stage: &'static str,
+}
+
+impl ClientContext for StageContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for topic in statistics.topics.values() {
+            for partition in topic.partitions.values() {
+                // Partition -1 is librdkafka's internal one; only assigned partitions count.
+                if partition.partition < 0 || !partition.desired || partition.consumer_lag_stored < 0 {
+                    continue;
+                }
+                // Lag against the *stored* offsets: messages whose work is not yet durable.
+                metrics::gauge!(
+                    "uts_stage_consumer_lag_messages",
+                    "stage" => self.stage,
+                    "topic" => topic.topic.clone(),
+                    "partition" => partition.partition.to_string()
+                )
+                .set(partition.consumer_lag_stored as f64);
+            }
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for StageContext {}
 
 /// Creates the five topics when they are missing (partitions and replication from `args`).
 pub async fn ensure_topics(args: &KafkaArgs, topics: &Topics) -> anyhow::Result<()> {

@@ -94,7 +94,7 @@ pub fn decode_proto<M: Message + Default>(payload: Option<&[u8]>) -> Result<M, S
 
 pub struct Runner {
     pub stage: v1::Stage,
-    pub consumer: StreamConsumer,
+    pub consumer: StreamConsumer<kafka::StageContext>,
     pub producer: DurableProducer,
     pub dead_letter_topic: String,
     pub produce_timeout: Duration,
@@ -111,7 +111,7 @@ impl Runner {
         group: &str,
         topics: &[&str],
     ) -> anyhow::Result<Self> {
-        let consumer = kafka::at_least_once_consumer(args, group)?;
+        let consumer = kafka::at_least_once_consumer(args, group, name)?;
         consumer.subscribe(topics).with_context(|| format!("subscribing to {topics:?}"))?;
         let (producer, _) = kafka::durable_producer(args)?;
         Ok(Self {

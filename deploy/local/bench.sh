@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmark: builds the release binaries, starts a release gateway of its own on
-# 127.0.0.1:$UTS_BENCH_PORT (default 18090) against the local Kafka and PostgreSQL, and runs
+# 127.0.0.1:$UTS_BENCH_PORT (default 18095) against the local Kafka and PostgreSQL, and runs
 # uts-bench: raw Kafka production of the job messages from one process, then the same load
 # through the gateway's HTTP API. Prints usages/s and p50/p99 acknowledgement latency.
 #
@@ -8,8 +8,8 @@
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-port="${UTS_BENCH_PORT:-18090}"
-admin_port="${UTS_BENCH_ADMIN_PORT:-18091}"
+port="${UTS_BENCH_PORT:-18095}"
+admin_port="${UTS_BENCH_ADMIN_PORT:-18096}"
 "$UTS_LOCAL_SCRIPTS_DIR/infra.sh" up >/dev/null
 # shellcheck disable=SC1091
 . "$UTS_LOCAL_DIR/env"

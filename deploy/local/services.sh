@@ -7,7 +7,8 @@
 #   deploy/local/services.sh status
 #
 # Ports (127.0.0.1): gateway API 18080 and admin 18081, verifier admin 18082, aggregator admin
-# 18083, billing-forwarder admin 18084, billing receiver
+# 18083, billing-forwarder admin 18084, query service (admin API) 18090 and admin 18085,
+# billing receiver
 # 18070 (admin 18071). Settings: UTS_GATEWAY_PORT, UTS_GATEWAY_ADMIN_PORT,
 # UTS_CARGO_PROFILE (dev or release; default dev, which shares target/ with the tests).
 set -euo pipefail
@@ -18,7 +19,7 @@ UTS_GATEWAY_ADMIN_PORT="${UTS_GATEWAY_ADMIN_PORT:-18081}"
 UTS_CARGO_PROFILE="${UTS_CARGO_PROFILE:-dev}"
 RUN_DIR="$UTS_LOCAL_DIR/run"
 # The stages that exist as binaries so far, in start order.
-STAGES=(billing-receiver ingest-gateway verifier aggregator billing-forwarder)
+STAGES=(billing-receiver query-service ingest-gateway verifier aggregator billing-forwarder)
 
 target_dir() {
   local dir="${CARGO_TARGET_DIR:-$UTS_REPO_ROOT/target}"
@@ -79,6 +80,7 @@ cmd_start() {
   utsctl topics >&2
   start_stage billing-receiver --listen-addr 127.0.0.1:18070 --admin-addr 127.0.0.1:18071 \
     --data-file "$RUN_DIR/billing-receiver.jsonl"
+  start_stage query-service --listen-addr 127.0.0.1:18090 --admin-addr 127.0.0.1:18085
   start_stage ingest-gateway \
     --listen-addr "127.0.0.1:$UTS_GATEWAY_PORT" --admin-addr "127.0.0.1:$UTS_GATEWAY_ADMIN_PORT"
   start_stage verifier --admin-addr 127.0.0.1:18082
@@ -86,6 +88,7 @@ cmd_start() {
   start_stage billing-forwarder --admin-addr 127.0.0.1:18084 \
     --billing-url http://127.0.0.1:18070/billing/v1/records
   wait_ready billing-receiver 18071
+  wait_ready query-service 18085
   wait_ready ingest-gateway "$UTS_GATEWAY_ADMIN_PORT"
   wait_ready verifier 18082
   wait_ready aggregator 18083
@@ -124,20 +127,43 @@ cmd_status() {
   return $rc
 }
 
-# Registers the sample's tenant, mints a token for it and posts the sample from
-# deploy/samples/usages-job.json (the POST /usagesJobs sample of the original documentation).
+# Registers the sample's tenant, creates a billed rule for the sample's (application, unit)
+# through the admin API, posts the sample from deploy/samples/usages-job.json (the
+# POST /usagesJobs sample of the original documentation) and follows the job to billing.
 cmd_demo() {
   load_env
-  local tenant=siemenshcops url="http://127.0.0.1:$UTS_GATEWAY_PORT/api/usagetransparency/v3"
-  utsctl tenant --id "$tenant" --type operator >&2
-  local token
+  local tenant=siemenshcops api="http://127.0.0.1:$UTS_GATEWAY_PORT/api/usagetransparency/v3"
+  local admin_api="http://127.0.0.1:18090/api/usagetransparency/v3/admin"
+  local admin_token token answer job_id
+  admin_token="$(utsctl token --tenant uts-operator --scopes uts.admin --ttl-seconds 600)"
+  curl -fsS -X PUT "$admin_api/tenants/$tenant" -H "Authorization: Bearer $admin_token" \
+    -H 'Content-Type: application/json' -d '{"tenantType":"operator","displayName":"Siemens Healthcare ops"}' >/dev/null
+  curl -sS -X POST "$admin_api/rules" -H "Authorization: Bearer $admin_token" -H 'Content-Type: application/json' \
+    -d '{"application":"manage-my-machines","unit":"mmm-recurring-unit","ownerTenantId":"siemenshcops","aggregationFunction":"SUM","billingEnabled":true}' \
+    >/dev/null
   token="$(utsctl token --tenant "$tenant" --user john.doe@healthcare.siemens.com \
     --scopes uts.usages.write,uts.usages.read,uts.aggregates.read)"
-  echo "\$ curl -X POST $url/usagesJobs -H 'Authorization: Bearer …' -H 'Content-Type: application/json' --data @deploy/samples/usages-job.json"
-  curl -sS -i -X POST "$url/usagesJobs" \
+  echo "\$ curl -X POST $api/usagesJobs -H 'Authorization: Bearer …' -H 'Content-Type: application/json' --data @deploy/samples/usages-job.json"
+  answer="$(curl -sS -i -X POST "$api/usagesJobs" \
     -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
-    --data @"$UTS_REPO_ROOT/deploy/samples/usages-job.json" | tr -d '\r'
+    --data @"$UTS_REPO_ROOT/deploy/samples/usages-job.json" | tr -d '\r')"
+  echo "$answer"
   echo
+  job_id="$(sed -n 's/.*"id":"\([^"]*\)".*/\1/p' <<<"$answer")"
+  [[ -n "$job_id" ]] || die "the sample was not accepted"
+  billed() { curl -fsS http://127.0.0.1:18070/billing/v1/records | grep -q "$job_id"; }
+  if wait_until 60 0.5 billed; then
+    echo
+    echo "The job went through verification (rule: SUM, billed), the daily aggregate and billing."
+    echo "Daily aggregate (PostgreSQL):"
+    psql "$DATABASE_URL" -c "SELECT provider_tenant_id, consumer_tenant_id, application, unit, day, function, value, usages_count, version
+      FROM daily_aggregates WHERE application = 'manage-my-machines' ORDER BY day" 2>&1
+    echo "Received by the reference billing system (GET http://127.0.0.1:18070/billing/v1/records):"
+    curl -fsS http://127.0.0.1:18070/billing/v1/records
+    echo
+  else
+    log_warn "job $job_id did not reach billing within 60 s; see $RUN_DIR/*.log"
+  fi
   echo
   echo "A token for tenant $tenant (valid 1 h):"
   echo "$token"
