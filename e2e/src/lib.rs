@@ -15,7 +15,7 @@ use uts_common::config::KafkaArgs;
 use uts_common::domain::TenantType;
 use uts_common::proto::{v1, Message};
 use uts_common::tenants::{self, Tenant};
-use uts_common::testing::{isolated_kafka, read_topic};
+use uts_common::testing::{isolated_kafka, read_topic_to_end};
 
 pub const SECRET: &str = "e2e-test-secret-0123456789abcdef";
 
@@ -131,6 +131,9 @@ impl Pipeline {
         let deadline = Instant::now() + timeout;
         loop {
             let board = self.board(job_id).await;
+            if std::env::var_os("UTS_E2E_TRACE").is_some() {
+                eprintln!("{:?} {job_id} {:?}", Instant::now(), board.nonzero());
+            }
             if done(&board) {
                 return board;
             }
@@ -141,7 +144,7 @@ impl Pipeline {
 
     /// The job's usage counts per (application, unit, status), folded from `uts.status`.
     pub async fn board(&self, job_id: &str) -> Board {
-        let messages = read_topic(&self.kafka, &self.kafka.topics().status, usize::MAX, Duration::from_millis(500)).await;
+        let messages = read_topic_to_end(&self.kafka, &self.kafka.topics().status, Duration::from_secs(20)).await;
         let mut board = Board::default();
         for (key, payload) in messages {
             if key != job_id.as_bytes() {

@@ -23,7 +23,7 @@ use uts_common::auth::mint_hs256;
 use uts_common::domain::TenantType;
 use uts_common::proto::{v1, Message};
 use uts_common::tenants::{self, Tenant};
-use uts_common::testing::{isolated_kafka, read_topic};
+use uts_common::testing::{isolated_kafka, read_topic_to_end};
 
 const SECRET: &str = "crash-test-secret-0123456789abcdef";
 const JOBS: usize = 40;
@@ -230,7 +230,7 @@ async fn killed_and_restarted_stages_neither_lose_nor_double_a_usage(pool: PgPoo
     // Every usage reaches its final status: fold uts.status per job.
     let deadline = Instant::now() + Duration::from_secs(180);
     let received = loop {
-        let messages = read_topic(&kafka, &kafka.topics().status, usize::MAX, Duration::from_secs(2)).await;
+        let messages = read_topic_to_end(&kafka, &kafka.topics().status, Duration::from_secs(20)).await;
         let mut boards: HashMap<Vec<u8>, uts_e2e::Board> = HashMap::new();
         for (key, payload) in messages {
             boards.entry(key).or_default().apply(&v1::StatusEvent::decode(payload.as_slice()).unwrap());
