@@ -26,7 +26,6 @@ pub mod fold;
 
 use std::collections::{BTreeMap, HashSet};
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -398,14 +397,7 @@ pub async fn run_with_pool(config: Config, pool: PgPool, shutdown: CancellationT
         status_topic: topics.status,
         produce_timeout: config.kafka.produce_timeout(),
     };
-    let ready: admin::ReadinessCheck = Arc::new(move || {
-        let (pool, producer) = (pool.clone(), producer.clone());
-        Box::pin(async move {
-            kafka::check_reachable(&producer, Duration::from_secs(2)).await.map_err(|e| format!("Kafka: {e}"))?;
-            sqlx::query("SELECT 1").execute(&pool).await.map_err(|e| format!("PostgreSQL: {e}"))?;
-            Ok(())
-        })
-    });
+    let ready = admin::kafka_and_database(Some(producer.clone()), pool.clone());
     let (_, admin_task) =
         admin::serve(config.admin.addr, uts_common::telemetry::metrics_handle(), ready, shutdown.clone()).await?;
     tracing::info!(group = %config.group, "aggregator consuming");

@@ -26,7 +26,6 @@
 //! answers mark the record rejected for good (and FAILEDTOSENDFORBILLING); undecodable
 //! aggregates → dead letter; SIGTERM → the consumer commits and the sender finishes its round.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -451,17 +450,7 @@ pub async fn run_with_pool(config: Config, pool: PgPool, shutdown: CancellationT
         http,
         config: config.clone(),
     };
-    let ready: admin::ReadinessCheck = Arc::new({
-        let (pool, producer) = (pool.clone(), producer.clone());
-        move || {
-            let (pool, producer) = (pool.clone(), producer.clone());
-            Box::pin(async move {
-                kafka::check_reachable(&producer, Duration::from_secs(2)).await.map_err(|e| format!("Kafka: {e}"))?;
-                sqlx::query("SELECT 1").execute(&pool).await.map_err(|e| format!("PostgreSQL: {e}"))?;
-                Ok(())
-            })
-        }
-    });
+    let ready = admin::kafka_and_database(Some(producer.clone()), pool.clone());
     let (_, admin_task) =
         admin::serve(config.admin.addr, uts_common::telemetry::metrics_handle(), ready, shutdown.clone()).await?;
     tracing::info!(group = %config.group, billing_url = %config.billing_url, "billing forwarder running");

@@ -1,15 +1,4 @@
-use clap::Parser;
-use billing_forwarder::{run, Config};
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let config = Config::parse();
-    let shutdown = uts_common::shutdown::on_signal();
-    match run(config, shutdown).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("billing-forwarder failed: {err:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    uts_common::shutdown::main_with::<billing_forwarder::Config, _, _>("billing-forwarder", billing_forwarder::run).await
 }

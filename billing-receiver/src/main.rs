@@ -1,15 +1,4 @@
-use billing_receiver::{run, Config};
-use clap::Parser;
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let config = Config::parse();
-    let shutdown = uts_common::shutdown::on_signal();
-    match run(config, shutdown).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("billing-receiver failed: {err:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    uts_common::shutdown::main_with::<billing_receiver::Config, _, _>("billing-receiver", billing_receiver::run).await
 }

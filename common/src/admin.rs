@@ -41,6 +41,26 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     }
 }
 
+/// Ready when Kafka answers a metadata request (if a producer is given) and PostgreSQL answers
+/// `SELECT 1`: the readiness of every stage.
+pub fn kafka_and_database(producer: Option<crate::kafka::DurableProducer>, pool: sqlx::PgPool) -> ReadinessCheck {
+    Arc::new(move || {
+        let (producer, pool) = (producer.clone(), pool.clone());
+        Box::pin(async move {
+            if let Some(producer) = producer {
+                crate::kafka::check_reachable(&producer, std::time::Duration::from_secs(2))
+                    .await
+                    .map_err(|err| format!("Kafka unreachable: {err}"))?;
+            }
+            sqlx::query("SELECT 1")
+                .execute(&pool)
+                .await
+                .map_err(|err| format!("PostgreSQL unreachable: {err}"))?;
+            Ok(())
+        })
+    })
+}
+
 /// Binds the admin listener and serves it until `shutdown` is cancelled. Returns the bound
 /// address (useful with port 0) and the serving task.
 pub async fn serve(

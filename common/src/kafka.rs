@@ -14,6 +14,7 @@ use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use crate::config::{KafkaArgs, Topics};
@@ -261,3 +262,48 @@ pub async fn produce_durably(
         .map(|_| ())
         .map_err(|(err, _)| err)
 }
+
+/// Reads `topic` from the beginning up to the end it has at the time of the call (its high
+/// watermarks), or until `timeout`: (key, payload) pairs. For tools and tests, not stages.
+pub async fn read_topic_to_end(args: &KafkaArgs, topic: &str, timeout: Duration) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let (brokers, topic) = (args.brokers.clone(), topic.to_owned());
+    tokio::task::spawn_blocking(move || read_to_end_blocking(&brokers, &topic, timeout))
+        .await
+        .expect("the reading thread panicked")
+}
+
+fn read_to_end_blocking(brokers: &str, topic: &str, timeout: Duration) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("creating a reader");
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("topic metadata");
+    let partitions = metadata.topics()[0].partitions().len() as i32;
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    let mut ends = Vec::new();
+    for partition in 0..partitions {
+        let (_, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)).expect("watermarks");
+        ends.push(high);
+        assignment.add_partition_offset(topic, partition, rdkafka::Offset::Beginning).expect("assignment");
+    }
+    consumer.assign(&assignment).expect("assigning partitions");
+    let mut next: Vec<i64> = vec![0; ends.len()];
+    let deadline = std::time::Instant::now() + timeout;
+    let mut messages = Vec::new();
+    while next.iter().zip(&ends).any(|(n, end)| n < end) && std::time::Instant::now() < deadline {
+        if let Some(Ok(message)) = rdkafka::consumer::BaseConsumer::poll(&consumer, Duration::from_millis(100)) {
+            let partition = message.partition() as usize;
+            next[partition] = message.offset() + 1;
+            if message.offset() < ends[partition] {
+                messages.push((
+                    message.key().unwrap_or_default().to_vec(),
+                    message.payload().unwrap_or_default().to_vec(),
+                ));
+            }
+        }
+    }
+    messages
+}
+

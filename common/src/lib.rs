@@ -17,6 +17,7 @@ pub mod error;
 pub mod kafka;
 pub mod runner;
 pub mod shutdown;
+pub mod status;
 pub mod telemetry;
 pub mod tenants;
 pub mod testing;

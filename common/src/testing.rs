@@ -8,6 +8,7 @@ use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 
 use crate::config::KafkaArgs;
 use crate::kafka;
+pub use crate::kafka::read_topic_to_end;
 
 /// The brokers of the local test infrastructure (`UTS_KAFKA_BROKERS`, else 127.0.0.1:19092).
 pub fn brokers() -> String {
@@ -41,50 +42,6 @@ pub async fn read_topic(args: &KafkaArgs, topic: &str, count: usize, timeout: Du
     tokio::task::spawn_blocking(move || read_blocking(&brokers, &topic, count, timeout))
         .await
         .expect("the reading thread panicked")
-}
-
-/// Reads `topic` from the beginning up to the end it has at the time of the call (its high
-/// watermarks), or until `timeout`.
-pub async fn read_topic_to_end(args: &KafkaArgs, topic: &str, timeout: Duration) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let (brokers, topic) = (args.brokers.clone(), topic.to_owned());
-    tokio::task::spawn_blocking(move || read_to_end_blocking(&brokers, &topic, timeout))
-        .await
-        .expect("the reading thread panicked")
-}
-
-fn read_to_end_blocking(brokers: &str, topic: &str, timeout: Duration) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("creating a test consumer");
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("topic metadata");
-    let partitions = metadata.topics()[0].partitions().len() as i32;
-    let mut assignment = TopicPartitionList::new();
-    let mut ends = Vec::new();
-    for partition in 0..partitions {
-        let (_, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)).expect("watermarks");
-        ends.push(high);
-        assignment.add_partition_offset(topic, partition, Offset::Beginning).expect("assignment");
-    }
-    consumer.assign(&assignment).expect("assigning partitions");
-    let mut next: Vec<i64> = vec![0; ends.len()];
-    let deadline = Instant::now() + timeout;
-    let mut messages = Vec::new();
-    while next.iter().zip(&ends).any(|(n, end)| n < end) && Instant::now() < deadline {
-        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
-            let partition = message.partition() as usize;
-            next[partition] = message.offset() + 1;
-            if message.offset() < ends[partition] {
-                messages.push((
-                    message.key().unwrap_or_default().to_vec(),
-                    message.payload().unwrap_or_default().to_vec(),
-                ));
-            }
-        }
-    }
-    messages
 }
 
 fn read_blocking(brokers: &str, topic: &str, count: usize, timeout: Duration) -> Vec<(Vec<u8>, Vec<u8>)> {

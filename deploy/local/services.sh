@@ -155,6 +155,10 @@ cmd_demo() {
   if wait_until 60 0.5 billed; then
     echo
     echo "The job went through verification (rule: SUM, billed), the daily aggregate and billing."
+    echo "Its usages per status (utsctl status, folded from uts.status):"
+    received() { utsctl status --job "$job_id" | grep -q RECEIVEDFORBILLING; }
+    wait_until 20 0.5 received || log_warn "the receipt is not on uts.status yet"
+    utsctl status --job "$job_id"
     echo "Daily aggregate (PostgreSQL):"
     psql "$DATABASE_URL" -c "SELECT provider_tenant_id, consumer_tenant_id, application, unit, day, function, value, usages_count, version
       FROM daily_aggregates WHERE application = 'manage-my-machines' ORDER BY day" 2>&1

@@ -3,7 +3,6 @@
 //! Kafka (a random topic prefix per test) and a fresh PostgreSQL database, driven through the
 //! gateway's HTTP API and observed through `uts.status`, the database and the receiver.
 
-use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -160,49 +159,4 @@ impl Pipeline {
     }
 }
 
-/// Usage counts per (application, unit, status) of one job, and its errors.
-#[derive(Debug, Default, Clone)]
-pub struct Board {
-    seen: HashSet<String>,
-    pub counts: BTreeMap<(String, String, String), i64>,
-    pub errors: Vec<v1::UsageError>,
-}
-
-fn status_name(value: i32) -> String {
-    v1::UsageStatus::try_from(value)
-        .map(|s| s.as_str_name().trim_start_matches("USAGE_STATUS_").to_owned())
-        .unwrap_or_else(|_| value.to_string())
-}
-
-impl Board {
-    /// Applies an event once (events are deduplicated by id, like the projection does).
-    pub fn apply(&mut self, event: &v1::StatusEvent) {
-        if !self.seen.insert(event.event_id.clone()) {
-            return;
-        }
-        for t in &event.transitions {
-            let (app, unit) = (t.application.clone(), t.unit.clone());
-            if t.from != v1::UsageStatus::Accepted as i32 {
-                *self.counts.entry((app.clone(), unit.clone(), status_name(t.from))).or_default() -= i64::from(t.count);
-            }
-            *self.counts.entry((app, unit, status_name(t.to))).or_default() += i64::from(t.count);
-        }
-        self.errors.extend(event.errors.iter().cloned());
-    }
-
-    /// Usages now in `status`, over every application and unit.
-    pub fn in_status(&self, status: &str) -> i64 {
-        self.counts.iter().filter(|((_, _, s), _)| s == status).map(|(_, n)| n).sum()
-    }
-
-    /// Statuses holding at least one usage, with their counts.
-    pub fn nonzero(&self) -> BTreeMap<String, i64> {
-        let mut out = BTreeMap::new();
-        for ((_, _, status), n) in &self.counts {
-            if *n != 0 {
-                *out.entry(status.clone()).or_default() += n;
-            }
-        }
-        out
-    }
-}
+pub use uts_common::status::Board;

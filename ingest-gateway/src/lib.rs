@@ -32,7 +32,7 @@ use rdkafka::producer::Producer;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use uts_common::admin::{self, ReadinessCheck};
+use uts_common::admin;
 use uts_common::auth::Authenticator;
 use uts_common::tenants::TenantDirectory;
 use uts_common::{kafka, telemetry};
@@ -99,7 +99,7 @@ impl Application {
     /// producer.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let metrics = telemetry::metrics_handle();
-        let ready = readiness(self.state.clone());
+        let ready = admin::kafka_and_database(Some(self.state.producer.clone()), self.state.pool.clone());
         let (_, admin_task) = admin::serve(self.admin_addr, metrics, ready, shutdown.clone()).await?;
         let pruner = tokio::spawn(prune_idempotency_keys(self.state.clone(), shutdown.clone()));
         let prober = tokio::spawn(self.state.kafka_health.clone().probe_while_down(
@@ -141,21 +141,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     Application::build(config, pool).await?.run_until_stopped(shutdown).await
 }
 
-fn readiness(state: Arc<AppState>) -> ReadinessCheck {
-    Arc::new(move || {
-        let state = state.clone();
-        Box::pin(async move {
-            kafka::check_reachable(&state.producer, Duration::from_secs(2))
-                .await
-                .map_err(|err| format!("Kafka unreachable: {err}"))?;
-            sqlx::query("SELECT 1")
-                .execute(&state.pool)
-                .await
-                .map_err(|err| format!("PostgreSQL unreachable: {err}"))?;
-            Ok(())
-        })
-    })
-}
 
 async fn prune_idempotency_keys(state: Arc<AppState>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));

@@ -48,7 +48,7 @@ use anyhow::Context;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use uts_common::admin::{self, ReadinessCheck};
+use uts_common::admin;
 use uts_common::auth::Authenticator;
 use uts_common::telemetry;
 
@@ -88,7 +88,7 @@ impl Application {
     /// Serves until `shutdown` is cancelled, then drains the requests in hand.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let metrics = telemetry::metrics_handle();
-        let ready = readiness(self.state.clone());
+        let ready = admin::kafka_and_database(None, self.state.pool.clone());
         let (_, admin_task) = admin::serve(self.admin_addr, metrics, ready, shutdown.clone()).await?;
 
         tracing::info!(addr = %self.local_addr(), "query service listening");
@@ -109,15 +109,3 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     Application::build(config, pool).await?.run_until_stopped(shutdown).await
 }
 
-fn readiness(state: Arc<AppState>) -> ReadinessCheck {
-    Arc::new(move || {
-        let state = state.clone();
-        Box::pin(async move {
-            sqlx::query("SELECT 1")
-                .execute(&state.pool)
-                .await
-                .map_err(|err| format!("PostgreSQL unreachable: {err}"))?;
-            Ok(())
-        })
-    })
-}

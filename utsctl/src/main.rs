@@ -5,6 +5,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use uts_common::config::{DatabaseArgs, KafkaArgs};
 use uts_common::domain::TenantType;
+use std::time::Duration;
+
+use uts_common::proto::{v1, Message};
+use uts_common::status::Board;
 use uts_common::{auth, db, kafka, tenants};
 
 #[derive(Parser)]
@@ -44,6 +48,15 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl_seconds: i64,
     },
+    /// Show a job's usages per status, folded from the `uts.status` topic (until the query
+    /// service's GET /usagesJobs/{id} exists, this is how a job's progress is seen).
+    Status {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// The job id.
+        #[arg(long)]
+        job: String,
+    },
     /// Register or update a tenant.
     Tenant {
         #[command(flatten)]
@@ -76,6 +89,24 @@ async fn main() -> anyhow::Result<()> {
         Command::Token { secret, tenant, user, scopes, ttl_seconds } => {
             let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
             println!("{}", auth::mint_hs256(&secret, &tenant, &user, &scopes, ttl_seconds)?);
+        }
+        Command::Status { kafka: args, job } => {
+            let messages = kafka::read_topic_to_end(&args, &args.topics().status, Duration::from_secs(30)).await;
+            let mut board = Board::default();
+            for (key, payload) in messages {
+                if key == job.as_bytes() {
+                    board.apply(&v1::StatusEvent::decode(payload.as_slice()).context("decoding a status event")?);
+                }
+            }
+            println!("job {job}");
+            for ((application, unit, status), count) in &board.counts {
+                if *count != 0 {
+                    println!("  {application} / {unit}: {count} {status}");
+                }
+            }
+            for error in &board.errors {
+                println!("  error {}: {}", error.code, error.message);
+            }
         }
         Command::Tenant { database, id, tenant_type, operator } => {
             let tenant_type: TenantType = tenant_type

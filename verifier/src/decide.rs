@@ -77,6 +77,9 @@ impl Violation {
     }
 }
 
+/// The failing usages of one violation, per (user index, resource index), in the `users` shape.
+type FailingUsages = BTreeMap<(usize, usize), (v1::UserUsages, v1::ResourceUsages)>;
+
 /// The messages one job yields.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
@@ -115,8 +118,7 @@ pub fn decide(job: &v1::UsageJob, catalog: &Catalog, require_rule: bool) -> Deci
     // (application, unit, status) → count.
     let mut transitions: BTreeMap<(String, String, UsageStatus), u32> = BTreeMap::new();
     // violation → failing usages in the users shape, built per (user index, resource index).
-    let mut failures: BTreeMap<Violation, BTreeMap<(usize, usize), (v1::UserUsages, v1::ResourceUsages)>> =
-        BTreeMap::new();
+    let mut failures: BTreeMap<Violation, FailingUsages> = BTreeMap::new();
 
     for (u, user) in job.users.iter().enumerate() {
         let user_type = v1::UserType::try_from(user.user_type)

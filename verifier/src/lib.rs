@@ -129,7 +129,7 @@ impl Verifier {
         }
         tx.commit().await?;
         // Re-read, so a decision stored concurrently by another process is the one produced.
-        Ok(load_decisions(&self.pool, &ids).await?)
+        load_decisions(&self.pool, &ids).await
     }
 }
 
@@ -199,14 +199,7 @@ pub async fn run_with_pool(config: Config, pool: PgPool, shutdown: CancellationT
         refresh: Duration::from_millis(config.catalog_refresh_ms),
         catalog: Mutex::new(None),
     };
-    let ready: admin::ReadinessCheck = Arc::new(move || {
-        let (pool, producer) = (pool.clone(), producer.clone());
-        Box::pin(async move {
-            kafka::check_reachable(&producer, Duration::from_secs(2)).await.map_err(|e| format!("Kafka: {e}"))?;
-            sqlx::query("SELECT 1").execute(&pool).await.map_err(|e| format!("PostgreSQL: {e}"))?;
-            Ok(())
-        })
-    });
+    let ready = admin::kafka_and_database(Some(producer.clone()), pool.clone());
     let (_, admin_task) =
         admin::serve(config.admin.addr, uts_common::telemetry::metrics_handle(), ready, shutdown.clone()).await?;
     tracing::info!(group = %config.group, require_rule = config.require_rule, "verifier consuming");

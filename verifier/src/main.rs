@@ -1,15 +1,4 @@
-use clap::Parser;
-use verifier::{run, Config};
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let config = Config::parse();
-    let shutdown = uts_common::shutdown::on_signal();
-    match run(config, shutdown).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("verifier failed: {err:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    uts_common::shutdown::main_with::<verifier::Config, _, _>("verifier", verifier::run).await
 }
