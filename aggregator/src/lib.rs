@@ -377,6 +377,8 @@ async fn emissions(
                 from: from.to_proto() as i32,
                 to: UsageStatus::Aggregated.to_proto() as i32,
                 count: item.usages.len() as u32,
+                // Usages that are not billed end here.
+                terminal: !item.message.billable,
             }],
             errors: Vec::new(),
         };

@@ -401,6 +401,7 @@ fn status_events(
                     from: from.to_proto() as i32,
                     to: to.to_proto() as i32,
                     count: contribution.usages_count,
+                    terminal: *to == UsageStatus::ReceivedForBilling,
                 })
                 .collect(),
             errors,

@@ -70,6 +70,7 @@ mod tests {
                 from: from as i32,
                 to: to as i32,
                 count,
+                terminal: false,
             }],
             ..Default::default()
         }

@@ -155,10 +155,12 @@ cmd_demo() {
   if wait_until 60 0.5 billed; then
     echo
     echo "The job went through verification (rule: SUM, billed), the daily aggregate and billing."
-    echo "Its usages per status (utsctl status, folded from uts.status):"
-    received() { utsctl status --job "$job_id" | grep -q RECEIVEDFORBILLING; }
-    wait_until 20 0.5 received || log_warn "the receipt is not on uts.status yet"
-    utsctl status --job "$job_id"
+    local query_api="http://127.0.0.1:18090/api/usagetransparency/v3"
+    completed() { curl -fsS "$query_api/usagesJobs/$job_id" -H "Authorization: Bearer $token" | grep -q '"status":"COMPLETED"'; }
+    wait_until 30 0.5 completed || log_warn "the job is not COMPLETED in the query service yet"
+    echo "\$ curl $query_api/usagesJobs/$job_id -H 'Authorization: Bearer …'"
+    curl -sS "$query_api/usagesJobs/$job_id" -H "Authorization: Bearer $token"
+    echo
     echo "Daily aggregate (PostgreSQL):"
     psql "$DATABASE_URL" -c "SELECT provider_tenant_id, consumer_tenant_id, application, unit, day, function, value, usages_count, version
       FROM daily_aggregates WHERE application = 'manage-my-machines' ORDER BY day" 2>&1

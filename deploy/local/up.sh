@@ -10,7 +10,8 @@ dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cat <<MSG
 
 The service is running:
-  API          http://127.0.0.1:${UTS_GATEWAY_PORT:-18080}/api/usagetransparency/v3
+  API (POST)   http://127.0.0.1:${UTS_GATEWAY_PORT:-18080}/api/usagetransparency/v3
+  API (GET, admin) http://127.0.0.1:18090/api/usagetransparency/v3  (/usagesJobs…, /admin/…)
   gateway admin http://127.0.0.1:${UTS_GATEWAY_ADMIN_PORT:-18081}/metrics  (/healthz, /readyz)
   verifier admin http://127.0.0.1:18082/metrics
   aggregator admin http://127.0.0.1:18083/metrics

@@ -23,6 +23,8 @@ pub struct Pipeline {
     pub pool: PgPool,
     pub gateway: SocketAddr,
     pub billing_url: String,
+    /// Base URL of the query service's API.
+    pub query_api: String,
     pub client: reqwest::Client,
     shutdown: CancellationToken,
 }
@@ -83,6 +85,18 @@ impl Pipeline {
         let gateway_addr = gateway.local_addr();
         tokio::spawn(gateway.run_until_stopped(shutdown.clone()));
 
+        let mut args = common_args(&kafka, "query-service");
+        args.extend([
+            "--listen-addr=127.0.0.1:0".to_owned(),
+            format!("--jwt-hs256-secret={SECRET}"),
+            format!("--consumer-group=q-{}", kafka.topic_prefix),
+        ]);
+        let query = query_service::Application::build(query_service::Config::parse_from(args), pool.clone())
+            .await
+            .unwrap();
+        let query_api = format!("http://{}/api/usagetransparency/v3", query.local_addr());
+        tokio::spawn(query.run_until_stopped(shutdown.clone()));
+
         let mut args = common_args(&kafka, "verifier");
         args.extend(["--catalog-refresh-ms=0".to_owned(), format!("--consumer-group=v-{}", kafka.topic_prefix)]);
         tokio::spawn(verifier::run_with_pool(verifier::Config::parse_from(args), pool.clone(), shutdown.clone()));
@@ -103,7 +117,7 @@ impl Pipeline {
             pool.clone(),
             shutdown.clone(),
         ));
-        Self { kafka, pool, gateway: gateway_addr, billing_url, client: reqwest::Client::new(), shutdown }
+        Self { kafka, pool, gateway: gateway_addr, billing_url, query_api, client: reqwest::Client::new(), shutdown }
     }
 
     pub fn token(tenant: &str) -> String {
@@ -152,6 +166,27 @@ impl Pipeline {
             board.apply(&v1::StatusEvent::decode(payload.as_slice()).unwrap());
         }
         board
+    }
+
+    /// Polls `GET /usagesJobs/{id}` as `tenant` until its status is `status`.
+    pub async fn wait_for_job_status(&self, tenant: &str, job_id: &str, status: &str, timeout: Duration) -> serde_json::Value {
+        let token = mint_hs256(SECRET, tenant, "e2e@example.com", &["uts.usages.read"], 600).unwrap();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let response = self
+                .client
+                .get(format!("{}/usagesJobs/{job_id}", self.query_api))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap();
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            if body["status"] == status {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "job {job_id} never became {status}: {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub async fn billing_records(&self) -> Vec<serde_json::Value> {

@@ -49,6 +49,10 @@ async fn a_billed_job_ends_received_for_billing(pool: PgPool) {
         .await;
     let board = pipeline.wait_for(&id, WAIT, |b| b.in_status("RECEIVEDFORBILLING") == 2).await;
     assert_eq!(board.nonzero(), BTreeMap::from([("RECEIVEDFORBILLING".to_owned(), 2)]));
+    // The query service shows the same: COMPLETED, both usages RECEIVEDFORBILLING.
+    let shown = pipeline.wait_for_job_status("op", &id, "COMPLETED", WAIT).await;
+    assert_eq!(shown["usagesSummary"], json!([{"application": "app", "unit": "billed-unit", "usagesCount": 2,
+        "processStatus": "RECEIVEDFORBILLING"}]));
     let records = pipeline.billing_records().await;
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["record"]["value"], "22.5");
@@ -64,6 +68,7 @@ async fn a_job_without_a_rule_is_aggregated_with_sum_and_never_billed(pool: PgPo
         .await;
     let board = pipeline.wait_for(&id, WAIT, |b| b.in_status("AGGREGATED") == 2).await;
     assert_eq!(board.nonzero(), BTreeMap::from([("AGGREGATED".to_owned(), 2)]));
+    pipeline.wait_for_job_status("op", &id, "COMPLETED", WAIT).await;
     // It passed through NOVERIFICATION: the verifier's transition is on the board (now zero).
     assert!(board.counts.keys().any(|(_, _, s)| s == "NOVERIFICATION"));
     let (value, provider): (Decimal, String) =
@@ -99,6 +104,7 @@ async fn rule_and_tenant_violations_end_verification_failed(pool: PgPool) {
     let board = pipeline
         .wait_for(&id, WAIT, |b| b.in_status("VERIFICATIONFAILED") == 6 && b.in_status("AGGREGATED") == 2)
         .await;
+    pipeline.wait_for_job_status("op", &id, "ERRORS", WAIT).await;
     let mut codes: Vec<String> = board.errors.iter().map(|e| e.code.trim_start_matches("mdsp.uts.verification.").to_owned()).collect();
     codes.sort();
     assert_eq!(

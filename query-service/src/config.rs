@@ -2,15 +2,22 @@
 
 use std::net::SocketAddr;
 
-use uts_common::config::{AdminArgs, AuthArgs, DatabaseArgs, TelemetryArgs};
+use uts_common::config::{AdminArgs, AuthArgs, DatabaseArgs, KafkaArgs, TelemetryArgs};
 
-/// Serves the admin API (tenants, provisioning, rules, KPIs) over HTTP.
+/// Projects jobs and their statuses; serves the job queries and the admin API over HTTP.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "query-service", version, about)]
 pub struct Config {
     /// Address of the public HTTP API.
     #[arg(long = "listen-addr", env = "UTS_QUERY_ADDR", default_value = "127.0.0.1:8090")]
     pub listen_addr: SocketAddr,
+
+    /// Kafka consumer group of the projection; every query-service process shares it.
+    #[arg(long = "consumer-group", env = "UTS_QUERY_GROUP", default_value = "uts-query-service")]
+    pub group: String,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
 
     #[command(flatten)]
     pub database: DatabaseArgs,

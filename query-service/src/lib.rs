@@ -39,6 +39,8 @@
 
 pub mod admin_api;
 pub mod config;
+pub mod jobs_api;
+pub mod projection;
 mod routes;
 
 use std::net::SocketAddr;
@@ -66,6 +68,9 @@ pub struct Application {
     listener: TcpListener,
     state: Arc<AppState>,
     admin_addr: SocketAddr,
+    /// Consumes uts.usage-jobs and uts.status into the projections.
+    runner: uts_common::runner::Runner,
+    jobs_topic: String,
 }
 
 impl Application {
@@ -74,10 +79,18 @@ impl Application {
     pub async fn build(config: Config, pool: PgPool) -> anyhow::Result<Self> {
         let auth = Authenticator::from_args(&config.auth).context("loading token verification keys")?;
         let state = Arc::new(AppState { auth, pool });
+        let topics = config.kafka.topics();
+        let runner = uts_common::runner::Runner::new(
+            &config.kafka,
+            uts_common::proto::v1::Stage::QueryService,
+            "query-service",
+            &config.group,
+            &[&topics.usage_jobs, &topics.status],
+        )?;
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .with_context(|| format!("binding the API listener on {}", config.listen_addr))?;
-        Ok(Self { listener, state, admin_addr: config.admin.addr })
+        Ok(Self { listener, state, admin_addr: config.admin.addr, runner, jobs_topic: topics.usage_jobs })
     }
 
     /// The bound address of the public API (useful with port 0).
@@ -92,11 +105,21 @@ impl Application {
         let (_, admin_task) = admin::serve(self.admin_addr, metrics, ready, shutdown.clone()).await?;
 
         tracing::info!(addr = %self.local_addr(), "query service listening");
-        axum::serve(self.listener, app(self.state))
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        let projector = projection::Projector { pool: self.state.pool.clone(), jobs_topic: self.jobs_topic };
+        let projecting = tokio::spawn(self.runner.run(projector, shutdown.clone()));
+        let served = axum::serve(self.listener, app(self.state))
+            .with_graceful_shutdown({
+                let shutdown = shutdown.clone();
+                async move { shutdown.cancelled().await }
+            })
             .await
-            .context("serving the API")?;
+            .context("serving the API");
+        // The projection stops on the same token; its result matters as much as the server's.
+        shutdown.cancel();
+        let projected = projecting.await.context("the projection task panicked")?;
         let _ = admin_task.await;
+        served?;
+        projected?;
         tracing::info!("query service stopped");
         Ok(())
     }

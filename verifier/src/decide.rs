@@ -212,6 +212,7 @@ pub fn decide(job: &v1::UsageJob, catalog: &Catalog, require_rule: bool) -> Deci
                 from: UsageStatus::Accepted.to_proto() as i32,
                 to: to.to_proto() as i32,
                 count,
+                terminal: to == UsageStatus::VerificationFailed,
             })
             .collect(),
         errors,

@@ -130,11 +130,11 @@ fn path_uuid(path: Result<Path<String>, PathRejection>, what: &str) -> Result<uu
 
 /// The query parameters of a list request.
 #[derive(Debug, Default)]
-struct Params(Vec<(String, String)>);
+pub(crate) struct Params(Vec<(String, String)>);
 
 impl Params {
     /// Refuses parameters outside `known` and parameters given twice; drops empty values.
-    fn parse(query: Result<Query<Vec<(String, String)>>, QueryRejection>, known: &[&str]) -> Result<Self, ApiError> {
+    pub(crate) fn parse(query: Result<Query<Vec<(String, String)>>, QueryRejection>, known: &[&str]) -> Result<Self, ApiError> {
         let Query(pairs) = query
             .map_err(|err| ApiError::invalid_parameter("query string", format_args!("could not be decoded: {err}")))?;
         let mut kept: Vec<(String, String)> = Vec::with_capacity(pairs.len());
@@ -155,12 +155,17 @@ impl Params {
         Ok(Self(kept))
     }
 
-    fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.0.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
     }
 
     /// `page` (0-based) and `size`.
     fn paging(&self) -> Result<Paging, ApiError> {
+        self.paging_or(DEFAULT_PAGE_SIZE)
+    }
+
+    /// `page` (0-based) and `size`, `default_size` when absent.
+    pub(crate) fn paging_or(&self, default_size: u32) -> Result<Paging, ApiError> {
         let page = match self.get("page") {
             None => 0,
             Some(text) => text
@@ -168,7 +173,7 @@ impl Params {
                 .map_err(|_| ApiError::invalid_parameter("page", "must be a whole number of at least 0"))?,
         };
         let size = match self.get("size") {
-            None => DEFAULT_PAGE_SIZE,
+            None => default_size,
             Some(text) => text
                 .parse::<u32>()
                 .ok()
@@ -183,22 +188,22 @@ impl Params {
 
 /// Which slice of a list to answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Paging {
-    page: u32,
-    size: u32,
+pub(crate) struct Paging {
+    pub(crate) page: u32,
+    pub(crate) size: u32,
 }
 
 impl Paging {
-    fn limit(self) -> i64 {
+    pub(crate) fn limit(self) -> i64 {
         i64::from(self.size)
     }
 
     /// At most (2^32 - 1) * 1000: fits an i64.
-    fn offset(self) -> i64 {
+    pub(crate) fn offset(self) -> i64 {
         i64::from(self.page) * i64::from(self.size)
     }
 
-    fn info(self, total_elements: i64) -> PageInfo {
+    pub(crate) fn info(self, total_elements: i64) -> PageInfo {
         let size = i64::from(self.size);
         PageInfo {
             number: self.page,
@@ -212,7 +217,7 @@ impl Paging {
 /// `page` of a list answer (DESIGN.md §3).
 #[derive(Debug, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-struct PageInfo {
+pub(crate) struct PageInfo {
     number: u32,
     size: u32,
     total_elements: i64,
@@ -221,7 +226,7 @@ struct PageInfo {
 
 /// A database failure: 503 when PostgreSQL cannot be reached, else 500 (the cause is logged
 /// under the response's `logref`, never sent).
-fn storage_error(err: sqlx::Error) -> ApiError {
+pub(crate) fn storage_error(err: sqlx::Error) -> ApiError {
     match err {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
             tracing::warn!(%err, "PostgreSQL unavailable; request refused with 503");

@@ -29,12 +29,17 @@ pub struct TestQueryService {
 
 impl TestQueryService {
     pub async fn start(pool: PgPool) -> Self {
+        // Its own (empty) topics and group: the projection must not touch the local stack's.
+        let kafka = uts_common::testing::isolated_kafka(1).await;
         let config = Config::parse_from([
             "query-service",
             "--listen-addr=127.0.0.1:0",
             "--admin-addr=127.0.0.1:0",
             "--database-url=postgres://unused",
             &format!("--jwt-hs256-secret={SECRET}"),
+            &format!("--kafka-brokers={}", kafka.brokers),
+            &format!("--topic-prefix={}", kafka.topic_prefix),
+            &format!("--consumer-group=query-{}", kafka.topic_prefix),
         ]);
         let app = Application::build(config, pool.clone()).await.expect("building the query service");
         let addr = app.local_addr();

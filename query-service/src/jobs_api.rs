@@ -1,0 +1,363 @@
+//! `GET /usagesJobs`, `GET /usagesJobs/{id}`, `GET /usagesJobs/{id}/errors` (scope
+//! `uts.usages.read`), read from the projections.
+//!
+//! **Tenant isolation:** a caller sees only the jobs its own tenant submitted, and of those only
+//! the 1000 most recent (the original's window); any other id is 404 `noMatch`, the same answer
+//! as for an unknown id, so ids of other tenants cannot even be probed.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use uts_common::auth::Scope;
+use uts_common::domain::{format_datetime, JobStatus};
+use uts_common::error::ApiError;
+
+use crate::admin_api::{storage_error, PageInfo, Params};
+use crate::AppState;
+
+/// How many of a tenant's most recent jobs can be queried (the original's limit).
+pub const MAX_VISIBLE_JOBS: i64 = 1000;
+
+pub(crate) fn router() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/usagesJobs", get(list_jobs))
+        .route("/usagesJobs/{id}", get(get_job))
+        .route("/usagesJobs/{id}/errors", get(get_errors))
+}
+
+/// A job's status from its usages' counts (DESIGN.md §4): ERRORS as soon as a usage failed
+/// verification or sending to billing; COMPLETED when every usage reached its final status;
+/// ACCEPTED while nothing was processed; INPROGRESS otherwise.
+pub fn job_status(usages_count: i64, accepted: i64, failed: i64, terminal: i64) -> JobStatus {
+    if failed > 0 {
+        JobStatus::Errors
+    } else if terminal >= usages_count {
+        JobStatus::Completed
+    } else if accepted >= usages_count {
+        JobStatus::Accepted
+    } else {
+        JobStatus::InProgress
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JobJson {
+    id: String,
+    time: String,
+    status: &'static str,
+    usages_count: i64,
+}
+
+/// `GET /usagesJobs`: keys in the original's order.
+#[derive(Debug, Serialize)]
+struct JobList {
+    jobs: Vec<JobJson>,
+    page: PageInfo,
+}
+
+/// `GET /usagesJobs/{id}`: keys in the original's order.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct JobSummary {
+    id: String,
+    time: String,
+    status: &'static str,
+    usages_count: i64,
+    usages_summary: Vec<SummaryJson>,
+    page: PageInfo,
+}
+
+/// One error of `GET /usagesJobs/{id}/errors`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ErrorJson {
+    code: String,
+    message: String,
+    message_parameters: Value,
+    logref: String,
+    error_type: String,
+    info: String,
+    error_data: Value,
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorList {
+    errors: Vec<ErrorJson>,
+    page: PageInfo,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SummaryJson {
+    application: String,
+    unit: String,
+    usages_count: i64,
+    process_status: String,
+}
+
+/// The visible jobs of a tenant: its most recent MAX_VISIBLE_JOBS.
+const VISIBLE: &str = "WITH visible AS (
+        SELECT job_id, received_at, usages_count FROM jobs WHERE submitter_tenant_id = $1
+        ORDER BY received_at DESC, job_id DESC LIMIT 1000)";
+
+/// The status columns of a job: accepted, failed and terminal counts.
+const STATUS_COLUMNS: &str = "
+    coalesce((SELECT sum(usages_count) FROM job_usage_counts c WHERE c.job_id = v.job_id AND c.status = 'ACCEPTED'), 0)::bigint,
+    coalesce((SELECT sum(usages_count) FROM job_usage_counts c WHERE c.job_id = v.job_id
+              AND c.status IN ('VERIFICATIONFAILED', 'FAILEDTOSENDFORBILLING')), 0)::bigint,
+    coalesce((SELECT usages_count FROM job_terminal_counts t WHERE t.job_id = v.job_id), 0)::bigint";
+
+type JobRow = (String, DateTime<Utc>, i32, i64, i64, i64);
+
+/// A job row plus the total of the listing (a window function).
+type ListedJobRow = (String, DateTime<Utc>, i32, i64, i64, i64, i64);
+
+fn job_json((id, received_at, usages_count, accepted, failed, terminal): JobRow) -> JobJson {
+    let usages_count = i64::from(usages_count);
+    JobJson {
+        id,
+        time: format_datetime(received_at),
+        status: job_status(usages_count, accepted, failed, terminal).as_str(),
+        usages_count,
+    }
+}
+
+fn principal_tenant(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
+    let principal = state.auth.authenticate(headers)?;
+    principal.require(Scope::UsagesRead)?;
+    Ok(principal.tenant)
+}
+
+/// `date`: yyyy-mm-dd, or a full RFC 3339 timestamp (as the original's SDK sends), taken as its
+/// UTC day; default today (UTC).
+fn parse_date(text: Option<&str>) -> Result<NaiveDate, ApiError> {
+    let Some(text) = text else { return Ok(Utc::now().date_naive()) };
+    if let Ok(day) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Ok(day);
+    }
+    uts_common::domain::parse_datetime(text)
+        .map(|dt| dt.date_naive())
+        .map_err(|_| ApiError::invalid_parameter("date", "must be a date yyyy-mm-dd or an RFC 3339 date-time"))
+}
+
+async fn list_jobs(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<JobList>, ApiError> {
+    let tenant = principal_tenant(&state, &headers)?;
+    let params = Params::parse(query, &["date", "tenant", "application", "unit", "page", "size"])?;
+    let paging = params.paging_or(10)?;
+    let day = parse_date(params.get("date"))?;
+    let (filter_tenant, application, unit) = (params.get("tenant"), params.get("application"), params.get("unit"));
+    let filtered = filter_tenant.is_some() || application.is_some() || unit.is_some();
+    // With filters, usagesCount counts the usages that satisfy them (the original's rule).
+    let matching = "SELECT k.job_id, sum(k.usages_count)::bigint AS n FROM job_usage_keys k
+                    WHERE ($3::text IS NULL OR k.tenant_id = $3) AND ($4::text IS NULL OR k.application = $4)
+                      AND ($5::text IS NULL OR k.unit = $5)
+                    GROUP BY k.job_id";
+    let sql = format!(
+        "{VISIBLE}, matching AS ({matching})
+         SELECT v.job_id, v.received_at, CASE WHEN $6 THEN m.n::int ELSE v.usages_count END, {STATUS_COLUMNS},
+                count(*) OVER ()
+         FROM visible v LEFT JOIN matching m ON m.job_id = v.job_id
+         WHERE (v.received_at AT TIME ZONE 'UTC')::date = $2 AND (NOT $6 OR m.job_id IS NOT NULL)
+         ORDER BY v.received_at DESC, v.job_id DESC
+         LIMIT $7 OFFSET $8"
+    );
+    let rows: Vec<ListedJobRow> = sqlx::query_as(&sql)
+        .bind(&tenant)
+        .bind(day)
+        .bind(filter_tenant)
+        .bind(application)
+        .bind(unit)
+        .bind(filtered)
+        .bind(paging.limit())
+        .bind(paging.offset())
+        .fetch_all(&state.pool)
+        .await
+        .map_err(storage_error)?;
+    let total = match rows.first() {
+        Some(row) => row.6,
+        // An empty page past the end still needs the total.
+        None => count_jobs(&state, &tenant, day, filter_tenant, application, unit, filtered).await?,
+    };
+    let jobs: Vec<JobJson> = rows.into_iter().map(|r| job_json((r.0, r.1, r.2, r.3, r.4, r.5))).collect();
+    Ok(Json(JobList { jobs, page: paging.info(total) }))
+}
+
+async fn count_jobs(
+    state: &AppState,
+    tenant: &str,
+    day: NaiveDate,
+    filter_tenant: Option<&str>,
+    application: Option<&str>,
+    unit: Option<&str>,
+    filtered: bool,
+) -> Result<i64, ApiError> {
+    let sql = format!(
+        "{VISIBLE}
+         SELECT count(*) FROM visible v
+         WHERE (v.received_at AT TIME ZONE 'UTC')::date = $2
+           AND (NOT $6 OR EXISTS (SELECT 1 FROM job_usage_keys k WHERE k.job_id = v.job_id
+                AND ($3::text IS NULL OR k.tenant_id = $3) AND ($4::text IS NULL OR k.application = $4)
+                AND ($5::text IS NULL OR k.unit = $5)))"
+    );
+    sqlx::query_scalar(&sql)
+        .bind(tenant)
+        .bind(day)
+        .bind(filter_tenant)
+        .bind(application)
+        .bind(unit)
+        .bind(filtered)
+        .fetch_one(&state.pool)
+        .await
+        .map_err(storage_error)
+}
+
+/// The job if the caller may see it.
+async fn visible_job(state: &AppState, tenant: &str, id: &str) -> Result<JobJson, ApiError> {
+    let sql = format!("{VISIBLE} SELECT v.job_id, v.received_at, v.usages_count, {STATUS_COLUMNS} FROM visible v WHERE v.job_id = $2");
+    let row: Option<JobRow> =
+        sqlx::query_as(&sql).bind(tenant).bind(id).fetch_optional(&state.pool).await.map_err(storage_error)?;
+    row.map(job_json).ok_or_else(|| ApiError::no_match(format!("no usages job with id {id}")))
+}
+
+fn job_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(id) = path.map_err(|_| ApiError::no_match("no such usages job"))?;
+    Ok(id)
+}
+
+async fn get_job(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<JobSummary>, ApiError> {
+    let tenant = principal_tenant(&state, &headers)?;
+    let id = job_id(path)?;
+    let params = Params::parse(query, &["page", "size"])?;
+    let paging = params.paging_or(200)?;
+    let job = visible_job(&state, &tenant, &id).await?;
+    let rows: Vec<(String, String, String, i32, i64)> = sqlx::query_as(
+        "SELECT application, unit, status, usages_count, count(*) OVER () FROM job_usage_counts
+         WHERE job_id = $1 AND usages_count <> 0
+         ORDER BY application, unit, status LIMIT $2 OFFSET $3",
+    )
+    .bind(&id)
+    .bind(paging.limit())
+    .bind(paging.offset())
+    .fetch_all(&state.pool)
+    .await
+    .map_err(storage_error)?;
+    let total = match rows.first() {
+        Some(row) => row.4,
+        None => sqlx::query_scalar("SELECT count(*) FROM job_usage_counts WHERE job_id = $1 AND usages_count <> 0")
+            .bind(&id)
+            .fetch_one(&state.pool)
+            .await
+            .map_err(storage_error)?,
+    };
+    let summary: Vec<SummaryJson> = rows
+        .into_iter()
+        .map(|(application, unit, status, count, _)| SummaryJson {
+            application,
+            unit,
+            usages_count: i64::from(count),
+            process_status: status,
+        })
+        .collect();
+    Ok(Json(JobSummary {
+        id: job.id,
+        time: job.time,
+        status: job.status,
+        usages_count: job.usages_count,
+        usages_summary: summary,
+        page: paging.info(total),
+    }))
+}
+
+async fn get_errors(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<ErrorList>, ApiError> {
+    let tenant = principal_tenant(&state, &headers)?;
+    let id = job_id(path)?;
+    let params = Params::parse(query, &["errorClass", "page", "size"])?;
+    let paging = params.paging_or(10)?;
+    let error_type = match params.get("errorClass") {
+        None => None,
+        Some("validation") => Some("ValidationError"),
+        Some("billing") => Some("BillingError"),
+        Some("other") => Some("OtherError"),
+        Some(_) => return Err(ApiError::invalid_parameter("errorClass", "must be one of validation, billing, other")),
+    };
+    visible_job(&state, &tenant, &id).await?;
+    type ErrorRow = (String, String, Value, String, String, String, Value, i64);
+    let rows: Vec<ErrorRow> = sqlx::query_as(
+        "SELECT code, message, message_parameters, logref, error_type, info, error_data, count(*) OVER ()
+         FROM job_errors WHERE job_id = $1 AND ($2::text IS NULL OR error_type = $2)
+         ORDER BY event_id, position LIMIT $3 OFFSET $4",
+    )
+    .bind(&id)
+    .bind(error_type)
+    .bind(paging.limit())
+    .bind(paging.offset())
+    .fetch_all(&state.pool)
+    .await
+    .map_err(storage_error)?;
+    let total = match rows.first() {
+        Some(row) => row.7,
+        None => sqlx::query_scalar("SELECT count(*) FROM job_errors WHERE job_id = $1 AND ($2::text IS NULL OR error_type = $2)")
+            .bind(&id)
+            .bind(error_type)
+            .fetch_one(&state.pool)
+            .await
+            .map_err(storage_error)?,
+    };
+    let errors = rows
+        .into_iter()
+        .map(|(code, message, message_parameters, logref, error_type, info, error_data, _)| ErrorJson {
+            code,
+            message,
+            message_parameters,
+            logref,
+            error_type,
+            info,
+            error_data,
+        })
+        .collect();
+    Ok(Json(ErrorList { errors, page: paging.info(total) }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_status_follows_the_design() {
+        assert_eq!(job_status(5, 5, 0, 0), JobStatus::Accepted);
+        assert_eq!(job_status(5, 2, 0, 0), JobStatus::InProgress);
+        assert_eq!(job_status(5, 0, 0, 3), JobStatus::InProgress);
+        assert_eq!(job_status(5, 0, 0, 5), JobStatus::Completed);
+        assert_eq!(job_status(5, 0, 1, 5), JobStatus::Errors);
+        assert_eq!(job_status(5, 4, 1, 1), JobStatus::Errors);
+    }
+
+    #[test]
+    fn dates_accept_days_and_timestamps() {
+        assert_eq!(parse_date(Some("2020-11-30")).unwrap().to_string(), "2020-11-30");
+        assert_eq!(parse_date(Some("2020-11-30T23:30:00.000-02:00")).unwrap().to_string(), "2020-12-01");
+        assert_eq!(parse_date(Some("30.11.2020")).unwrap_err().code, "invalidParameter");
+    }
+}
