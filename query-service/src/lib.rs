@@ -40,6 +40,7 @@
 pub mod admin_api;
 pub mod config;
 pub mod jobs_api;
+pub mod monthly_api;
 pub mod projection;
 mod routes;
 

@@ -9,13 +9,13 @@ use axum::response::Response;
 use axum::Router;
 use uts_common::error::ApiError;
 
-use crate::{admin_api, jobs_api, AppState};
+use crate::{admin_api, jobs_api, monthly_api, AppState};
 
 /// The public API router.
 pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .nest(admin_api::BASE_PATH, admin_api::router(state.clone()))
-        .nest(uts_common::API_BASE, jobs_api::router())
+        .nest(uts_common::API_BASE, jobs_api::router().merge(monthly_api::router()))
         .fallback(|| async { ApiError::no_match("no such endpoint") })
         // Bodies are read by `admin_api::read_object` with its limit and an mdsp error.
         .layer(DefaultBodyLimit::disable())

@@ -1,0 +1,414 @@
+//! `GET /aggregatedMonthlyConsumerUsage` (the consumer's own value) and
+//! `GET /aggregatedMonthlyProviderUsage` (a provider's values per consumer), scope
+//! `uts.aggregates.read`, computed from the daily aggregates with the KPI's functions.
+//!
+//! A month's value: each day's value with the KPI's daily function (from the bucket's exact
+//! accumulators, whatever function the rule used), days without usages filled per `preFill`
+//! (ZERO: 0, NONE: left out, LAST: the previous day's value), folded with the monthly function,
+//! then multiplied by the unit conversion factor. The month runs up to `aggregationUntilDate`:
+//! its last day, or today (UTC) for the current month. "Prorated" is taken to mean exactly that:
+//! the month so far. The KPI is found by (application, KPIName) and must be registered by the
+//! provider: a consumer names the provider, a provider is the caller; anything else is 404.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{Duration, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use serde_json::Value;
+use uts_common::auth::Scope;
+use uts_common::domain::AggregationFunction;
+use uts_common::error::ApiError;
+
+use crate::admin_api::{storage_error, PageInfo, Params};
+use crate::AppState;
+
+const MONTHS: [&str; 12] = [
+    "january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november",
+    "december",
+];
+
+pub(crate) fn router() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/aggregatedMonthlyConsumerUsage", get(consumer_usage))
+        .route("/aggregatedMonthlyProviderUsage", get(provider_usage))
+}
+
+/// `month`: 1–12, 01–12 or an English month name (any case).
+pub fn parse_month(text: &str) -> Result<u32, ApiError> {
+    let lower = text.to_ascii_lowercase();
+    if let Some(index) = MONTHS.iter().position(|m| *m == lower) {
+        return Ok(index as u32 + 1);
+    }
+    text.parse::<u32>()
+        .ok()
+        .filter(|m| (1..=12).contains(m) && text.len() <= 2)
+        .ok_or_else(|| ApiError::invalid_parameter("month", "must be 1 to 12, 01 to 12 or an English month name"))
+}
+
+fn parse_year(text: &str) -> Result<i32, ApiError> {
+    text.parse::<i32>()
+        .ok()
+        .filter(|y| (1970..=9999).contains(y) && text.len() == 4)
+        .ok_or_else(|| ApiError::invalid_parameter("year", "must be a four-digit year"))
+}
+
+fn required<'a>(params: &'a Params, name: &str) -> Result<&'a str, ApiError> {
+    params.get(name).ok_or_else(|| ApiError::missing_parameter(name))
+}
+
+/// What pre-fill does with a day without usages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreFill {
+    Zero,
+    None,
+    Last,
+}
+
+/// A day's exact accumulators (from `daily_aggregates`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Day {
+    pub count: i64,
+    pub sum: Decimal,
+    pub min: Decimal,
+    pub max: Decimal,
+    pub last: Decimal,
+}
+
+fn fold(function: AggregationFunction, values: &[Decimal]) -> Option<Decimal> {
+    let (first, rest) = values.split_first()?;
+    Some(match function {
+        AggregationFunction::Sum => values.iter().sum(),
+        AggregationFunction::Count => Decimal::from(values.len()),
+        AggregationFunction::Min => rest.iter().fold(*first, |a, b| a.min(*b)),
+        AggregationFunction::Max => rest.iter().fold(*first, |a, b| a.max(*b)),
+        AggregationFunction::Avg => values.iter().sum::<Decimal>() / Decimal::from(values.len()),
+        AggregationFunction::Last => *values.last().expect("not empty"),
+    })
+}
+
+/// The month's value from the days `from..=until` (None when there is nothing to fold).
+pub fn monthly_value(
+    days: &BTreeMap<NaiveDate, Day>,
+    from: NaiveDate,
+    until: NaiveDate,
+    daily: AggregationFunction,
+    monthly: AggregationFunction,
+    pre_fill: PreFill,
+    factor: Decimal,
+) -> Option<Decimal> {
+    let mut values = Vec::new();
+    let mut previous: Option<Decimal> = None;
+    let mut day = from;
+    while day <= until {
+        let value = match days.get(&day) {
+            Some(d) => Some(match daily {
+                AggregationFunction::Sum => d.sum,
+                AggregationFunction::Count => Decimal::from(d.count),
+                AggregationFunction::Min => d.min,
+                AggregationFunction::Max => d.max,
+                AggregationFunction::Avg => d.sum / Decimal::from(d.count.max(1)),
+                AggregationFunction::Last => d.last,
+            }),
+            None => match pre_fill {
+                PreFill::Zero => Some(Decimal::ZERO),
+                PreFill::None => None,
+                PreFill::Last => previous,
+            },
+        };
+        if let Some(value) = value {
+            values.push(value);
+            previous = Some(value);
+        }
+        day += Duration::days(1);
+    }
+    fold(monthly, &values).map(|v| (v * factor).normalize())
+}
+
+struct Kpi {
+    name: String,
+    display_name: String,
+    application: String,
+    application_display_name: String,
+    unit: String,
+    owner: String,
+    daily: AggregationFunction,
+    monthly: AggregationFunction,
+    pre_fill: PreFill,
+    pre_fill_text: String,
+    factor: Decimal,
+}
+
+async fn load_kpi(state: &AppState, application: &str, name: &str, provider: &str) -> Result<Kpi, ApiError> {
+    type Row = (String, String, String, String, String, String, String, String, String, Decimal);
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT name, display_name, application, application_display_name, unit, owner_tenant_id,
+                aggregation_function_daily, aggregation_function_monthly, pre_fill, unit_conversion_factor
+         FROM kpis WHERE application = $1 AND name = $2 AND owner_tenant_id = $3",
+    )
+    .bind(application)
+    .bind(name)
+    .bind(provider)
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(storage_error)?;
+    let (name, display_name, application, application_display_name, unit, owner, daily, monthly, pre_fill, factor) =
+        row.ok_or_else(|| ApiError::no_match(format!("no KPI {name} of application {application} for provider {provider}")))?;
+    Ok(Kpi {
+        name,
+        display_name,
+        application,
+        application_display_name,
+        unit,
+        owner,
+        daily: AggregationFunction::from_str(&daily).unwrap_or_default(),
+        monthly: AggregationFunction::from_str(&monthly).unwrap_or_default(),
+        pre_fill: match pre_fill.as_str() {
+            "NONE" => PreFill::None,
+            "LAST" => PreFill::Last,
+            _ => PreFill::Zero,
+        },
+        pre_fill_text: pre_fill,
+        factor,
+    })
+}
+
+/// The consumers' days of a KPI's series in the month.
+async fn load_days(
+    state: &AppState,
+    kpi: &Kpi,
+    consumer: Option<&str>,
+    from: NaiveDate,
+    until: NaiveDate,
+) -> Result<BTreeMap<String, BTreeMap<NaiveDate, Day>>, ApiError> {
+    type Row = (String, NaiveDate, i64, Decimal, Decimal, Decimal, Decimal);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT consumer_tenant_id, day, usages_count, sum_value, min_value, max_value, last_value
+         FROM daily_aggregates
+         WHERE provider_tenant_id = $1 AND application = $2 AND unit = $3 AND day BETWEEN $4 AND $5
+           AND ($6::text IS NULL OR consumer_tenant_id = $6)",
+    )
+    .bind(&kpi.owner)
+    .bind(&kpi.application)
+    .bind(&kpi.unit)
+    .bind(from)
+    .bind(until)
+    .bind(consumer)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(storage_error)?;
+    let mut out: BTreeMap<String, BTreeMap<NaiveDate, Day>> = BTreeMap::new();
+    for (consumer, day, count, sum, min, max, last) in rows {
+        out.entry(consumer).or_default().insert(day, Day { count, sum, min, max, last });
+    }
+    Ok(out)
+}
+
+/// (first day, aggregationUntilDate) of the month; 404-free: a future month is an empty range.
+fn month_range(year: i32, month: u32) -> Result<(NaiveDate, NaiveDate), ApiError> {
+    let from = NaiveDate::from_ymd_opt(year, month, 1).ok_or_else(|| ApiError::invalid_parameter("month", "is not a month"))?;
+    let next = if month == 12 { NaiveDate::from_ymd_opt(year + 1, 1, 1) } else { NaiveDate::from_ymd_opt(year, month + 1, 1) };
+    let last = next.expect("valid") - Duration::days(1);
+    Ok((from, last.min(Utc::now().date_naive())))
+}
+
+fn number(value: Option<Decimal>) -> Value {
+    value
+        .and_then(|v| serde_json::Number::from_str(&v.to_string()).ok())
+        .map_or(Value::Null, Value::Number)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Functions<'a> {
+    aggregation_function_daily: &'static str,
+    aggregation_function_monthly: &'static str,
+    pre_fill: &'a str,
+}
+
+#[derive(Serialize)]
+struct ConsumerUsage<'a> {
+    consumer: String,
+    value: Value,
+    provider: String,
+    application: &'a str,
+    #[serde(rename = "applicationDisplayName")]
+    application_display_name: &'a str,
+    #[serde(rename = "KPIName")]
+    kpi_name: &'a str,
+    #[serde(rename = "KPIDisplayName")]
+    kpi_display_name: &'a str,
+    #[serde(rename = "aggregationUntilDate")]
+    until: String,
+    year: String,
+    month: &'static str,
+    /// Sic: the original's spelling.
+    #[serde(rename = "aggragationFunction")]
+    functions: Functions<'a>,
+}
+
+#[derive(Serialize)]
+struct ConsumerValue {
+    consumer: String,
+    value: Value,
+}
+
+#[derive(Serialize)]
+struct ProviderUsage<'a> {
+    provider: String,
+    application: &'a str,
+    #[serde(rename = "applicationDisplayName")]
+    application_display_name: &'a str,
+    #[serde(rename = "KPIName")]
+    kpi_name: &'a str,
+    #[serde(rename = "KPIDisplayName")]
+    kpi_display_name: &'a str,
+    #[serde(rename = "aggregationUntilDate")]
+    until: String,
+    year: String,
+    month: &'static str,
+    #[serde(rename = "aggregatedUsages")]
+    usages: Vec<ConsumerValue>,
+    #[serde(rename = "aggragationFunction")]
+    functions: Functions<'a>,
+    page: PageInfo,
+}
+
+fn functions(kpi: &Kpi) -> Functions<'_> {
+    Functions {
+        aggregation_function_daily: kpi.daily.as_str(),
+        aggregation_function_monthly: kpi.monthly.as_str(),
+        pre_fill: &kpi.pre_fill_text,
+    }
+}
+
+fn caller(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
+    let principal = state.auth.authenticate(headers)?;
+    principal.require(Scope::AggregatesRead)?;
+    Ok(principal.tenant)
+}
+
+async fn consumer_usage(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let consumer = caller(&state, &headers)?;
+    let params = Params::parse(query, &["month", "year", "provider", "application", "KPIName"])?;
+    let month = parse_month(required(&params, "month")?)?;
+    let year = parse_year(required(&params, "year")?)?;
+    let provider = required(&params, "provider")?;
+    let application = required(&params, "application")?;
+    let kpi_name = required(&params, "KPIName")?;
+    let kpi = load_kpi(&state, application, kpi_name, provider).await?;
+    let (from, until) = month_range(year, month)?;
+    let days = load_days(&state, &kpi, Some(&consumer), from, until).await?;
+    let empty = BTreeMap::new();
+    let value = monthly_value(days.get(&consumer).unwrap_or(&empty), from, until, kpi.daily, kpi.monthly, kpi.pre_fill, kpi.factor);
+    let answer = ConsumerUsage {
+        consumer,
+        value: number(value),
+        provider: kpi.owner.clone(),
+        application: &kpi.application,
+        application_display_name: &kpi.application_display_name,
+        kpi_name: &kpi.name,
+        kpi_display_name: &kpi.display_name,
+        until: until.max(from - Duration::days(1)).to_string(),
+        year: year.to_string(),
+        month: MONTHS[month as usize - 1],
+        functions: functions(&kpi),
+    };
+    Ok(Json(serde_json::to_value(answer).map_err(ApiError::internal)?))
+}
+
+async fn provider_usage(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let provider = caller(&state, &headers)?;
+    let params = Params::parse(query, &["month", "year", "consumer", "application", "KPIName", "page", "size"])?;
+    let month = parse_month(required(&params, "month")?)?;
+    let year = parse_year(required(&params, "year")?)?;
+    let application = required(&params, "application")?;
+    let kpi_name = required(&params, "KPIName")?;
+    let paging = params.paging_or(20)?;
+    let kpi = load_kpi(&state, application, kpi_name, &provider).await?;
+    let (from, until) = month_range(year, month)?;
+    let days = load_days(&state, &kpi, params.get("consumer"), from, until).await?;
+    let total = days.len() as i64;
+    let usages = days
+        .iter()
+        .skip(paging.offset() as usize)
+        .take(paging.limit() as usize)
+        .map(|(consumer, days)| ConsumerValue {
+            consumer: consumer.clone(),
+            value: number(monthly_value(days, from, until, kpi.daily, kpi.monthly, kpi.pre_fill, kpi.factor)),
+        })
+        .collect();
+    let answer = ProviderUsage {
+        provider,
+        application: &kpi.application,
+        application_display_name: &kpi.application_display_name,
+        kpi_name: &kpi.name,
+        kpi_display_name: &kpi.display_name,
+        until: until.max(from - Duration::days(1)).to_string(),
+        year: year.to_string(),
+        month: MONTHS[month as usize - 1],
+        usages,
+        functions: functions(&kpi),
+        page: paging.info(total),
+    };
+    Ok(Json(serde_json::to_value(answer).map_err(ApiError::internal)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(text: &str) -> Decimal {
+        Decimal::from_str(text).unwrap()
+    }
+
+    fn day(n: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 2, n).unwrap()
+    }
+
+    fn days() -> BTreeMap<NaiveDate, Day> {
+        BTreeMap::from([
+            (day(2), Day { count: 2, sum: d("3"), min: d("1"), max: d("2"), last: d("2") }),
+            (day(4), Day { count: 1, sum: d("5"), min: d("5"), max: d("5"), last: d("5") }),
+        ])
+    }
+
+    #[test]
+    fn months_parse_every_spelling() {
+        assert_eq!(parse_month("1").unwrap(), 1);
+        assert_eq!(parse_month("01").unwrap(), 1);
+        assert_eq!(parse_month("January").unwrap(), 1);
+        assert_eq!(parse_month("december").unwrap(), 12);
+        assert!(parse_month("13").is_err() && parse_month("001").is_err() && parse_month("jan").is_err());
+    }
+
+    #[test]
+    fn pre_fill_decides_what_missing_days_count_as() {
+        use AggregationFunction as F;
+        let one = d("1");
+        // Days 1..=5: day 2 sums 3, day 4 sums 5.
+        assert_eq!(monthly_value(&days(), day(1), day(5), F::Sum, F::Sum, PreFill::Zero, one), Some(d("8")));
+        assert_eq!(monthly_value(&days(), day(1), day(5), F::Sum, F::Avg, PreFill::Zero, one), Some(d("1.6")));
+        assert_eq!(monthly_value(&days(), day(1), day(5), F::Sum, F::Avg, PreFill::None, one), Some(d("4")));
+        // LAST carries day 2 into day 3 and day 4 into day 5: 3 + 3 + 5 + 5.
+        assert_eq!(monthly_value(&days(), day(1), day(5), F::Sum, F::Sum, PreFill::Last, one), Some(d("16")));
+        assert_eq!(monthly_value(&days(), day(1), day(5), F::Max, F::Min, PreFill::None, one), Some(d("2")));
+        assert_eq!(monthly_value(&days(), day(1), day(5), F::Count, F::Sum, PreFill::Zero, d("0.5")), Some(d("1.5")));
+        assert_eq!(monthly_value(&BTreeMap::new(), day(1), day(5), F::Sum, F::Max, PreFill::None, one), None);
+    }
+}
