@@ -244,3 +244,99 @@ async fn failed_usages_make_errors_visible_by_class(pool: PgPool) {
     let response = service.client.get(format!("{}/usagesJobs/job-e", service.base)).bearer_auth(token).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
 }
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn only_the_1000_most_recent_jobs_are_visible_and_pages_are_exact(pool: PgPool) {
+    // 1003 jobs of acme received today, oldest first; inserted as the projection would.
+    let now = chrono::Utc::now();
+    sqlx::query(
+        "INSERT INTO jobs (job_id, submitter_tenant_id, received_at, usages_count, origin)
+         SELECT 'w-' || lpad(n::text, 4, '0'), 'acme', $1 - make_interval(secs => 1003 - n), 1, 'usagesJobs'
+         FROM generate_series(1, 1003) n",
+    )
+    .bind(now)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let service = start(pool).await;
+    let (status, _) = service.get("acme", "/usagesJobs/w-0003").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "the 1001st most recent job is out of the window");
+    let (status, body) = service.get("acme", "/usagesJobs/w-0004").await;
+    assert_eq!((status, body["id"].as_str()), (StatusCode::OK, Some("w-0004")));
+
+    let day = now.date_naive();
+    let (_, first) = service.get("acme", &format!("/usagesJobs?date={day}&size=1000")).await;
+    // Jobs received just before midnight fall on yesterday; count what the window holds today.
+    let today = first["page"]["totalElements"].as_i64().unwrap();
+    assert!(today <= 1000 && today > 0, "{today}");
+    assert_eq!(first["jobs"][0]["id"], "w-1003", "newest first");
+    let (_, last) = service.get("acme", &format!("/usagesJobs?date={day}&size=300&page={}", (today - 1) / 300)).await;
+    assert_eq!(last["jobs"].as_array().unwrap().len() as i64, today - 300 * ((today - 1) / 300), "a partial last page");
+    let (_, past_end) = service.get("acme", &format!("/usagesJobs?date={day}&size=300&page=99")).await;
+    assert_eq!(past_end["jobs"], json!([]));
+    assert_eq!(past_end["page"]["totalElements"], today);
+    for bad in ["size=0", "size=1001", "page=-1", "size=ten", "sort=id"] {
+        let (status, body) = service.get("acme", &format!("/usagesJobs?{bad}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(body["errors"][0]["code"], "mdsp.core.generic.invalidParameter", "{bad}");
+    }
+}
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn projections_rebuilt_from_the_topics_equal_the_live_ones(pool: PgPool) {
+    use v1::UsageStatus as S;
+    let service = start(pool.clone()).await;
+    for i in 0..5 {
+        let id = format!("job-r{i}");
+        service.job(&job(&id, "acme")).await;
+        service.event(&event(&format!("verifier:{id}"), &id, &[("u1", S::Accepted, S::Verified, 2, false), ("u2", S::Accepted, S::Verificationfailed, 1, true)], vec![])).await;
+        service.event(&event(&format!("aggregator:{id}"), &id, &[("u1", S::Verified, S::Aggregated, 2, true)], vec![])).await;
+    }
+    service.until("acme", "/usagesJobs/job-r4", |b| b["status"] == "ERRORS" && summary(b).len() == 2).await;
+    let snapshot = |pool: PgPool| async move {
+        let counts: Vec<(String, String, String, String, i32)> =
+            sqlx::query_as("SELECT job_id, application, unit, status, usages_count FROM job_usage_counts ORDER BY 1, 2, 3, 4")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        let jobs: Vec<(String, i32)> = sqlx::query_as("SELECT job_id, usages_count FROM jobs ORDER BY 1").fetch_all(&pool).await.unwrap();
+        let terminal: Vec<(String, i32)> =
+            sqlx::query_as("SELECT job_id, usages_count FROM job_terminal_counts ORDER BY 1").fetch_all(&pool).await.unwrap();
+        (counts, jobs, terminal)
+    };
+    let live = snapshot(pool.clone()).await;
+    let prefix = service.kafka.topic_prefix.clone();
+    drop(service);
+
+    // Drop the projections and replay both topics from the beginning under a new group.
+    sqlx::query("TRUNCATE jobs, job_usage_keys, job_usage_counts, job_terminal_counts, job_applied_events, job_errors")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let rebuilt_service = {
+        let config = query_service::Config::parse_from([
+            "query-service".to_owned(),
+            "--listen-addr=127.0.0.1:0".to_owned(),
+            "--admin-addr=127.0.0.1:0".to_owned(),
+            "--database-url=postgres://unused".to_owned(),
+            format!("--jwt-hs256-secret={SECRET}"),
+            format!("--kafka-brokers={}", uts_common::testing::brokers()),
+            format!("--topic-prefix={prefix}"),
+            format!("--consumer-group=rebuild-{}", uuid::Uuid::new_v4()),
+        ]);
+        let app = query_service::Application::build(config, pool.clone()).await.unwrap();
+        let shutdown = CancellationToken::new();
+        tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        shutdown
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rebuilt = snapshot(pool.clone()).await;
+        if rebuilt == live {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the rebuilt projection differs:\n{rebuilt:?}\nlive:\n{live:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    rebuilt_service.cancel();
+}
