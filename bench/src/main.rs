@@ -45,6 +45,20 @@ struct Args {
     #[arg(long)]
     skip_raw: bool,
 
+    /// Base URL of a running query service: also measure the time from a POST's 202 to the job
+    /// being readable with GET /usagesJobs/{id} (the token then needs uts.usages.read too).
+    #[arg(long, env = "UTS_BENCH_QUERY_URL")]
+    query_url: Option<String>,
+
+    /// Token (uts.usages.write and uts.usages.read) of a second operator tenant for the
+    /// visibility probe: the load tenant's own jobs soon push probes out of its 1000-job window.
+    #[arg(long, env = "UTS_BENCH_PROBE_TOKEN", hide_env_values = true)]
+    probe_token: Option<String>,
+
+    /// The probe token's tenant.
+    #[arg(long, env = "UTS_BENCH_PROBE_TENANT", default_value = "bench-probe")]
+    probe_tenant: String,
+
     #[command(flatten)]
     kafka: KafkaArgs,
 }
@@ -92,8 +106,19 @@ async fn main() -> anyhow::Result<()> {
     if let Some(raw) = &raw {
         raw.print("kafka");
     }
+    if let Some(query_url) = &args.query_url {
+        let idle = visibility(&args, query_url, Duration::from_secs(args.seconds.min(10))).await?;
+        print_visibility("visible (no other load)", &idle);
+    }
+    let probe = args.query_url.clone().map(|query_url| {
+        let args = args_clone(&args);
+        tokio::spawn(async move { visibility(&args, &query_url, Duration::from_secs(args.seconds)).await })
+    });
     let gateway = gateway(&args, body).await?;
     gateway.print("gateway");
+    if let Some(probe) = probe {
+        print_visibility("visible (under the gateway load above)", &probe.await??);
+    }
     if let Some(raw) = raw {
         println!(
             "gateway/kafka throughput ratio: {:.2} (target >= 0.50); gateway usages/s: {:.0} (target >= 100000)",
@@ -102,6 +127,65 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+fn args_clone(args: &Args) -> Args {
+    Args {
+        gateway_url: args.gateway_url.clone(),
+        token: args.token.clone(),
+        tenant: args.tenant.clone(),
+        concurrency: args.concurrency,
+        seconds: args.seconds,
+        skip_raw: args.skip_raw,
+        query_url: args.query_url.clone(),
+        probe_token: args.probe_token.clone(),
+        probe_tenant: args.probe_tenant.clone(),
+        kafka: args.kafka.clone(),
+    }
+}
+
+fn print_visibility(name: &str, latency: &Histogram<u64>) {
+    println!(
+        "{name}: {} jobs, POST 202 -> GET /usagesJobs/{{id}} 200: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 < 1000 ms)",
+        latency.len(),
+        latency.value_at_quantile(0.50) as f64 / 1000.0,
+        latency.value_at_quantile(0.99) as f64 / 1000.0,
+        latency.max() as f64 / 1000.0,
+    );
+}
+
+/// One job at a time: POST, then poll GET /usagesJobs/{id} until it answers 200; the time from
+/// the 202 to that 200, in microseconds.
+async fn visibility(args: &Args, query_url: &str, run_for: Duration) -> anyhow::Result<Histogram<u64>> {
+    let client = reqwest::Client::new();
+    let post_url = format!("{}/api/usagetransparency/v3/usagesJobs", args.gateway_url.trim_end_matches('/'));
+    let token = args.probe_token.as_deref().unwrap_or(&args.token);
+    let tenant = if args.probe_token.is_some() { &args.probe_tenant } else { &args.tenant };
+    let body = serde_json::json!({"users":[{"tenantId": tenant, "resources":[{"application":"probe","resource":"r",
+        "usages":[{"value": 1, "unit": "probe-unit", "datetime": chrono::Utc::now().to_rfc3339()}]}]}]});
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    let deadline = Instant::now() + run_for;
+    while Instant::now() < deadline {
+        let answer = client.post(&post_url).bearer_auth(token).json(&body).send().await?;
+        if answer.status() != reqwest::StatusCode::ACCEPTED {
+            bail!("the probe POST answered {}", answer.status());
+        }
+        let acknowledged = Instant::now();
+        let id = answer.json::<serde_json::Value>().await?["id"].as_str().unwrap_or_default().to_owned();
+        let get_url = format!("{}/api/usagetransparency/v3/usagesJobs/{id}", query_url.trim_end_matches('/'));
+        loop {
+            let response = client.get(&get_url).bearer_auth(token).send().await?;
+            if response.status() == reqwest::StatusCode::OK {
+                latency.saturating_record(acknowledged.elapsed().as_micros() as u64);
+                break;
+            }
+            if acknowledged.elapsed() > Duration::from_secs(600) {
+                bail!("job {id} was not visible after 600 s");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    Ok(latency)
 }
 
 /// The JSON body of one request: 200 usages of one tenant over 4 resources.
@@ -166,7 +250,8 @@ fn job_message(tenant: &str) -> v1::UsageJob {
 /// Phase 1: one process producing job messages straight to Kafka.
 async fn raw_kafka(args: &Args) -> anyhow::Result<Figures> {
     let mut kafka_args = args.kafka.clone();
-    kafka_args.topic_prefix = "uts-bench".into();
+    // A topic of its own: nothing consumes it, so the raw phase leaves no backlog behind.
+    kafka_args.topic_prefix = format!("{}-raw", args.kafka.topic_prefix);
     let topics = kafka_args.topics();
     kafka::ensure_topics(&kafka_args, &topics).await?;
     let (producer, _health) = kafka::durable_producer(&kafka_args)?;
