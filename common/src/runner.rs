@@ -38,7 +38,7 @@ use crate::proto::{v1, Message};
 pub const MAX_BATCH: usize = 256;
 
 /// How long the runner waits for more messages to fill a batch once it has one.
-const BATCH_LINGER: Duration = Duration::from_millis(20);
+const BATCH_LINGER: Duration = Duration::from_millis(5);
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 use sqlx::{PgPool, Postgres, Transaction};
+
 use uts_common::domain::{format_datetime, from_timestamp};
 use uts_common::proto::v1;
 use uts_common::runner::{decode_proto, Decoded, Handler, Rejected};
@@ -48,138 +49,182 @@ impl Handler for Projector {
 
     async fn handle(&self, batch: &[Decoded<Item>]) -> anyhow::Result<Vec<Rejected>> {
         let mut tx = self.pool.begin().await?;
-        for decoded in batch {
-            match &decoded.item {
-                Item::Job(job) => project_job(&mut tx, job).await?,
-                Item::Status(event) => project_event(&mut tx, event).await?,
-            }
-        }
+        project(&mut tx, batch).await?;
         tx.commit().await?;
         metrics::counter!("uts_query_projected_messages_total").increment(batch.len() as u64);
         Ok(Vec::new())
     }
 }
 
-async fn add_count(
-    tx: &mut Transaction<'_, Postgres>,
-    job_id: &str,
-    application: &str,
-    unit: &str,
-    status: &str,
-    delta: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO job_usage_counts (job_id, application, unit, status, usages_count) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (job_id, application, unit, status)
-         DO UPDATE SET usages_count = job_usage_counts.usages_count + EXCLUDED.usages_count",
-    )
-    .bind(job_id)
-    .bind(application)
-    .bind(unit)
-    .bind(status)
-    .bind(delta as i32)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-async fn project_job(tx: &mut Transaction<'_, Postgres>, job: &v1::UsageJob) -> Result<(), sqlx::Error> {
-    let received_at = job.received_at.as_ref().and_then(from_timestamp).unwrap_or_default();
-    let origin = if job.origin == v1::Origin::Usages as i32 { "usages" } else { "usagesJobs" };
-    let inserted = sqlx::query(
-        "INSERT INTO jobs (job_id, submitter_tenant_id, received_at, usages_count, origin)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (job_id) DO NOTHING",
-    )
-    .bind(&job.job_id)
-    .bind(&job.submitter_tenant)
-    .bind(received_at)
-    .bind(job.usages_count as i32)
-    .bind(origin)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
-        return Ok(()); // the same job id again: projected already
-    }
-    let mut keys: BTreeMap<(&str, &str, &str), i64> = BTreeMap::new();
-    let mut accepted: BTreeMap<(&str, &str), i64> = BTreeMap::new();
-    for user in &job.users {
-        for resource in &user.resources {
-            for usage in &resource.usages {
-                *keys.entry((&user.tenant_id, &resource.application, &usage.unit)).or_default() += 1;
-                *accepted.entry((&resource.application, &usage.unit)).or_default() += 1;
+/// Projects a batch with a handful of set-based statements (UNNEST), whatever its size: one
+/// round trip per table, not per message.
+async fn project(tx: &mut Transaction<'_, Postgres>, batch: &[Decoded<Item>]) -> Result<(), sqlx::Error> {
+    let mut jobs: BTreeMap<&str, &v1::UsageJob> = BTreeMap::new();
+    let mut events: BTreeMap<&str, &v1::StatusEvent> = BTreeMap::new();
+    for decoded in batch {
+        match &decoded.item {
+            Item::Job(job) => {
+                jobs.entry(&job.job_id).or_insert(job);
+            }
+            Item::Status(event) => {
+                events.entry(&event.event_id).or_insert(event);
             }
         }
     }
-    for ((tenant, application, unit), count) in keys {
-        sqlx::query(
-            "INSERT INTO job_usage_keys (job_id, tenant_id, application, unit, usages_count) VALUES ($1, $2, $3, $4, $5)",
+    // (job, application, unit, status) → signed usage count.
+    let mut counts: BTreeMap<(String, String, String, String), i64> = BTreeMap::new();
+    let mut terminal: BTreeMap<String, i64> = BTreeMap::new();
+
+    if !jobs.is_empty() {
+        let ids: Vec<&str> = jobs.keys().copied().collect();
+        let submitters: Vec<&str> = jobs.values().map(|j| j.submitter_tenant.as_str()).collect();
+        let received: Vec<chrono::DateTime<chrono::Utc>> =
+            jobs.values().map(|j| j.received_at.as_ref().and_then(from_timestamp).unwrap_or_default()).collect();
+        let sizes: Vec<i32> = jobs.values().map(|j| j.usages_count as i32).collect();
+        let origins: Vec<&str> =
+            jobs.values().map(|j| if j.origin == v1::Origin::Usages as i32 { "usages" } else { "usagesJobs" }).collect();
+        // A job id seen before (a re-produced job) is projected once.
+        let inserted: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO jobs (job_id, submitter_tenant_id, received_at, usages_count, origin)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::int[], $5::text[])
+             ON CONFLICT (job_id) DO NOTHING RETURNING job_id",
         )
-        .bind(&job.job_id)
-        .bind(tenant)
-        .bind(application)
-        .bind(unit)
-        .bind(count as i32)
+        .bind(&ids)
+        .bind(&submitters)
+        .bind(&received)
+        .bind(&sizes)
+        .bind(&origins)
+        .fetch_all(&mut **tx)
+        .await?;
+        let mut keys: BTreeMap<(String, String, String, String), i64> = BTreeMap::new();
+        for job_id in &inserted {
+            let job = jobs[job_id.as_str()];
+            for user in &job.users {
+                for resource in &user.resources {
+                    for usage in &resource.usages {
+                        let key = (job_id.clone(), user.tenant_id.clone(), resource.application.clone(), usage.unit.clone());
+                        *keys.entry(key).or_default() += 1;
+                        let count = (job_id.clone(), resource.application.clone(), usage.unit.clone(), "ACCEPTED".to_owned());
+                        *counts.entry(count).or_default() += 1;
+                    }
+                }
+            }
+        }
+        if !keys.is_empty() {
+            let (mut j, mut t, mut a, mut u, mut n) = (vec![], vec![], vec![], vec![], vec![]);
+            for ((job, tenant, application, unit), count) in keys {
+                j.push(job);
+                t.push(tenant);
+                a.push(application);
+                u.push(unit);
+                n.push(count as i32);
+            }
+            sqlx::query(
+                "INSERT INTO job_usage_keys (job_id, tenant_id, application, unit, usages_count)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int[])",
+            )
+            .bind(&j)
+            .bind(&t)
+            .bind(&a)
+            .bind(&u)
+            .bind(&n)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+
+    if !events.is_empty() {
+        let ids: Vec<&str> = events.keys().copied().collect();
+        let job_ids: Vec<&str> = events.values().map(|e| e.job_id.as_str()).collect();
+        // A redelivered event is applied once.
+        let applied: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO job_applied_events (event_id, job_id)
+             SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT DO NOTHING RETURNING event_id",
+        )
+        .bind(&ids)
+        .bind(&job_ids)
+        .fetch_all(&mut **tx)
+        .await?;
+        for event_id in &applied {
+            let event = events[event_id.as_str()];
+            for t in &event.transitions {
+                let count = i64::from(t.count);
+                let key = |status: i32| (event.job_id.clone(), t.application.clone(), t.unit.clone(), status_name(status));
+                *counts.entry(key(t.from)).or_default() -= count;
+                *counts.entry(key(t.to)).or_default() += count;
+                if t.terminal {
+                    *terminal.entry(event.job_id.clone()).or_default() += count;
+                }
+            }
+            for (position, error) in event.errors.iter().enumerate() {
+                insert_error(tx, event, position, error).await?;
+            }
+        }
+    }
+
+    counts.retain(|_, n| *n != 0);
+    if !counts.is_empty() {
+        let (mut j, mut a, mut u, mut st, mut n) = (vec![], vec![], vec![], vec![], vec![]);
+        for ((job, application, unit, status), count) in counts {
+            j.push(job);
+            a.push(application);
+            u.push(unit);
+            st.push(status);
+            n.push(count as i32);
+        }
+        sqlx::query(
+            "INSERT INTO job_usage_counts (job_id, application, unit, status, usages_count)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int[])
+             ON CONFLICT (job_id, application, unit, status)
+             DO UPDATE SET usages_count = job_usage_counts.usages_count + EXCLUDED.usages_count",
+        )
+        .bind(&j)
+        .bind(&a)
+        .bind(&u)
+        .bind(&st)
+        .bind(&n)
         .execute(&mut **tx)
         .await?;
     }
-    for ((application, unit), count) in accepted {
-        add_count(tx, &job.job_id, application, unit, "ACCEPTED", count).await?;
+    if !terminal.is_empty() {
+        let (j, n): (Vec<String>, Vec<i32>) = terminal.into_iter().map(|(job, n)| (job, n as i32)).unzip();
+        sqlx::query(
+            "INSERT INTO job_terminal_counts (job_id, usages_count) SELECT * FROM UNNEST($1::text[], $2::int[])
+             ON CONFLICT (job_id) DO UPDATE SET usages_count = job_terminal_counts.usages_count + EXCLUDED.usages_count",
+        )
+        .bind(&j)
+        .bind(&n)
+        .execute(&mut **tx)
+        .await?;
     }
     Ok(())
 }
 
-async fn project_event(tx: &mut Transaction<'_, Postgres>, event: &v1::StatusEvent) -> Result<(), sqlx::Error> {
-    let inserted = sqlx::query("INSERT INTO job_applied_events (event_id, job_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-        .bind(&event.event_id)
-        .bind(&event.job_id)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
-    if inserted == 0 {
-        return Ok(()); // a redelivered event
-    }
-    let mut terminal = 0i64;
-    for t in &event.transitions {
-        let count = i64::from(t.count);
-        add_count(tx, &event.job_id, &t.application, &t.unit, &status_name(t.from), -count).await?;
-        add_count(tx, &event.job_id, &t.application, &t.unit, &status_name(t.to), count).await?;
-        if t.terminal {
-            terminal += count;
-        }
-    }
-    if terminal > 0 {
-        sqlx::query(
-            "INSERT INTO job_terminal_counts (job_id, usages_count) VALUES ($1, $2)
-             ON CONFLICT (job_id) DO UPDATE SET usages_count = job_terminal_counts.usages_count + EXCLUDED.usages_count",
-        )
-        .bind(&event.job_id)
-        .bind(terminal as i32)
-        .execute(&mut **tx)
-        .await?;
-    }
-    for (position, error) in event.errors.iter().enumerate() {
-        let (error_type, error_data) = error_shape(error);
-        let parameters: Vec<Value> =
-            error.message_parameters.iter().map(|p| json!({"name": p.name, "value": p.value})).collect();
-        sqlx::query(
-            "INSERT INTO job_errors
-                (event_id, position, job_id, error_type, code, message, message_parameters, logref, info, error_data)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(&event.event_id)
-        .bind(position as i32)
-        .bind(&event.job_id)
-        .bind(error_type)
-        .bind(&error.code)
-        .bind(&error.message)
-        .bind(Value::Array(parameters))
-        .bind(&error.logref)
-        .bind(&error.info)
-        .bind(error_data)
-        .execute(&mut **tx)
-        .await?;
-    }
+async fn insert_error(
+    tx: &mut Transaction<'_, Postgres>,
+    event: &v1::StatusEvent,
+    position: usize,
+    error: &v1::UsageError,
+) -> Result<(), sqlx::Error> {
+    let (error_type, error_data) = error_shape(error);
+    let parameters: Vec<Value> = error.message_parameters.iter().map(|p| json!({"name": p.name, "value": p.value})).collect();
+    sqlx::query(
+        "INSERT INTO job_errors
+            (event_id, position, job_id, error_type, code, message, message_parameters, logref, info, error_data)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(&event.event_id)
+    .bind(position as i32)
+    .bind(&event.job_id)
+    .bind(error_type)
+    .bind(&error.code)
+    .bind(&error.message)
+    .bind(Value::Array(parameters))
+    .bind(&error.logref)
+    .bind(&error.info)
+    .bind(error_data)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
