@@ -340,3 +340,16 @@ async fn projections_rebuilt_from_the_topics_equal_the_live_ones(pool: PgPool) {
     }
     rebuilt_service.cancel();
 }
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn poison_on_either_topic_goes_to_the_dead_letter_topic_and_projection_carries_on(pool: PgPool) {
+    let service = start(pool).await;
+    service.produce(&service.kafka.topics().status, "junk", b"\xff not a status event".to_vec()).await;
+    service.produce(&service.kafka.topics().usage_jobs, "junk", v1::UsageJob::default().encode_to_vec()).await;
+    service.job(&job("job-after-poison", "acme")).await;
+    service.until("acme", "/usagesJobs/job-after-poison", |b| b["status"] == "ACCEPTED").await;
+    let letters = uts_common::testing::read_topic(&service.kafka, &service.kafka.topics().dead_letter, 2, Duration::from_secs(30)).await;
+    let letters: Vec<v1::DeadLetter> = letters.iter().map(|(_, p)| v1::DeadLetter::decode(p.as_slice()).unwrap()).collect();
+    assert_eq!(letters.len(), 2);
+    assert!(letters.iter().all(|l| l.stage == v1::Stage::QueryService as i32));
+}
