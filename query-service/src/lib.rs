@@ -56,7 +56,7 @@ use uts_common::auth::Authenticator;
 use uts_common::telemetry;
 
 pub use config::Config;
-pub use routes::app;
+pub use routes::{app, OPENAPI};
 
 /// Everything a request handler needs, shared by all requests.
 pub struct AppState {
