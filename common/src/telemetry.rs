@@ -55,3 +55,26 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     }
     text
 }
+
+/// HTTP middleware: counts requests by method, route and status and times them, as
+/// `uts_<service>_http_requests_total` and `uts_<service>_http_request_duration_seconds`.
+/// Use with `axum::middleware::from_fn_with_state("gateway", record_http_request)`.
+pub async fn record_http_request(
+    axum::extract::State(service): axum::extract::State<&'static str>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!(format!("uts_{service}_http_requests_total"), "method" => method, "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!(format!("uts_{service}_http_request_duration_seconds"), "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}

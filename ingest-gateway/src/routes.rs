@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -31,7 +31,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .fallback(|| async { ApiError::no_match("no such endpoint") })
         // Bodies are read by `read_body` with the configured limit and an mdsp error.
         .layer(DefaultBodyLimit::disable())
-        .layer(middleware::from_fn(record_request))
+        .layer(middleware::from_fn_with_state("gateway", uts_common::telemetry::record_http_request))
         .with_state(state)
 }
 
@@ -225,19 +225,3 @@ fn unavailable(dependency: &str, err: &dyn std::fmt::Display) -> ApiError {
     )
 }
 
-/// Counts requests by route and status and times them.
-async fn record_request(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
-    let started = Instant::now();
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::counter!("uts_gateway_http_requests_total", "method" => method, "route" => route.clone(), "status" => status)
-        .increment(1);
-    metrics::histogram!("uts_gateway_http_request_duration_seconds", "route" => route)
-        .record(started.elapsed().as_secs_f64());
-    response
-}

@@ -1,11 +1,9 @@
 //! HTTP routes of the query service.
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::Router;
 use uts_common::error::ApiError;
 
@@ -20,7 +18,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .fallback(|| async { ApiError::no_match("no such endpoint") })
         // Bodies are read by `admin_api::read_object` with its limit and an mdsp error.
         .layer(DefaultBodyLimit::disable())
-        .layer(middleware::from_fn(record_request))
+        .layer(middleware::from_fn_with_state("query", uts_common::telemetry::record_http_request))
         .with_state(state)
 }
 
@@ -32,19 +30,3 @@ async fn openapi() -> impl axum::response::IntoResponse {
     ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
 
-/// Counts requests by route and status and times them.
-async fn record_request(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
-    let started = Instant::now();
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::counter!("uts_query_http_requests_total", "method" => method, "route" => route.clone(), "status" => status)
-        .increment(1);
-    metrics::histogram!("uts_query_http_request_duration_seconds", "route" => route)
-        .record(started.elapsed().as_secs_f64());
-    response
-}
