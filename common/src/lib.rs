@@ -4,7 +4,7 @@
 //! `mdsp.core.generic.*` error model ([`error`]), the consumer runner every stage uses
 //! ([`runner`]), JWT authentication ([`auth`]), the tenant
 //! directory ([`tenants`]) and the admin listener with `/healthz`, `/readyz`, `/metrics`
-//! ([`admin`]).
+//! ([`admin`]) and the per-tenant rate limit of the HTTP APIs ([`throttle`]).
 //!
 //! Stages never depend on each other; they meet only here and in the `uts-proto` contracts.
 
@@ -21,6 +21,7 @@ pub mod status;
 pub mod telemetry;
 pub mod tenants;
 pub mod testing;
+pub mod throttle;
 
 pub use uts_proto as proto;
 

@@ -62,7 +62,8 @@ UTS_TOPIC_PREFIX=uts-bench "$bin/uts-bench" --gateway-url http://127.0.0.1:18095
 
 start ingest-gateway 18094 uts-bench-vis --listen-addr 127.0.0.1:18093 --database-max-connections 4
 start query-service 18098 uts-bench-vis --listen-addr 127.0.0.1:18097 \
-  --consumer-group "bench-query-$(date +%s)" --database-max-connections 4
+  --consumer-group "bench-query-$(date +%s)" --database-max-connections 4 \
+  --rate-limit-per-second 0
 echo "== visibility: POST acknowledged -> GET /usagesJobs/{id}, with the query service projecting =="
 UTS_TOPIC_PREFIX=uts-bench-vis "$bin/uts-bench" --gateway-url http://127.0.0.1:18093 \
   --query-url http://127.0.0.1:18097 --probe-token "$probe_token" --skip-raw \

@@ -21,7 +21,6 @@ pub mod config;
 pub mod idempotency;
 pub mod payload;
 mod routes;
-mod throttle;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,7 +54,7 @@ pub struct AppState {
     pub(crate) idempotency_window: chrono::Duration,
     pub(crate) max_body_bytes: usize,
     /// `None` when rate limiting is off.
-    pub(crate) throttle: Option<throttle::Throttle>,
+    pub(crate) throttle: Option<uts_common::throttle::Throttle>,
 }
 
 /// A gateway bound to its listeners, ready to run.
@@ -82,7 +81,7 @@ impl Application {
             pool,
             idempotency_window: chrono::Duration::days(i64::from(config.idempotency_window_days)),
             max_body_bytes: config.max_body_bytes,
-            throttle: throttle::Throttle::new(config.rate_limit_per_second, config.rate_limit_burst),
+            throttle: uts_common::throttle::Throttle::new(config.rate_limit_per_second, config.rate_limit_burst),
         });
         let listener = TcpListener::bind(config.listen_addr)
             .await

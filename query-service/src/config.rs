@@ -16,6 +16,15 @@ pub struct Config {
     #[arg(long = "consumer-group", env = "UTS_QUERY_GROUP", default_value = "uts-query-service")]
     pub group: String,
 
+    /// Requests per second allowed per tenant on the job and aggregate endpoints; 0 turns rate
+    /// limiting off. The dashboard polls about one request a second per open page.
+    #[arg(long = "rate-limit-per-second", env = "UTS_QUERY_RATE_LIMIT_PER_SECOND", default_value_t = 50)]
+    pub rate_limit_per_second: u32,
+
+    /// Burst above the steady rate a tenant may send at once; 0 means one second's worth.
+    #[arg(long = "rate-limit-burst", env = "UTS_QUERY_RATE_LIMIT_BURST", default_value_t = 100)]
+    pub rate_limit_burst: u32,
+
     #[command(flatten)]
     pub kafka: KafkaArgs,
 

@@ -133,6 +133,7 @@ fn job_json((id, received_at, usages_count, accepted, failed, terminal): JobRow)
 fn principal_tenant(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
     let principal = state.auth.authenticate(headers)?;
     principal.require(Scope::UsagesRead)?;
+    state.throttle(&principal.tenant)?;
     Ok(principal.tenant)
 }
 

@@ -62,6 +62,15 @@ pub use routes::{app, OPENAPI};
 pub struct AppState {
     pub(crate) auth: Authenticator,
     pub(crate) pool: PgPool,
+    /// Per-tenant rate limit of the job and aggregate endpoints (None: off).
+    pub(crate) throttle: Option<uts_common::throttle::Throttle>,
+}
+
+impl AppState {
+    /// Counts one request of `tenant` against its rate limit: 429 when over.
+    pub(crate) fn throttle(&self, tenant: &str) -> Result<(), uts_common::error::ApiError> {
+        self.throttle.as_ref().map_or(Ok(()), |throttle| throttle.check(tenant))
+    }
 }
 
 /// A query service bound to its listener, ready to run.
@@ -79,7 +88,8 @@ impl Application {
     /// that tests can hand over their own database.
     pub async fn build(config: Config, pool: PgPool) -> anyhow::Result<Self> {
         let auth = Authenticator::from_args(&config.auth).context("loading token verification keys")?;
-        let state = Arc::new(AppState { auth, pool });
+        let throttle = uts_common::throttle::Throttle::new(config.rate_limit_per_second, config.rate_limit_burst);
+        let state = Arc::new(AppState { auth, pool, throttle });
         let topics = config.kafka.topics();
         let runner = uts_common::runner::Runner::new(
             &config.kafka,

@@ -292,6 +292,7 @@ fn functions(kpi: &Kpi) -> Functions<'_> {
 fn caller(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
     let principal = state.auth.authenticate(headers)?;
     principal.require(Scope::AggregatesRead)?;
+    state.throttle(&principal.tenant)?;
     Ok(principal.tenant)
 }
 

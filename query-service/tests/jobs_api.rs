@@ -4,69 +4,42 @@
 
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
 use uts_common::auth::mint_hs256;
-use uts_common::config::KafkaArgs;
 use uts_common::domain::to_timestamp;
 use uts_common::kafka;
 use uts_common::proto::{v1, Message};
-use uts_common::testing::isolated_kafka;
 
-const SECRET: &str = "query-test-secret-0123456789abcdef";
+mod support;
 
-struct Service {
-    base: String,
-    kafka: KafkaArgs,
-    client: reqwest::Client,
-    shutdown: CancellationToken,
-}
+use support::{TestQueryService, SECRET};
 
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
+/// The query service plus producers to its topics.
+struct Service(TestQueryService);
 
 async fn start(pool: PgPool) -> Service {
-    let kafka = isolated_kafka(2).await;
-    let config = query_service::Config::parse_from([
-        "query-service".to_owned(),
-        "--listen-addr=127.0.0.1:0".to_owned(),
-        "--admin-addr=127.0.0.1:0".to_owned(),
-        "--database-url=postgres://unused".to_owned(),
-        format!("--jwt-hs256-secret={SECRET}"),
-        format!("--kafka-brokers={}", kafka.brokers),
-        format!("--topic-prefix={}", kafka.topic_prefix),
-        format!("--consumer-group=query-{}", kafka.topic_prefix),
-    ]);
-    let app = query_service::Application::build(config, pool).await.unwrap();
-    let base = format!("http://{}/api/usagetransparency/v3", app.local_addr());
-    let shutdown = CancellationToken::new();
-    tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    Service { base, kafka, client: reqwest::Client::new(), shutdown }
+    Service(TestQueryService::start(pool).await)
 }
 
 impl Service {
     async fn produce(&self, topic: &str, key: &str, payload: Vec<u8>) {
-        let (producer, _) = kafka::durable_producer(&self.kafka).unwrap();
+        let (producer, _) = kafka::durable_producer(&self.0.kafka).unwrap();
         kafka::produce_durably(&producer, topic, key.as_bytes(), &payload, Duration::from_secs(10)).await.unwrap();
     }
 
     async fn job(&self, job: &v1::UsageJob) {
-        self.produce(&self.kafka.topics().usage_jobs, &job.job_id, job.encode_to_vec()).await;
+        self.produce(&self.0.kafka.topics().usage_jobs, &job.job_id, job.encode_to_vec()).await;
     }
 
     async fn event(&self, event: &v1::StatusEvent) {
-        self.produce(&self.kafka.topics().status, &event.job_id, event.encode_to_vec()).await;
+        self.produce(&self.0.kafka.topics().status, &event.job_id, event.encode_to_vec()).await;
     }
 
     async fn get(&self, tenant: &str, path: &str) -> (StatusCode, Value) {
         let token = mint_hs256(SECRET, tenant, "reader", &["uts.usages.read"], 600).unwrap();
-        let response = self.client.get(format!("{}{path}", self.base)).bearer_auth(token).send().await.unwrap();
+        let response = self.0.client.get(self.0.api(path)).bearer_auth(token).send().await.unwrap();
         let status = response.status();
         (status, response.json().await.unwrap_or(Value::Null))
     }
@@ -241,7 +214,7 @@ async fn failed_usages_make_errors_visible_by_class(pool: PgPool) {
     assert_eq!(status, StatusCode::NOT_FOUND);
     // Without uts.usages.read: 403.
     let token = mint_hs256(SECRET, "acme", "writer", &["uts.usages.write"], 600).unwrap();
-    let response = service.client.get(format!("{}/usagesJobs/job-e", service.base)).bearer_auth(token).send().await.unwrap();
+    let response = service.0.client.get(service.0.api("/usagesJobs/job-e")).bearer_auth(token).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
 }
 
@@ -309,30 +282,16 @@ async fn projections_rebuilt_from_the_topics_equal_the_live_ones(pool: PgPool) {
         (counts, jobs, terminal)
     };
     let live = snapshot(pool.clone()).await;
-    let prefix = service.kafka.topic_prefix.clone();
-    drop(service);
+    let kafka = service.0.kafka.clone();
+    service.0.stop().await;
 
     // Drop the projections and replay both topics from the beginning under a new group.
     sqlx::query("TRUNCATE jobs, job_usage_keys, job_usage_counts, job_terminal_counts, job_applied_events, job_errors")
         .execute(&pool)
         .await
         .unwrap();
-    let rebuilt_service = {
-        let config = query_service::Config::parse_from([
-            "query-service".to_owned(),
-            "--listen-addr=127.0.0.1:0".to_owned(),
-            "--admin-addr=127.0.0.1:0".to_owned(),
-            "--database-url=postgres://unused".to_owned(),
-            format!("--jwt-hs256-secret={SECRET}"),
-            format!("--kafka-brokers={}", uts_common::testing::brokers()),
-            format!("--topic-prefix={prefix}"),
-            format!("--consumer-group=rebuild-{}", uuid::Uuid::new_v4()),
-        ]);
-        let app = query_service::Application::build(config, pool.clone()).await.unwrap();
-        let shutdown = CancellationToken::new();
-        tokio::spawn(app.run_until_stopped(shutdown.clone()));
-        shutdown
-    };
+    let group = format!("rebuild-{}", uuid::Uuid::new_v4());
+    let rebuilt_service = TestQueryService::start_on(pool.clone(), kafka, &group, &["--rate-limit-per-second=0"]).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let rebuilt = snapshot(pool.clone()).await;
@@ -342,18 +301,42 @@ async fn projections_rebuilt_from_the_topics_equal_the_live_ones(pool: PgPool) {
         assert!(Instant::now() < deadline, "the rebuilt projection differs:\n{rebuilt:?}\nlive:\n{live:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    rebuilt_service.cancel();
+    rebuilt_service.stop().await;
 }
 
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn poison_on_either_topic_goes_to_the_dead_letter_topic_and_projection_carries_on(pool: PgPool) {
     let service = start(pool).await;
-    service.produce(&service.kafka.topics().status, "junk", b"\xff not a status event".to_vec()).await;
-    service.produce(&service.kafka.topics().usage_jobs, "junk", v1::UsageJob::default().encode_to_vec()).await;
+    service.produce(&service.0.kafka.topics().status, "junk", b"\xff not a status event".to_vec()).await;
+    service.produce(&service.0.kafka.topics().usage_jobs, "junk", v1::UsageJob::default().encode_to_vec()).await;
     service.job(&job("job-after-poison", "acme")).await;
     service.until("acme", "/usagesJobs/job-after-poison", |b| b["status"] == "ACCEPTED").await;
-    let letters = uts_common::testing::read_topic(&service.kafka, &service.kafka.topics().dead_letter, 2, Duration::from_secs(30)).await;
+    let letters = uts_common::testing::read_topic(&service.0.kafka, &service.0.kafka.topics().dead_letter, 2, Duration::from_secs(30)).await;
     let letters: Vec<v1::DeadLetter> = letters.iter().map(|(_, p)| v1::DeadLetter::decode(p.as_slice()).unwrap()).collect();
     assert_eq!(letters.len(), 2);
     assert!(letters.iter().all(|l| l.stage == v1::Stage::QueryService as i32));
+}
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn each_tenant_is_rate_limited_on_its_own(pool: PgPool) {
+    let service = Service(TestQueryService::start_with(pool, &["--rate-limit-per-second=1", "--rate-limit-burst=2"]).await);
+    // The burst, then 429 in the mdsp format with Retry-After; the job and aggregate endpoints
+    // share the tenant's quota.
+    assert_eq!(service.get("acme", "/usagesJobs").await.0, StatusCode::OK);
+    let aggregates = mint_hs256(SECRET, "acme", "reader", &["uts.aggregates.read"], 600).unwrap();
+    let monthly = service.0.api("/aggregatedMonthlyConsumerUsage?month=1&year=2026&provider=p&application=a&KPIName=k");
+    let response = service.0.client.get(&monthly).bearer_auth(&aggregates).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND, "no such KPI, but counted");
+    let token = mint_hs256(SECRET, "acme", "reader", &["uts.usages.read"], 600).unwrap();
+    let response = service.0.client.get(service.0.api("/usagesJobs")).bearer_auth(token).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "mdsp.core.generic.tooManyRequests");
+    let response = service.0.client.get(&monthly).bearer_auth(&aggregates).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Another tenant has its own quota.
+    assert_eq!(service.get("globex", "/usagesJobs").await.0, StatusCode::OK);
+    assert_eq!(service.get("globex", "/usagesJobs/unknown").await.0, StatusCode::NOT_FOUND);
 }

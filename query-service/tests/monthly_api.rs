@@ -1,36 +1,17 @@
 //! The monthly KPI endpoints over HTTP against the real PostgreSQL, on daily aggregates written
 //! as the aggregator writes them.
 
-use clap::Parser;
 use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
 use uts_common::auth::mint_hs256;
 use uts_common::domain::TenantType;
 use uts_common::tenants::{self, Tenant};
 
-const SECRET: &str = "monthly-test-secret-0123456789abcdef";
+mod support;
 
-async fn start(pool: PgPool) -> (String, CancellationToken) {
-    let kafka = uts_common::testing::isolated_kafka(1).await;
-    let config = query_service::Config::parse_from([
-        "query-service".to_owned(),
-        "--listen-addr=127.0.0.1:0".to_owned(),
-        "--admin-addr=127.0.0.1:0".to_owned(),
-        "--database-url=postgres://unused".to_owned(),
-        format!("--jwt-hs256-secret={SECRET}"),
-        format!("--kafka-brokers={}", kafka.brokers),
-        format!("--topic-prefix={}", kafka.topic_prefix),
-        format!("--consumer-group=query-{}", kafka.topic_prefix),
-    ]);
-    let app = query_service::Application::build(config, pool).await.unwrap();
-    let base = format!("http://{}/api/usagetransparency/v3", app.local_addr());
-    let shutdown = CancellationToken::new();
-    tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    (base, shutdown)
-}
+use support::{TestQueryService, SECRET};
 
 async fn bucket(pool: &PgPool, consumer: &str, day: &str, values: &[&str]) {
     let values: Vec<Decimal> = values.iter().map(|v| v.parse().unwrap()).collect();
@@ -53,9 +34,9 @@ async fn bucket(pool: &PgPool, consumer: &str, day: &str, values: &[&str]) {
     .unwrap();
 }
 
-async fn get(base: &str, tenant: &str, path: &str) -> (StatusCode, Value) {
+async fn get(service: &TestQueryService, tenant: &str, path: &str) -> (StatusCode, Value) {
     let token = mint_hs256(SECRET, tenant, "", &["uts.aggregates.read"], 600).unwrap();
-    let response = reqwest::Client::new().get(format!("{base}{path}")).bearer_auth(token).send().await.unwrap();
+    let response = service.client.get(service.api(path)).bearer_auth(token).send().await.unwrap();
     (response.status(), response.json().await.unwrap_or(Value::Null))
 }
 
@@ -77,11 +58,11 @@ async fn monthly_values_follow_the_kpi_and_stay_with_their_tenants(pool: PgPool)
     bucket(&pool, "bmw", "2021-01-20", &["5"]).await;
     bucket(&pool, "audi", "2021-01-31", &["31", "2"]).await;
     bucket(&pool, "bmw", "2021-02-01", &["1000"]).await; // another month
-    let (base, shutdown) = start(pool).await;
+    let service = TestQueryService::start(pool).await;
 
     // AVG over 31 days of the daily MAX, missing days as 0, times the factor 2.
     let expected = |sum: &str| (sum.parse::<Decimal>().unwrap() / Decimal::from(31) * Decimal::from(2)).normalize();
-    let (status, body) = get(&base, "bmw", "/aggregatedMonthlyConsumerUsage?month=january&year=2021&provider=prov&application=assetmonitor&KPIName=asset-count").await;
+    let (status, body) = get(&service, "bmw", "/aggregatedMonthlyConsumerUsage?month=january&year=2021&provider=prov&application=assetmonitor&KPIName=asset-count").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["value"].to_string().parse::<Decimal>().unwrap(), expected("8"));
     assert_eq!(body["consumer"], "bmw");
@@ -91,28 +72,28 @@ async fn monthly_values_follow_the_kpi_and_stay_with_their_tenants(pool: PgPool)
     assert_eq!((body["KPIName"].as_str(), body["KPIDisplayName"].as_str()), (Some("asset-count"), Some("asset count")));
 
     // The same month by number; audi sees only its own value.
-    let (_, audi) = get(&base, "audi", "/aggregatedMonthlyConsumerUsage?month=01&year=2021&provider=prov&application=assetmonitor&KPIName=asset-count").await;
+    let (_, audi) = get(&service, "audi", "/aggregatedMonthlyConsumerUsage?month=01&year=2021&provider=prov&application=assetmonitor&KPIName=asset-count").await;
     assert_eq!(audi["value"].to_string().parse::<Decimal>().unwrap(), expected("31"));
 
     // The provider sees every consumer, paged.
-    let (status, body) = get(&base, "prov", "/aggregatedMonthlyProviderUsage?month=1&year=2021&application=assetmonitor&KPIName=asset-count&size=1").await;
+    let (status, body) = get(&service, "prov", "/aggregatedMonthlyProviderUsage?month=1&year=2021&application=assetmonitor&KPIName=asset-count&size=1").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["aggregatedUsages"][0]["consumer"], "audi");
     assert_eq!(body["page"], json!({"number": 0, "size": 1, "totalElements": 2, "totalPages": 2}));
-    let (_, bmw_only) = get(&base, "prov", "/aggregatedMonthlyProviderUsage?month=1&year=2021&consumer=bmw&application=assetmonitor&KPIName=asset-count").await;
+    let (_, bmw_only) = get(&service, "prov", "/aggregatedMonthlyProviderUsage?month=1&year=2021&consumer=bmw&application=assetmonitor&KPIName=asset-count").await;
     assert_eq!(bmw_only["aggregatedUsages"].as_array().unwrap().len(), 1);
 
     // Another provider cannot read prov's KPI; a consumer naming the wrong provider gets nothing.
-    let (status, _) = get(&base, "other-prov", "/aggregatedMonthlyProviderUsage?month=1&year=2021&application=assetmonitor&KPIName=asset-count").await;
+    let (status, _) = get(&service, "other-prov", "/aggregatedMonthlyProviderUsage?month=1&year=2021&application=assetmonitor&KPIName=asset-count").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _) = get(&base, "bmw", "/aggregatedMonthlyConsumerUsage?month=1&year=2021&provider=other-prov&application=assetmonitor&KPIName=asset-count").await;
+    let (status, _) = get(&service, "bmw", "/aggregatedMonthlyConsumerUsage?month=1&year=2021&provider=other-prov&application=assetmonitor&KPIName=asset-count").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // Parameters are checked and named.
-    let (status, body) = get(&base, "bmw", "/aggregatedMonthlyConsumerUsage?month=1&year=2021&provider=prov&application=assetmonitor").await;
+    let (status, body) = get(&service, "bmw", "/aggregatedMonthlyConsumerUsage?month=1&year=2021&provider=prov&application=assetmonitor").await;
     assert_eq!((status, body["errors"][0]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("mdsp.core.generic.missingParameter")));
     assert!(body["errors"][0]["message"].as_str().unwrap().starts_with("KPIName"));
-    let (status, body) = get(&base, "bmw", "/aggregatedMonthlyConsumerUsage?month=13&year=2021&provider=prov&application=assetmonitor&KPIName=asset-count").await;
+    let (status, body) = get(&service, "bmw", "/aggregatedMonthlyConsumerUsage?month=13&year=2021&provider=prov&application=assetmonitor&KPIName=asset-count").await;
     assert_eq!((status, body["errors"][0]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("mdsp.core.generic.invalidParameter")));
-    shutdown.cancel();
+    service.stop().await;
 }

@@ -12,6 +12,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uts_common::auth::mint_hs256;
+use uts_common::config::KafkaArgs;
 
 pub const SECRET: &str = "integration-test-secret-0123456789";
 
@@ -20,6 +21,8 @@ pub const ADMIN: &[&str] = &["uts.admin"];
 pub struct TestQueryService {
     pub addr: SocketAddr,
     pub pool: PgPool,
+    /// The service's own topics.
+    pub kafka: KafkaArgs,
     pub client: reqwest::Client,
     /// An admin token of the operator running the service.
     pub admin: String,
@@ -28,19 +31,32 @@ pub struct TestQueryService {
 }
 
 impl TestQueryService {
+    /// Rate limiting off: the tests call faster than any client should.
     pub async fn start(pool: PgPool) -> Self {
-        // Its own (empty) topics and group: the projection must not touch the local stack's.
-        let kafka = uts_common::testing::isolated_kafka(1).await;
-        let config = Config::parse_from([
-            "query-service",
-            "--listen-addr=127.0.0.1:0",
-            "--admin-addr=127.0.0.1:0",
-            "--database-url=postgres://unused",
-            &format!("--jwt-hs256-secret={SECRET}"),
-            &format!("--kafka-brokers={}", kafka.brokers),
-            &format!("--topic-prefix={}", kafka.topic_prefix),
-            &format!("--consumer-group=query-{}", kafka.topic_prefix),
-        ]);
+        Self::start_with(pool, &["--rate-limit-per-second=0"]).await
+    }
+
+    /// Its own (empty) topics and group: the projection must not touch the local stack's.
+    pub async fn start_with(pool: PgPool, extra_args: &[&str]) -> Self {
+        let kafka = uts_common::testing::isolated_kafka(2).await;
+        let group = format!("query-{}", kafka.topic_prefix);
+        Self::start_on(pool, kafka, &group, extra_args).await
+    }
+
+    /// On the given topics and consumer group (a new group replays the topics from the start).
+    pub async fn start_on(pool: PgPool, kafka: KafkaArgs, group: &str, extra_args: &[&str]) -> Self {
+        let mut args = vec![
+            "query-service".to_owned(),
+            "--listen-addr=127.0.0.1:0".to_owned(),
+            "--admin-addr=127.0.0.1:0".to_owned(),
+            "--database-url=postgres://unused".to_owned(),
+            format!("--jwt-hs256-secret={SECRET}"),
+            format!("--kafka-brokers={}", kafka.brokers),
+            format!("--topic-prefix={}", kafka.topic_prefix),
+            format!("--consumer-group={group}"),
+        ];
+        args.extend(extra_args.iter().map(|arg| (*arg).to_owned()));
+        let config = Config::parse_from(args);
         let app = Application::build(config, pool.clone()).await.expect("building the query service");
         let addr = app.local_addr();
         let shutdown = CancellationToken::new();
@@ -48,11 +64,17 @@ impl TestQueryService {
         Self {
             addr,
             pool,
+            kafka,
             client: reqwest::Client::new(),
             admin: Self::token("service-operator", ADMIN),
             shutdown,
             task: Some(task),
         }
+    }
+
+    /// `path` is relative to the public API's base path.
+    pub fn api(&self, path: &str) -> String {
+        format!("http://{}/api/usagetransparency/v3{path}", self.addr)
     }
 
     /// `path` is relative to the admin API's base path.

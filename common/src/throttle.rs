@@ -1,10 +1,11 @@
-//! Per-tenant rate limiting (GCRA via governor): 429 with `Retry-After`.
+//! Per-tenant rate limiting (GCRA via governor) of the HTTP APIs: 429 `tooManyRequests` with
+//! `Retry-After`. Each process counts on its own: N replicas allow N times the rate.
 
 use std::num::NonZeroU32;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
-use uts_common::error::ApiError;
+use crate::error::ApiError;
 
 pub struct Throttle {
     limiter: DefaultKeyedRateLimiter<String>,
