@@ -3,7 +3,8 @@
 //! killed with SIGKILL and restarted. At the end every daily aggregate must equal the exact
 //! value computed from what the gateway acknowledged, and every usage must have reached its
 //! final status: no usage lost, none counted twice, client retries with the same
-//! Idempotency-Key included.
+//! Idempotency-Key included. The query service is killed too: afterwards every job must read
+//! COMPLETED over HTTP with exactly its usages, each RECEIVEDFORBILLING once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::TcpListener;
@@ -137,6 +138,7 @@ async fn killed_and_restarted_stages_neither_lose_nor_double_a_usage(pool: PgPoo
     tokio::spawn(receiver.run_until_stopped(receiver_shutdown.clone()));
 
     let port = free_port();
+    let query_port = free_port();
     let env = vec![
         ("UTS_KAFKA_BROKERS".to_owned(), kafka.brokers.clone()),
         ("UTS_TOPIC_PREFIX".to_owned(), kafka.topic_prefix.clone()),
@@ -148,6 +150,7 @@ async fn killed_and_restarted_stages_neither_lose_nor_double_a_usage(pool: PgPoo
         ("UTS_VERIFIER_GROUP".to_owned(), format!("v-{}", kafka.topic_prefix)),
         ("UTS_AGGREGATOR_GROUP".to_owned(), format!("a-{}", kafka.topic_prefix)),
         ("UTS_BILLING_FORWARDER_GROUP".to_owned(), format!("b-{}", kafka.topic_prefix)),
+        ("UTS_QUERY_GROUP".to_owned(), format!("q-{}", kafka.topic_prefix)),
         ("UTS_BILLING_URL".to_owned(), billing_url.clone()),
         ("UTS_BILLING_SEND_INTERVAL_MS".to_owned(), "100".to_owned()),
         ("UTS_BILLING_RETRY_BASE_MS".to_owned(), "200".to_owned()),
@@ -160,6 +163,7 @@ async fn killed_and_restarted_stages_neither_lose_nor_double_a_usage(pool: PgPoo
         stage("aggregator", vec![]),
         stage("aggregator", vec![]),
         stage("billing-forwarder", vec![]),
+        stage("query-service", vec![format!("--listen-addr=127.0.0.1:{query_port}")]),
     ];
     for stage in &mut stages {
         stage.spawn();
@@ -187,7 +191,7 @@ async fn killed_and_restarted_stages_neither_lose_nor_double_a_usage(pool: PgPoo
     }
 
     // Kills while the load runs: every stage at least once, one aggregator copy three times.
-    let schedule = [1, 2, 4, 0, 3, 1, 2, 4, 2, 0];
+    let schedule = [1, 2, 5, 4, 0, 3, 1, 2, 5, 4, 2, 0];
     for &victim in &schedule {
         tokio::time::sleep(Duration::from_millis(250)).await;
         stages[victim].kill_and_restart().await;
@@ -241,12 +245,47 @@ async fn killed_and_restarted_stages_neither_lose_nor_double_a_usage(pool: PgPoo
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
+    // The projection, through the API: every job COMPLETED, its usages counted once.
+    let read_token = mint_hs256(SECRET, "op", "crash", &["uts.usages.read"], 3600).unwrap();
+    let query_api = format!("http://127.0.0.1:{query_port}/api/usagetransparency/v3");
+    let client = reqwest::Client::new();
+    let get = |path: String| {
+        let request = client.get(format!("{query_api}{path}")).bearer_auth(&read_token);
+        async move {
+            match request.send().await {
+                Ok(response) if response.status().is_success() => response.json::<Value>().await.unwrap_or_default(),
+                _ => Value::Null, // restarting
+            }
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let listed = loop {
+        let page = get(format!("/usagesJobs?size=1000&date={}", Utc::now().date_naive())).await;
+        let completed = page["jobs"].as_array().map_or(0, |jobs| jobs.iter().filter(|j| j["status"] == "COMPLETED").count());
+        if completed >= JOBS || Instant::now() > deadline {
+            break page;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let mut projection_mismatches = Vec::new();
+    if listed["page"]["totalElements"] != JOBS {
+        projection_mismatches.push(format!("listed {} jobs", listed["page"]["totalElements"]));
+    }
+    for id in accepted.values() {
+        let job = get(format!("/usagesJobs/{id}")).await;
+        let want = json!([{"application": "app", "unit": "crash-unit", "usagesCount": USAGES_PER_JOB, "processStatus": "RECEIVEDFORBILLING"}]);
+        if job["status"] != "COMPLETED" || job["usagesCount"] != USAGES_PER_JOB || job["usagesSummary"] != want {
+            projection_mismatches.push(job.to_string());
+        }
+    }
+
     let kills: Vec<String> = stages.iter().map(|s| format!("{}={}", s.name, s.kills)).collect();
     println!(
         "crash test: {total} usages in {JOBS} jobs acknowledged; kills: {}; buckets compared: {}; mismatches: {mismatches}; \
-         usages RECEIVEDFORBILLING: {received}",
+         usages RECEIVEDFORBILLING: {received}; jobs misread by the query service: {}",
         kills.join(", "),
-        expected.len()
+        expected.len(),
+        projection_mismatches.len()
     );
     for stage in &mut stages {
         stage.stop().await;
@@ -255,4 +294,5 @@ async fn killed_and_restarted_stages_neither_lose_nor_double_a_usage(pool: PgPoo
     assert_eq!(actual, expected, "daily aggregates differ from what the gateway acknowledged");
     assert_eq!(mismatches, 0);
     assert_eq!(received, total, "every usage ends RECEIVEDFORBILLING");
+    assert!(projection_mismatches.is_empty(), "the query service lost or doubled: {projection_mismatches:#?}");
 }
