@@ -94,16 +94,15 @@ fn fold(function: AggregationFunction, values: &[Decimal]) -> Option<Decimal> {
     })
 }
 
-/// The month's value from the days `from..=until` (None when there is nothing to fold).
-pub fn monthly_value(
+/// Each day's value of `from..=until` with the daily function, days without usages filled per
+/// `pre_fill` (None: left out). Not yet multiplied by the unit conversion factor.
+pub fn daily_values(
     days: &BTreeMap<NaiveDate, Day>,
     from: NaiveDate,
     until: NaiveDate,
     daily: AggregationFunction,
-    monthly: AggregationFunction,
     pre_fill: PreFill,
-    factor: Decimal,
-) -> Option<Decimal> {
+) -> Vec<(NaiveDate, Option<Decimal>)> {
     let mut values = Vec::new();
     let mut previous: Option<Decimal> = None;
     let mut day = from;
@@ -123,13 +122,51 @@ pub fn monthly_value(
                 PreFill::Last => previous,
             },
         };
-        if let Some(value) = value {
-            values.push(value);
-            previous = Some(value);
+        if value.is_some() {
+            previous = value;
         }
+        values.push((day, value));
         day += Duration::days(1);
     }
+    values
+}
+
+/// The month's value from the days `from..=until` (None when there is nothing to fold).
+pub fn monthly_value(
+    days: &BTreeMap<NaiveDate, Day>,
+    from: NaiveDate,
+    until: NaiveDate,
+    daily: AggregationFunction,
+    monthly: AggregationFunction,
+    pre_fill: PreFill,
+    factor: Decimal,
+) -> Option<Decimal> {
+    let values: Vec<Decimal> = daily_values(days, from, until, daily, pre_fill).into_iter().filter_map(|(_, v)| v).collect();
     fold(monthly, &values).map(|v| (v * factor).normalize())
+}
+
+/// `dailyValues` (with `includeDailyValues=true`): each day's value as the chart of the
+/// dashboard shows it, converted like the month's value; null for a day left out by preFill NONE.
+fn daily_json(kpi: &Kpi, days: &BTreeMap<NaiveDate, Day>, from: NaiveDate, until: NaiveDate) -> Vec<DailyValue> {
+    daily_values(days, from, until, kpi.daily, kpi.pre_fill)
+        .into_iter()
+        .map(|(day, value)| DailyValue { date: day.to_string(), value: number(value.map(|v| (v * kpi.factor).normalize())) })
+        .collect()
+}
+
+#[derive(Serialize)]
+struct DailyValue {
+    date: String,
+    value: Value,
+}
+
+/// `includeDailyValues`: `true` or `false` (default).
+fn include_daily(params: &Params) -> Result<bool, ApiError> {
+    match params.get("includeDailyValues") {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(_) => Err(ApiError::invalid_parameter("includeDailyValues", "must be true or false")),
+    }
 }
 
 struct Kpi {
@@ -252,12 +289,17 @@ struct ConsumerUsage<'a> {
     /// Sic: the original's spelling.
     #[serde(rename = "aggragationFunction")]
     functions: Functions<'a>,
+    /// An extension of the original, only with `includeDailyValues=true`.
+    #[serde(rename = "dailyValues", skip_serializing_if = "Option::is_none")]
+    daily_values: Option<Vec<DailyValue>>,
 }
 
 #[derive(Serialize)]
 struct ConsumerValue {
     consumer: String,
     value: Value,
+    #[serde(rename = "dailyValues", skip_serializing_if = "Option::is_none")]
+    daily_values: Option<Vec<DailyValue>>,
 }
 
 #[derive(Serialize)]
@@ -302,17 +344,20 @@ async fn consumer_usage(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let consumer = caller(&state, &headers)?;
-    let params = Params::parse(query, &["month", "year", "provider", "application", "KPIName"])?;
+    let params = Params::parse(query, &["month", "year", "provider", "application", "KPIName", "includeDailyValues"])?;
     let month = parse_month(required(&params, "month")?)?;
     let year = parse_year(required(&params, "year")?)?;
     let provider = required(&params, "provider")?;
     let application = required(&params, "application")?;
     let kpi_name = required(&params, "KPIName")?;
+    let with_daily = include_daily(&params)?;
     let kpi = load_kpi(&state, application, kpi_name, provider).await?;
     let (from, until) = month_range(year, month)?;
     let days = load_days(&state, &kpi, Some(&consumer), from, until).await?;
     let empty = BTreeMap::new();
-    let value = monthly_value(days.get(&consumer).unwrap_or(&empty), from, until, kpi.daily, kpi.monthly, kpi.pre_fill, kpi.factor);
+    let own = days.get(&consumer).unwrap_or(&empty);
+    let value = monthly_value(own, from, until, kpi.daily, kpi.monthly, kpi.pre_fill, kpi.factor);
+    let daily_values = with_daily.then(|| daily_json(&kpi, own, from, until));
     let answer = ConsumerUsage {
         consumer,
         value: number(value),
@@ -325,6 +370,7 @@ async fn consumer_usage(
         year: year.to_string(),
         month: MONTHS[month as usize - 1],
         functions: functions(&kpi),
+        daily_values,
     };
     Ok(Json(serde_json::to_value(answer).map_err(ApiError::internal)?))
 }
@@ -335,12 +381,16 @@ async fn provider_usage(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let provider = caller(&state, &headers)?;
-    let params = Params::parse(query, &["month", "year", "consumer", "application", "KPIName", "page", "size"])?;
+    let params = Params::parse(
+        query,
+        &["month", "year", "consumer", "application", "KPIName", "page", "size", "includeDailyValues"],
+    )?;
     let month = parse_month(required(&params, "month")?)?;
     let year = parse_year(required(&params, "year")?)?;
     let application = required(&params, "application")?;
     let kpi_name = required(&params, "KPIName")?;
     let paging = params.paging_or(20)?;
+    let with_daily = include_daily(&params)?;
     let kpi = load_kpi(&state, application, kpi_name, &provider).await?;
     let (from, until) = month_range(year, month)?;
     let days = load_days(&state, &kpi, params.get("consumer"), from, until).await?;
@@ -352,6 +402,7 @@ async fn provider_usage(
         .map(|(consumer, days)| ConsumerValue {
             consumer: consumer.clone(),
             value: number(monthly_value(days, from, until, kpi.daily, kpi.monthly, kpi.pre_fill, kpi.factor)),
+            daily_values: with_daily.then(|| daily_json(&kpi, days, from, until)),
         })
         .collect();
     let answer = ProviderUsage {

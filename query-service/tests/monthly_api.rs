@@ -71,6 +71,20 @@ async fn monthly_values_follow_the_kpi_and_stay_with_their_tenants(pool: PgPool)
     assert_eq!(body["aggragationFunction"], json!({"aggregationFunctionDaily": "MAX", "aggregationFunctionMonthly": "AVG", "preFill": "ZERO"}));
     assert_eq!((body["KPIName"].as_str(), body["KPIDisplayName"].as_str()), (Some("asset-count"), Some("asset count")));
 
+    assert!(body.get("dailyValues").is_none(), "the original's shape unless asked");
+
+    // The days behind the value, converted like it: MAX of each day times 2, missing days 0.
+    let (_, body) = get(&service, "bmw", "/aggregatedMonthlyConsumerUsage?month=1&year=2021&provider=prov&application=assetmonitor&KPIName=asset-count&includeDailyValues=true").await;
+    let days = body["dailyValues"].as_array().unwrap();
+    assert_eq!(days.len(), 31);
+    assert_eq!(days[0], json!({"date": "2021-01-01", "value": 0}));
+    assert_eq!(days[1], json!({"date": "2021-01-02", "value": 6}));
+    assert_eq!(days[19], json!({"date": "2021-01-20", "value": 10}));
+    let total: Decimal = days.iter().map(|d| d["value"].to_string().parse::<Decimal>().unwrap()).sum();
+    assert_eq!(total, Decimal::from(16));
+    let (status, body) = get(&service, "bmw", "/aggregatedMonthlyConsumerUsage?month=1&year=2021&provider=prov&application=assetmonitor&KPIName=asset-count&includeDailyValues=yes").await;
+    assert_eq!((status, body["errors"][0]["messageParameters"][0]["value"].as_str()), (StatusCode::BAD_REQUEST, Some("includeDailyValues")), "{body}");
+
     // The same month by number; audi sees only its own value.
     let (_, audi) = get(&service, "audi", "/aggregatedMonthlyConsumerUsage?month=01&year=2021&provider=prov&application=assetmonitor&KPIName=asset-count").await;
     assert_eq!(audi["value"].to_string().parse::<Decimal>().unwrap(), expected("31"));
@@ -82,6 +96,8 @@ async fn monthly_values_follow_the_kpi_and_stay_with_their_tenants(pool: PgPool)
     assert_eq!(body["page"], json!({"number": 0, "size": 1, "totalElements": 2, "totalPages": 2}));
     let (_, bmw_only) = get(&service, "prov", "/aggregatedMonthlyProviderUsage?month=1&year=2021&consumer=bmw&application=assetmonitor&KPIName=asset-count").await;
     assert_eq!(bmw_only["aggregatedUsages"].as_array().unwrap().len(), 1);
+    let (_, audi_days) = get(&service, "prov", "/aggregatedMonthlyProviderUsage?month=1&year=2021&consumer=audi&application=assetmonitor&KPIName=asset-count&includeDailyValues=true").await;
+    assert_eq!(audi_days["aggregatedUsages"][0]["dailyValues"][30], json!({"date": "2021-01-31", "value": 62}));
 
     // Another provider cannot read prov's KPI; a consumer naming the wrong provider gets nothing.
     let (status, _) = get(&service, "other-prov", "/aggregatedMonthlyProviderUsage?month=1&year=2021&application=assetmonitor&KPIName=asset-count").await;
