@@ -127,19 +127,25 @@ cmd_status() {
   return $rc
 }
 
-# Registers the sample's tenant, creates a billed rule for the sample's (application, unit)
-# through the admin API, posts the sample from deploy/samples/usages-job.json (the
-# POST /usagesJobs sample of the original documentation) and follows the job to billing.
+# Registers the sample's tenant, creates a billed rule and a KPI for the sample's (application,
+# unit) through the admin API, posts the sample from deploy/samples/usages-job.json (the
+# POST /usagesJobs sample of the original documentation), follows the job to billing and ends
+# by printing the job as GET /usagesJobs/{id} returns it and the dashboard's address.
 cmd_demo() {
   load_env
   local tenant=siemenshcops api="http://127.0.0.1:$UTS_GATEWAY_PORT/api/usagetransparency/v3"
-  local admin_api="http://127.0.0.1:18090/api/usagetransparency/v3/admin"
+  local query="http://127.0.0.1:18090"
+  local admin_api="$query/api/usagetransparency/v3/admin" query_api="$query/api/usagetransparency/v3"
   local admin_token token answer job_id
   admin_token="$(utsctl token --tenant uts-operator --scopes uts.admin --ttl-seconds 600)"
   curl -fsS -X PUT "$admin_api/tenants/$tenant" -H "Authorization: Bearer $admin_token" \
     -H 'Content-Type: application/json' -d '{"tenantType":"operator","displayName":"Siemens Healthcare ops"}' >/dev/null
+  # Both answer 409 when a previous run created them already.
   curl -sS -X POST "$admin_api/rules" -H "Authorization: Bearer $admin_token" -H 'Content-Type: application/json' \
     -d '{"application":"manage-my-machines","unit":"mmm-recurring-unit","ownerTenantId":"siemenshcops","aggregationFunction":"SUM","billingEnabled":true}' \
+    >/dev/null
+  curl -sS -X POST "$admin_api/kpis" -H "Authorization: Bearer $admin_token" -H 'Content-Type: application/json' \
+    -d '{"name":"mmm-recurring","displayName":"MMM recurring units","application":"manage-my-machines","applicationDisplayName":"Manage my Machines","unit":"mmm-recurring-unit","ownerTenantId":"siemenshcops","aggregationFunctionDaily":"SUM","aggregationFunctionMonthly":"SUM","preFill":"ZERO"}' \
     >/dev/null
   token="$(utsctl token --tenant "$tenant" --user john.doe@healthcare.siemens.com \
     --scopes uts.usages.write,uts.usages.read,uts.aggregates.read)"
@@ -153,14 +159,7 @@ cmd_demo() {
   [[ -n "$job_id" ]] || die "the sample was not accepted"
   billed() { curl -fsS http://127.0.0.1:18070/billing/v1/records | grep -q "$job_id"; }
   if wait_until 60 0.5 billed; then
-    echo
     echo "The job went through verification (rule: SUM, billed), the daily aggregate and billing."
-    local query_api="http://127.0.0.1:18090/api/usagetransparency/v3"
-    completed() { curl -fsS "$query_api/usagesJobs/$job_id" -H "Authorization: Bearer $token" | grep -q '"status":"COMPLETED"'; }
-    wait_until 30 0.5 completed || log_warn "the job is not COMPLETED in the query service yet"
-    echo "\$ curl $query_api/usagesJobs/$job_id -H 'Authorization: Bearer …'"
-    curl -sS "$query_api/usagesJobs/$job_id" -H "Authorization: Bearer $token"
-    echo
     echo "Daily aggregate (PostgreSQL):"
     psql "$DATABASE_URL" -c "SELECT provider_tenant_id, consumer_tenant_id, application, unit, day, function, value, usages_count, version
       FROM daily_aggregates WHERE application = 'manage-my-machines' ORDER BY day" 2>&1
@@ -170,9 +169,16 @@ cmd_demo() {
   else
     log_warn "job $job_id did not reach billing within 60 s; see $RUN_DIR/*.log"
   fi
+  completed() { curl -fsS "$query_api/usagesJobs/$job_id" -H "Authorization: Bearer $token" | grep -q '"status":"COMPLETED"'; }
+  wait_until 30 0.5 completed || log_warn "the job is not COMPLETED in the query service yet"
   echo
-  echo "A token for tenant $tenant (valid 1 h):"
-  echo "$token"
+  echo "The dashboard (signed in as $tenant for 1 h through the link; the sample is dated 2011-07-14:"
+  echo "its KPI is under Monthly KPIs, provider $tenant, application manage-my-machines, KPI mmm-recurring, July 2011):"
+  echo "  $query/ui/#token=$token"
+  echo
+  echo "\$ curl $query_api/usagesJobs/$job_id -H 'Authorization: Bearer …'"
+  curl -sS "$query_api/usagesJobs/$job_id" -H "Authorization: Bearer $token"
+  echo
 }
 
 case "${1:-}" in

@@ -5,12 +5,12 @@
 set -euo pipefail
 dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$dir/../.." && pwd)"
-# Build tools the crates need (librdkafka is compiled from source by rdkafka-sys).
-for tool in cc:gcc c++:g++ make:make curl:curl perl:perl; do
-  command -v "${tool%%:*}" >/dev/null 2>&1 || {
-    echo "installing ${tool##*:}" >&2
-    (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${tool##*:}") >&2
-  }
+# shellcheck source=deploy/local/lib.sh
+. "$dir/lib.sh"
+# Build tools the crates need (librdkafka is compiled from source by rdkafka-sys), and the
+# browser the dashboard test drives (Debian's Chromium over WebDriver).
+for tool in cc:gcc c++:g++ make:make curl:curl perl:perl chromium:chromium chromedriver:chromium-driver; do
+  require_cmd "${tool%%:*}" "${tool##*:}"
 done
 "$dir/infra.sh" up >/dev/null
 # shellcheck disable=SC1091

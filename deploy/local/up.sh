@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
 # Quick start: starts Kafka (KRaft, from Maven Central jars) and PostgreSQL (Debian package),
 # runs the migrations, creates the topics, starts every stage of the service, posts the sample
-# usages job and prints the answer. Everything stays running; stop it with deploy/local/down.sh.
+# usages job, follows it to billing and ends by printing it as GET /usagesJobs/{id} returns it
+# and the dashboard's address. Everything stays running; stop it with deploy/local/down.sh.
 set -euo pipefail
 dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 "$dir/infra.sh" up >/dev/null
 "$dir/services.sh" start
-"$dir/services.sh" demo
 cat <<MSG
-
 The service is running:
-  API (POST)   http://127.0.0.1:${UTS_GATEWAY_PORT:-18080}/api/usagetransparency/v3
-  API (GET, admin) http://127.0.0.1:18090/api/usagetransparency/v3  (/usagesJobs…, /admin/…)
+  dashboard     http://127.0.0.1:18090/ui/
+  API (POST)    http://127.0.0.1:${UTS_GATEWAY_PORT:-18080}/api/usagetransparency/v3
+  API (GET, admin) http://127.0.0.1:18090/api/usagetransparency/v3  (/usagesJobs…, /aggregatedMonthly…, /admin/…, /openapi.json)
   gateway admin http://127.0.0.1:${UTS_GATEWAY_ADMIN_PORT:-18081}/metrics  (/healthz, /readyz)
   verifier admin http://127.0.0.1:18082/metrics
   aggregator admin http://127.0.0.1:18083/metrics
   billing-forwarder admin http://127.0.0.1:18084/metrics
+  query service admin http://127.0.0.1:18085/metrics
   billing receiver http://127.0.0.1:18070/billing/v1/records
 Stop everything with: deploy/local/down.sh
+
 MSG
+"$dir/services.sh" demo

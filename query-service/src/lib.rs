@@ -39,6 +39,7 @@
 
 pub mod admin_api;
 pub mod config;
+pub mod dashboard;
 pub mod jobs_api;
 pub mod monthly_api;
 pub mod projection;

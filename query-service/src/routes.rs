@@ -7,7 +7,7 @@ use axum::middleware;
 use axum::Router;
 use uts_common::error::ApiError;
 
-use crate::{admin_api, jobs_api, monthly_api, AppState};
+use crate::{admin_api, dashboard, jobs_api, monthly_api, AppState};
 
 /// The public API router.
 pub fn app(state: Arc<AppState>) -> Router {
@@ -15,6 +15,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .nest(admin_api::BASE_PATH, admin_api::router(state.clone()))
         .nest(uts_common::API_BASE, jobs_api::router().merge(monthly_api::router()))
         .route(&format!("{}/openapi.json", uts_common::API_BASE), axum::routing::get(openapi))
+        .merge(dashboard::router())
         .fallback(|| async { ApiError::no_match("no such endpoint") })
         // Bodies are read by `admin_api::read_object` with its limit and an mdsp error.
         .layer(DefaultBodyLimit::disable())
