@@ -1,41 +1,31 @@
 //! # query-service
 //!
-//! ## What it does now: the admin API
-//!
-//! **Serves** [`admin_api`] under `/api/usagetransparency/v3/admin`: tenants (type, the operator
-//! of an IoT tenant), application provisioning of IoT tenants, rules and KPIs — create, read,
-//! update, list, delete. It reads and writes the `tenants`, `provisioning`, `rules` and `kpis`
-//! tables and nothing else; the verifier re-reads them every few seconds and the gateway's tenant
-//! cache within its TTL, so changes take effect without restarts.
-//!
-//! **Who may call it:** tokens with the scope `uts.admin` (or `uts.su`). That scope belongs to
-//! whoever operates this service, not to a customer: admin data is **global**, an admin token
-//! sees and changes every tenant's rules, KPIs and provisioning, and the token's own tenant is
-//! recorded nowhere (rows carry the owner named in the body, not the caller). Tenant isolation
-//! (DESIGN.md §6) applies to the usage, job and aggregate endpoints, not to this API.
-//!
-//! **Guarantees:** every answer reflects a committed transaction; the cross-row invariants the
-//! schema cannot check (an IoT tenant's operator is an operator tenant; only IoT tenants have
-//! provisioned applications) are checked under row locks, so concurrent admin calls cannot
-//! break them. A rule's or KPI's `version` grows by one with every update.
-//!
-//! **Failure modes:** bad input → 4xx in the `mdsp.core.generic.*` format naming the field or
-//! parameter, nothing written; PostgreSQL down → 503; SIGTERM → stop accepting connections,
-//! finish the requests in hand, exit.
-//!
-//! ## Still to come (the query-service issue)
-//!
 //! **Consumes** `uts.usage-jobs` and `uts.status` (consumer group `uts-query-service`) and
-//! projects them into PostgreSQL: jobs, usage summaries per (job, application, unit,
-//! processStatus) and job errors, idempotent on job ids and event ids, correct in any arrival
-//! order.
+//! projects them into PostgreSQL ([`projection`]): jobs, usage counts per (job, application,
+//! unit, processStatus), terminal counts and job errors, idempotent on job ids and event ids,
+//! correct in any arrival order.
 //!
-//! **Serves** `GET /usagesJobs`, `/usagesJobs/{id}`, `/usagesJobs/{id}/errors`,
-//! `/aggregatedMonthlyConsumerUsage`, `/aggregatedMonthlyProviderUsage`, the admin API and the
-//! dashboard.
+//! **Serves**, under `/api/usagetransparency/v3`:
+//! - [`jobs_api`]: `GET /usagesJobs`, `/usagesJobs/{id}`, `/usagesJobs/{id}/errors` (scope
+//!   `uts.usages.read`), the caller's own 1000 most recent jobs only;
+//! - [`monthly_api`]: `GET /aggregatedMonthlyConsumerUsage` and `/aggregatedMonthlyProviderUsage`
+//!   (scope `uts.aggregates.read`), computed from the daily aggregates with the KPI's functions;
+//! - [`admin_api`] under `/admin`: tenants, provisioning, rules and KPIs (scope `uts.admin`;
+//!   admin data is global, it belongs to whoever operates the service);
+//! - `/openapi.json`, the OpenAPI document of the whole public API;
+//! - and the [`dashboard`] under `/ui/`, a client of the endpoints above.
 //!
-//! **Delivery:** projections are applied in a PostgreSQL transaction that also records the
-//! applied event ids; offsets are committed after it, so crashes neither lose nor double.
+//! **Limits:** the job and aggregate GETs are rate limited per tenant (429 with `Retry-After`);
+//! list sizes are capped at 1000; admin bodies at 64 KiB.
+//!
+//! **Delivery:** a batch of projection updates is applied in one PostgreSQL transaction that
+//! also records the applied event ids; offsets are stored only after it committed, so a crash
+//! neither loses nor doubles (the crash test kills this process).
+//!
+//! **Failure modes:** bad input → 4xx in the `mdsp.core.generic.*` format naming the parameter
+//! or field; undecodable messages → `uts.dead-letter`, the partition carries on; PostgreSQL down
+//! → 503 on the API and the projection backs off without skipping; SIGTERM → stop accepting
+//! connections, finish the requests in hand, commit offsets, exit.
 
 pub mod admin_api;
 pub mod config;
