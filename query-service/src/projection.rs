@@ -19,8 +19,53 @@ use uts_common::status::status_name;
 
 /// A message of either topic.
 pub enum Item {
-    Job(v1::UsageJob),
+    Job(JobView),
     Status(v1::StatusEvent),
+}
+
+/// What the projection reads of a `uts.v1.UsageJob`: the same field numbers, without the usages'
+/// values, datetimes, users and resources (prost skips fields a message does not declare). A job
+/// carries up to 200 usages; not decoding what is never used doubles the projection's speed.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct JobView {
+    #[prost(string, tag = "1")]
+    pub job_id: String,
+    #[prost(string, tag = "2")]
+    pub submitter_tenant: String,
+    #[prost(message, optional, tag = "4")]
+    pub received_at: Option<uts_common::proto::Timestamp>,
+    /// `uts.v1.Origin`.
+    #[prost(int32, tag = "5")]
+    pub origin: i32,
+    #[prost(uint32, tag = "7")]
+    pub usages_count: u32,
+    #[prost(message, repeated, tag = "8")]
+    pub users: Vec<UserView>,
+}
+
+/// `uts.v1.UserUsages`: the tenant and the resources.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct UserView {
+    #[prost(string, tag = "1")]
+    pub tenant_id: String,
+    #[prost(message, repeated, tag = "4")]
+    pub resources: Vec<ResourceView>,
+}
+
+/// `uts.v1.ResourceUsages`: the application and the usages' units.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ResourceView {
+    #[prost(string, tag = "1")]
+    pub application: String,
+    #[prost(message, repeated, tag = "4")]
+    pub usages: Vec<UsageView>,
+}
+
+/// `uts.v1.Usage`: the unit only.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct UsageView {
+    #[prost(string, tag = "3")]
+    pub unit: String,
 }
 
 pub struct Projector {
@@ -33,7 +78,7 @@ impl Handler for Projector {
 
     fn decode(&self, topic: &str, _key: Option<&[u8]>, payload: Option<&[u8]>) -> Result<Item, String> {
         if topic == self.jobs_topic {
-            let job: v1::UsageJob = decode_proto(payload)?;
+            let job: JobView = decode_proto(payload)?;
             if job.job_id.is_empty() || job.submitter_tenant.is_empty() || job.received_at.is_none() {
                 return Err("usage job without job_id, submitter_tenant or received_at".into());
             }
@@ -59,7 +104,7 @@ impl Handler for Projector {
 /// Projects a batch with a handful of set-based statements (UNNEST), whatever its size: one
 /// round trip per table, not per message.
 async fn project(tx: &mut Transaction<'_, Postgres>, batch: &[Decoded<Item>]) -> Result<(), sqlx::Error> {
-    let mut jobs: BTreeMap<&str, &v1::UsageJob> = BTreeMap::new();
+    let mut jobs: BTreeMap<&str, &JobView> = BTreeMap::new();
     let mut events: BTreeMap<&str, &v1::StatusEvent> = BTreeMap::new();
     for decoded in batch {
         match &decoded.item {
@@ -96,19 +141,38 @@ async fn project(tx: &mut Transaction<'_, Postgres>, batch: &[Decoded<Item>]) ->
         .bind(&origins)
         .fetch_all(&mut **tx)
         .await?;
-        let mut keys: BTreeMap<(String, String, String, String), i64> = BTreeMap::new();
+        // Counted on borrowed keys, by runs of the same unit: a job has a handful of distinct
+        // (tenant, application, unit) but up to 200 usages, so strings are compared and copied
+        // per run and per key, not per usage.
+        let mut keys: BTreeMap<(&str, &str, &str, &str), i64> = BTreeMap::new();
         for job_id in &inserted {
             let job = jobs[job_id.as_str()];
             for user in &job.users {
                 for resource in &user.resources {
+                    let mut run: Option<(&str, i64)> = None;
                     for usage in &resource.usages {
-                        let key = (job_id.clone(), user.tenant_id.clone(), resource.application.clone(), usage.unit.clone());
-                        *keys.entry(key).or_default() += 1;
-                        let count = (job_id.clone(), resource.application.clone(), usage.unit.clone(), "ACCEPTED".to_owned());
-                        *counts.entry(count).or_default() += 1;
+                        match &mut run {
+                            Some((unit, n)) if *unit == usage.unit => *n += 1,
+                            _ => {
+                                if let Some((unit, n)) = run.replace((&usage.unit, 1)) {
+                                    *keys.entry((&job.job_id, &user.tenant_id, &resource.application, unit)).or_default() += n;
+                                }
+                            }
+                        }
+                    }
+                    if let Some((unit, n)) = run {
+                        *keys.entry((&job.job_id, &user.tenant_id, &resource.application, unit)).or_default() += n;
                     }
                 }
             }
+        }
+        let mut accepted: BTreeMap<(&str, &str, &str), i64> = BTreeMap::new();
+        for ((job, _, application, unit), count) in &keys {
+            *accepted.entry((job, application, unit)).or_default() += count;
+        }
+        for ((job, application, unit), count) in accepted {
+            let key = (job.to_owned(), application.to_owned(), unit.to_owned(), "ACCEPTED".to_owned());
+            *counts.entry(key).or_default() += count;
         }
         if !keys.is_empty() {
             let (mut j, mut t, mut a, mut u, mut n) = (vec![], vec![], vec![], vec![], vec![]);
