@@ -327,3 +327,48 @@ fn user_json(user: &v1::UserUsages) -> Value {
         })).collect::<Vec<_>>(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use uts_common::proto::Message;
+
+    use super::*;
+
+    #[test]
+    fn the_job_view_reads_the_same_fields_as_the_full_message() {
+        let usage = |index: u32, unit: &str| v1::Usage {
+            index,
+            value: "12.5".into(),
+            unit: unit.into(),
+            datetime: Some(uts_common::proto::Timestamp { seconds: 1, nanos: 0 }),
+        };
+        let job = v1::UsageJob {
+            job_id: "job-1".into(),
+            submitter_tenant: "acme".into(),
+            submitter_user: "someone".into(),
+            received_at: Some(uts_common::proto::Timestamp { seconds: 1_700_000_000, nanos: 5 }),
+            origin: v1::Origin::Usages as i32,
+            idempotency_key: "key".into(),
+            usages_count: 3,
+            users: vec![v1::UserUsages {
+                tenant_id: "plant".into(),
+                user_id: "u".into(),
+                user_type: v1::UserType::Agent as i32,
+                resources: vec![v1::ResourceUsages {
+                    application: "app".into(),
+                    alias: "alias".into(),
+                    resource: "r".into(),
+                    usages: vec![usage(0, "kWh"), usage(1, "kWh"), usage(2, "h")],
+                }],
+            }],
+        };
+        let view = JobView::decode(job.encode_to_vec().as_slice()).unwrap();
+        assert_eq!((view.job_id.as_str(), view.submitter_tenant.as_str()), ("job-1", "acme"));
+        assert_eq!(view.received_at, job.received_at);
+        assert_eq!((view.origin, view.usages_count), (v1::Origin::Usages as i32, 3));
+        assert_eq!(view.users[0].tenant_id, "plant");
+        assert_eq!(view.users[0].resources[0].application, "app");
+        let units: Vec<&str> = view.users[0].resources[0].usages.iter().map(|u| u.unit.as_str()).collect();
+        assert_eq!(units, ["kWh", "kWh", "h"]);
+    }
+}
