@@ -165,6 +165,8 @@ async fn the_dashboard_follows_a_job_to_completed_and_shows_only_the_tenants_own
     assert_eq!(summary.split_whitespace().collect::<Vec<_>>(), ["app", "dash-unit", "RECEIVEDFORBILLING", "2"]);
     assert!(browser.client.find(Locator::Css("#errors-empty")).await.unwrap().is_displayed().await.unwrap());
     browser.screenshot("dashboard-job").await;
+    browser.click("#job-close").await;
+    assert!(!browser.client.find(Locator::Css("#job-detail")).await.unwrap().is_displayed().await.unwrap());
 
     // Monthly KPI as consumer: 6.5, and today's bar in the chart carries the day's value.
     browser.click("#tab-kpis").await;
@@ -188,6 +190,7 @@ async fn the_dashboard_follows_a_job_to_completed_and_shows_only_the_tenants_own
     browser.click("#sign-in-form button[type=submit]").await;
     browser.text_until(&format!("tr[data-job-id='{foreign}'] .job-status"), |t| t == "COMPLETED").await;
     assert_eq!(browser.count(&format!("tr[data-job-id='{own}']")).await, 0, "op's job on prov's page");
+    assert!(!browser.client.find(Locator::Css("#notice")).await.unwrap().is_displayed().await.unwrap(), "no error after switching tenants");
     browser.click("#tab-kpis").await;
     browser.click("input[name='kpi-role'][value='provider']").await;
     browser.fill("#kpi-application", "app").await;

@@ -90,6 +90,10 @@ function signOut(message) {
   token = null;
   sessionStorage.removeItem(TOKEN_KEY);
   stopRefresh();
+  // Nothing of the previous tenant survives: no selected job, first page.
+  selectedJob = null;
+  jobsState.page = 0;
+  $("kpi-result").hidden = true;
   $("session").hidden = true;
   $("app-view").hidden = true;
   $("job-detail").hidden = true;
@@ -201,7 +205,7 @@ async function loadJob() {
       api(`/usagesJobs/${encodeURIComponent(id)}`, { page: summaryState.page, size: 20 }),
       api(`/usagesJobs/${encodeURIComponent(id)}/errors`, { errorClass: $("error-class").value, page: errorsState.page, size: 20 }),
     ]);
-    if (id !== selectedJob) return; // another job was picked meanwhile
+    if (id !== selectedJob) return; // another job was picked, or the detail closed, meanwhile
     $("job-id").textContent = job.id;
     $("job-status").replaceChildren(badge(job.status));
     $("job-time").textContent = job.time;
@@ -364,6 +368,11 @@ function start() {
     event.preventDefault();
     jobsState.page = 0;
     loadJobs();
+  });
+  $("job-close").addEventListener("click", () => {
+    selectedJob = null;
+    $("job-detail").hidden = true;
+    for (const row of $("jobs-table").tBodies[0].rows) row.classList.remove("selected");
   });
   pager("jobs-pager", jobsState, loadJobs);
   pager("summary-pager", summaryState, loadJob);
