@@ -121,7 +121,9 @@ async fn every_aggregation_function_is_exact_and_late_usages_land_yesterday(pool
     for function in functions {
         rule(&pool, &function.to_lowercase(), function, false).await;
     }
-    let base = Utc::now() - chrono::Duration::minutes(5);
+    // Five minutes ago, but never before today's midnight: the test must not straddle two days.
+    let midnight = Utc::now().date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc();
+    let base = (Utc::now() - chrono::Duration::minutes(5)).max(midnight);
     let values = ["3.5", "-2.25", "10", "0.001", "7"];
     let mut usages = Vec::new();
     for function in functions {
