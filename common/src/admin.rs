@@ -76,9 +76,7 @@ pub async fn serve(
     tracing::info!(addr = %bound, "admin listener (/healthz, /readyz, /metrics)");
     let app = router(metrics, ready);
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
+        let served = crate::http::serve(listener, app, &crate::config::HttpArgs::default(), shutdown).await;
         if let Err(err) = served {
             tracing::error!(%err, "admin listener failed");
         }

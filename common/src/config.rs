@@ -97,6 +97,29 @@ pub struct AdminArgs {
     pub addr: SocketAddr,
 }
 
+/// Limits of an HTTP listener (`uts_common::http::serve`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct HttpArgs {
+    /// How long a client may take to send a request's headers, in milliseconds; slower
+    /// connections are closed.
+    #[arg(long = "http-header-timeout-ms", env = "UTS_HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+
+    /// How long a request may take, body read included, in milliseconds; then 503.
+    #[arg(long = "http-request-timeout-ms", env = "UTS_HTTP_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
+
+    /// Open connections at most; further clients wait in the listen backlog.
+    #[arg(long = "http-max-connections", env = "UTS_HTTP_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub connection_limit: usize,
+}
+
+impl Default for HttpArgs {
+    fn default() -> Self {
+        Self { header_timeout_ms: 10_000, request_timeout_ms: 30_000, connection_limit: 4096 }
+    }
+}
+
 /// Logging.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TelemetryArgs {

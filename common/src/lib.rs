@@ -4,7 +4,8 @@
 //! `mdsp.core.generic.*` error model ([`error`]), the consumer runner every stage uses
 //! ([`runner`]), JWT authentication ([`auth`]), the tenant
 //! directory ([`tenants`]) and the admin listener with `/healthz`, `/readyz`, `/metrics`
-//! ([`admin`]) and the per-tenant rate limit of the HTTP APIs ([`throttle`]).
+//! ([`admin`]), HTTP serving with timeouts and a connection cap ([`http`]) and the per-tenant
+//! rate limit of the HTTP APIs ([`throttle`]).
 //!
 //! Stages never depend on each other; they meet only here and in the `uts-proto` contracts.
 
@@ -14,6 +15,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod http;
 pub mod kafka;
 pub mod runner;
 pub mod shutdown;

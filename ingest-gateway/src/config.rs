@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use uts_common::config::{AdminArgs, AuthArgs, DatabaseArgs, KafkaArgs, TelemetryArgs};
+use uts_common::config::{AdminArgs, AuthArgs, DatabaseArgs, HttpArgs, KafkaArgs, TelemetryArgs};
 
 /// Accepts usage batches over HTTP and makes them durable in Kafka.
 #[derive(Debug, Clone, clap::Parser)]
@@ -41,6 +41,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub auth: AuthArgs,
+
+    #[command(flatten)]
+    pub http: HttpArgs,
 
     #[command(flatten)]
     pub admin: AdminArgs,

@@ -114,8 +114,7 @@ impl Application {
             "ingest gateway listening"
         );
         let state = self.state.clone();
-        axum::serve(self.listener, app(state.clone()))
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        uts_common::http::serve(self.listener, app(state.clone()), &self.config.http, shutdown)
             .await
             .context("serving the API")?;
 

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use uts_common::config::{AdminArgs, AuthArgs, DatabaseArgs, KafkaArgs, TelemetryArgs};
+use uts_common::config::{AdminArgs, AuthArgs, DatabaseArgs, HttpArgs, KafkaArgs, TelemetryArgs};
 
 /// Projects jobs and their statuses; serves the job queries and the admin API over HTTP.
 #[derive(Debug, Clone, clap::Parser)]
@@ -33,6 +33,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub auth: AuthArgs,
+
+    #[command(flatten)]
+    pub http: HttpArgs,
 
     #[command(flatten)]
     pub admin: AdminArgs,

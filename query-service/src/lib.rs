@@ -72,6 +72,7 @@ pub struct Application {
     /// Consumes uts.usage-jobs and uts.status into the projections.
     runner: uts_common::runner::Runner,
     jobs_topic: String,
+    http: uts_common::config::HttpArgs,
 }
 
 impl Application {
@@ -92,7 +93,7 @@ impl Application {
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .with_context(|| format!("binding the API listener on {}", config.listen_addr))?;
-        Ok(Self { listener, state, admin_addr: config.admin.addr, runner, jobs_topic: topics.usage_jobs })
+        Ok(Self { listener, state, admin_addr: config.admin.addr, runner, jobs_topic: topics.usage_jobs, http: config.http })
     }
 
     /// The bound address of the public API (useful with port 0).
@@ -109,11 +110,7 @@ impl Application {
         tracing::info!(addr = %self.local_addr(), "query service listening");
         let projector = projection::Projector { pool: self.state.pool.clone(), jobs_topic: self.jobs_topic };
         let projecting = tokio::spawn(self.runner.run(projector, shutdown.clone()));
-        let served = axum::serve(self.listener, app(self.state))
-            .with_graceful_shutdown({
-                let shutdown = shutdown.clone();
-                async move { shutdown.cancelled().await }
-            })
+        let served = uts_common::http::serve(self.listener, app(self.state), &self.http, shutdown.clone())
             .await
             .context("serving the API");
         // The projection stops on the same token; its result matters as much as the server's.

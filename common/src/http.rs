@@ -1,0 +1,163 @@
+//! Serving HTTP with limits: every public and admin listener goes through [`serve`].
+//!
+//! `axum::serve` sets no timer on its connections, so hyper's header-read timeout never fires
+//! and a client that sends half a request line holds its connection (and a task) forever. Here
+//! every connection has a header-read timeout, every request a deadline (the handler, body read
+//! included: a client trickling its body is cut off like a slow handler, with a 503 in the
+//! `mdsp.core.generic.*` format), and the number of open connections is capped: past the cap the
+//! listener stops accepting until one closes, so the kernel's backlog absorbs the rest instead of
+//! the process's memory.
+
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use crate::config::HttpArgs;
+use crate::error::ApiError;
+
+/// How long requests in hand may take to finish after shutdown began.
+const DRAIN: Duration = Duration::from_secs(30);
+
+/// Serves `app` on `listener` with the limits of `limits` until `shutdown` is cancelled, then
+/// stops accepting and lets the requests in hand finish (for at most 30 s).
+pub async fn serve(listener: TcpListener, app: Router, limits: &HttpArgs, shutdown: CancellationToken) -> std::io::Result<()> {
+    let request_timeout = Duration::from_millis(limits.request_timeout_ms);
+    let header_timeout = Duration::from_millis(limits.header_timeout_ms);
+    let app = app.layer(middleware::from_fn_with_state(request_timeout, deadline));
+    let connections = Arc::new(Semaphore::new(limits.connection_limit.max(1)));
+    let graceful = GracefulShutdown::new();
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            permit = connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Out of file descriptors and the like: not fatal, wait a moment.
+                    tracing::warn!(%err, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = app.clone().map_request(|request: Request<Incoming>| request.map(Body::new));
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%err, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+        tracing::warn!("requests still in hand after {} s of shutdown were dropped", DRAIN.as_secs());
+    }
+    Ok(())
+}
+
+/// Bounds a request, body read included: 503 `serviceUnavailable` when it takes longer.
+async fn deadline(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request).into_future()).await {
+        Ok(response) => response,
+        Err(_) => {
+            metrics::counter!("uts_http_request_timeouts_total").increment(1);
+            ApiError::service_unavailable(format!("the request did not complete within {} ms", limit.as_millis()), 1)
+                .into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use axum::routing::{get, post};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    async fn start(limits: HttpArgs) -> (std::net::SocketAddr, CancellationToken) {
+        let app = Router::new()
+            .route("/fast", get(|| async { "ok" }))
+            .route("/slow", get(|| async { tokio::time::sleep(Duration::from_secs(30)).await }))
+            .route("/echo", post(|body: String| async move { body }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move { serve(listener, app, &limits, stop).await });
+        (addr, shutdown)
+    }
+
+    /// Sends `request` raw and reads until the server closes the connection (or 10 s pass).
+    async fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> (String, Duration) {
+        let started = Instant::now();
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+        (String::from_utf8_lossy(&answer).into_owned(), started.elapsed())
+    }
+
+    fn limits(header_ms: u64, request_ms: u64, connections: usize) -> HttpArgs {
+        HttpArgs { header_timeout_ms: header_ms, request_timeout_ms: request_ms, connection_limit: connections }
+    }
+
+    #[tokio::test]
+    async fn a_half_sent_request_line_is_cut_off() {
+        let (addr, _stop) = start(limits(200, 5_000, 16)).await;
+        let (answer, took) = exchange(addr, b"GET /fast HT").await;
+        assert!(took < Duration::from_secs(5), "the connection was held for {took:?}");
+        assert!(!answer.contains("200 OK"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn a_slow_handler_or_a_trickled_body_gets_the_mdsp_503() {
+        let (addr, _stop) = start(limits(5_000, 300, 16)).await;
+        let (answer, _) = exchange(addr, b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.contains("mdsp.core.generic.serviceUnavailable") && answer.contains("retry-after: 1"), "{answer}");
+        // A body announced but never sent.
+        let (answer, _) =
+            exchange(addr, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\nabc").await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        let (answer, _) = exchange(addr, b"GET /fast HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn past_the_connection_cap_new_clients_wait_for_a_free_slot() {
+        // One connection at a time: an idle client holds the slot until its header timeout, then
+        // the next client is served.
+        let (addr, _stop) = start(limits(300, 5_000, 1)).await;
+        let idle = TcpStream::connect(addr).await.unwrap();
+        let (answer, took) = exchange(addr, b"GET /fast HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(took >= Duration::from_millis(250), "served after {took:?}, before the idle client's slot was freed");
+        drop(idle);
+    }
+}
