@@ -35,7 +35,7 @@ use rust_decimal::Decimal;
 use sqlx::{PgPool, Postgres, Transaction};
 use tokio_util::sync::CancellationToken;
 use uts_common::admin;
-use uts_common::config::{AdminArgs, DatabaseArgs, KafkaArgs, TelemetryArgs};
+use uts_common::config::{AdminArgs, DatabaseArgs, KafkaArgs, RetentionArgs, TelemetryArgs};
 use uts_common::domain::{from_timestamp, to_timestamp, AggregationFunction, UsageStatus};
 use uts_common::kafka::{self, DurableProducer};
 use uts_common::proto::{v1, Message};
@@ -59,6 +59,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub retention: RetentionArgs,
 
     #[command(flatten)]
     pub admin: AdminArgs,
@@ -403,8 +406,10 @@ pub async fn run_with_pool(config: Config, pool: PgPool, shutdown: CancellationT
     let (_, admin_task) =
         admin::serve(config.admin.addr, uts_common::telemetry::metrics_handle(), ready, shutdown.clone()).await?;
     tracing::info!(group = %config.group, "aggregator consuming");
+    let pruner = uts_common::db::spawn_pruner(pool, uts_common::db::DedupTable::AggregateAppliedBatches, config.retention.days, shutdown.clone());
     let result = runner.run(handler, shutdown).await;
     let _ = admin_task.await;
+    pruner.abort();
     result
 }
 

@@ -97,6 +97,15 @@ pub struct AdminArgs {
     pub addr: SocketAddr,
 }
 
+/// How long a stage keeps its dedup rows (`uts_common::db::prune`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RetentionArgs {
+    /// Days a dedup row (decision, applied batch, applied event) is kept; must exceed the
+    /// gateway's Idempotency-Key window plus the topics' retention. 0 keeps them forever.
+    #[arg(long = "dedup-retention-days", env = "UTS_DEDUP_RETENTION_DAYS", default_value_t = 90)]
+    pub days: u32,
+}
+
 /// Limits of an HTTP listener (`uts_common::http::serve`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct HttpArgs {

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use uts_common::config::{AdminArgs, AuthArgs, DatabaseArgs, HttpArgs, KafkaArgs, TelemetryArgs};
+use uts_common::config::{AdminArgs, AuthArgs, DatabaseArgs, HttpArgs, KafkaArgs, RetentionArgs, TelemetryArgs};
 
 /// Projects jobs and their statuses; serves the job queries and the admin API over HTTP.
 #[derive(Debug, Clone, clap::Parser)]
@@ -36,6 +36,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub http: HttpArgs,
+
+    #[command(flatten)]
+    pub retention: RetentionArgs,
 
     #[command(flatten)]
     pub admin: AdminArgs,

@@ -73,6 +73,7 @@ pub struct Application {
     runner: uts_common::runner::Runner,
     jobs_topic: String,
     http: uts_common::config::HttpArgs,
+    retention_days: u32,
 }
 
 impl Application {
@@ -93,7 +94,7 @@ impl Application {
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .with_context(|| format!("binding the API listener on {}", config.listen_addr))?;
-        Ok(Self { listener, state, admin_addr: config.admin.addr, runner, jobs_topic: topics.usage_jobs, http: config.http })
+        Ok(Self { listener, state, admin_addr: config.admin.addr, runner, jobs_topic: topics.usage_jobs, http: config.http, retention_days: config.retention.days })
     }
 
     /// The bound address of the public API (useful with port 0).
@@ -110,6 +111,12 @@ impl Application {
         tracing::info!(addr = %self.local_addr(), "query service listening");
         let projector = projection::Projector { pool: self.state.pool.clone(), jobs_topic: self.jobs_topic };
         let projecting = tokio::spawn(self.runner.run(projector, shutdown.clone()));
+        let pruner = uts_common::db::spawn_pruner(
+            self.state.pool.clone(),
+            uts_common::db::DedupTable::JobAppliedEvents,
+            self.retention_days,
+            shutdown.clone(),
+        );
         let served = uts_common::http::serve(self.listener, app(self.state), &self.http, shutdown.clone())
             .await
             .context("serving the API");
@@ -117,6 +124,7 @@ impl Application {
         shutdown.cancel();
         let projected = projecting.await.context("the projection task panicked")?;
         let _ = admin_task.await;
+        pruner.abort();
         served?;
         projected?;
         tracing::info!("query service stopped");

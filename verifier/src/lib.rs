@@ -36,7 +36,7 @@ use sqlx::PgPool;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use uts_common::admin;
-use uts_common::config::{AdminArgs, DatabaseArgs, KafkaArgs, TelemetryArgs};
+use uts_common::config::{AdminArgs, DatabaseArgs, KafkaArgs, RetentionArgs, TelemetryArgs};
 use uts_common::kafka::{self, DurableProducer};
 use uts_common::proto::{v1, Message};
 use uts_common::runner::{decode_proto, Decoded, Handler, Rejected, Runner};
@@ -69,6 +69,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub retention: RetentionArgs,
 
     #[command(flatten)]
     pub admin: AdminArgs,
@@ -203,8 +206,10 @@ pub async fn run_with_pool(config: Config, pool: PgPool, shutdown: CancellationT
     let (_, admin_task) =
         admin::serve(config.admin.addr, uts_common::telemetry::metrics_handle(), ready, shutdown.clone()).await?;
     tracing::info!(group = %config.group, require_rule = config.require_rule, "verifier consuming");
+    let pruner = uts_common::db::spawn_pruner(pool, uts_common::db::DedupTable::VerifierDecisions, config.retention.days, shutdown.clone());
     let result = runner.run(handler, shutdown).await;
     let _ = admin_task.await;
+    pruner.abort();
     result
 }
 
