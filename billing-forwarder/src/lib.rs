@@ -16,6 +16,11 @@
 //! error carrying the record's id, the first time a send fails; FAILEDTOSENDFORBILLING →
 //! SENTFORBILLING → RECEIVEDFORBILLING when a retry later succeeds.
 //!
+//! A billing system may also answer 202 Accepted: the jobs get SENTFORBILLING and the record
+//! waits (`sent`) for the billing system's receipt at [`receipts`]'s endpoint
+//! (`POST /billing/v1/receipts` on `--receipts-addr`, bearer `--receipts-token`), which then
+//! moves them to RECEIVEDFORBILLING with the same event ids a synchronous receipt has.
+//!
 //! **Delivery:** outbox rows are written at-least-once and deduplicated by (bucket, version);
 //! sends are at-least-once and the billing system deduplicates by idempotency key; status
 //! events are produced before the row is marked received, so a crash re-sends and re-emits
@@ -26,6 +31,9 @@
 //! answers mark the record rejected for good (and FAILEDTOSENDFORBILLING); undecodable
 //! aggregates → dead letter; SIGTERM → the consumer commits and the sender finishes its round.
 
+pub mod receipts;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -61,6 +69,16 @@ pub struct Config {
     /// Bearer token for the billing endpoint, if it needs one.
     #[arg(long = "billing-token", env = "UTS_BILLING_TOKEN", hide_env_values = true)]
     pub billing_token: Option<String>,
+
+    /// Address of the receipts endpoint (`POST /billing/v1/receipts`), where a billing system
+    /// that answered a record with 202 Accepted sends its receipt later.
+    #[arg(long = "receipts-addr", env = "UTS_BILLING_RECEIPTS_ADDR", default_value = "127.0.0.1:8086")]
+    pub receipts_addr: std::net::SocketAddr,
+
+    /// Bearer token the billing system's receipts must carry; receipts are refused (401) when
+    /// unset. Prefer the environment variable: a command-line value is visible to other users.
+    #[arg(long = "receipts-token", env = "UTS_BILLING_RECEIPTS_TOKEN", hide_env_values = true)]
+    pub receipts_token: Option<String>,
 
     /// How often the outbox is scanned for records due, in milliseconds.
     #[arg(long = "send-interval-ms", env = "UTS_BILLING_SEND_INTERVAL_MS", default_value_t = 500)]
@@ -127,8 +145,8 @@ impl Handler for OutboxWriter {
             let key = aggregate.bucket.as_ref().and_then(|b| b.key.as_ref()).expect("checked in decode");
             sqlx::query(
                 "INSERT INTO billing_outbox
-                    (provider_tenant_id, consumer_tenant_id, application, unit, day, version, message)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                    (provider_tenant_id, consumer_tenant_id, application, unit, day, version, message, record_key)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
             )
             .bind(&key.provider_tenant)
             .bind(&key.consumer_tenant)
@@ -137,6 +155,7 @@ impl Handler for OutboxWriter {
             .bind(day)
             .bind(aggregate.version as i64)
             .bind(aggregate.encode_to_vec())
+            .bind(record_key(&bucket_text(key, *day), aggregate.version as i64))
             .execute(&mut *tx)
             .await?;
         }
@@ -178,7 +197,10 @@ struct JobJson<'a> {
 
 /// What one send attempt came to.
 enum Outcome {
+    /// 2xx: the answer is the receipt.
     Received,
+    /// 202 Accepted: the receipt comes later, to the receipts endpoint.
+    Accepted,
     Retry(String),
     Rejected(String),
 }
@@ -238,13 +260,14 @@ impl Sender {
             let aggregate = v1::DailyAggregate::decode(message.as_slice()).context("decoding an outbox message")?;
             let failed_before = state == "retrying";
             let bucket_text = format!("{provider}/{consumer}/{application}/{unit}/{day}");
-            let record_key = format!("{bucket_text}:{version}");
+            let record_key = record_key(&bucket_text, version);
             let outcome = self.send(&aggregate, &record_key).await;
             // Status events first: a crash before the update re-sends (billing dedups) and
             // re-emits the same event ids (the projection dedups).
             self.emit(&status_events(&aggregate, &bucket_text, version, failed_before, &outcome, &record_key)).await?;
             let (state, delay, error) = match &outcome {
                 Outcome::Received => ("received", Duration::ZERO, None),
+                Outcome::Accepted => ("sent", Duration::ZERO, None),
                 Outcome::Retry(error) => {
                     billing_down = true;
                     ("retrying", self.backoff(attempts + 1), Some(error.clone()))
@@ -270,7 +293,9 @@ impl Sender {
              SET state = $7, attempts = attempts + $10, last_error = coalesce($8, last_error), updated_at = now(),
                  next_attempt_at = now() + make_interval(secs => $9)
              WHERE provider_tenant_id = $1 AND consumer_tenant_id = $2 AND application = $3 AND unit = $4
-               AND day = $5 AND version = $6",
+               AND day = $5 AND version = $6
+               -- A receipt by callback may have come in while this send was in flight.
+               AND state <> 'received'",
         )
         .bind(provider)
         .bind(consumer)
@@ -327,6 +352,7 @@ impl Sender {
             request = request.bearer_auth(token);
         }
         match request.send().await {
+            Ok(response) if response.status() == reqwest::StatusCode::ACCEPTED => Outcome::Accepted,
             Ok(response) if response.status().is_success() => Outcome::Received,
             Ok(response) => {
                 let status = response.status();
@@ -374,7 +400,65 @@ impl Sender {
     }
 }
 
-/// The status events of one send attempt of one bucket version, one per contributing job.
+/// `<provider>/<consumer>/<application>/<unit>/<day>`: a bucket in record keys and event ids.
+fn bucket_text(key: &v1::AggregationKey, day: NaiveDate) -> String {
+    format!("{}/{}/{}/{}/{day}", key.provider_tenant, key.consumer_tenant, key.application, key.unit)
+}
+
+/// The Idempotency-Key of a bucket version's record, which a receipt names it by.
+fn record_key(bucket_text: &str, version: i64) -> String {
+    format!("{bucket_text}:{version}")
+}
+
+/// One status event of a bucket version for one contributing job. Ids are deterministic per
+/// (job, bucket, version, what happened), so re-sends and repeated receipts are applied once.
+fn contribution_event(
+    aggregate: &v1::DailyAggregate,
+    contribution: &v1::JobContribution,
+    bucket_text: &str,
+    version: i64,
+    what: &str,
+    steps: &[(UsageStatus, UsageStatus)],
+    errors: Vec<v1::UsageError>,
+) -> v1::StatusEvent {
+    let key = aggregate.bucket.as_ref().and_then(|b| b.key.clone()).unwrap_or_default();
+    v1::StatusEvent {
+        event_id: format!("billing:{}:{bucket_text}:{version}:{what}", contribution.job_id),
+        job_id: contribution.job_id.clone(),
+        submitter_tenant: String::new(),
+        stage: v1::Stage::BillingForwarder as i32,
+        occurred_at: Some(uts_common::domain::to_timestamp(Utc::now())),
+        transitions: steps
+            .iter()
+            .map(|(from, to)| v1::StatusTransition {
+                application: key.application.clone(),
+                unit: key.unit.clone(),
+                from: from.to_proto() as i32,
+                to: to.to_proto() as i32,
+                count: contribution.usages_count,
+                terminal: *to == UsageStatus::ReceivedForBilling,
+            })
+            .collect(),
+        errors,
+    }
+}
+
+/// The receipt's events: SENTFORBILLING → RECEIVEDFORBILLING for every contributing job. The
+/// same whether the receipt was the send's answer or came later by callback.
+fn receipt_events(aggregate: &v1::DailyAggregate, bucket_text: &str, version: i64) -> Vec<v1::StatusEvent> {
+    aggregate
+        .contributions
+        .iter()
+        .map(|c| {
+            let steps = [(UsageStatus::SentForBilling, UsageStatus::ReceivedForBilling)];
+            contribution_event(aggregate, c, bucket_text, version, "received", &steps, Vec::new())
+        })
+        .collect()
+}
+
+/// The status events of one send attempt of one bucket version, one or two per contributing
+/// job: "sent" (→ SENTFORBILLING) once the billing system has the record, then "received" when
+/// its answer is the receipt; "failed" the first time a send fails.
 fn status_events(
     aggregate: &v1::DailyAggregate,
     bucket_text: &str,
@@ -383,38 +467,16 @@ fn status_events(
     outcome: &Outcome,
     record_key: &str,
 ) -> Vec<v1::StatusEvent> {
-    let key = aggregate.bucket.as_ref().and_then(|b| b.key.clone()).unwrap_or_default();
     let aggregated_or_failed = if failed_before { UsageStatus::FailedToSendForBilling } else { UsageStatus::Aggregated };
     let mut events = Vec::new();
     for contribution in &aggregate.contributions {
-        let event = |outcome: &str, steps: &[(UsageStatus, UsageStatus)], errors: Vec<v1::UsageError>| v1::StatusEvent {
-            event_id: format!("billing:{}:{bucket_text}:{version}:{outcome}", contribution.job_id),
-            job_id: contribution.job_id.clone(),
-            submitter_tenant: String::new(),
-            stage: v1::Stage::BillingForwarder as i32,
-            occurred_at: Some(uts_common::domain::to_timestamp(Utc::now())),
-            transitions: steps
-                .iter()
-                .map(|(from, to)| v1::StatusTransition {
-                    application: key.application.clone(),
-                    unit: key.unit.clone(),
-                    from: from.to_proto() as i32,
-                    to: to.to_proto() as i32,
-                    count: contribution.usages_count,
-                    terminal: *to == UsageStatus::ReceivedForBilling,
-                })
-                .collect(),
-            errors,
+        let event = |what: &str, steps: &[(UsageStatus, UsageStatus)], errors: Vec<v1::UsageError>| {
+            contribution_event(aggregate, contribution, bucket_text, version, what, steps, errors)
         };
         match outcome {
-            Outcome::Received => events.push(event(
-                "received",
-                &[
-                    (aggregated_or_failed, UsageStatus::SentForBilling),
-                    (UsageStatus::SentForBilling, UsageStatus::ReceivedForBilling),
-                ],
-                Vec::new(),
-            )),
+            Outcome::Received | Outcome::Accepted => {
+                events.push(event("sent", &[(aggregated_or_failed, UsageStatus::SentForBilling)], Vec::new()));
+            }
             // Only the first failure is a transition; later failures change nothing visible.
             Outcome::Retry(error) | Outcome::Rejected(error) if !failed_before => {
                 let billing_error = v1::UsageError {
@@ -431,6 +493,9 @@ fn status_events(
             Outcome::Retry(_) | Outcome::Rejected(_) => {}
         }
     }
+    if matches!(outcome, Outcome::Received) {
+        events.extend(receipt_events(aggregate, bucket_text, version));
+    }
     events
 }
 
@@ -443,6 +508,26 @@ pub async fn run_with_pool(config: Config, pool: PgPool, shutdown: CancellationT
         .timeout(Duration::from_millis(config.request_timeout_ms))
         .build()
         .context("building the HTTP client")?;
+    let receipts = Arc::new(receipts::ReceiptsState {
+        pool: pool.clone(),
+        producer: producer.clone(),
+        status_topic: topics.status.clone(),
+        produce_timeout: config.kafka.produce_timeout(),
+        token: config.receipts_token.clone(),
+    });
+    let receipts_listener = tokio::net::TcpListener::bind(config.receipts_addr)
+        .await
+        .with_context(|| format!("binding the receipts listener on {}", config.receipts_addr))?;
+    let receipts_addr = receipts_listener.local_addr()?;
+    let receipts_task = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            let limits = uts_common::config::HttpArgs::default();
+            if let Err(err) = uts_common::http::serve(receipts_listener, receipts::router(receipts), &limits, shutdown).await {
+                tracing::error!(%err, "receipts listener failed");
+            }
+        }
+    });
     let sender = Sender {
         pool: pool.clone(),
         producer: producer.clone(),
@@ -454,10 +539,14 @@ pub async fn run_with_pool(config: Config, pool: PgPool, shutdown: CancellationT
     let ready = admin::kafka_and_database(Some(producer.clone()), pool.clone());
     let (_, admin_task) =
         admin::serve(config.admin.addr, uts_common::telemetry::metrics_handle(), ready, shutdown.clone()).await?;
-    tracing::info!(group = %config.group, billing_url = %config.billing_url, "billing forwarder running");
+    if config.receipts_token.is_none() {
+        tracing::info!("no --receipts-token: receipts by callback are refused; only synchronous receipts count");
+    }
+    tracing::info!(group = %config.group, billing_url = %config.billing_url, %receipts_addr, "billing forwarder running");
     let sending = tokio::spawn(sender.run(shutdown.clone()));
     let result = runner.run(OutboxWriter { pool }, shutdown).await;
     let _ = sending.await;
+    let _ = receipts_task.await;
     let _ = admin_task.await;
     result
 }
@@ -502,14 +591,20 @@ mod tests {
 
     #[test]
     fn a_receipt_moves_every_contributing_job_to_received() {
-        let events = status_events(&aggregate(), "b", 2, false, &Outcome::Received, "b:2");
-        assert_eq!(events.len(), 2);
-        assert_eq!(events[0].event_id, "billing:j1:b:2:received");
         use v1::UsageStatus as S;
-        assert_eq!(
-            steps(&events[1]),
-            vec![(S::Aggregated as i32, S::Sentforbilling as i32, 3), (S::Sentforbilling as i32, S::Receivedforbilling as i32, 3)]
-        );
+        let events = status_events(&aggregate(), "b", 2, false, &Outcome::Received, "b:2");
+        let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(ids, ["billing:j1:b:2:sent", "billing:j2:b:2:sent", "billing:j1:b:2:received", "billing:j2:b:2:received"]);
+        assert_eq!(steps(&events[1]), vec![(S::Aggregated as i32, S::Sentforbilling as i32, 3)]);
+        assert_eq!(steps(&events[3]), vec![(S::Sentforbilling as i32, S::Receivedforbilling as i32, 3)]);
+        assert!(events[3].transitions[0].terminal && !events[1].transitions[0].terminal);
+        // Accepted (202): only "sent"; the receipt's events, when it comes, are the same as above.
+        let shape = |events: &[v1::StatusEvent]| -> Vec<(String, Vec<v1::StatusTransition>)> {
+            events.iter().map(|e| (e.event_id.clone(), e.transitions.clone())).collect()
+        };
+        let accepted = status_events(&aggregate(), "b", 2, false, &Outcome::Accepted, "b:2");
+        assert_eq!(shape(&accepted), shape(&events[..2]));
+        assert_eq!(shape(&receipt_events(&aggregate(), "b", 2)), shape(&events[2..]));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The billing-forwarder against the real Kafka, PostgreSQL and the reference billing receiver
 //! over HTTP: billable versions reach billing once each, in order; a failing billing system
-//! gives FAILEDTOSENDFORBILLING, then recovery gives SENT and RECEIVED.
+//! gives FAILEDTOSENDFORBILLING, then recovery gives SENT and RECEIVED; a billing system that
+//! answers 202 and sends its receipt later by callback gives SENT, then RECEIVED.
 
 use std::time::{Duration, Instant};
 
@@ -26,7 +27,11 @@ async fn start_receiver(extra: &[&str]) -> (String, CancellationToken) {
 }
 
 async fn start_forwarder(kafka_args: &KafkaArgs, pool: PgPool, billing_url: &str) -> CancellationToken {
-    let config = billing_forwarder::Config::parse_from([
+    start_forwarder_with(kafka_args, pool, billing_url, &["--receipts-addr=127.0.0.1:0"]).await
+}
+
+async fn start_forwarder_with(kafka_args: &KafkaArgs, pool: PgPool, billing_url: &str, extra: &[&str]) -> CancellationToken {
+    let mut args = vec![
         "billing-forwarder".to_owned(),
         "--database-url=postgres://unused".to_owned(),
         "--admin-addr=127.0.0.1:0".to_owned(),
@@ -36,7 +41,9 @@ async fn start_forwarder(kafka_args: &KafkaArgs, pool: PgPool, billing_url: &str
         format!("--consumer-group=forwarder-{}", uuid::Uuid::new_v4()),
         format!("--kafka-brokers={}", kafka_args.brokers),
         format!("--topic-prefix={}", kafka_args.topic_prefix),
-    ]);
+    ];
+    args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+    let config = billing_forwarder::Config::parse_from(args);
     uts_common::telemetry::init(&config.telemetry);
     let shutdown = CancellationToken::new();
     tokio::spawn(billing_forwarder::run_with_pool(config, pool, shutdown.clone()));
@@ -106,7 +113,7 @@ async fn billable_versions_reach_billing_once_each_in_order(pool: PgPool) {
     )
     .await;
     let stored = records(&url, 2).await;
-    let statuses = events(&read_topic(&args, &args.topics().status, 2, WAIT).await);
+    let statuses = events(&read_topic(&args, &args.topics().status, 4, WAIT).await);
     let versions: Vec<(u64, String)> = stored
         .iter()
         .map(|r| (r["record"]["version"].as_u64().unwrap(), r["record"]["value"].as_str().unwrap().to_owned()))
@@ -115,8 +122,16 @@ async fn billable_versions_reach_billing_once_each_in_order(pool: PgPool) {
     assert_eq!(stored[0]["idempotencyKey"], "provider/consumer/app/u/2026-11-21:1");
     let mut ids: Vec<&str> = statuses.iter().map(|e| e.event_id.as_str()).collect();
     ids.sort();
-    assert_eq!(ids, vec!["billing:job-1:provider/consumer/app/u/2026-11-21:1:received", "billing:job-2:provider/consumer/app/u/2026-11-21:2:received"]);
-    let last = statuses.iter().find(|e| e.job_id == "job-2").unwrap();
+    assert_eq!(
+        ids,
+        vec![
+            "billing:job-1:provider/consumer/app/u/2026-11-21:1:received",
+            "billing:job-1:provider/consumer/app/u/2026-11-21:1:sent",
+            "billing:job-2:provider/consumer/app/u/2026-11-21:2:received",
+            "billing:job-2:provider/consumer/app/u/2026-11-21:2:sent"
+        ]
+    );
+    let last = statuses.iter().find(|e| e.event_id.ends_with(":2:received")).unwrap();
     assert_eq!(last.transitions.last().unwrap().to, v1::UsageStatus::Receivedforbilling as i32);
     assert_eq!(last.transitions.last().unwrap().count, 2);
     forwarder.cancel();
@@ -129,8 +144,8 @@ async fn a_failing_billing_system_is_retried_until_it_receives(pool: PgPool) {
     let (url, receiver) = start_receiver(&["--fail-first=2"]).await;
     let forwarder = start_forwarder(&args, pool, &url).await;
     produce(&args, &[aggregate("u", 1, "7", true, &[("job-9", 3)])]).await;
-    let statuses = events(&read_topic(&args, &args.topics().status, 2, WAIT).await);
-    assert_eq!(statuses.len(), 2, "one failure event, then one receipt event");
+    let statuses = events(&read_topic(&args, &args.topics().status, 3, WAIT).await);
+    assert_eq!(statuses.len(), 3, "one failure event, then sent and received");
     use v1::UsageStatus as S;
     let failed = &statuses[0];
     assert_eq!(failed.transitions[0].to, S::Failedtosendforbilling as i32);
@@ -139,8 +154,7 @@ async fn a_failing_billing_system_is_retried_until_it_receives(pool: PgPool) {
         failed.errors[0].error_data,
         Some(v1::usage_error::ErrorData::BillingIds("provider/consumer/app/u/2026-11-21:1".into()))
     );
-    let received = &statuses[1];
-    let steps: Vec<(i32, i32)> = received.transitions.iter().map(|t| (t.from, t.to)).collect();
+    let steps: Vec<(i32, i32)> = statuses[1..].iter().flat_map(|e| e.transitions.iter().map(|t| (t.from, t.to))).collect();
     assert_eq!(
         steps,
         vec![(S::Failedtosendforbilling as i32, S::Sentforbilling as i32), (S::Sentforbilling as i32, S::Receivedforbilling as i32)]
@@ -164,6 +178,71 @@ async fn poison_goes_to_the_dead_letter_topic_and_the_forwarder_carries_on(pool:
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].stage, v1::Stage::BillingForwarder as i32);
     assert_eq!(records(&url, 1).await.len(), 1, "the aggregate after the poison was billed");
+    forwarder.cancel();
+    receiver.cancel();
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn a_receipt_by_callback_completes_a_record_answered_202(pool: PgPool) {
+    const TOKEN: &str = "receipts-test-token-0123456789";
+    let args = isolated_kafka(1).await;
+    let port = free_port();
+    let receipts = format!("http://127.0.0.1:{port}/billing/v1/receipts");
+    let (url, receiver) =
+        start_receiver(&[&format!("--receipts-url={receipts}"), &format!("--receipts-token={TOKEN}")]).await;
+    let forwarder = start_forwarder_with(
+        &args,
+        pool.clone(),
+        &url,
+        &[&format!("--receipts-addr=127.0.0.1:{port}"), &format!("--receipts-token={TOKEN}")],
+    )
+    .await;
+    produce(&args, &[aggregate("u", 1, "4.5", true, &[("job-r", 4)])]).await;
+
+    // SENT (from the 202) and RECEIVED (from the callback), in whichever order they were produced.
+    let statuses = events(&read_topic(&args, &args.topics().status, 2, WAIT).await);
+    use v1::UsageStatus as S;
+    let step = |what: &str| {
+        let event = statuses.iter().find(|e| e.event_id.ends_with(what)).unwrap_or_else(|| panic!("no {what} event: {statuses:?}"));
+        event.transitions.iter().map(|t| (t.from, t.to, t.count, t.terminal)).collect::<Vec<_>>()
+    };
+    assert_eq!(step(":1:sent"), vec![(S::Aggregated as i32, S::Sentforbilling as i32, 4, false)]);
+    assert_eq!(step(":1:received"), vec![(S::Sentforbilling as i32, S::Receivedforbilling as i32, 4, true)]);
+    let stored = records(&url, 1).await;
+    let deadline = Instant::now() + WAIT;
+    let (state, record_id) = loop {
+        let row: (String, Option<String>) =
+            sqlx::query_as("SELECT state, record_id FROM billing_outbox").fetch_one(&pool).await.unwrap();
+        if row.0 == "received" || Instant::now() > deadline {
+            break row;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(state, "received");
+    assert_eq!(record_id.as_deref(), stored[0]["recordId"].as_str(), "the billing system's id is kept");
+
+    // The endpoint: bearer token, a body naming a known record.
+    let client = reqwest::Client::new();
+    let post = |token: &str, body: Value| client.post(&receipts).bearer_auth(token).json(&body).send();
+    let key = "provider/consumer/app/u/2026-11-21:1";
+    let answer = post("wrong", serde_json::json!({"idempotencyKey": key})).await.unwrap();
+    assert_eq!(answer.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let answer = post(TOKEN, serde_json::json!({"idempotencyKey": "provider/consumer/app/u/2026-11-21:9"})).await.unwrap();
+    assert_eq!(answer.status(), reqwest::StatusCode::NOT_FOUND);
+    let answer = post(TOKEN, serde_json::json!({"recordId": "x"})).await.unwrap();
+    assert_eq!(answer.status(), reqwest::StatusCode::BAD_REQUEST);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "mdsp.core.generic.missingRequestBodyProperty");
+    assert!(body["errors"][0]["message"].as_str().unwrap().starts_with("idempotencyKey"));
+    // A repeated receipt is taken and changes nothing: the same event id again.
+    let answer = post(TOKEN, serde_json::json!({"idempotencyKey": key})).await.unwrap();
+    assert_eq!(answer.status(), reqwest::StatusCode::OK);
+    let again = events(&read_topic(&args, &args.topics().status, 3, WAIT).await);
+    assert_eq!(again.iter().filter(|e| e.event_id.ends_with(":1:received")).count(), 2, "repeated, same id");
     forwarder.cancel();
     receiver.cancel();
 }

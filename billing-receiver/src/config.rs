@@ -34,6 +34,16 @@ pub struct Config {
     #[arg(long = "timeout-hold-ms", env = "UTS_BILLING_RECEIVER_TIMEOUT_HOLD_MS", default_value_t = 30_000)]
     pub timeout_hold_ms: u64,
 
+    /// Receipts by callback: when set, a new record is answered 202 Accepted and its receipt is
+    /// POSTed here afterwards (the billing-forwarder's `/billing/v1/receipts`), retried until
+    /// taken. Unset: the 201 answer is the receipt.
+    #[arg(long = "receipts-url", env = "UTS_BILLING_RECEIVER_RECEIPTS_URL")]
+    pub receipts_url: Option<String>,
+
+    /// Bearer token of the receipt callbacks (the forwarder's `--receipts-token`).
+    #[arg(long = "receipts-token", env = "UTS_BILLING_RECEIVER_RECEIPTS_TOKEN", hide_env_values = true)]
+    pub receipts_token: Option<String>,
+
     #[command(flatten)]
     pub admin: AdminArgs,
 

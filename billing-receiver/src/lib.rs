@@ -64,6 +64,8 @@ pub struct AppState {
     /// Cancelled when graceful shutdown starts, so requests held by the `timeout` failure mode
     /// answer at once instead of delaying the exit by the whole hold time.
     pub(crate) stopping: CancellationToken,
+    /// Receipts by callback, when configured.
+    pub(crate) receipts: Option<routes::ReceiptCallback>,
 }
 
 /// A receiver bound to its listeners, with its records loaded, ready to run.
@@ -100,6 +102,11 @@ impl Application {
             token: config.token.clone(),
             timeout_hold: config.timeout_hold(),
             stopping: CancellationToken::new(),
+            receipts: config.receipts_url.clone().map(|url| routes::ReceiptCallback {
+                url,
+                token: config.receipts_token.clone(),
+                http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("a plain HTTP client"),
+            }),
         });
         let listener = TcpListener::bind(config.listen_addr)
             .await

@@ -1,7 +1,9 @@
 //! HTTP routes of the receiver.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
@@ -48,6 +50,58 @@ pub fn app(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// Where and how receipts are sent when the receiver works asynchronously.
+pub(crate) struct ReceiptCallback {
+    pub(crate) url: String,
+    pub(crate) token: Option<String>,
+    pub(crate) http: reqwest::Client,
+}
+
+impl ReceiptCallback {
+    /// Sends the receipt of `key` until it is taken (2xx), refused for good (4xx other than
+    /// 429) or the receiver stops; the delay doubles from 100 ms up to 10 s.
+    async fn deliver(&self, key: String, record_id: Uuid, stopping: CancellationToken) {
+        let body = serde_json::json!({"idempotencyKey": key, "recordId": record_id.to_string()});
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let mut request = self.http.post(&self.url).json(&body);
+            if let Some(token) = &self.token {
+                request = request.bearer_auth(token);
+            }
+            match request.send().await {
+                Ok(answer) if answer.status().is_success() => {
+                    count_outcome("receipt_delivered");
+                    return;
+                }
+                Ok(answer) if answer.status().is_client_error() && answer.status() != StatusCode::TOO_MANY_REQUESTS => {
+                    count_outcome("receipt_refused");
+                    tracing::warn!(idempotency_key = %key, status = %answer.status(), "the receipt was refused; not retried");
+                    return;
+                }
+                Ok(answer) => tracing::info!(idempotency_key = %key, status = %answer.status(), "receipt not taken yet; retrying"),
+                Err(err) => tracing::info!(idempotency_key = %key, %err, "receipt not delivered yet; retrying"),
+            }
+            tokio::select! {
+                () = stopping.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    }
+}
+
+/// With receipts by callback: 202 now, the receipt later (for a duplicate too: the sender may
+/// have missed the first one).
+fn accepted_later(state: &Arc<AppState>, key: &str, receipt: &Receipt, duplicate: bool) -> Option<Response> {
+    state.receipts.as_ref()?;
+    let (state_for_task, key_for_task, record_id) = (state.clone(), key.to_owned(), receipt.record_id);
+    tokio::spawn(async move {
+        let callback = state_for_task.receipts.as_ref().expect("checked above");
+        callback.deliver(key_for_task, record_id, state_for_task.stopping.clone()).await;
+    });
+    Some((StatusCode::ACCEPTED, Json(RecordReceipt::new(*receipt, duplicate))).into_response())
+}
+
 /// The answer to a record POST.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -89,6 +143,9 @@ async fn post_record(State(state): State<Arc<AppState>>, headers: HeaderMap, bod
     match submission {
         Submission::Stored(receipt) => {
             count_outcome("stored");
+            if let Some(response) = accepted_later(&state, &key, &receipt, false) {
+                return Ok(response);
+            }
             tracing::info!(
                 record_id = %receipt.record_id,
                 idempotency_key = %key,
@@ -105,6 +162,9 @@ async fn post_record(State(state): State<Arc<AppState>>, headers: HeaderMap, bod
         }
         Submission::Duplicate(original) => {
             count_outcome("duplicate");
+            if let Some(response) = accepted_later(&state, &key, &original, true) {
+                return Ok(response);
+            }
             tracing::info!(record_id = %original.record_id, idempotency_key = %key, "duplicate record: answered the original");
             Ok((StatusCode::OK, Json(RecordReceipt::new(original, true))).into_response())
         }

@@ -7,7 +7,7 @@
 #   deploy/local/services.sh status
 #
 # Ports (127.0.0.1): gateway API 18080 and admin 18081, verifier admin 18082, aggregator admin
-# 18083, billing-forwarder admin 18084, query service (admin API) 18090 and admin 18085,
+# 18083, billing-forwarder admin 18084 and receipts 18086, query service (admin API) 18090 and admin 18085,
 # billing receiver
 # 18070 (admin 18071). Settings: UTS_GATEWAY_PORT, UTS_GATEWAY_ADMIN_PORT,
 # UTS_CARGO_PROFILE (dev or release; default dev, which shares target/ with the tests).
@@ -85,7 +85,7 @@ cmd_start() {
     --listen-addr "127.0.0.1:$UTS_GATEWAY_PORT" --admin-addr "127.0.0.1:$UTS_GATEWAY_ADMIN_PORT"
   start_stage verifier --admin-addr 127.0.0.1:18082
   start_stage aggregator --admin-addr 127.0.0.1:18083
-  start_stage billing-forwarder --admin-addr 127.0.0.1:18084 \
+  start_stage billing-forwarder --admin-addr 127.0.0.1:18084 --receipts-addr 127.0.0.1:18086 \
     --billing-url http://127.0.0.1:18070/billing/v1/records
   wait_ready billing-receiver 18071
   wait_ready query-service 18085

@@ -18,6 +18,9 @@ use uts_common::testing::{isolated_kafka, read_topic_to_end};
 
 pub const SECRET: &str = "e2e-test-secret-0123456789abcdef";
 
+/// Bearer token of billing receipts by callback.
+const RECEIPTS_TOKEN: &str = "e2e-receipts-token-0123456789";
+
 pub struct Pipeline {
     pub kafka: KafkaArgs,
     pub pool: PgPool,
@@ -49,6 +52,16 @@ impl Pipeline {
     /// Starts every stage. Tenants: `op` (operator, the submitter), `prov` (developer, owner of
     /// rules), `plant` (IoT of `op`, with `app` provisioned), `buyer` (customer).
     pub async fn start(pool: PgPool) -> Self {
+        Self::start_inner(pool, false).await
+    }
+
+    /// Like [`Pipeline::start`], but the billing receiver answers 202 Accepted and sends each
+    /// receipt later to the forwarder's receipts endpoint.
+    pub async fn start_with_receipts_by_callback(pool: PgPool) -> Self {
+        Self::start_inner(pool, true).await
+    }
+
+    async fn start_inner(pool: PgPool, callbacks: bool) -> Self {
         // Stage logs (RUST_LOG) show in the output of a failing test.
         uts_common::telemetry::init(&uts_common::config::TelemetryArgs { log_format: uts_common::config::LogFormat::Text });
         let kafka = isolated_kafka(3).await;
@@ -67,13 +80,13 @@ impl Pipeline {
             .await
             .unwrap();
 
-        let receiver = billing_receiver::Application::build(billing_receiver::Config::parse_from([
-            "billing-receiver",
-            "--listen-addr=127.0.0.1:0",
-            "--admin-addr=127.0.0.1:0",
-        ]))
-        .await
-        .unwrap();
+        let receipts_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut args = vec!["billing-receiver".to_owned(), "--listen-addr=127.0.0.1:0".to_owned(), "--admin-addr=127.0.0.1:0".to_owned()];
+        if callbacks {
+            args.push(format!("--receipts-url=http://127.0.0.1:{receipts_port}/billing/v1/receipts"));
+            args.push(format!("--receipts-token={RECEIPTS_TOKEN}"));
+        }
+        let receiver = billing_receiver::Application::build(billing_receiver::Config::parse_from(args)).await.unwrap();
         let billing_url = format!("http://{}/billing/v1/records", receiver.local_addr());
         tokio::spawn(receiver.run_until_stopped(shutdown.clone()));
 
@@ -109,6 +122,8 @@ impl Pipeline {
         args.extend([
             format!("--consumer-group=b-{}", kafka.topic_prefix),
             format!("--billing-url={billing_url}"),
+            format!("--receipts-addr=127.0.0.1:{receipts_port}"),
+            format!("--receipts-token={RECEIPTS_TOKEN}"),
             "--send-interval-ms=50".to_owned(),
             "--retry-base-ms=200".to_owned(),
         ]);

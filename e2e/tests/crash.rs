@@ -152,6 +152,7 @@ async fn killed_and_restarted_stages_neither_lose_nor_double_a_usage(pool: PgPoo
         ("UTS_BILLING_FORWARDER_GROUP".to_owned(), format!("b-{}", kafka.topic_prefix)),
         ("UTS_QUERY_GROUP".to_owned(), format!("q-{}", kafka.topic_prefix)),
         ("UTS_BILLING_URL".to_owned(), billing_url.clone()),
+        ("UTS_BILLING_RECEIPTS_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
         ("UTS_BILLING_SEND_INTERVAL_MS".to_owned(), "100".to_owned()),
         ("UTS_BILLING_RETRY_BASE_MS".to_owned(), "200".to_owned()),
         ("UTS_CATALOG_REFRESH_MS".to_owned(), "500".to_owned()),

@@ -180,3 +180,21 @@ async fn billing_failures_show_then_recover_to_received(pool: PgPool) {
     assert_eq!(board.nonzero(), BTreeMap::from([("RECEIVEDFORBILLING".to_owned(), 1)]));
     assert_eq!(pipeline.billing_records().await.len(), 1);
 }
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn a_receipt_sent_later_by_callback_completes_the_job(pool: PgPool) {
+    let pipeline = Pipeline::start_with_receipts_by_callback(pool.clone()).await;
+    rule(&pool, "async-unit", "SUM", true).await;
+    let id = pipeline.post_job("op", &job("op", "user", "app", &[("4", "async-unit", now_text()), ("1.25", "async-unit", now_text())])).await;
+    let board = pipeline.wait_for(&id, WAIT, |b| b.in_status("RECEIVEDFORBILLING") == 2).await;
+    assert_eq!(board.nonzero(), BTreeMap::from([("RECEIVEDFORBILLING".to_owned(), 2)]));
+    let shown = pipeline.wait_for_job_status("op", &id, "COMPLETED", WAIT).await;
+    assert_eq!(shown["usagesSummary"], json!([{"application": "app", "unit": "async-unit", "usagesCount": 2,
+        "processStatus": "RECEIVEDFORBILLING"}]));
+    let records = pipeline.billing_records().await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["record"]["value"], "5.25");
+    let (state, record_id): (String, Option<String>) =
+        sqlx::query_as("SELECT state, record_id FROM billing_outbox").fetch_one(&pool).await.unwrap();
+    assert_eq!((state.as_str(), record_id.as_deref()), ("received", records[0]["recordId"].as_str()));
+}
