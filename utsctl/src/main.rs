@@ -1,5 +1,8 @@
 //! `utsctl`: the operator's command line. Runs the migrations as their own step, creates the
-//! Kafka topics, mints local HS256 tokens and registers tenants.
+//! Kafka topics, mints local HS256 tokens, registers tenants, shows a job's status from the
+//! topic, and lists and replays dead letters.
+
+mod dead_letters;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -48,14 +51,27 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl_seconds: i64,
     },
-    /// Show a job's usages per status, folded from the `uts.status` topic (until the query
-    /// service's GET /usagesJobs/{id} exists, this is how a job's progress is seen).
+    /// Show a job's usages per status, folded from the `uts.status` topic itself (what the query
+    /// service's GET /usagesJobs/{id} shows, without the query service).
     Status {
         #[command(flatten)]
         kafka: KafkaArgs,
         /// The job id.
         #[arg(long)]
         job: String,
+    },
+    /// List the dead letters (messages a stage could not use, with the reason), or put one back
+    /// on its topic with --replay once the cause is fixed.
+    DeadLetters {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// Replay the letter from this source topic (with --partition and --offset).
+        #[arg(long, requires_all = ["partition", "offset"])]
+        replay: Option<String>,
+        #[arg(long)]
+        partition: Option<i32>,
+        #[arg(long)]
+        offset: Option<i64>,
     },
     /// Register or update a tenant.
     Tenant {
@@ -108,6 +124,19 @@ async fn main() -> anyhow::Result<()> {
                 println!("  error {}: {}", error.code, error.message);
             }
         }
+        Command::DeadLetters { kafka: args, replay, partition, offset } => match (replay, partition, offset) {
+            (Some(topic), Some(partition), Some(offset)) => {
+                let letter = dead_letters::replay(&args, &topic, partition, offset).await?;
+                println!("replayed: {}", dead_letters::describe(&letter));
+            }
+            _ => {
+                let letters = dead_letters::read(&args).await?;
+                for letter in &letters {
+                    println!("{}", dead_letters::describe(letter));
+                }
+                println!("{} dead letter(s) in {}", letters.len(), args.topics().dead_letter);
+            }
+        },
         Command::Tenant { database, id, tenant_type, operator } => {
             let tenant_type: TenantType = tenant_type
                 .parse()
