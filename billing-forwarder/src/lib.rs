@@ -22,9 +22,11 @@
 //! moves them to RECEIVEDFORBILLING with the same event ids a synchronous receipt has.
 //!
 //! **Delivery:** outbox rows are written at-least-once and deduplicated by (bucket, version);
-//! sends are at-least-once and the billing system deduplicates by idempotency key; status
-//! events are produced before the row is marked received, so a crash re-sends and re-emits
-//! (same ids) instead of losing a transition.
+//! sends are at-least-once and the billing system deduplicates by idempotency key. A record's
+//! status events are a function of its row (`history`): the row is written first with
+//! `events_pending`, then the whole history is produced under fixed event ids and the flag
+//! cleared; every round first produces the histories still pending, so a crash at any point
+//! neither loses a transition nor starts one from the wrong status.
 //!
 //! **Failure modes:** network errors, timeouts and 5xx/429 answers back off exponentially
 //! (`--retry-base-ms` doubling up to `--retry-max-ms`) and are retried forever; other 4xx
@@ -215,7 +217,7 @@ struct Sender {
     config: Config,
 }
 
-type OutboxRow = (String, String, String, String, NaiveDate, i64, Vec<u8>, String, i32);
+type OutboxRow = (String, String, String, String, NaiveDate, i64, Vec<u8>, String, i32, bool);
 
 impl Sender {
     /// Sends the records that are due; returns how many were claimed.
@@ -241,7 +243,7 @@ impl Sender {
              WHERE (o.provider_tenant_id, o.consumer_tenant_id, o.application, o.unit, o.day, o.version)
                  = (due.provider_tenant_id, due.consumer_tenant_id, due.application, due.unit, due.day, due.version)
              RETURNING o.provider_tenant_id, o.consumer_tenant_id, o.application, o.unit, o.day, o.version,
-                       o.message, o.state, o.attempts",
+                       o.message, o.state, o.attempts, o.failure_reported",
         )
         .bind(MAX_ROUND)
         .bind(LEASE.as_secs_f64())
@@ -249,23 +251,22 @@ impl Sender {
         .await?;
         let claimed = rows.len();
         let mut billing_down = false;
-        for (provider, consumer, application, unit, day, version, message, state, attempts) in rows {
-            let pk = (&provider, &consumer, &application, &unit, day, version);
+        for (provider, consumer, application, unit, day, version, message, state, attempts, failure_reported) in rows {
+            let bucket_text = format!("{provider}/{consumer}/{application}/{unit}/{day}");
+            let record_key = record_key(&bucket_text, version);
             if billing_down {
                 // Billing just failed: leave the rest for the next round instead of piling up
                 // timeouts; their lease is released.
-                self.update(pk, &state, Duration::ZERO, None, false).await?;
+                sqlx::query("UPDATE billing_outbox SET next_attempt_at = now() WHERE record_key = $1 AND state = $2")
+                    .bind(&record_key)
+                    .bind(&state)
+                    .execute(&self.pool)
+                    .await?;
                 continue;
             }
             let aggregate = v1::DailyAggregate::decode(message.as_slice()).context("decoding an outbox message")?;
-            let failed_before = state == "retrying";
-            let bucket_text = format!("{provider}/{consumer}/{application}/{unit}/{day}");
-            let record_key = record_key(&bucket_text, version);
             let outcome = self.send(&aggregate, &record_key).await;
-            // Status events first: a crash before the update re-sends (billing dedups) and
-            // re-emits the same event ids (the projection dedups).
-            self.emit(&status_events(&aggregate, &bucket_text, version, failed_before, &outcome, &record_key)).await?;
-            let (state, delay, error) = match &outcome {
+            let (new_state, delay, error) = match &outcome {
                 Outcome::Received => ("received", Duration::ZERO, None),
                 Outcome::Accepted => ("sent", Duration::ZERO, None),
                 Outcome::Retry(error) => {
@@ -274,41 +275,55 @@ impl Sender {
                 }
                 Outcome::Rejected(error) => ("rejected", Duration::ZERO, Some(error.clone())),
             };
-            metrics::counter!("uts_billing_forwarder_sends_total", "outcome" => state).increment(1);
-            self.update(pk, state, delay, error, true).await?;
+            metrics::counter!("uts_billing_forwarder_sends_total", "outcome" => new_state).increment(1);
+            let failed = matches!(outcome, Outcome::Retry(_) | Outcome::Rejected(_));
+            // New events only when the history grows: a first failure, or billing took it.
+            let news = !failed || !failure_reported;
+            // The row first, with its events pending; then the history; then the flag cleared.
+            // A crash in between leaves the flag, and the next round produces the history.
+            sqlx::query(
+                "UPDATE billing_outbox
+                 SET state = $2, attempts = attempts + 1, last_error = coalesce($3, last_error), updated_at = now(),
+                     next_attempt_at = now() + make_interval(secs => $4),
+                     failure_reported = failure_reported OR $5, events_pending = events_pending OR $6
+                 WHERE record_key = $1
+                   -- A receipt by callback may have come in while this send was in flight.
+                   AND state <> 'received'",
+            )
+            .bind(&record_key)
+            .bind(new_state)
+            .bind(error)
+            .bind(delay.as_secs_f64())
+            .bind(failed)
+            .bind(news)
+            .execute(&self.pool)
+            .await?;
+            if news {
+                self.produce_history(&record_key).await?;
+            }
         }
         Ok(claimed)
     }
 
-    async fn update(
-        &self,
-        (provider, consumer, application, unit, day, version): (&String, &String, &String, &String, NaiveDate, i64),
-        state: &str,
-        delay: Duration,
-        error: Option<String>,
-        attempted: bool,
-    ) -> anyhow::Result<()> {
-        sqlx::query(
-            "UPDATE billing_outbox
-             SET state = $7, attempts = attempts + $10, last_error = coalesce($8, last_error), updated_at = now(),
-                 next_attempt_at = now() + make_interval(secs => $9)
-             WHERE provider_tenant_id = $1 AND consumer_tenant_id = $2 AND application = $3 AND unit = $4
-               AND day = $5 AND version = $6
-               -- A receipt by callback may have come in while this send was in flight.
-               AND state <> 'received'",
+    /// Produces the status events of a record from its row, then clears `events_pending`.
+    async fn produce_history(&self, record_key: &str) -> anyhow::Result<()> {
+        produce_history(&self.pool, &self.producer, &self.status_topic, self.produce_timeout, record_key).await
+    }
+
+    /// Rows whose events were decided but maybe never produced (a crash, or Kafka down right
+    /// after the row was written): produce them now. Older than a few seconds, so that a send in
+    /// flight in this or another forwarder finishes its own first (repeats are harmless anyway).
+    async fn flush_pending(&self) -> anyhow::Result<()> {
+        let keys: Vec<String> = sqlx::query_scalar(
+            "SELECT record_key FROM billing_outbox
+             WHERE events_pending AND updated_at < now() - interval '5 seconds' ORDER BY updated_at LIMIT $1",
         )
-        .bind(provider)
-        .bind(consumer)
-        .bind(application)
-        .bind(unit)
-        .bind(day)
-        .bind(version)
-        .bind(state)
-        .bind(error)
-        .bind(delay.as_secs_f64())
-        .bind(i32::from(attempted))
-        .execute(&self.pool)
+        .bind(MAX_ROUND)
+        .fetch_all(&self.pool)
         .await?;
+        for key in keys {
+            self.produce_history(&key).await?;
+        }
         Ok(())
     }
 
@@ -370,22 +385,12 @@ impl Sender {
         }
     }
 
-    async fn emit(&self, events: &[v1::StatusEvent]) -> anyhow::Result<()> {
-        try_join_all(events.iter().map(|event| {
-            let payload = event.encode_to_vec();
-            async move {
-                kafka::produce_durably(&self.producer, &self.status_topic, event.job_id.as_bytes(), &payload, self.produce_timeout)
-                    .await
-            }
-        }))
-        .await
-        .context("producing billing status events")?;
-        Ok(())
-    }
-
     async fn run(self, shutdown: CancellationToken) {
         let interval = Duration::from_millis(self.config.send_interval_ms);
         loop {
+            if let Err(err) = self.flush_pending().await {
+                tracing::warn!(error = format!("{err:#}"), "producing pending billing events failed; retrying");
+            }
             match self.round().await {
                 // A full round: more may be due right away.
                 Ok(n) if n as i64 == MAX_ROUND => continue,
@@ -456,47 +461,83 @@ fn receipt_events(aggregate: &v1::DailyAggregate, bucket_text: &str, version: i6
         .collect()
 }
 
-/// The status events of one send attempt of one bucket version, one or two per contributing
-/// job: "sent" (→ SENTFORBILLING) once the billing system has the record, then "received" when
-/// its answer is the receipt; "failed" the first time a send fails.
-fn status_events(
+/// The status events of a bucket version's record, one to three per contributing job, as a
+/// function of its row: "failed" (AGGREGATED → FAILEDTOSENDFORBILLING, with a billing error) if a
+/// failure was reported; "sent" (→ SENTFORBILLING) once billing took the record; "received"
+/// (→ RECEIVEDFORBILLING) once it was receipted. Event ids are fixed, so producing the whole
+/// history again changes nothing that was already applied.
+fn history(
     aggregate: &v1::DailyAggregate,
     bucket_text: &str,
     version: i64,
-    failed_before: bool,
-    outcome: &Outcome,
-    record_key: &str,
+    state: &str,
+    failure_reported: bool,
+    last_error: &str,
 ) -> Vec<v1::StatusEvent> {
-    let aggregated_or_failed = if failed_before { UsageStatus::FailedToSendForBilling } else { UsageStatus::Aggregated };
+    let record_key = record_key(bucket_text, version);
+    let (sent, received) = (matches!(state, "sent" | "received"), state == "received");
     let mut events = Vec::new();
     for contribution in &aggregate.contributions {
         let event = |what: &str, steps: &[(UsageStatus, UsageStatus)], errors: Vec<v1::UsageError>| {
             contribution_event(aggregate, contribution, bucket_text, version, what, steps, errors)
         };
-        match outcome {
-            Outcome::Received | Outcome::Accepted => {
-                events.push(event("sent", &[(aggregated_or_failed, UsageStatus::SentForBilling)], Vec::new()));
-            }
-            // Only the first failure is a transition; later failures change nothing visible.
-            Outcome::Retry(error) | Outcome::Rejected(error) if !failed_before => {
-                let billing_error = v1::UsageError {
-                    code: "mdsp.uts.billing.sendFailed".into(),
-                    message: format!("sending the daily aggregate to billing failed: {error}"),
-                    message_parameters: vec![v1::MessageParameter { name: "billingRecordId".into(), value: record_key.into() }],
-                    logref: record_key.into(),
-                    error_type: v1::ErrorType::Billing as i32,
-                    info: String::new(),
-                    error_data: Some(v1::usage_error::ErrorData::BillingIds(record_key.into())),
-                };
-                events.push(event("failed", &[(UsageStatus::Aggregated, UsageStatus::FailedToSendForBilling)], vec![billing_error]));
-            }
-            Outcome::Retry(_) | Outcome::Rejected(_) => {}
+        if failure_reported {
+            let billing_error = v1::UsageError {
+                code: "mdsp.uts.billing.sendFailed".into(),
+                message: format!("sending the daily aggregate to billing failed: {last_error}"),
+                message_parameters: vec![v1::MessageParameter { name: "billingRecordId".into(), value: record_key.clone() }],
+                logref: record_key.clone(),
+                error_type: v1::ErrorType::Billing as i32,
+                info: String::new(),
+                error_data: Some(v1::usage_error::ErrorData::BillingIds(record_key.clone())),
+            };
+            events.push(event("failed", &[(UsageStatus::Aggregated, UsageStatus::FailedToSendForBilling)], vec![billing_error]));
+        }
+        if sent {
+            let from = if failure_reported { UsageStatus::FailedToSendForBilling } else { UsageStatus::Aggregated };
+            events.push(event("sent", &[(from, UsageStatus::SentForBilling)], Vec::new()));
         }
     }
-    if matches!(outcome, Outcome::Received) {
+    if received {
         events.extend(receipt_events(aggregate, bucket_text, version));
     }
     events
+}
+
+/// Produces a record's history from its row (see [`history`]), then clears `events_pending`
+/// unless the row changed meanwhile (then whoever changed it produces the longer history).
+pub(crate) async fn produce_history(
+    pool: &PgPool,
+    producer: &DurableProducer,
+    topic: &str,
+    timeout: Duration,
+    record_key: &str,
+) -> anyhow::Result<()> {
+    type Row = (Vec<u8>, String, bool, Option<String>, i64, String, chrono::DateTime<Utc>);
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT message, state, failure_reported, last_error, version,
+                provider_tenant_id || '/' || consumer_tenant_id || '/' || application || '/' || unit || '/' || to_char(day, 'YYYY-MM-DD'),
+                updated_at
+         FROM billing_outbox WHERE record_key = $1",
+    )
+    .bind(record_key)
+    .fetch_optional(pool)
+    .await?;
+    let Some((message, state, failure_reported, last_error, version, bucket_text, updated_at)) = row else { return Ok(()) };
+    let aggregate = v1::DailyAggregate::decode(message.as_slice()).context("decoding an outbox message")?;
+    let events = history(&aggregate, &bucket_text, version, &state, failure_reported, last_error.as_deref().unwrap_or_default());
+    try_join_all(events.iter().map(|event| {
+        let payload = event.encode_to_vec();
+        async move { kafka::produce_durably(producer, topic, event.job_id.as_bytes(), &payload, timeout).await }
+    }))
+    .await
+    .context("producing billing status events")?;
+    sqlx::query("UPDATE billing_outbox SET events_pending = false WHERE record_key = $1 AND updated_at = $2")
+        .bind(record_key)
+        .bind(updated_at)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 /// Runs the forwarder with `pool` until `shutdown`: the outbox writer (consumer) and the sender.
@@ -585,36 +626,47 @@ mod tests {
         }
     }
 
-    fn steps(event: &v1::StatusEvent) -> Vec<(i32, i32, u32)> {
-        event.transitions.iter().map(|t| (t.from, t.to, t.count)).collect()
+    /// (event id, [(from, to, count, terminal)]) of each event.
+    type Shape = Vec<(String, Vec<(i32, i32, u32, bool)>)>;
+
+    fn shape(events: &[v1::StatusEvent]) -> Shape {
+        events.iter().map(|e| (e.event_id.clone(), e.transitions.iter().map(|t| (t.from, t.to, t.count, t.terminal)).collect())).collect()
     }
 
     #[test]
-    fn a_receipt_moves_every_contributing_job_to_received() {
+    fn the_history_follows_the_row() {
         use v1::UsageStatus as S;
-        let events = status_events(&aggregate(), "b", 2, false, &Outcome::Received, "b:2");
-        let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
-        assert_eq!(ids, ["billing:j1:b:2:sent", "billing:j2:b:2:sent", "billing:j1:b:2:received", "billing:j2:b:2:received"]);
-        assert_eq!(steps(&events[1]), vec![(S::Aggregated as i32, S::Sentforbilling as i32, 3)]);
-        assert_eq!(steps(&events[3]), vec![(S::Sentforbilling as i32, S::Receivedforbilling as i32, 3)]);
-        assert!(events[3].transitions[0].terminal && !events[1].transitions[0].terminal);
-        // Accepted (202): only "sent"; the receipt's events, when it comes, are the same as above.
-        let shape = |events: &[v1::StatusEvent]| -> Vec<(String, Vec<v1::StatusTransition>)> {
-            events.iter().map(|e| (e.event_id.clone(), e.transitions.clone())).collect()
-        };
-        let accepted = status_events(&aggregate(), "b", 2, false, &Outcome::Accepted, "b:2");
-        assert_eq!(shape(&accepted), shape(&events[..2]));
+        let (agg, sent, recv, fail) =
+            (S::Aggregated as i32, S::Sentforbilling as i32, S::Receivedforbilling as i32, S::Failedtosendforbilling as i32);
+        // Received at the first attempt: sent from AGGREGATED, then received (terminal).
+        let events = history(&aggregate(), "b", 2, "received", false, "");
+        assert_eq!(
+            shape(&events),
+            vec![
+                ("billing:j1:b:2:sent".to_owned(), vec![(agg, sent, 2, false)]),
+                ("billing:j2:b:2:sent".to_owned(), vec![(agg, sent, 3, false)]),
+                ("billing:j1:b:2:received".to_owned(), vec![(sent, recv, 2, true)]),
+                ("billing:j2:b:2:received".to_owned(), vec![(sent, recv, 3, true)]),
+            ]
+        );
+        // Accepted (202), receipt pending: only "sent"; the receipt adds the same "received".
+        assert_eq!(shape(&history(&aggregate(), "b", 2, "sent", false, "")), shape(&events[..2]));
         assert_eq!(shape(&receipt_events(&aggregate(), "b", 2)), shape(&events[2..]));
-    }
-
-    #[test]
-    fn only_the_first_failure_is_reported_and_recovery_starts_from_it() {
-        let failed = status_events(&aggregate(), "b", 2, false, &Outcome::Retry("503".into()), "b:2");
-        use v1::UsageStatus as S;
-        assert_eq!(steps(&failed[0]), vec![(S::Aggregated as i32, S::Failedtosendforbilling as i32, 2)]);
+        // A failure: "failed" with the billing error naming the record.
+        let failed = history(&aggregate(), "b", 2, "retrying", true, "billing answered 503");
+        assert_eq!(shape(&failed)[0], ("billing:j1:b:2:failed".to_owned(), vec![(agg, fail, 2, false)]));
         assert_eq!(failed[0].errors[0].error_type, v1::ErrorType::Billing as i32);
-        assert!(status_events(&aggregate(), "b", 2, true, &Outcome::Retry("503".into()), "b:2").is_empty());
-        let recovered = status_events(&aggregate(), "b", 2, true, &Outcome::Received, "b:2");
-        assert_eq!(steps(&recovered[0])[0], (S::Failedtosendforbilling as i32, S::Sentforbilling as i32, 2));
+        assert!(failed[0].errors[0].message.contains("503"));
+        assert_eq!(failed.len(), 2);
+        // Received after a failure: the same "failed", then "sent" from FAILEDTOSENDFORBILLING.
+        let recovered = shape(&history(&aggregate(), "b", 2, "received", true, "billing answered 503"));
+        assert_eq!(recovered.len(), 6);
+        for event in shape(&failed) {
+            assert!(recovered.contains(&event), "{event:?}");
+        }
+        assert!(recovered.contains(&("billing:j1:b:2:sent".to_owned(), vec![(fail, sent, 2, false)])));
+        assert!(recovered.contains(&("billing:j2:b:2:received".to_owned(), vec![(sent, recv, 3, true)])));
+        // Nothing to tell before the first attempt.
+        assert!(history(&aggregate(), "b", 2, "pending", false, "").is_empty());
     }
 }

@@ -2,10 +2,10 @@
 //! record with 202 Accepted confirms it later.
 //!
 //! Body: `{"idempotencyKey": "<the record's Idempotency-Key>", "recordId": "<its own id>"}`
-//! (`recordId` optional), with `Authorization: Bearer <--receipts-token>`. The record's jobs get
-//! SENTFORBILLING → RECEIVEDFORBILLING (produced before the outbox row is marked, with the same
-//! event ids as a synchronous receipt, so a repeated or early receipt changes nothing twice);
-//! then 200. A key never sent → 404 `noMatch`; a record refused for good → 409 `conflict`.
+//! (`recordId` optional), with `Authorization: Bearer <--receipts-token>`. The row is marked
+//! `received`, then the record's history is produced (SENTFORBILLING → RECEIVEDFORBILLING, with
+//! the same fixed event ids as a synchronous receipt, so a repeated or early receipt changes
+//! nothing twice); then 200. A key never sent → 404 `noMatch`; a record refused for good → 409 `conflict`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +19,6 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use uts_common::error::ApiError;
 use uts_common::kafka::DurableProducer;
-use uts_common::proto::{v1, Message};
 
 /// Where receipts are posted.
 pub const PATH: &str = "/billing/v1/receipts";
@@ -86,16 +85,12 @@ fn parse(bytes: &[u8]) -> Result<(String, Option<String>), ApiError> {
 async fn post_receipt(State(state): State<Arc<ReceiptsState>>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, ApiError> {
     authorise(&state, &headers)?;
     let (key, record_id) = parse(&body)?;
-    let row: Option<(Vec<u8>, String, i64, String)> = sqlx::query_as(
-        "SELECT message, state, version,
-                provider_tenant_id || '/' || consumer_tenant_id || '/' || application || '/' || unit || '/' || to_char(day, 'YYYY-MM-DD')
-         FROM billing_outbox WHERE record_key = $1",
-    )
-    .bind(&key)
-    .fetch_optional(&state.pool)
-    .await
-    .map_err(storage_error)?;
-    let Some((message, row_state, version, bucket_text)) = row else {
+    let row_state: Option<String> = sqlx::query_scalar("SELECT state FROM billing_outbox WHERE record_key = $1")
+        .bind(&key)
+        .fetch_optional(&state.pool)
+        .await
+        .map_err(storage_error)?;
+    let Some(row_state) = row_state else {
         count("unknown");
         return Err(ApiError::no_match(format!("no billing record with Idempotency-Key {key}")));
     };
@@ -103,21 +98,11 @@ async fn post_receipt(State(state): State<Arc<ReceiptsState>>, headers: HeaderMa
         count("rejected");
         return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("record {key} was refused for good; it has no receipt")));
     }
-    let aggregate = v1::DailyAggregate::decode(message.as_slice()).map_err(ApiError::internal)?;
-    // Events first: a crash before the mark repeats them under the same ids.
-    for event in crate::receipt_events(&aggregate, &bucket_text, version) {
-        uts_common::kafka::produce_durably(
-            &state.producer,
-            &state.status_topic,
-            event.job_id.as_bytes(),
-            &event.encode_to_vec(),
-            state.produce_timeout,
-        )
-        .await
-        .map_err(|err| ApiError::service_unavailable(format!("Kafka did not take the receipt's events: {err:#}"), 1))?;
-    }
+    // The row first, its events pending; then the record's whole history (fixed event ids). If
+    // producing fails, the forwarder's next round produces it; the billing system may retry.
     sqlx::query(
-        "UPDATE billing_outbox SET state = 'received', record_id = coalesce($2, record_id), updated_at = now()
+        "UPDATE billing_outbox
+         SET state = 'received', record_id = coalesce($2, record_id), events_pending = true, updated_at = now()
          WHERE record_key = $1 AND state <> 'rejected'",
     )
     .bind(&key)
@@ -125,6 +110,9 @@ async fn post_receipt(State(state): State<Arc<ReceiptsState>>, headers: HeaderMa
     .execute(&state.pool)
     .await
     .map_err(storage_error)?;
+    crate::produce_history(&state.pool, &state.producer, &state.status_topic, state.produce_timeout, &key)
+        .await
+        .map_err(|err| ApiError::service_unavailable(format!("Kafka did not take the receipt's events: {err:#}"), 1))?;
     count(if row_state == "received" { "repeated" } else { "received" });
     tracing::info!(idempotency_key = %key, record_id = ?record_id, "billing receipt by callback");
     Ok(Json(json!({"idempotencyKey": key, "state": "received"})))

@@ -97,6 +97,12 @@ fn events(messages: &[(Vec<u8>, Vec<u8>)]) -> Vec<v1::StatusEvent> {
     messages.iter().map(|(_, p)| v1::StatusEvent::decode(p.as_slice()).unwrap()).collect()
 }
 
+/// Each event id once, first occurrence kept: what the projection applies.
+fn distinct(events: Vec<v1::StatusEvent>) -> Vec<v1::StatusEvent> {
+    let mut seen = std::collections::HashSet::new();
+    events.into_iter().filter(|e| seen.insert(e.event_id.clone())).collect()
+}
+
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn billable_versions_reach_billing_once_each_in_order(pool: PgPool) {
     let args = isolated_kafka(1).await;
@@ -144,8 +150,9 @@ async fn a_failing_billing_system_is_retried_until_it_receives(pool: PgPool) {
     let (url, receiver) = start_receiver(&["--fail-first=2"]).await;
     let forwarder = start_forwarder(&args, pool, &url).await;
     produce(&args, &[aggregate("u", 1, "7", true, &[("job-9", 3)])]).await;
-    let statuses = events(&read_topic(&args, &args.topics().status, 3, WAIT).await);
-    assert_eq!(statuses.len(), 3, "one failure event, then sent and received");
+    // The history is produced whole at each step (fixed ids): failed; then failed, sent, received.
+    let statuses = distinct(events(&read_topic(&args, &args.topics().status, 4, WAIT).await));
+    assert_eq!(statuses.len(), 3, "one failure event, then sent and received: {statuses:?}");
     use v1::UsageStatus as S;
     let failed = &statuses[0];
     assert_eq!(failed.transitions[0].to, S::Failedtosendforbilling as i32);
@@ -204,7 +211,7 @@ async fn a_receipt_by_callback_completes_a_record_answered_202(pool: PgPool) {
     produce(&args, &[aggregate("u", 1, "4.5", true, &[("job-r", 4)])]).await;
 
     // SENT (from the 202) and RECEIVED (from the callback), in whichever order they were produced.
-    let statuses = events(&read_topic(&args, &args.topics().status, 2, WAIT).await);
+    let statuses = distinct(events(&read_topic(&args, &args.topics().status, 3, WAIT).await));
     use v1::UsageStatus as S;
     let step = |what: &str| {
         let event = statuses.iter().find(|e| e.event_id.ends_with(what)).unwrap_or_else(|| panic!("no {what} event: {statuses:?}"));
@@ -241,8 +248,76 @@ async fn a_receipt_by_callback_completes_a_record_answered_202(pool: PgPool) {
     // A repeated receipt is taken and changes nothing: the same event id again.
     let answer = post(TOKEN, serde_json::json!({"idempotencyKey": key})).await.unwrap();
     assert_eq!(answer.status(), reqwest::StatusCode::OK);
-    let again = events(&read_topic(&args, &args.topics().status, 3, WAIT).await);
+    // sent (the 202), sent + received (the receipt), sent + received (the repeat): same ids.
+    let again = events(&read_topic(&args, &args.topics().status, 5, WAIT).await);
     assert_eq!(again.iter().filter(|e| e.event_id.ends_with(":1:received")).count(), 2, "repeated, same id");
+    assert_eq!(distinct(again).len(), 2);
+    forwarder.cancel();
+    receiver.cancel();
+}
+
+/// The crash windows: the forwarder died after writing a row's new state and before producing
+/// its events. The next forwarder produces the pending history, and what the jobs end with is
+/// right (folded as the projection folds).
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn histories_left_pending_by_a_crash_are_produced_and_fold_right(pool: PgPool) {
+    let args = isolated_kafka(1).await;
+    let (url, receiver) = start_receiver(&[]).await;
+    let insert = |unit: &'static str, state: &'static str, failure_reported: bool, job: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO billing_outbox (provider_tenant_id, consumer_tenant_id, application, unit, day, version, message,
+                     record_key, state, failure_reported, events_pending, last_error, next_attempt_at, updated_at)
+                 VALUES ('provider', 'consumer', 'app', $1, '2026-11-21', 1, $2, $3, $4, $5, true, 'billing answered 503',
+                         now(), now() - interval '1 minute')",
+            )
+            .bind(unit)
+            .bind(aggregate(unit, 1, "2", true, &[(job, 2)]))
+            .bind(format!("provider/consumer/app/{unit}/2026-11-21:1"))
+            .bind(state)
+            .bind(failure_reported)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    // Died after marking the first failure: its "failed" event was never produced; the retry is due.
+    insert("w1", "retrying", true, "job-w1").await;
+    // Died after marking a receipt: neither "sent" nor "received" was produced.
+    insert("w2", "received", false, "job-w2").await;
+    let forwarder = start_forwarder(&args, pool.clone(), &url).await;
+
+    let deadline = Instant::now() + WAIT;
+    let boards = loop {
+        let messages = uts_common::kafka::read_topic_to_end(&args, &args.topics().status, WAIT).await;
+        let mut boards: std::collections::BTreeMap<String, uts_common::status::Board> = Default::default();
+        for event in events(&messages) {
+            boards.entry(event.job_id.clone()).or_default().apply(&event);
+        }
+        let done = boards.values().filter(|b| b.in_status("RECEIVEDFORBILLING") == 2).count() == 2;
+        if done || Instant::now() > deadline {
+            break boards;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The fold starts from AGGREGATED (2 usages each): every usage ends RECEIVEDFORBILLING, and
+    // nothing is left in AGGREGATED or FAILEDTOSENDFORBILLING but the initial -2 of AGGREGATED
+    // (the aggregator's event, not part of this test, would have added those +2).
+    for job in ["job-w1", "job-w2"] {
+        let board = &boards[job];
+        assert_eq!(board.in_status("RECEIVEDFORBILLING"), 2, "{job}: {board:?}");
+        assert_eq!(board.in_status("FAILEDTOSENDFORBILLING"), 0, "{job}: {board:?}");
+        assert_eq!(board.in_status("SENTFORBILLING"), 0, "{job}: {board:?}");
+        assert_eq!(board.in_status("AGGREGATED"), -2, "{job}: {board:?}");
+    }
+    assert_eq!(boards["job-w1"].errors.len(), 1, "the failure is reported once");
+    // Only the due record was sent; the receipted one was not sent again.
+    let stored = records(&url, 1).await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0]["record"]["bucket"]["unit"], "w1");
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM billing_outbox WHERE events_pending").fetch_one(&pool).await.unwrap();
+    assert_eq!(pending, 0);
     forwarder.cancel();
     receiver.cancel();
 }
