@@ -188,8 +188,10 @@ async fn the_dashboard_follows_a_job_to_completed_and_shows_only_the_tenants_own
     browser.click("#job-close").await;
     assert!(!browser.client.find(Locator::Css("#job-detail")).await.unwrap().is_displayed().await.unwrap());
 
-    // Monthly KPI as consumer: 6.5, and today's bar in the chart carries the day's value.
+    // Monthly KPI as consumer: 6.5, and today's bar in the chart carries the day's value. The
+    // list offers prov's KPI (op has usages of it); typed in by hand here.
     browser.click("#tab-kpis").await;
+    browser.text_until("#kpi-choice", |t| t.contains("Dash KPI · The App (from prov)")).await;
     browser.fill("#kpi-provider", "prov").await;
     browser.fill("#kpi-application", "app").await;
     browser.fill("#kpi-name", "dash-kpi").await;
@@ -213,10 +215,8 @@ async fn the_dashboard_follows_a_job_to_completed_and_shows_only_the_tenants_own
     assert_eq!(browser.count(&format!("tr[data-job-id='{own}']")).await, 0, "op's job on prov's page");
     assert!(!browser.client.find(Locator::Css("#notice")).await.unwrap().is_displayed().await.unwrap(), "no error after switching tenants");
     browser.click("#tab-kpis").await;
-    browser.click("input[name='kpi-role'][value='provider']").await;
-    browser.fill("#kpi-application", "app").await;
-    browser.fill("#kpi-name", "dash-kpi").await;
-    browser.click("#kpi-form button[type=submit]").await;
+    browser.text_until("#kpi-choice", |t| t.contains("Dash KPI · The App (yours)")).await;
+    browser.client.find(Locator::Css("#kpi-choice")).await.unwrap().select_by_value("0").await.unwrap();
     let consumers = browser.text_until("#kpi-consumers tbody", |t| t.contains("op")).await;
     assert_eq!(consumers.split_whitespace().collect::<Vec<_>>(), ["op", "6.5", "prov", "1"]);
     browser.screenshot("dashboard-kpi-provider").await;

@@ -105,6 +105,30 @@ async fn monthly_values_follow_the_kpi_and_stay_with_their_tenants(pool: PgPool)
     let (status, _) = get(&service, "bmw", "/aggregatedMonthlyConsumerUsage?month=1&year=2021&provider=other-prov&application=assetmonitor&KPIName=asset-count").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
+    // The KPIs each caller may ask for: its own, and its providers' for what it used.
+    sqlx::query(
+        "INSERT INTO kpis (name, display_name, application, application_display_name, unit, owner_tenant_id)
+         VALUES ('other-kpi', 'other', 'assetmonitor', 'Asset Monitor', 'asset', 'other-prov')",
+    )
+    .execute(&service.pool)
+    .await
+    .unwrap();
+    let kpis = |body: Value| -> Vec<(String, String, String)> {
+        body["kpis"].as_array().unwrap().iter().map(|k| {
+            (k["provider"].as_str().unwrap().to_owned(), k["KPIName"].as_str().unwrap().to_owned(), k["role"].as_str().unwrap().to_owned())
+        }).collect()
+    };
+    let (status, body) = get(&service, "bmw", "/kpis").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["kpis"][0]["KPIDisplayName"], "asset count");
+    assert_eq!(kpis(body), vec![("prov".to_owned(), "asset-count".to_owned(), "consumer".to_owned())]);
+    let (_, body) = get(&service, "prov", "/kpis").await;
+    assert_eq!(kpis(body), vec![("prov".to_owned(), "asset-count".to_owned(), "provider".to_owned())]);
+    let (_, body) = get(&service, "other-prov", "/kpis").await;
+    assert_eq!(kpis(body), vec![("other-prov".to_owned(), "other-kpi".to_owned(), "provider".to_owned())]);
+    let (_, body) = get(&service, "stranger", "/kpis?page=3").await;
+    assert_eq!(body["page"], json!({"number": 3, "size": 20, "totalElements": 0, "totalPages": 0}));
+
     // Parameters are checked and named.
     let (status, body) = get(&service, "bmw", "/aggregatedMonthlyConsumerUsage?month=1&year=2021&provider=prov&application=assetmonitor").await;
     assert_eq!((status, body["errors"][0]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("mdsp.core.generic.missingParameter")));

@@ -235,6 +235,35 @@ function kpiRole() {
   return document.querySelector("input[name='kpi-role']:checked").value;
 }
 
+/** Fills the KPI list with what the caller may ask for (GET /kpis). */
+async function loadKpiChoices() {
+  try {
+    const answer = await api("/kpis", { size: 100 });
+    const choice = $("kpi-choice");
+    const options = answer.kpis.map((kpi, i) => {
+      const option = el("option", { value: String(i) }, `${kpi.KPIDisplayName || kpi.KPIName} · ${kpi.applicationDisplayName || kpi.application} (${kpi.role === "provider" ? "yours" : `from ${kpi.provider}`})`);
+      option.kpi = kpi;
+      return option;
+    });
+    choice.replaceChildren(choice.options[0], ...options);
+  } catch (err) {
+    if (err.status !== 401) notice(`KPIs: ${err.message}`);
+  }
+}
+
+/** Picking a KPI from the list fills the form and shows it. */
+function pickKpi() {
+  const option = $("kpi-choice").selectedOptions[0];
+  if (!option?.kpi) return;
+  const kpi = option.kpi;
+  for (const radio of document.querySelectorAll("input[name='kpi-role']")) radio.checked = radio.value === kpi.role;
+  $("kpi-provider-label").hidden = kpi.role !== "consumer";
+  $("kpi-provider").value = kpi.provider;
+  $("kpi-application").value = kpi.application;
+  $("kpi-name").value = kpi.KPIName;
+  loadKpi();
+}
+
 function formatNumber(value) {
   return value === null || value === undefined ? "—" : String(value);
 }
@@ -347,6 +376,7 @@ function showTab(name) {
     startRefresh();
   } else {
     stopRefresh();
+    loadKpiChoices();
   }
 }
 
@@ -386,6 +416,7 @@ function start() {
       $("kpi-provider-label").hidden = kpiRole() !== "consumer";
     });
   }
+  $("kpi-choice").addEventListener("change", pickKpi);
   $("kpi-form").addEventListener("submit", (event) => {
     event.preventDefault();
     loadKpi();
