@@ -542,6 +542,20 @@ pub(crate) async fn produce_history(
 
 /// Runs the forwarder with `pool` until `shutdown`: the outbox writer (consumer) and the sender.
 pub async fn run_with_pool(config: Config, pool: PgPool, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let receipts_listener = tokio::net::TcpListener::bind(config.receipts_addr)
+        .await
+        .with_context(|| format!("binding the receipts listener on {}", config.receipts_addr))?;
+    run_with_receipts_listener(config, pool, receipts_listener, shutdown).await
+}
+
+/// [`run_with_pool`] with the receipts endpoint on a listener bound by the caller (a test that
+/// must know the port before the forwarder runs binds port 0 itself: no race for the port).
+pub async fn run_with_receipts_listener(
+    config: Config,
+    pool: PgPool,
+    receipts_listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let topics = config.kafka.topics();
     let runner = Runner::new(&config.kafka, v1::Stage::BillingForwarder, "billing-forwarder", &config.group, &[&topics.aggregates])?;
     let (producer, _) = kafka::durable_producer(&config.kafka)?;
@@ -556,9 +570,6 @@ pub async fn run_with_pool(config: Config, pool: PgPool, shutdown: CancellationT
         produce_timeout: config.kafka.produce_timeout(),
         token: config.receipts_token.clone(),
     });
-    let receipts_listener = tokio::net::TcpListener::bind(config.receipts_addr)
-        .await
-        .with_context(|| format!("binding the receipts listener on {}", config.receipts_addr))?;
     let receipts_addr = receipts_listener.local_addr()?;
     let receipts_task = tokio::spawn({
         let shutdown = shutdown.clone();

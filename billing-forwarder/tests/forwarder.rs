@@ -189,25 +189,31 @@ async fn poison_goes_to_the_dead_letter_topic_and_the_forwarder_carries_on(pool:
     receiver.cancel();
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn a_receipt_by_callback_completes_a_record_answered_202(pool: PgPool) {
     const TOKEN: &str = "receipts-test-token-0123456789";
     let args = isolated_kafka(1).await;
-    let port = free_port();
-    let receipts = format!("http://127.0.0.1:{port}/billing/v1/receipts");
+    // Bound here and handed to the forwarder: the receiver needs the address first.
+    let receipts_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let receipts = format!("http://{}/billing/v1/receipts", receipts_listener.local_addr().unwrap());
     let (url, receiver) =
         start_receiver(&[&format!("--receipts-url={receipts}"), &format!("--receipts-token={TOKEN}")]).await;
-    let forwarder = start_forwarder_with(
-        &args,
-        pool.clone(),
-        &url,
-        &[&format!("--receipts-addr=127.0.0.1:{port}"), &format!("--receipts-token={TOKEN}")],
-    )
-    .await;
+    let forwarder = {
+        let config = billing_forwarder::Config::parse_from([
+            "billing-forwarder".to_owned(),
+            "--database-url=postgres://unused".to_owned(),
+            "--admin-addr=127.0.0.1:0".to_owned(),
+            "--send-interval-ms=50".to_owned(),
+            format!("--receipts-token={TOKEN}"),
+            format!("--billing-url={url}"),
+            format!("--consumer-group=forwarder-{}", uuid::Uuid::new_v4()),
+            format!("--kafka-brokers={}", args.brokers),
+            format!("--topic-prefix={}", args.topic_prefix),
+        ]);
+        let shutdown = CancellationToken::new();
+        tokio::spawn(billing_forwarder::run_with_receipts_listener(config, pool.clone(), receipts_listener, shutdown.clone()));
+        shutdown
+    };
     produce(&args, &[aggregate("u", 1, "4.5", true, &[("job-r", 4)])]).await;
 
     // SENT (from the 202) and RECEIVED (from the callback), in whichever order they were produced.

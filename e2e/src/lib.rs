@@ -48,6 +48,16 @@ fn common_args(kafka: &KafkaArgs, name: &str) -> Vec<String> {
     ]
 }
 
+/// Runs a stage in the background; a stage that stops with an error says so on stderr (the test
+/// then times out waiting for it, and the output shows why).
+fn spawn_stage(name: &'static str, stage: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static) {
+    tokio::spawn(async move {
+        if let Err(err) = stage.await {
+            eprintln!("STAGE FAILED: {name}: {err:#}");
+        }
+    });
+}
+
 impl Pipeline {
     /// Starts every stage. Tenants: `op` (operator, the submitter), `prov` (developer, owner of
     /// rules), `plant` (IoT of `op`, with `app` provisioned), `buyer` (customer).
@@ -80,7 +90,9 @@ impl Pipeline {
             .await
             .unwrap();
 
-        let receipts_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        // Bound here, handed to the forwarder: the receiver needs its address first.
+        let receipts_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let receipts_port = receipts_listener.local_addr().unwrap().port();
         let mut args = vec!["billing-receiver".to_owned(), "--listen-addr=127.0.0.1:0".to_owned(), "--admin-addr=127.0.0.1:0".to_owned()];
         if callbacks {
             args.push(format!("--receipts-url=http://127.0.0.1:{receipts_port}/billing/v1/receipts"));
@@ -88,7 +100,7 @@ impl Pipeline {
         }
         let receiver = billing_receiver::Application::build(billing_receiver::Config::parse_from(args)).await.unwrap();
         let billing_url = format!("http://{}/billing/v1/records", receiver.local_addr());
-        tokio::spawn(receiver.run_until_stopped(shutdown.clone()));
+        spawn_stage("billing-receiver", receiver.run_until_stopped(shutdown.clone()));
 
         let mut args = common_args(&kafka, "ingest-gateway");
         args.extend(["--listen-addr=127.0.0.1:0".to_owned(), format!("--jwt-hs256-secret={SECRET}")]);
@@ -96,7 +108,7 @@ impl Pipeline {
             .await
             .unwrap();
         let gateway_addr = gateway.local_addr();
-        tokio::spawn(gateway.run_until_stopped(shutdown.clone()));
+        spawn_stage("ingest-gateway", gateway.run_until_stopped(shutdown.clone()));
 
         let mut args = common_args(&kafka, "query-service");
         args.extend([
@@ -108,30 +120,33 @@ impl Pipeline {
             .await
             .unwrap();
         let query_api = format!("http://{}/api/usagetransparency/v3", query.local_addr());
-        tokio::spawn(query.run_until_stopped(shutdown.clone()));
+        spawn_stage("query-service", query.run_until_stopped(shutdown.clone()));
 
         let mut args = common_args(&kafka, "verifier");
         args.extend(["--catalog-refresh-ms=0".to_owned(), format!("--consumer-group=v-{}", kafka.topic_prefix)]);
-        tokio::spawn(verifier::run_with_pool(verifier::Config::parse_from(args), pool.clone(), shutdown.clone()));
+        spawn_stage("verifier", verifier::run_with_pool(verifier::Config::parse_from(args), pool.clone(), shutdown.clone()));
 
         let mut args = common_args(&kafka, "aggregator");
         args.push(format!("--consumer-group=a-{}", kafka.topic_prefix));
-        tokio::spawn(aggregator::run_with_pool(aggregator::Config::parse_from(args), pool.clone(), shutdown.clone()));
+        spawn_stage("aggregator", aggregator::run_with_pool(aggregator::Config::parse_from(args), pool.clone(), shutdown.clone()));
 
         let mut args = common_args(&kafka, "billing-forwarder");
         args.extend([
             format!("--consumer-group=b-{}", kafka.topic_prefix),
             format!("--billing-url={billing_url}"),
-            format!("--receipts-addr=127.0.0.1:{receipts_port}"),
             format!("--receipts-token={RECEIPTS_TOKEN}"),
             "--send-interval-ms=50".to_owned(),
             "--retry-base-ms=200".to_owned(),
         ]);
-        tokio::spawn(billing_forwarder::run_with_pool(
-            billing_forwarder::Config::parse_from(args),
-            pool.clone(),
-            shutdown.clone(),
-        ));
+        spawn_stage(
+            "billing-forwarder",
+            billing_forwarder::run_with_receipts_listener(
+                billing_forwarder::Config::parse_from(args),
+                pool.clone(),
+                receipts_listener,
+                shutdown.clone(),
+            ),
+        );
         Self { kafka, pool, gateway: gateway_addr, billing_url, query_api, client: reqwest::Client::new(), shutdown }
     }
 
