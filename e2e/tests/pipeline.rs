@@ -47,8 +47,10 @@ async fn a_billed_job_ends_received_for_billing(pool: PgPool) {
     let id = pipeline
         .post_job("op", &job("op", "user", "app", &[("20", "billed-unit", now_text()), ("2.5", "billed-unit", now_text())]))
         .await;
-    let board = pipeline.wait_for(&id, WAIT, |b| b.in_status("RECEIVEDFORBILLING") == 2).await;
-    assert_eq!(board.nonzero(), BTreeMap::from([("RECEIVEDFORBILLING".to_owned(), 2)]));
+    // Converged: stages' events may arrive in any order (billing's before the aggregator's).
+    let converged = BTreeMap::from([("RECEIVEDFORBILLING".to_owned(), 2)]);
+    let board = pipeline.wait_for(&id, WAIT, |b| b.nonzero() == converged).await;
+    assert_eq!(board.nonzero(), converged);
     // The query service shows the same: COMPLETED, both usages RECEIVEDFORBILLING.
     let shown = pipeline.wait_for_job_status("op", &id, "COMPLETED", WAIT).await;
     assert_eq!(shown["usagesSummary"], json!([{"application": "app", "unit": "billed-unit", "usagesCount": 2,
@@ -66,8 +68,9 @@ async fn a_job_without_a_rule_is_aggregated_with_sum_and_never_billed(pool: PgPo
     let id = pipeline
         .post_job("op", &job("op", "user", "app", &[("1.25", "free-unit", now_text()), ("2", "free-unit", now_text())]))
         .await;
-    let board = pipeline.wait_for(&id, WAIT, |b| b.in_status("AGGREGATED") == 2).await;
-    assert_eq!(board.nonzero(), BTreeMap::from([("AGGREGATED".to_owned(), 2)]));
+    let converged = BTreeMap::from([("AGGREGATED".to_owned(), 2)]);
+    let board = pipeline.wait_for(&id, WAIT, |b| b.nonzero() == converged).await;
+    assert_eq!(board.nonzero(), converged);
     pipeline.wait_for_job_status("op", &id, "COMPLETED", WAIT).await;
     // It passed through NOVERIFICATION: the verifier's transition is on the board (now zero).
     assert!(board.counts.keys().any(|(_, _, s)| s == "NOVERIFICATION"));
@@ -176,8 +179,9 @@ async fn billing_failures_show_then_recover_to_received(pool: PgPool) {
     let id = pipeline.post_job("op", &job("op", "user", "app", &[("4", "billed", now_text())])).await;
     let failed = pipeline.wait_for(&id, WAIT, |b| b.counts.keys().any(|(_, _, s)| s == "FAILEDTOSENDFORBILLING")).await;
     assert!(failed.errors.iter().any(|e| e.error_type == uts_common::proto::v1::ErrorType::Billing as i32));
-    let board = pipeline.wait_for(&id, WAIT, |b| b.in_status("RECEIVEDFORBILLING") == 1).await;
-    assert_eq!(board.nonzero(), BTreeMap::from([("RECEIVEDFORBILLING".to_owned(), 1)]));
+    let converged = BTreeMap::from([("RECEIVEDFORBILLING".to_owned(), 1)]);
+    let board = pipeline.wait_for(&id, WAIT, |b| b.nonzero() == converged).await;
+    assert_eq!(board.nonzero(), converged);
     assert_eq!(pipeline.billing_records().await.len(), 1);
 }
 
@@ -186,8 +190,10 @@ async fn a_receipt_sent_later_by_callback_completes_the_job(pool: PgPool) {
     let pipeline = Pipeline::start_with_receipts_by_callback(pool.clone()).await;
     rule(&pool, "async-unit", "SUM", true).await;
     let id = pipeline.post_job("op", &job("op", "user", "app", &[("4", "async-unit", now_text()), ("1.25", "async-unit", now_text())])).await;
-    let board = pipeline.wait_for(&id, WAIT, |b| b.in_status("RECEIVEDFORBILLING") == 2).await;
-    assert_eq!(board.nonzero(), BTreeMap::from([("RECEIVEDFORBILLING".to_owned(), 2)]));
+    // Converged: stages' events may arrive in any order (billing's before the aggregator's).
+    let converged = BTreeMap::from([("RECEIVEDFORBILLING".to_owned(), 2)]);
+    let board = pipeline.wait_for(&id, WAIT, |b| b.nonzero() == converged).await;
+    assert_eq!(board.nonzero(), converged);
     let shown = pipeline.wait_for_job_status("op", &id, "COMPLETED", WAIT).await;
     assert_eq!(shown["usagesSummary"], json!([{"application": "app", "unit": "async-unit", "usagesCount": 2,
         "processStatus": "RECEIVEDFORBILLING"}]));
