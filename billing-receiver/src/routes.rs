@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -13,7 +13,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::Utc;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
 use uts_common::domain::format_datetime;
 use uts_common::error::{ApiError, MessageParameter};
@@ -128,7 +127,7 @@ async fn post_record(State(state): State<Arc<AppState>>, headers: HeaderMap, bod
         return Err(injected(&state, mode).await);
     }
     let key = record::idempotency_key(&headers)?;
-    let bytes = read_body(body).await?;
+    let bytes = uts_common::http::read_body(body, MAX_BODY_BYTES).await?;
     let record = record::parse(&bytes)?;
 
     // The store fsyncs the data file: keep that off the async workers.
@@ -201,7 +200,7 @@ async fn get_failures(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn set_failures(State(state): State<Arc<AppState>>, body: Body) -> Result<Response, ApiError> {
-    let plan = FailurePlan::parse(&read_body(body).await?)?;
+    let plan = FailurePlan::parse(&uts_common::http::read_body(body, MAX_BODY_BYTES).await?)?;
     let now = Instant::now();
     state.failures.set(&plan, now);
     tracing::info!(
@@ -262,16 +261,6 @@ async fn require_token(State(state): State<Arc<AppState>>, request: Request, nex
         }
     }
     next.run(request).await
-}
-
-async fn read_body(body: Body) -> Result<Bytes, ApiError> {
-    match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ApiError::payload_too_large(format!("the request body exceeds {MAX_BODY_BYTES} bytes")))
-        }
-        Err(err) => Err(ApiError::invalid_body_property("", format_args!("could not be read: {err}"))),
-    }
 }
 
 /// An error with a status and code that `ApiError` has no constructor for (409, 504, an

@@ -78,6 +78,31 @@ pub async fn serve(listener: TcpListener, app: Router, limits: &HttpArgs, shutdo
     Ok(())
 }
 
+/// 415 unless the request's Content-Type is JSON (`application/json` or `application/*+json`,
+/// parameters ignored).
+pub fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let is_json = essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"));
+    if is_json {
+        Ok(())
+    } else {
+        Err(ApiError::unsupported_media_type(format!("Content-Type must be application/json, not {content_type:?}")))
+    }
+}
+
+/// The request body, at most `limit` bytes: 413 beyond, 400 when it cannot be read.
+pub async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+    use http_body_util::{BodyExt, LengthLimitError, Limited};
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::payload_too_large(format!("the request body exceeds {limit} bytes")))
+        }
+        Err(err) => Err(ApiError::invalid_body_property("", format_args!("could not be read: {err}"))),
+    }
+}
+
 /// Bounds a request, body read included: 503 `serviceUnavailable` when it takes longer.
 async fn deadline(State(limit): State<Duration>, request: Request, next: Next) -> Response {
     match tokio::time::timeout(limit, next.run(request).into_future()).await {
@@ -125,6 +150,19 @@ mod tests {
 
     fn limits(header_ms: u64, request_ms: u64, connections: usize) -> HttpArgs {
         HttpArgs { header_timeout_ms: header_ms, request_timeout_ms: request_ms, connection_limit: connections }
+    }
+
+    #[test]
+    fn json_content_types_are_recognised() {
+        use axum::http::{header, HeaderMap};
+        let mut headers = HeaderMap::new();
+        assert!(require_json(&headers).is_err());
+        for ok in ["application/json", "application/json; charset=utf-8", "application/merge-patch+json"] {
+            headers.insert(header::CONTENT_TYPE, ok.parse().unwrap());
+            assert!(require_json(&headers).is_ok(), "{ok}");
+        }
+        headers.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
+        assert_eq!(require_json(&headers).unwrap_err().status, 415);
     }
 
     #[tokio::test]

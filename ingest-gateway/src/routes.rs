@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware;
@@ -11,7 +11,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use chrono::{SubsecRound, Utc};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
 use uts_common::auth::{Principal, Scope};
 use uts_common::domain::{format_datetime, to_timestamp, JobId};
@@ -89,9 +88,9 @@ async fn accept(
         throttle.check(&principal.tenant)?;
     }
     check_submitter(state, &principal).await?;
-    check_content_type(headers)?;
+    uts_common::http::require_json(headers)?;
     let key = headers.get(idempotency::HEADER).map(idempotency::parse_key).transpose()?;
-    let bytes = read_body(body, state.max_body_bytes).await?;
+    let bytes = uts_common::http::read_body(body, state.max_body_bytes).await?;
     let batch = match origin {
         v1::Origin::Usages => payload::parse_legacy_usages(&bytes)?,
         _ => payload::parse_usages_jobs(&bytes)?,
@@ -189,31 +188,6 @@ async fn check_submitter(state: &AppState, principal: &Principal) -> Result<(), 
             "tenant {} is not registered as a developer or operator tenant",
             principal.tenant
         ))),
-    }
-}
-
-fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    let is_json = essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"));
-    if is_json {
-        Ok(())
-    } else {
-        Err(ApiError::unsupported_media_type(format!(
-            "Content-Type must be application/json, not {:?}",
-            content_type
-        )))
-    }
-}
-
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::payload_too_large(
-            format!("the request body exceeds {limit} bytes"),
-        )),
-        Err(err) => Err(ApiError::invalid_body_property("", format_args!("could not be read: {err}"))),
     }
 }
 

@@ -28,15 +28,14 @@ mod tenants;
 
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, HeaderMap};
+use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -87,33 +86,9 @@ async fn require_admin(State(state): State<Arc<AppState>>, request: Request, nex
 /// Reads a JSON object body: 415 unless the content type is JSON, 413 beyond
 /// [`MAX_BODY_BYTES`], 400 unless it is one JSON object.
 async fn read_object(headers: &HeaderMap, body: Body) -> Result<body::Object, ApiError> {
-    check_content_type(headers)?;
-    let bytes = read_body(body, MAX_BODY_BYTES).await?;
+    uts_common::http::require_json(headers)?;
+    let bytes = uts_common::http::read_body(body, MAX_BODY_BYTES).await?;
     body::parse_object(&bytes)
-}
-
-fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    let is_json = essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"));
-    if is_json {
-        Ok(())
-    } else {
-        Err(ApiError::unsupported_media_type(format!(
-            "Content-Type must be application/json, not {content_type:?}"
-        )))
-    }
-}
-
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::payload_too_large(
-            format!("the request body exceeds {limit} bytes"),
-        )),
-        Err(err) => Err(ApiError::invalid_body_property("", format_args!("could not be read: {err}"))),
-    }
 }
 
 /// A path segment, or 400 naming it when it cannot be decoded.
@@ -311,17 +286,5 @@ mod tests {
         assert_eq!(paging.info(21), PageInfo { number: 2, size: 10, total_elements: 21, total_pages: 3 });
         assert_eq!(paging.info(0).total_pages, 0);
         assert_eq!(Paging { page: u32::MAX, size: MAX_PAGE_SIZE }.offset(), 4_294_967_295_000);
-    }
-
-    #[test]
-    fn json_content_types_are_recognised() {
-        let mut headers = HeaderMap::new();
-        assert!(check_content_type(&headers).is_err());
-        for ok in ["application/json", "application/json; charset=utf-8", "application/merge-patch+json"] {
-            headers.insert(header::CONTENT_TYPE, ok.parse().unwrap());
-            assert!(check_content_type(&headers).is_ok(), "{ok}");
-        }
-        headers.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
-        assert_eq!(check_content_type(&headers).unwrap_err().status, 415);
     }
 }
