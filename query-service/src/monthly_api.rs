@@ -352,11 +352,9 @@ struct Functions<'a> {
     pre_fill: &'a str,
 }
 
+/// What both monthly answers say about the KPI and the month.
 #[derive(Serialize)]
-struct ConsumerUsage<'a> {
-    consumer: String,
-    value: Value,
-    provider: String,
+struct KpiMonth<'a> {
     application: &'a str,
     #[serde(rename = "applicationDisplayName")]
     application_display_name: &'a str,
@@ -371,6 +369,36 @@ struct ConsumerUsage<'a> {
     /// Sic: the original's spelling.
     #[serde(rename = "aggragationFunction")]
     functions: Functions<'a>,
+}
+
+impl<'a> KpiMonth<'a> {
+    /// `until` is the month's last day so far; a future month answers the day before it began.
+    fn new(kpi: &'a Kpi, year: i32, month: u32, from: NaiveDate, until: NaiveDate) -> Self {
+        Self {
+            application: &kpi.application,
+            application_display_name: &kpi.application_display_name,
+            kpi_name: &kpi.name,
+            kpi_display_name: &kpi.display_name,
+            until: until.max(from - Duration::days(1)).to_string(),
+            year: year.to_string(),
+            month: MONTHS[month as usize - 1],
+            functions: Functions {
+                aggregation_function_daily: kpi.daily.as_str(),
+                aggregation_function_monthly: kpi.monthly.as_str(),
+                pre_fill: &kpi.pre_fill_text,
+            },
+        }
+    }
+}
+
+/// `GET /aggregatedMonthlyConsumerUsage`. Keys come out sorted (serde_json's map), as before.
+#[derive(Serialize)]
+struct ConsumerUsage<'a> {
+    consumer: String,
+    value: Value,
+    provider: String,
+    #[serde(flatten)]
+    kpi: KpiMonth<'a>,
     /// An extension of the original, only with `includeDailyValues=true`.
     #[serde(rename = "dailyValues", skip_serializing_if = "Option::is_none")]
     daily_values: Option<Vec<DailyValue>>,
@@ -384,33 +412,15 @@ struct ConsumerValue {
     daily_values: Option<Vec<DailyValue>>,
 }
 
+/// `GET /aggregatedMonthlyProviderUsage`.
 #[derive(Serialize)]
 struct ProviderUsage<'a> {
     provider: String,
-    application: &'a str,
-    #[serde(rename = "applicationDisplayName")]
-    application_display_name: &'a str,
-    #[serde(rename = "KPIName")]
-    kpi_name: &'a str,
-    #[serde(rename = "KPIDisplayName")]
-    kpi_display_name: &'a str,
-    #[serde(rename = "aggregationUntilDate")]
-    until: String,
-    year: String,
-    month: &'static str,
+    #[serde(flatten)]
+    kpi: KpiMonth<'a>,
     #[serde(rename = "aggregatedUsages")]
     usages: Vec<ConsumerValue>,
-    #[serde(rename = "aggragationFunction")]
-    functions: Functions<'a>,
     page: PageInfo,
-}
-
-fn functions(kpi: &Kpi) -> Functions<'_> {
-    Functions {
-        aggregation_function_daily: kpi.daily.as_str(),
-        aggregation_function_monthly: kpi.monthly.as_str(),
-        pre_fill: &kpi.pre_fill_text,
-    }
 }
 
 fn caller(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
@@ -444,14 +454,7 @@ async fn consumer_usage(
         consumer,
         value: number(value),
         provider: kpi.owner.clone(),
-        application: &kpi.application,
-        application_display_name: &kpi.application_display_name,
-        kpi_name: &kpi.name,
-        kpi_display_name: &kpi.display_name,
-        until: until.max(from - Duration::days(1)).to_string(),
-        year: year.to_string(),
-        month: MONTHS[month as usize - 1],
-        functions: functions(&kpi),
+        kpi: KpiMonth::new(&kpi, year, month, from, until),
         daily_values,
     };
     Ok(Json(serde_json::to_value(answer).map_err(ApiError::internal)?))
@@ -489,15 +492,8 @@ async fn provider_usage(
         .collect();
     let answer = ProviderUsage {
         provider,
-        application: &kpi.application,
-        application_display_name: &kpi.application_display_name,
-        kpi_name: &kpi.name,
-        kpi_display_name: &kpi.display_name,
-        until: until.max(from - Duration::days(1)).to_string(),
-        year: year.to_string(),
-        month: MONTHS[month as usize - 1],
+        kpi: KpiMonth::new(&kpi, year, month, from, until),
         usages,
-        functions: functions(&kpi),
         page: paging.info(total),
     };
     Ok(Json(serde_json::to_value(answer).map_err(ApiError::internal)?))
