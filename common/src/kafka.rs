@@ -32,6 +32,15 @@ pub fn client_config(args: &KafkaArgs) -> anyhow::Result<ClientConfig> {
     Ok(config)
 }
 
+/// Sets the operator's extra properties again, over a client's own defaults.
+fn apply_overrides(config: &mut ClientConfig, args: &KafkaArgs) {
+    for property in args.properties.iter().filter(|p| !p.trim().is_empty()) {
+        if let Some((key, value)) = property.split_once('=') {
+            config.set(key.trim(), value.trim());
+        }
+    }
+}
+
 /// Whether the brokers are reachable, as the client last saw it. librdkafka reports "all
 /// brokers down" at once through the error callback, but says nothing when they come back, so
 /// [`KafkaHealth::probe_while_down`] asks for metadata until they answer again.
@@ -111,11 +120,7 @@ pub fn durable_producer(args: &KafkaArgs) -> anyhow::Result<(DurableProducer, Ka
         .set("socket.connection.setup.timeout.ms", &timeout_ms)
         .set("message.max.bytes", "4000000");
     // Operator overrides win over the defaults above.
-    for property in args.properties.iter().filter(|p| !p.trim().is_empty()) {
-        if let Some((key, value)) = property.split_once('=') {
-            config.set(key.trim(), value.trim());
-        }
-    }
+    apply_overrides(&mut config, args);
     let health = KafkaHealth::default();
     let producer = config
         .create_with_context(HealthContext { health: health.clone() })
@@ -145,6 +150,9 @@ pub fn at_least_once_consumer(
         // Feeds the lag gauge (StageContext::stats).
         .set("statistics.interval.ms", "5000")
         .set("partition.assignment.strategy", "roundrobin");
+    // Operator overrides win over the defaults above (e.g. a shorter session.timeout.ms, or
+    // smaller prefetch queues), as for the producer.
+    apply_overrides(&mut config, args);
     config.create_with_context(StageContext { stage }).context("creating the Kafka consumer")
 }
 
