@@ -55,6 +55,19 @@ impl Accumulators {
         Ok(())
     }
 
+    /// Adds one usage given by parts; the `Last` (and its job id) is built only when this
+    /// usage becomes the last one. `Err` (and nothing changed) as for [`Accumulators::add`].
+    pub fn add_usage(&mut self, value: Decimal, at: DateTime<Utc>, job_id: &str, index: i32) -> Result<(), Overflow> {
+        self.sum = self.sum.checked_add(value).ok_or(Overflow)?;
+        self.count += 1;
+        self.min = self.min.min(value);
+        self.max = self.max.max(value);
+        if (at, job_id, index) > (self.last.at, self.last.job_id.as_str(), self.last.index) {
+            self.last = Last { value, at, job_id: job_id.to_owned(), index };
+        }
+        Ok(())
+    }
+
     /// The bucket's value under `function`.
     pub fn value(&self, function: AggregationFunction) -> Decimal {
         match function {
@@ -112,6 +125,22 @@ mod tests {
         assert_eq!(a, fold(&[1, 2, 0]));
         // Same datetime: the greater (job id, index) wins, whatever came first.
         assert_eq!(a.last.value, d("5"));
+    }
+
+    #[test]
+    fn adding_by_parts_equals_adding_a_last() {
+        let usages = [("5", 100, "j2", 3), ("7", 100, "j1", 9), ("1", 50, "j3", 0), ("2", 100, "j2", 4)];
+        let mut whole = Accumulators::of(d("0"), last("0", 0, "j0", 0));
+        let mut parts = whole.clone();
+        for (v, s, j, i) in usages {
+            whole.add(d(v), last(v, s, j, i)).unwrap();
+            parts.add_usage(d(v), DateTime::from_timestamp(s, 0).unwrap(), j, i).unwrap();
+        }
+        assert_eq!(whole, parts);
+        assert_eq!(parts.last.value, d("2"));
+        let before = parts.clone();
+        assert_eq!(parts.add_usage(Decimal::MAX, DateTime::from_timestamp(1, 0).unwrap(), "j", 0), Err(Overflow));
+        assert_eq!(parts, before);
     }
 
     #[test]

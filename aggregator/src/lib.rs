@@ -10,12 +10,18 @@
 //! aggregation key) to `uts.status`, keyed by job id, with the event id
 //! `aggregator:<job id>:<aggregation key>`. A usage dated yesterday updates yesterday's bucket.
 //!
+//! **Set-based.** A consumer batch is folded in memory: its dedup rows are inserted with one
+//! statement, each touched bucket is read (locked) once and written once, whatever the number
+//! of jobs it takes, and its lineage is one statement; a bucket gets one new version per
+//! consumer batch, listing every job folded into it (store.rs holds the SQL).
+//!
 //! **Delivery: exactly once into the aggregates.** Each (job, aggregation key) batch is applied
 //! only if its row in `aggregate_applied_batches` can be inserted, in the same transaction as
 //! the bucket updates; the offset is stored only after that transaction committed and the
 //! messages were acknowledged. A redelivery finds the batch applied, changes nothing, and
-//! re-emits the same status event and the buckets' current values (consumers keep the highest
-//! version), so a crash at any instant neither loses nor doubles a usage.
+//! re-emits the same status event and, from the lineage, the same bucket versions it produced,
+//! so a crash at any instant neither loses nor doubles a usage. Messages are produced in order,
+//! so a bucket's versions reach `uts.aggregates` oldest first.
 //!
 //! **Failure modes:** PostgreSQL or Kafka unavailable → the batch is retried with backoff;
 //! a message that is not a valid `VerifiedBatch`, or whose bucket would overflow the exact
@@ -23,16 +29,16 @@
 //! finished and committed.
 
 pub mod fold;
+pub mod store;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, NaiveDate, Utc};
-use futures::future::try_join_all;
 use rust_decimal::Decimal;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uts_common::admin;
 use uts_common::config::{AdminArgs, DatabaseArgs, KafkaArgs, RetentionArgs, TelemetryArgs};
@@ -42,6 +48,7 @@ use uts_common::proto::{v1, Message};
 use uts_common::runner::{decode_proto, Decoded, Handler, Rejected, Runner};
 
 use crate::fold::{Accumulators, Last};
+use crate::store::{BucketId, Claim, Contribution, KeyId, NewBucket};
 
 /// Consumer group of every aggregator process.
 pub const GROUP: &str = "uts-aggregator";
@@ -70,23 +77,20 @@ pub struct Config {
     pub telemetry: TelemetryArgs,
 }
 
+/// One verified usage, checked.
+struct Usage {
+    day: NaiveDate,
+    value: Decimal,
+    at: DateTime<Utc>,
+    index: i32,
+}
+
 /// A verified batch whose values and datetimes have been checked.
 pub struct Batch {
     message: v1::VerifiedBatch,
-    key: v1::AggregationKey,
+    key: KeyId,
     function: AggregationFunction,
-    /// (day, value, last) per usage.
-    usages: Vec<(NaiveDate, Decimal, Last)>,
-}
-
-/// A bucket's identity.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct BucketId {
-    provider: String,
-    consumer: String,
-    application: String,
-    unit: String,
-    day: NaiveDate,
+    usages: Vec<Usage>,
 }
 
 pub struct Aggregator {
@@ -102,8 +106,17 @@ pub fn bucket_key_text(key: &v1::AggregationKey, day: &str) -> String {
     format!("{}/{}/{}/{}/{day}", key.provider_tenant, key.consumer_tenant, key.application, key.unit)
 }
 
-fn key_text(key: &v1::AggregationKey) -> String {
-    format!("{}/{}/{}/{}", key.provider_tenant, key.consumer_tenant, key.application, key.unit)
+fn key_text(key: &KeyId) -> String {
+    format!("{}/{}/{}/{}", key.provider, key.consumer, key.application, key.unit)
+}
+
+fn key_proto(key: &KeyId) -> v1::AggregationKey {
+    v1::AggregationKey {
+        provider_tenant: key.provider.clone(),
+        consumer_tenant: key.consumer.clone(),
+        application: key.application.clone(),
+        unit: key.unit.clone(),
+    }
 }
 
 impl Handler for Aggregator {
@@ -114,7 +127,13 @@ impl Handler for Aggregator {
         if message.job_id.is_empty() {
             return Err("verified batch without job_id".into());
         }
-        let key = message.key.clone().ok_or("verified batch without aggregation key")?;
+        let key = message.key.as_ref().ok_or("verified batch without aggregation key")?;
+        let key = KeyId {
+            provider: key.provider_tenant.clone(),
+            consumer: key.consumer_tenant.clone(),
+            application: key.application.clone(),
+            unit: key.unit.clone(),
+        };
         let function = v1::AggregationFunction::try_from(message.function)
             .ok()
             .and_then(AggregationFunction::from_proto)
@@ -128,266 +147,265 @@ impl Handler for Aggregator {
                 .as_ref()
                 .and_then(from_timestamp)
                 .ok_or_else(|| format!("usage {} has no valid datetime", usage.index))?;
-            let last = Last { value, at, job_id: message.job_id.clone(), index: usage.index as i32 };
-            usages.push((at.date_naive(), value, last));
+            usages.push(Usage { day: at.date_naive(), value, at, index: usage.index as i32 });
         }
         Ok(Batch { message, key, function, usages })
     }
 
     async fn handle(&self, batch: &[Decoded<Batch>]) -> anyhow::Result<Vec<Rejected>> {
+        // The first copy of each (job, key): a later copy in the same batch is the same message.
+        let mut seen = HashSet::new();
+        let unique: Vec<usize> = (0..batch.len())
+            .filter(|&p| seen.insert((batch[p].item.message.job_id.as_str(), &batch[p].item.key)))
+            .collect();
+        let claims: Vec<Claim<'_>> = unique
+            .iter()
+            .map(|&p| {
+                let item = &batch[p].item;
+                Claim { job_id: &item.message.job_id, key: &item.key, usages: item.usages.len() as i32 }
+            })
+            .collect();
+
         let mut tx = self.pool.begin().await?;
-        let mut rejected = Vec::new();
-        let mut emitted: Vec<usize> = Vec::new();
-        for (position, decoded) in batch.iter().enumerate() {
-            match apply(&mut tx, &decoded.item).await? {
-                Applied::Yes | Applied::Before => emitted.push(position),
-                Applied::Overflow(reason) => rejected.push(Rejected { position, reason }),
-            }
+        let (claimed, now) = store::claim(&mut tx, &claims).await?;
+        let (fresh, before): (Vec<usize>, Vec<usize>) = unique.iter().partition(|&&p| {
+            let item = &batch[p].item;
+            claimed.contains(&(item.message.job_id.clone(), item.key.clone()))
+        });
+
+        // Fold the fresh batches in memory, each touched bucket read (and locked) once.
+        let touched: BTreeSet<BucketId> = fresh
+            .iter()
+            .flat_map(|&p| {
+                let item = &batch[p].item;
+                item.usages.iter().map(|u| BucketId { key: item.key.clone(), day: u.day })
+            })
+            .collect();
+        let stored = store::lock_buckets(&mut tx, &touched.iter().collect::<Vec<_>>()).await?;
+        let fold = fold_batches(batch, &fresh, stored);
+        if !fold.rejected.is_empty() {
+            let undone: Vec<(&str, &KeyId)> =
+                fold.rejected.iter().map(|r| (batch[r.position].item.message.job_id.as_str(), &batch[r.position].item.key)).collect();
+            store::unclaim(&mut tx, &undone).await?;
         }
-        let (aggregates, statuses) = emissions(&mut tx, batch, &emitted).await?;
+        let (new_buckets, contributions) = fold.versions(batch, now);
+        if !new_buckets.is_empty() {
+            store::store_buckets(&mut tx, &new_buckets).await?;
+            store::store_contributions(&mut tx, &contributions).await?;
+        }
+        // A redelivery re-emits the versions its batches produced, read from the lineage.
+        let redelivered: Vec<(&str, &KeyId)> =
+            before.iter().map(|&p| (batch[p].item.message.job_id.as_str(), &batch[p].item.key)).collect();
+        let old = if redelivered.is_empty() { Vec::new() } else { store::versions_of(&mut tx, &redelivered).await? };
         tx.commit().await.context("committing aggregates")?;
 
-        let sends = aggregates
-            .iter()
-            .map(|(key, payload)| (self.aggregates_topic.as_str(), key, payload))
-            .chain(statuses.iter().map(|(key, payload)| (self.status_topic.as_str(), key, payload)));
-        try_join_all(sends.map(|(topic, key, payload)| {
-            kafka::produce_durably(&self.producer, topic, key.as_bytes(), payload, self.produce_timeout)
-        }))
-        .await
-        .context("producing aggregates and status events")?;
-        let usages: usize = emitted.iter().map(|&p| batch[p].item.usages.len()).sum();
-        metrics::counter!("uts_aggregator_usages_total").increment(usages as u64);
-        Ok(rejected)
-    }
-}
-
-enum Applied {
-    /// Applied now.
-    Yes,
-    /// Applied by an earlier delivery: nothing changed.
-    Before,
-    /// Not applied: a bucket would leave the exact decimal range.
-    Overflow(String),
-}
-
-/// Applies one (job, aggregation key) batch unless it was applied before.
-async fn apply(tx: &mut Transaction<'_, Postgres>, batch: &Batch) -> anyhow::Result<Applied> {
-    let key = &batch.key;
-    sqlx::query("SAVEPOINT batch").execute(&mut **tx).await?;
-    let inserted = sqlx::query(
-        "INSERT INTO aggregate_applied_batches
-            (job_id, provider_tenant_id, consumer_tenant_id, application, unit, usages_count)
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-    )
-    .bind(&batch.message.job_id)
-    .bind(&key.provider_tenant)
-    .bind(&key.consumer_tenant)
-    .bind(&key.application)
-    .bind(&key.unit)
-    .bind(batch.usages.len() as i32)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
-        return Ok(Applied::Before);
-    }
-    let mut by_day: BTreeMap<NaiveDate, Vec<&(NaiveDate, Decimal, Last)>> = BTreeMap::new();
-    for usage in &batch.usages {
-        by_day.entry(usage.0).or_default().push(usage);
-    }
-    for (day, usages) in by_day {
-        let bucket = BucketId {
-            provider: key.provider_tenant.clone(),
-            consumer: key.consumer_tenant.clone(),
-            application: key.application.clone(),
-            unit: key.unit.clone(),
-            day,
-        };
-        let (mut acc, version) = match load_bucket(tx, &bucket).await? {
-            Some((acc, version)) => (Some(acc), version),
-            None => (None, 0),
-        };
-        let mut overflow = false;
-        for (_, value, last) in usages {
-            match acc.as_mut() {
-                Some(acc) => overflow |= acc.add(*value, last.clone()).is_err(),
-                None => acc = Some(Accumulators::of(*value, last.clone())),
-            }
+        let rejected_positions: HashSet<usize> = fold.rejected.iter().map(|r| r.position).collect();
+        let emitted: Vec<usize> = unique.iter().copied().filter(|p| !rejected_positions.contains(p)).collect();
+        let aggregates = aggregate_messages(batch, &emitted, contributions.into_iter().chain(old));
+        let statuses = status_events(batch, &emitted);
+        // In order: a bucket's versions reach its partition oldest first.
+        let mut sends: Vec<(&str, &[u8], &[u8])> = Vec::with_capacity(aggregates.len() + statuses.len());
+        for (key, payload) in &aggregates {
+            sends.push((&self.aggregates_topic, key.as_bytes(), payload));
         }
-        let (Some(acc), false) = (acc, overflow) else {
-            // Undo this batch only; the rest of the transaction stands.
-            sqlx::query("ROLLBACK TO SAVEPOINT batch").execute(&mut **tx).await?;
-            return Ok(Applied::Overflow(format!(
-                "bucket {}/{}/{}/{}/{} would leave the exact decimal range",
-                bucket.provider, bucket.consumer, bucket.application, bucket.unit, bucket.day
-            )));
-        };
-        let value = acc.value(batch.function);
-        store_bucket(tx, &bucket, batch, &acc, value, version + 1).await?;
-        sqlx::query(
-            "INSERT INTO aggregate_contributions
-                (provider_tenant_id, consumer_tenant_id, application, unit, day, job_id, usages_count, version,
-                 bucket_value, bucket_usages_count)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(&bucket.provider)
-        .bind(&bucket.consumer)
-        .bind(&bucket.application)
-        .bind(&bucket.unit)
-        .bind(bucket.day)
-        .bind(&batch.message.job_id)
-        .bind(batch.usages.iter().filter(|u| u.0 == day).count() as i32)
-        .bind(version + 1)
-        .bind(value)
-        .bind(acc.count)
-        .execute(&mut **tx)
-        .await?;
+        for (key, payload) in &statuses {
+            sends.push((&self.status_topic, key.as_bytes(), payload));
+        }
+        kafka::produce_all_durably(&self.producer, sends, self.produce_timeout)
+            .await
+            .context("producing aggregates and status events")?;
+        let usages: usize = emitted.iter().filter(|p| fresh.contains(p)).map(|&p| batch[p].item.usages.len()).sum();
+        metrics::counter!("uts_aggregator_usages_total").increment(usages as u64);
+        Ok(fold.rejected)
     }
-    Ok(Applied::Yes)
 }
 
-type BucketRow = (i64, Decimal, Decimal, Decimal, Decimal, DateTime<Utc>, String, i32, i64);
-
-async fn load_bucket(tx: &mut Transaction<'_, Postgres>, bucket: &BucketId) -> anyhow::Result<Option<(Accumulators, i64)>> {
-    let row: Option<BucketRow> = sqlx::query_as(
-        "SELECT usages_count, sum_value, min_value, max_value, last_value, last_at, last_job_id, last_index, version
-         FROM daily_aggregates
-         WHERE provider_tenant_id = $1 AND consumer_tenant_id = $2 AND application = $3 AND unit = $4 AND day = $5
-         FOR UPDATE",
-    )
-    .bind(&bucket.provider)
-    .bind(&bucket.consumer)
-    .bind(&bucket.application)
-    .bind(&bucket.unit)
-    .bind(bucket.day)
-    .fetch_optional(&mut **tx)
-    .await?;
-    Ok(row.map(|(count, sum, min, max, last_value, last_at, last_job_id, last_index, version)| {
-        let last = Last { value: last_value, at: last_at, job_id: last_job_id, index: last_index };
-        (Accumulators { count, sum, min, max, last }, version)
-    }))
-}
-
-async fn store_bucket(
-    tx: &mut Transaction<'_, Postgres>,
-    bucket: &BucketId,
-    batch: &Batch,
-    acc: &Accumulators,
-    value: Decimal,
+/// A touched bucket during the fold.
+struct Folding {
+    acc: Option<Accumulators>,
+    /// The stored version (0: a new bucket).
     version: i64,
-) -> anyhow::Result<()> {
-    sqlx::query(
-        "INSERT INTO daily_aggregates
-            (provider_tenant_id, consumer_tenant_id, application, unit, day, function, value, usages_count,
-             sum_value, min_value, max_value, last_value, last_at, last_job_id, last_index, billable, rule_id,
-             version, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, now())
-         ON CONFLICT (provider_tenant_id, consumer_tenant_id, application, unit, day) DO UPDATE SET
-            function = EXCLUDED.function, value = EXCLUDED.value, usages_count = EXCLUDED.usages_count,
-            sum_value = EXCLUDED.sum_value, min_value = EXCLUDED.min_value, max_value = EXCLUDED.max_value,
-            last_value = EXCLUDED.last_value, last_at = EXCLUDED.last_at, last_job_id = EXCLUDED.last_job_id,
-            last_index = EXCLUDED.last_index, billable = EXCLUDED.billable, rule_id = EXCLUDED.rule_id,
-            version = EXCLUDED.version, updated_at = now()",
-    )
-    .bind(&bucket.provider)
-    .bind(&bucket.consumer)
-    .bind(&bucket.application)
-    .bind(&bucket.unit)
-    .bind(bucket.day)
-    .bind(batch.function.as_str())
-    .bind(value)
-    .bind(acc.count)
-    .bind(acc.sum)
-    .bind(acc.min)
-    .bind(acc.max)
-    .bind(acc.last.value)
-    .bind(acc.last.at)
-    .bind(&acc.last.job_id)
-    .bind(acc.last.index)
-    .bind(batch.message.billable)
-    .bind(&batch.message.rule_id)
-    .bind(version)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    /// (batch position, usages) of each fresh job folded in, in batch order.
+    jobs: Vec<(usize, i32)>,
 }
 
-type EmissionRow = (NaiveDate, i32, Decimal, i64, i64, DateTime<Utc>);
+/// The fresh batches folded into their buckets.
+struct Fold {
+    buckets: BTreeMap<BucketId, Folding>,
+    rejected: Vec<Rejected>,
+}
 
-/// The messages for the applied (or previously applied) batches at `positions`: for each bucket
-/// the batch touched, the version its contribution produced with the bucket's value at that
-/// version (so every version, and every contributing job, reaches billing), and one status
-/// event per (job, aggregation key). A redelivery yields exactly the same messages.
-async fn emissions(
-    tx: &mut Transaction<'_, Postgres>,
-    batch: &[Decoded<Batch>],
-    positions: &[usize],
-) -> anyhow::Result<(Vec<(String, Vec<u8>)>, Vec<(String, Vec<u8>)>)> {
-    let mut aggregates = Vec::new();
-    let mut statuses = Vec::new();
-    let mut seen_events = HashSet::new();
+/// Folds the fresh batches at `positions` into the `stored` buckets, in batch order. A batch
+/// that would take any of its buckets out of the exact decimal range is rejected whole (none
+/// of its usages count); the others are unaffected.
+fn fold_batches(batch: &[Decoded<Batch>], positions: &[usize], stored: BTreeMap<BucketId, store::StoredBucket>) -> Fold {
+    let mut buckets: BTreeMap<BucketId, Folding> = stored
+        .into_iter()
+        .map(|(id, s)| (id, Folding { acc: Some(s.acc), version: s.version, jobs: Vec::new() }))
+        .collect();
+    let mut rejected = Vec::new();
     for &position in positions {
         let item = &batch[position].item;
-        let (job_id, key) = (&item.message.job_id, &item.key);
-        let rows: Vec<EmissionRow> = sqlx::query_as(
-            "SELECT c.day, c.usages_count, c.bucket_value, c.version, c.bucket_usages_count, c.applied_at
-             FROM aggregate_contributions c
-             WHERE c.job_id = $1 AND c.provider_tenant_id = $2 AND c.consumer_tenant_id = $3
-               AND c.application = $4 AND c.unit = $5
-             ORDER BY c.day",
-        )
-        .bind(job_id)
-        .bind(&key.provider_tenant)
-        .bind(&key.consumer_tenant)
-        .bind(&key.application)
-        .bind(&key.unit)
-        .fetch_all(&mut **tx)
-        .await?;
-        for (day, contributed, value, version, total, applied_at) in rows {
-            let day = day.format("%Y-%m-%d").to_string();
-            let message = v1::DailyAggregate {
-                bucket: Some(v1::BucketKey { key: Some(key.clone()), day: day.clone() }),
-                version: version as u64,
-                value: value.normalize().to_string(),
-                function: item.function.to_proto() as i32,
-                billable: item.message.billable,
-                usages_count: total as u64,
-                contributions: vec![v1::JobContribution { job_id: job_id.clone(), usages_count: contributed as u32 }],
-                updated_at: Some(to_timestamp(applied_at)),
-                rule_id: item.message.rule_id.clone(),
+        let mut by_day: BTreeMap<NaiveDate, (Option<Accumulators>, i32)> = BTreeMap::new();
+        let mut overflow = None;
+        for usage in &item.usages {
+            let entry = by_day.entry(usage.day).or_insert_with(|| {
+                let id = BucketId { key: item.key.clone(), day: usage.day };
+                (buckets.get(&id).and_then(|b| b.acc.clone()), 0)
+            });
+            entry.1 += 1;
+            let folded = match entry.0.as_mut() {
+                Some(acc) => acc.add_usage(usage.value, usage.at, &item.message.job_id, usage.index).is_ok(),
+                None => {
+                    let last = Last { value: usage.value, at: usage.at, job_id: item.message.job_id.clone(), index: usage.index };
+                    entry.0 = Some(Accumulators::of(usage.value, last));
+                    true
+                }
             };
-            aggregates.push((bucket_key_text(key, &day), message.encode_to_vec()));
+            if !folded {
+                overflow = Some(usage.day);
+                break;
+            }
         }
-        let event_id = format!("aggregator:{job_id}:{}", key_text(key));
-        if !seen_events.insert(event_id.clone()) {
+        if let Some(day) = overflow {
+            let k = &item.key;
+            rejected.push(Rejected {
+                position,
+                reason: format!(
+                    "bucket {}/{}/{}/{}/{day} would leave the exact decimal range",
+                    k.provider, k.consumer, k.application, k.unit
+                ),
+            });
             continue;
         }
-        let from = if item.message.verification_status == v1::UsageStatus::Verified as i32 {
-            UsageStatus::Verified
-        } else {
-            UsageStatus::NoVerification
-        };
-        let event = v1::StatusEvent {
-            event_id,
-            job_id: job_id.clone(),
-            submitter_tenant: item.message.submitter_tenant.clone(),
-            stage: v1::Stage::Aggregator as i32,
-            occurred_at: item.message.received_at,
-            transitions: vec![v1::StatusTransition {
-                application: key.application.clone(),
-                unit: key.unit.clone(),
-                from: from.to_proto() as i32,
-                to: UsageStatus::Aggregated.to_proto() as i32,
-                count: item.usages.len() as u32,
-                // Usages that are not billed end here.
-                terminal: !item.message.billable,
-            }],
-            errors: Vec::new(),
-        };
-        statuses.push((job_id.clone(), event.encode_to_vec()));
+        for (day, (acc, count)) in by_day {
+            let bucket = buckets
+                .entry(BucketId { key: item.key.clone(), day })
+                .or_insert_with(|| Folding { acc: None, version: 0, jobs: Vec::new() });
+            bucket.acc = acc;
+            bucket.jobs.push((position, count));
+        }
     }
-    Ok((aggregates, statuses))
+    Fold { buckets, rejected }
+}
+
+impl Fold {
+    /// Each bucket that took fresh jobs gets one new version for the whole batch: its new
+    /// state, and one lineage row per contributing job.
+    fn versions<'a>(&'a self, batch: &'a [Decoded<Batch>], now: DateTime<Utc>) -> (Vec<NewBucket<'a>>, Vec<Contribution>) {
+        let mut buckets = Vec::new();
+        let mut contributions = Vec::new();
+        for (id, folding) in &self.buckets {
+            let (Some(acc), Some(deciding)) = (folding.acc.as_ref(), deciding_job(batch, folding.jobs.iter().map(|j| j.0))) else {
+                continue;
+            };
+            let item = &batch[deciding].item;
+            let version = folding.version + 1;
+            let value = acc.value(item.function);
+            buckets.push(NewBucket {
+                bucket: id,
+                acc,
+                value,
+                version,
+                function: item.function.as_str(),
+                billable: item.message.billable,
+                rule_id: &item.message.rule_id,
+            });
+            for &(position, usages) in &folding.jobs {
+                contributions.push(Contribution {
+                    bucket: id.clone(),
+                    job_id: batch[position].item.message.job_id.clone(),
+                    usages,
+                    version,
+                    bucket_value: value,
+                    bucket_usages: acc.count,
+                    applied_at: now,
+                });
+            }
+        }
+        (buckets, contributions)
+    }
+}
+
+/// Of the batches at `positions`, the one whose rule data (function, billable, rule id) a
+/// bucket version carries: the greatest job id (the newest job, ids being time-ordered), so a
+/// redelivery of the same jobs picks the same one.
+fn deciding_job(batch: &[Decoded<Batch>], positions: impl Iterator<Item = usize>) -> Option<usize> {
+    positions.max_by(|&a, &b| batch[a].item.message.job_id.cmp(&batch[b].item.message.job_id))
+}
+
+/// One `uts.aggregates` message per bucket version in `lineage` (all its contributing jobs, by
+/// job id), oldest version of each bucket first. The same version always yields the same message.
+fn aggregate_messages(
+    batch: &[Decoded<Batch>],
+    positions: &[usize],
+    lineage: impl Iterator<Item = Contribution>,
+) -> Vec<(String, Vec<u8>)> {
+    let by_job: HashMap<(&str, &KeyId), usize> =
+        positions.iter().map(|&p| ((batch[p].item.message.job_id.as_str(), &batch[p].item.key), p)).collect();
+    let mut versions: BTreeMap<(BucketId, i64), Vec<Contribution>> = BTreeMap::new();
+    for row in lineage {
+        versions.entry((row.bucket.clone(), row.version)).or_default().push(row);
+    }
+    let mut messages = Vec::with_capacity(versions.len());
+    for ((bucket, version), mut rows) in versions {
+        rows.sort_by(|a, b| a.job_id.cmp(&b.job_id));
+        let known = rows.iter().filter_map(|r| by_job.get(&(r.job_id.as_str(), &bucket.key)).copied());
+        let Some(deciding) = deciding_job(batch, known) else { continue };
+        let item = &batch[deciding].item;
+        let day = bucket.day.format("%Y-%m-%d").to_string();
+        let key = key_proto(&bucket.key);
+        let message = v1::DailyAggregate {
+            bucket: Some(v1::BucketKey { key: Some(key.clone()), day: day.clone() }),
+            version: version as u64,
+            value: rows[0].bucket_value.normalize().to_string(),
+            function: item.function.to_proto() as i32,
+            billable: item.message.billable,
+            usages_count: rows[0].bucket_usages as u64,
+            contributions: rows
+                .iter()
+                .map(|r| v1::JobContribution { job_id: r.job_id.clone(), usages_count: r.usages as u32 })
+                .collect(),
+            updated_at: Some(to_timestamp(rows[0].applied_at)),
+            rule_id: item.message.rule_id.clone(),
+        };
+        messages.push((bucket_key_text(&key, &day), message.encode_to_vec()));
+    }
+    messages
+}
+
+/// One AGGREGATED transition per (job, aggregation key) at `positions`, keyed by job id.
+fn status_events(batch: &[Decoded<Batch>], positions: &[usize]) -> Vec<(String, Vec<u8>)> {
+    positions
+        .iter()
+        .map(|&p| {
+            let item = &batch[p].item;
+            let job_id = &item.message.job_id;
+            let from = if item.message.verification_status == v1::UsageStatus::Verified as i32 {
+                UsageStatus::Verified
+            } else {
+                UsageStatus::NoVerification
+            };
+            let event = v1::StatusEvent {
+                event_id: format!("aggregator:{job_id}:{}", key_text(&item.key)),
+                job_id: job_id.clone(),
+                submitter_tenant: item.message.submitter_tenant.clone(),
+                stage: v1::Stage::Aggregator as i32,
+                occurred_at: item.message.received_at,
+                transitions: vec![v1::StatusTransition {
+                    application: item.key.application.clone(),
+                    unit: item.key.unit.clone(),
+                    from: from.to_proto() as i32,
+                    to: UsageStatus::Aggregated.to_proto() as i32,
+                    count: item.usages.len() as u32,
+                    // Usages that are not billed end here.
+                    terminal: !item.message.billable,
+                }],
+                errors: Vec::new(),
+            };
+            (job_id.clone(), event.encode_to_vec())
+        })
+        .collect()
 }
 
 /// Runs the aggregator with `pool` until `shutdown`.

@@ -1,0 +1,328 @@
+//! The aggregator's PostgreSQL statements. Each is set-based (`UNNEST` of column arrays), so a
+//! consumer batch costs the same handful of statements whatever its size, and each touched
+//! bucket row is read once and written once per batch, however many jobs it folds in.
+
+use std::collections::{BTreeMap, HashSet};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use sqlx::{Postgres, Transaction};
+
+use crate::fold::{Accumulators, Last};
+
+/// An aggregation key: (provider, consumer, application, unit).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId {
+    pub provider: String,
+    pub consumer: String,
+    pub application: String,
+    pub unit: String,
+}
+
+/// A daily bucket: an aggregation key and a UTC day.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BucketId {
+    pub key: KeyId,
+    pub day: NaiveDate,
+}
+
+/// One (job, aggregation key) batch to claim, with its usage count.
+pub struct Claim<'a> {
+    pub job_id: &'a str,
+    pub key: &'a KeyId,
+    pub usages: i32,
+}
+
+/// Columns of a set of keys, for `UNNEST`.
+#[derive(Default)]
+struct KeyColumns {
+    providers: Vec<String>,
+    consumers: Vec<String>,
+    applications: Vec<String>,
+    units: Vec<String>,
+}
+
+impl KeyColumns {
+    fn push(&mut self, key: &KeyId) {
+        self.providers.push(key.provider.clone());
+        self.consumers.push(key.consumer.clone());
+        self.applications.push(key.application.clone());
+        self.units.push(key.unit.clone());
+    }
+}
+
+/// Inserts the dedup rows of `claims`; returns the (job, key) pairs inserted now (the others
+/// were applied by an earlier delivery) and the transaction's time. A row of another
+/// transaction that is not committed yet makes this wait for it, so two aggregators that
+/// both hold a redelivered batch never both apply it.
+pub async fn claim(
+    tx: &mut Transaction<'_, Postgres>,
+    claims: &[Claim<'_>],
+) -> sqlx::Result<(HashSet<(String, KeyId)>, DateTime<Utc>)> {
+    let mut jobs = Vec::with_capacity(claims.len());
+    let mut keys = KeyColumns::default();
+    let mut counts = Vec::with_capacity(claims.len());
+    for claim in claims {
+        jobs.push(claim.job_id.to_owned());
+        keys.push(claim.key);
+        counts.push(claim.usages);
+    }
+    let rows: Vec<(String, String, String, String, String)> = sqlx::query_as(
+        "INSERT INTO aggregate_applied_batches
+            (job_id, provider_tenant_id, consumer_tenant_id, application, unit, usages_count)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[])
+         ON CONFLICT DO NOTHING
+         RETURNING job_id, provider_tenant_id, consumer_tenant_id, application, unit",
+    )
+    .bind(&jobs)
+    .bind(&keys.providers)
+    .bind(&keys.consumers)
+    .bind(&keys.applications)
+    .bind(&keys.units)
+    .bind(&counts)
+    .fetch_all(&mut **tx)
+    .await?;
+    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&mut **tx).await?;
+    let claimed = rows
+        .into_iter()
+        .map(|(job, provider, consumer, application, unit)| (job, KeyId { provider, consumer, application, unit }))
+        .collect();
+    Ok((claimed, now))
+}
+
+/// Deletes the dedup rows of batches that were claimed but could not be applied (overflow).
+pub async fn unclaim(tx: &mut Transaction<'_, Postgres>, claims: &[(&str, &KeyId)]) -> sqlx::Result<()> {
+    let jobs: Vec<String> = claims.iter().map(|(job, _)| (*job).to_owned()).collect();
+    let mut keys = KeyColumns::default();
+    for (_, key) in claims {
+        keys.push(key);
+    }
+    sqlx::query(
+        "DELETE FROM aggregate_applied_batches a
+         USING UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS k(job_id, p, c, a, u)
+         WHERE (a.job_id, a.provider_tenant_id, a.consumer_tenant_id, a.application, a.unit)
+             = (k.job_id, k.p, k.c, k.a, k.u)",
+    )
+    .bind(&jobs)
+    .bind(&keys.providers)
+    .bind(&keys.consumers)
+    .bind(&keys.applications)
+    .bind(&keys.units)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A bucket as stored: its accumulators and version.
+pub struct StoredBucket {
+    pub acc: Accumulators,
+    pub version: i64,
+}
+
+/// Reads and locks the stored `buckets` (those that exist), in key order so that two
+/// transactions locking overlapping sets cannot deadlock.
+pub async fn lock_buckets(
+    tx: &mut Transaction<'_, Postgres>,
+    buckets: &[&BucketId],
+) -> sqlx::Result<BTreeMap<BucketId, StoredBucket>> {
+    let mut keys = KeyColumns::default();
+    let mut days = Vec::with_capacity(buckets.len());
+    for bucket in buckets {
+        keys.push(&bucket.key);
+        days.push(bucket.day);
+    }
+    type Row = (String, String, String, String, NaiveDate, i64, Decimal, Decimal, Decimal, Decimal, DateTime<Utc>, String, i32, i64);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT d.provider_tenant_id, d.consumer_tenant_id, d.application, d.unit, d.day,
+                d.usages_count, d.sum_value, d.min_value, d.max_value, d.last_value, d.last_at, d.last_job_id,
+                d.last_index, d.version
+         FROM daily_aggregates d
+         JOIN UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::date[]) AS k(p, c, a, u, day)
+           ON (d.provider_tenant_id, d.consumer_tenant_id, d.application, d.unit, d.day) = (k.p, k.c, k.a, k.u, k.day)
+         ORDER BY d.provider_tenant_id, d.consumer_tenant_id, d.application, d.unit, d.day
+         FOR UPDATE OF d",
+    )
+    .bind(&keys.providers)
+    .bind(&keys.consumers)
+    .bind(&keys.applications)
+    .bind(&keys.units)
+    .bind(&days)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(provider, consumer, application, unit, day, count, sum, min, max, last_value, last_at, last_job_id, last_index, version)| {
+            let last = Last { value: last_value, at: last_at, job_id: last_job_id, index: last_index };
+            let bucket = BucketId { key: KeyId { provider, consumer, application, unit }, day };
+            (bucket, StoredBucket { acc: Accumulators { count, sum, min, max, last }, version })
+        })
+        .collect())
+}
+
+/// A bucket's new state, written once per batch.
+pub struct NewBucket<'a> {
+    pub bucket: &'a BucketId,
+    pub acc: &'a Accumulators,
+    pub value: Decimal,
+    pub version: i64,
+    pub function: &'static str,
+    pub billable: bool,
+    pub rule_id: &'a str,
+}
+
+/// Writes the buckets' new states: one statement for the whole batch.
+pub async fn store_buckets(tx: &mut Transaction<'_, Postgres>, buckets: &[NewBucket<'_>]) -> sqlx::Result<()> {
+    let mut keys = KeyColumns::default();
+    let (mut days, mut functions, mut values, mut counts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut sums, mut mins, mut maxs, mut last_values, mut last_ats) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut last_jobs, mut last_indexes, mut billables, mut rules, mut versions) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for b in buckets {
+        keys.push(&b.bucket.key);
+        days.push(b.bucket.day);
+        functions.push(b.function.to_owned());
+        values.push(b.value);
+        counts.push(b.acc.count);
+        sums.push(b.acc.sum);
+        mins.push(b.acc.min);
+        maxs.push(b.acc.max);
+        last_values.push(b.acc.last.value);
+        last_ats.push(b.acc.last.at);
+        last_jobs.push(b.acc.last.job_id.clone());
+        last_indexes.push(b.acc.last.index);
+        billables.push(b.billable);
+        rules.push(b.rule_id.to_owned());
+        versions.push(b.version);
+    }
+    sqlx::query(
+        "INSERT INTO daily_aggregates
+            (provider_tenant_id, consumer_tenant_id, application, unit, day, function, value, usages_count,
+             sum_value, min_value, max_value, last_value, last_at, last_job_id, last_index, billable, rule_id,
+             version, updated_at)
+         SELECT *, now() FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::date[], $6::text[],
+             $7::numeric[], $8::int8[], $9::numeric[], $10::numeric[], $11::numeric[], $12::numeric[],
+             $13::timestamptz[], $14::text[], $15::int4[], $16::bool[], $17::text[], $18::int8[])
+         ON CONFLICT (provider_tenant_id, consumer_tenant_id, application, unit, day) DO UPDATE SET
+            function = EXCLUDED.function, value = EXCLUDED.value, usages_count = EXCLUDED.usages_count,
+            sum_value = EXCLUDED.sum_value, min_value = EXCLUDED.min_value, max_value = EXCLUDED.max_value,
+            last_value = EXCLUDED.last_value, last_at = EXCLUDED.last_at, last_job_id = EXCLUDED.last_job_id,
+            last_index = EXCLUDED.last_index, billable = EXCLUDED.billable, rule_id = EXCLUDED.rule_id,
+            version = EXCLUDED.version, updated_at = now()",
+    )
+    .bind(&keys.providers)
+    .bind(&keys.consumers)
+    .bind(&keys.applications)
+    .bind(&keys.units)
+    .bind(&days)
+    .bind(&functions)
+    .bind(&values)
+    .bind(&counts)
+    .bind(&sums)
+    .bind(&mins)
+    .bind(&maxs)
+    .bind(&last_values)
+    .bind(&last_ats)
+    .bind(&last_jobs)
+    .bind(&last_indexes)
+    .bind(&billables)
+    .bind(&rules)
+    .bind(&versions)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// One job's contribution to a bucket version, as recorded in the lineage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contribution {
+    pub bucket: BucketId,
+    pub job_id: String,
+    pub usages: i32,
+    pub version: i64,
+    /// The bucket's value and usage count at `version`.
+    pub bucket_value: Decimal,
+    pub bucket_usages: i64,
+    pub applied_at: DateTime<Utc>,
+}
+
+/// Records the lineage of the batch: one statement.
+pub async fn store_contributions(tx: &mut Transaction<'_, Postgres>, rows: &[Contribution]) -> sqlx::Result<()> {
+    let mut keys = KeyColumns::default();
+    let (mut days, mut jobs, mut counts, mut versions, mut values, mut totals) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for row in rows {
+        keys.push(&row.bucket.key);
+        days.push(row.bucket.day);
+        jobs.push(row.job_id.clone());
+        counts.push(row.usages);
+        versions.push(row.version);
+        values.push(row.bucket_value);
+        totals.push(row.bucket_usages);
+    }
+    sqlx::query(
+        "INSERT INTO aggregate_contributions
+            (provider_tenant_id, consumer_tenant_id, application, unit, day, job_id, usages_count, version,
+             bucket_value, bucket_usages_count)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::date[], $6::text[], $7::int4[],
+             $8::int8[], $9::numeric[], $10::int8[])",
+    )
+    .bind(&keys.providers)
+    .bind(&keys.consumers)
+    .bind(&keys.applications)
+    .bind(&keys.units)
+    .bind(&days)
+    .bind(&jobs)
+    .bind(&counts)
+    .bind(&versions)
+    .bind(&values)
+    .bind(&totals)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The whole lineage of every bucket version that the given (job, key) batches contributed to
+/// (every job of those versions, not only the given ones): what a redelivery re-emits.
+pub async fn versions_of(tx: &mut Transaction<'_, Postgres>, batches: &[(&str, &KeyId)]) -> sqlx::Result<Vec<Contribution>> {
+    let jobs: Vec<String> = batches.iter().map(|(job, _)| (*job).to_owned()).collect();
+    let mut keys = KeyColumns::default();
+    for (_, key) in batches {
+        keys.push(key);
+    }
+    type Row = (String, String, String, String, NaiveDate, String, i32, i64, Decimal, i64, DateTime<Utc>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "WITH versions AS (
+           SELECT DISTINCT c.provider_tenant_id, c.consumer_tenant_id, c.application, c.unit, c.day, c.version
+           FROM aggregate_contributions c
+           JOIN UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS k(job_id, p, c, a, u)
+             ON (c.job_id, c.provider_tenant_id, c.consumer_tenant_id, c.application, c.unit) = (k.job_id, k.p, k.c, k.a, k.u)
+         )
+         SELECT c.provider_tenant_id, c.consumer_tenant_id, c.application, c.unit, c.day, c.job_id, c.usages_count,
+                c.version, c.bucket_value, c.bucket_usages_count, c.applied_at
+         FROM aggregate_contributions c
+         JOIN versions v
+           ON (c.provider_tenant_id, c.consumer_tenant_id, c.application, c.unit, c.day, c.version)
+            = (v.provider_tenant_id, v.consumer_tenant_id, v.application, v.unit, v.day, v.version)
+         ORDER BY c.provider_tenant_id, c.consumer_tenant_id, c.application, c.unit, c.day, c.version, c.job_id",
+    )
+    .bind(&jobs)
+    .bind(&keys.providers)
+    .bind(&keys.consumers)
+    .bind(&keys.applications)
+    .bind(&keys.units)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(provider, consumer, application, unit, day, job_id, usages, version, bucket_value, bucket_usages, applied_at)| {
+            Contribution {
+                bucket: BucketId { key: KeyId { provider, consumer, application, unit }, day },
+                job_id,
+                usages,
+                version,
+                bucket_value,
+                bucket_usages,
+                applied_at,
+            }
+        })
+        .collect())
+}
