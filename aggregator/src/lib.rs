@@ -211,7 +211,7 @@ impl Handler for Aggregator {
         for (key, payload) in &statuses {
             sends.push((&self.status_topic, key.as_bytes(), payload));
         }
-        kafka::produce_all_durably(&self.producer, sends, self.produce_timeout)
+        kafka::produce_all_durably(&self.producer, &sends, self.produce_timeout)
             .await
             .context("producing aggregates and status events")?;
         let usages: usize = emitted.iter().filter(|p| fresh.contains(p)).map(|&p| batch[p].item.usages.len()).sum();

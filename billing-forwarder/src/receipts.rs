@@ -8,7 +8,6 @@
 //! nothing twice); then 200. A key never sent → 404 `noMatch`; a record refused for good → 409 `conflict`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -18,7 +17,6 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use uts_common::error::ApiError;
-use uts_common::kafka::DurableProducer;
 
 /// Where receipts are posted.
 pub const PATH: &str = "/billing/v1/receipts";
@@ -28,9 +26,7 @@ const MAX_BODY_BYTES: usize = 16 * 1024;
 
 pub(crate) struct ReceiptsState {
     pub(crate) pool: PgPool,
-    pub(crate) producer: DurableProducer,
-    pub(crate) status_topic: String,
-    pub(crate) produce_timeout: Duration,
+    pub(crate) history: crate::history::Producer,
     pub(crate) token: Option<String>,
 }
 
@@ -110,7 +106,9 @@ async fn post_receipt(State(state): State<Arc<ReceiptsState>>, headers: HeaderMa
     .execute(&state.pool)
     .await
     .map_err(storage_error)?;
-    crate::produce_history(&state.pool, &state.producer, &state.status_topic, state.produce_timeout, &key)
+    state
+        .history
+        .produce(std::slice::from_ref(&key))
         .await
         .map_err(|err| ApiError::service_unavailable(format!("Kafka did not take the receipt's events: {err:#}"), 1))?;
     count(if row_state == "received" { "repeated" } else { "received" });

@@ -42,6 +42,9 @@ async fn start_forwarder_with(kafka_args: &KafkaArgs, pool: PgPool, billing_url:
         format!("--kafka-brokers={}", kafka_args.brokers),
         format!("--topic-prefix={}", kafka_args.topic_prefix),
     ];
+    if extra.iter().any(|arg| arg.starts_with("--consumer-group=")) {
+        args.retain(|arg| !arg.starts_with("--consumer-group="));
+    }
     args.extend(extra.iter().map(|arg| (*arg).to_owned()));
     let config = billing_forwarder::Config::parse_from(args);
     uts_common::telemetry::init(&config.telemetry);
@@ -118,14 +121,29 @@ async fn billable_versions_reach_billing_once_each_in_order(pool: PgPool) {
         ],
     )
     .await;
-    let stored = records(&url, 2).await;
+    let deadline = Instant::now() + WAIT;
+    let stored = loop {
+        let stored = records(&url, 1).await;
+        if stored.last().is_some_and(|r| r["record"]["version"] == 2) || Instant::now() > deadline {
+            break stored;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let statuses = events(&read_topic(&args, &args.topics().status, 4, WAIT).await);
     let versions: Vec<(u64, String)> = stored
         .iter()
         .map(|r| (r["record"]["version"].as_u64().unwrap(), r["record"]["value"].as_str().unwrap().to_owned()))
         .collect();
-    assert_eq!(versions, vec![(1, "20".to_owned()), (2, "25.5".to_owned())]);
-    assert_eq!(stored[0]["idempotencyKey"], "provider/consumer/app/u/2026-11-21:1");
+    // Version 1 is sent, or superseded by version 2 when both were due at once (then version
+    // 2's record covers version 1's job); never out of order.
+    assert!(
+        versions == [(1, "20".to_owned()), (2, "25.5".to_owned())] || versions == [(2, "25.5".to_owned())],
+        "{versions:?}"
+    );
+    let last = stored.last().unwrap();
+    assert_eq!(last["idempotencyKey"], "provider/consumer/app/u/2026-11-21:2");
+    let from = if versions.len() == 2 { 2 } else { 1 };
+    assert_eq!(last["record"]["coveredVersions"], serde_json::json!({"from": from, "to": 2}));
     let mut ids: Vec<&str> = statuses.iter().map(|e| e.event_id.as_str()).collect();
     ids.sort();
     assert_eq!(
@@ -325,5 +343,87 @@ async fn histories_left_pending_by_a_crash_are_produced_and_fold_right(pool: PgP
     let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM billing_outbox WHERE events_pending").fetch_one(&pool).await.unwrap();
     assert_eq!(pending, 0);
     forwarder.cancel();
+    receiver.cancel();
+}
+
+/// Many versions of one bucket, two forwarders sharing the outbox, billing failing now and
+/// then: billing receives the bucket's versions in strictly increasing order only, the last
+/// one is the newest, and every job of every version (sent or coalesced) ends
+/// RECEIVEDFORBILLING exactly once.
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn two_forwarders_send_one_buckets_versions_in_increasing_order_only(pool: PgPool) {
+    const VERSIONS: u64 = 60;
+    let args = isolated_kafka(1).await;
+    let (url, receiver) = start_receiver(&[]).await;
+    let group = format!("forwarder-{}", uuid::Uuid::new_v4());
+    let mut forwarders = Vec::new();
+    for _ in 0..2 {
+        // Same consumer group: they split the partitions and share the outbox.
+        let extra = ["--receipts-addr=127.0.0.1:0".to_owned(), format!("--consumer-group={group}"), "--max-in-flight=4".to_owned()];
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        forwarders.push(start_forwarder_with(&args, pool.clone(), &url, &extra).await);
+    }
+    let admin = reqwest::Client::new();
+    let failures = url.replace("/billing/v1/records", "/admin/failures");
+    let jobs: Vec<String> = (1..=VERSIONS).map(|v| format!("job-{v:03}")).collect();
+    for chunk in 0..(VERSIONS / 10) {
+        let messages: Vec<Vec<u8>> = (chunk * 10 + 1..=chunk * 10 + 10)
+            .map(|v| aggregate("hot", v, &format!("{}", v * 10), true, &[(jobs[v as usize - 1].as_str(), 10)]))
+            .collect();
+        produce(&args, &messages).await;
+        if chunk % 2 == 1 {
+            // Billing fails the next two records: the older version retries, the newer ones wait.
+            admin.post(&failures).json(&serde_json::json!({"mode": "http503", "count": 2})).send().await.unwrap();
+        }
+    }
+    let deadline = Instant::now() + WAIT;
+    let stored = loop {
+        let stored = records(&url, 1).await;
+        if stored.last().is_some_and(|r| r["record"]["version"] == VERSIONS) || Instant::now() > deadline {
+            break stored;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let versions: Vec<u64> = stored.iter().map(|r| r["record"]["version"].as_u64().unwrap()).collect();
+    println!("billing received versions {versions:?}");
+    assert!(versions.windows(2).all(|w| w[0] < w[1]), "out of order: {versions:?}");
+    assert_eq!(versions.last(), Some(&VERSIONS), "{versions:?}");
+    assert_eq!(stored.last().unwrap()["record"]["value"], (VERSIONS * 10).to_string());
+    // Every record covers the versions after the previous one.
+    let mut next = 1;
+    for record in &stored {
+        assert_eq!(record["record"]["coveredVersions"]["from"], next, "{record}");
+        next = record["record"]["version"].as_u64().unwrap() + 1;
+    }
+    // Every job ends RECEIVEDFORBILLING with its 10 usages (folded as the projection folds).
+    let deadline = Instant::now() + WAIT;
+    let boards = loop {
+        let messages = uts_common::kafka::read_topic_to_end(&args, &args.topics().status, WAIT).await;
+        let mut boards: std::collections::BTreeMap<String, uts_common::status::Board> = Default::default();
+        let mut seen = std::collections::HashSet::new();
+        for event in events(&messages) {
+            if seen.insert(event.event_id.clone()) {
+                boards.entry(event.job_id.clone()).or_default().apply(&event);
+            }
+        }
+        if boards.values().filter(|b| b.in_status("RECEIVEDFORBILLING") == 10).count() == jobs.len() || Instant::now() > deadline {
+            break boards;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for job in &jobs {
+        let board = boards.get(job).unwrap_or_else(|| panic!("{job} has no billing events"));
+        assert_eq!(board.in_status("RECEIVEDFORBILLING"), 10, "{job}: {board:?}");
+        assert_eq!(board.in_status("SENTFORBILLING"), 0, "{job}: {board:?}");
+        assert_eq!(board.in_status("FAILEDTOSENDFORBILLING"), 0, "{job}: {board:?}");
+    }
+    let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM billing_outbox WHERE state NOT IN ('received', 'superseded')")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(unsent, 0);
+    for forwarder in forwarders {
+        forwarder.cancel();
+    }
     receiver.cancel();
 }

@@ -6,8 +6,12 @@
 //! {"bucket": {"providerTenant": "acme", "consumerTenant": "buyer", "application": "app",
 //!             "unit": "kwh", "day": "2024-05-01"},
 //!  "version": 3, "value": "20.5", "usagesCount": 7,
-//!  "jobs": [{"jobId": "0190…", "usagesCount": 2}]}
+//!  "coveredVersions": {"from": 2, "to": 3}}
 //! ```
+//!
+//! `coveredVersions` says which versions of the bucket the record stands for (the forwarder
+//! sends only the newest due one; the value is absolute). `jobs` (`[{"jobId", "usagesCount"}]`)
+//! is optional and checked when present.
 //!
 //! The required fields are checked strictly (each error names its field); other fields are
 //! accepted and stored as sent, so the forwarder may add to the record without changing this
@@ -91,8 +95,20 @@ pub fn parse(bytes: &[u8]) -> Result<BillingRecord, InvalidBody> {
     decimal_string(root, "value", "value")?;
     integer(root, "usagesCount", "usagesCount")?;
 
-    let jobs =
-        required(root, "jobs", "jobs")?.as_array().ok_or_else(|| InvalidBody::invalid("jobs", "must be an array"))?;
+    let covered = object(root, "coveredVersions", "coveredVersions")?;
+    let from = integer(covered, "from", "coveredVersions.from")?;
+    let to = integer(covered, "to", "coveredVersions.to")?;
+    if to != version {
+        return Err(InvalidBody::invalid("coveredVersions.to", format!("must be the record's version {version}")));
+    }
+    if from == 0 || from > to {
+        return Err(InvalidBody::invalid("coveredVersions.from", format!("must be between 1 and {to}")));
+    }
+
+    let jobs = match root.get("jobs") {
+        None | Some(Value::Null) => &[][..],
+        Some(jobs) => jobs.as_array().ok_or_else(|| InvalidBody::invalid("jobs", "must be an array"))?.as_slice(),
+    };
     let mut seen: HashMap<&str, usize> = HashMap::with_capacity(jobs.len());
     for (index, job) in jobs.iter().enumerate() {
         let path = format!("jobs[{index}]");
@@ -184,6 +200,7 @@ mod tests {
             "bucket": {"providerTenant": "acme", "consumerTenant": "buyer", "application": "app",
                        "unit": "kwh", "day": "2024-05-01"},
             "version": 3, "value": "20.50", "usagesCount": 7,
+            "coveredVersions": {"from": 2, "to": 3},
             "jobs": [{"jobId": "job-1", "usagesCount": 2}, {"jobId": "job-2", "usagesCount": 5}],
             "function": "SUM"
         })
@@ -219,8 +236,9 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_jobs_list_is_accepted() {
+    fn an_empty_or_missing_jobs_list_is_accepted() {
         assert!(parse_value(&with(sample(), "/jobs", Some(json!([])))).is_ok());
+        assert!(parse_value(&with(sample(), "/jobs", None)).is_ok());
     }
 
     #[test]
@@ -235,7 +253,9 @@ mod tests {
             ("/version", "version"),
             ("/value", "value"),
             ("/usagesCount", "usagesCount"),
-            ("/jobs", "jobs"),
+            ("/coveredVersions", "coveredVersions"),
+            ("/coveredVersions/from", "coveredVersions.from"),
+            ("/coveredVersions/to", "coveredVersions.to"),
             ("/jobs/1/jobId", "jobs[1].jobId"),
             ("/jobs/0/usagesCount", "jobs[0].usagesCount"),
         ] {
@@ -266,6 +286,10 @@ mod tests {
             ("/value", json!(""), "value"),
             ("/value", json!("1e400"), "value"),
             ("/usagesCount", json!(-7), "usagesCount"),
+            ("/coveredVersions", json!([2, 3]), "coveredVersions"),
+            ("/coveredVersions/to", json!(4), "coveredVersions.to"),
+            ("/coveredVersions/from", json!(0), "coveredVersions.from"),
+            ("/coveredVersions/from", json!(4), "coveredVersions.from"),
             ("/jobs", json!({}), "jobs"),
             ("/jobs/0", json!("job-1"), "jobs[0]"),
             ("/jobs/1/jobId", json!(" "), "jobs[1].jobId"),

@@ -91,6 +91,7 @@ fn record(version: u64, value: &str) -> Value {
         "version": version,
         "value": value,
         "usagesCount": 3,
+        "coveredVersions": {"from": version, "to": version},
         "jobs": [{"jobId": "0190a1b2-0000-7000-8000-000000000001", "usagesCount": 3}]
     })
 }

@@ -276,14 +276,14 @@ pub async fn produce_durably(
 /// waited out, never skipped), so the messages to one partition keep their order: the producer
 /// is idempotent, so neither its retries nor concurrency reorder them. Cheaper than one
 /// [`produce_durably`] future per message, and ordered where a set of those futures is not.
-pub async fn produce_all_durably<'a>(
+pub async fn produce_all_durably(
     producer: &DurableProducer,
-    messages: impl IntoIterator<Item = (&'a str, &'a [u8], &'a [u8])>,
+    messages: &[(&str, &[u8], &[u8])],
     timeout: Duration,
 ) -> Result<(), KafkaError> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut deliveries = Vec::new();
-    for (topic, key, payload) in messages {
+    let mut deliveries = Vec::with_capacity(messages.len());
+    for &(topic, key, payload) in messages {
         let mut record = FutureRecord::to(topic).key(key).payload(payload);
         loop {
             match producer.send_result(record) {

@@ -157,7 +157,7 @@ cmd_demo() {
   echo
   job_id="$(sed -n 's/.*"id":"\([^"]*\)".*/\1/p' <<<"$answer")"
   [[ -n "$job_id" ]] || die "the sample was not accepted"
-  billed() { curl -fsS http://127.0.0.1:18070/billing/v1/records | grep -q "$job_id"; }
+  billed() { curl -fsS "$query_api/usagesJobs/$job_id" -H "Authorization: Bearer $token" | grep -q '"processStatus":"RECEIVEDFORBILLING"'; }
   if wait_until 60 0.5 billed; then
     echo "The job went through verification (rule: SUM, billed), the daily aggregate and billing."
     echo "Daily aggregate (PostgreSQL):"

@@ -59,7 +59,13 @@ async fn a_billed_job_ends_received_for_billing(pool: PgPool) {
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["record"]["value"], "22.5");
     assert_eq!(records[0]["record"]["bucket"]["providerTenant"], "prov");
-    assert_eq!(records[0]["record"]["jobs"][0]["jobId"], id.as_str());
+    assert_eq!(records[0]["record"]["coveredVersions"], json!({"from": 1, "to": 1}));
+    // Which jobs made the billed value is the lineage.
+    let lineage: Vec<(String, i32)> = sqlx::query_as("SELECT job_id, usages_count FROM aggregate_contributions WHERE unit = 'billed-unit'")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(lineage, vec![(id.clone(), 2)]);
 }
 
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
