@@ -1,9 +1,12 @@
 //! `uts-bench`: how fast the ingest gateway makes usages durable, next to how fast one process
 //! can produce the same job messages straight to Kafka with the same durable producer settings
-//! (`acks=all`, idempotent). Prints figures; asserts nothing (this is not a test).
+//! (`acks=all`, idempotent); with `--pipeline`, how fast the whole pipeline behind it finishes
+//! them ([`pipeline`]). Prints figures; asserts nothing (this is not a test).
 //!
 //! Both phases run for the same time with the same number of requests in flight; every
 //! request carries 200 usages, the API's maximum.
+
+mod pipeline;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -59,6 +62,14 @@ struct Args {
     #[arg(long, env = "UTS_BENCH_PROBE_TENANT", default_value = "bench-probe")]
     probe_tenant: String,
 
+    /// Measure the whole pipeline instead (needs --query-url and --probe-token): load for
+    /// --seconds, then until drained, figures every second.
+    #[arg(long)]
+    pipeline: bool,
+
+    #[command(flatten)]
+    pipeline_args: pipeline::PipelineArgs,
+
     #[command(flatten)]
     kafka: KafkaArgs,
 }
@@ -92,6 +103,22 @@ impl Figures {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.pipeline {
+        let query_url = args.query_url.as_deref().context("--pipeline needs --query-url")?;
+        let probe_token = args.probe_token.as_deref().context("--pipeline needs --probe-token")?;
+        return pipeline::run(
+            &args.pipeline_args,
+            &args.gateway_url,
+            query_url,
+            &args.token,
+            &args.tenant,
+            probe_token,
+            &args.probe_tenant,
+            args.concurrency,
+            args.seconds,
+        )
+        .await;
+    }
     let body = request_body(&args.tenant);
     println!(
         "uts-bench: {} s per phase, {} in flight, {} usages per job ({} bytes of JSON), {} cores",
@@ -140,6 +167,8 @@ fn args_clone(args: &Args) -> Args {
         query_url: args.query_url.clone(),
         probe_token: args.probe_token.clone(),
         probe_tenant: args.probe_tenant.clone(),
+        pipeline: false,
+        pipeline_args: args.pipeline_args.clone(),
         kafka: args.kafka.clone(),
     }
 }

@@ -33,6 +33,16 @@ pub struct KafkaArgs {
     /// milliseconds. Bounds how long a POST waits when Kafka is unreachable.
     #[arg(long = "kafka-produce-timeout-ms", env = "UTS_KAFKA_PRODUCE_TIMEOUT_MS", default_value_t = 5000)]
     pub produce_timeout_ms: u64,
+
+    /// Most kilobytes a consumer prefetches (librdkafka's `queued.max.messages.kbytes`, whose
+    /// default of 64 MB per consumer, plus fetch buffers, took workers past 200 MB RSS).
+    #[arg(long = "kafka-consumer-queue-kbytes", env = "UTS_KAFKA_CONSUMER_QUEUE_KBYTES", default_value_t = 8192)]
+    pub consumer_queue_kbytes: u32,
+
+    /// Most kilobytes a producer keeps queued for the brokers (`queue.buffering.max.kbytes`;
+    /// librdkafka's default is 1 GB). A full queue makes a produce wait, never drops.
+    #[arg(long = "kafka-producer-queue-kbytes", env = "UTS_KAFKA_PRODUCER_QUEUE_KBYTES", default_value_t = 32768)]
+    pub producer_queue_kbytes: u32,
 }
 
 impl KafkaArgs {

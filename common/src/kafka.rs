@@ -118,7 +118,8 @@ pub fn durable_producer(args: &KafkaArgs) -> anyhow::Result<(DurableProducer, Ka
         .set("compression.type", "lz4")
         .set("message.timeout.ms", &timeout_ms)
         .set("socket.connection.setup.timeout.ms", &timeout_ms)
-        .set("message.max.bytes", "4000000");
+        .set("message.max.bytes", "4000000")
+        .set("queue.buffering.max.kbytes", args.producer_queue_kbytes.to_string());
     // Operator overrides win over the defaults above.
     apply_overrides(&mut config, args);
     let health = KafkaHealth::default();
@@ -149,7 +150,11 @@ pub fn at_least_once_consumer(
         .set("topic.metadata.refresh.interval.ms", "5000")
         // Feeds the lag gauge (StageContext::stats).
         .set("statistics.interval.ms", "5000")
-        .set("partition.assignment.strategy", "roundrobin");
+        .set("partition.assignment.strategy", "roundrobin")
+        // Bounded prefetch: the runner takes at most MAX_BATCH messages at a time anyway.
+        .set("queued.max.messages.kbytes", args.consumer_queue_kbytes.to_string())
+        .set("queued.min.messages", "10000")
+        .set("fetch.max.bytes", (args.consumer_queue_kbytes.clamp(1024, 52_428) * 1024).to_string());
     // Operator overrides win over the defaults above (e.g. a shorter session.timeout.ms, or
     // smaller prefetch queues), as for the producer.
     apply_overrides(&mut config, args);

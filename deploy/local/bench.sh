@@ -6,7 +6,16 @@
 #     job messages from one process, then the same load through the gateway's HTTP API:
 #     usages/s and p50/p99 acknowledgement latency;
 #  2. visibility: a second gateway (18093) and a query service (18097) on fresh topics; the time
-#     from a POST's 202 to GET /usagesJobs/{id} answering 200, idle and under the gateway load.
+#     from a POST's 202 to GET /usagesJobs/{id} answering 200, idle and under the gateway load;
+#  3. pipeline, twice (one hot bucket; 10,000 buckets): every stage from release binaries
+#     (gateway 18091, query service 18087, verifier, aggregator, billing-forwarder, billing
+#     receiver 18075) on topics and a database of their own, billing on; the same load for the
+#     same time, then until drained, every second: usages accepted, verified, aggregated and
+#     completed, each stage's backlog and Kafka lag, every process's RSS; probe jobs give
+#     POST->visible/AGGREGATED/COMPLETED p50/p99. UTS_BENCH_PIPELINE_SECONDS (60) is the load's
+#     length; UTS_BENCH_RATE=N posts N jobs/s instead of as fast as possible (e.g. half the
+#     sustained maximum, for the latencies); UTS_BENCH_SHAPES (hot spread) picks the shapes;
+#     UTS_BENCH_PHASES=pipeline skips phases 1 and 2.
 #
 #   deploy/local/bench.sh [uts-bench flags, e.g. --seconds 20 --concurrency 64]
 set -euo pipefail
@@ -20,7 +29,8 @@ psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS uts_bench" -c "CREATE DATABASE
 DATABASE_URL="${DATABASE_URL%/*}/uts_bench"
 export UTS_KAFKA_BROKERS DATABASE_URL
 log_info "building release binaries (the first time takes several minutes)"
-(cd "$UTS_REPO_ROOT" && cargo build --release -q -p ingest-gateway -p query-service -p utsctl -p uts-bench)
+(cd "$UTS_REPO_ROOT" && cargo build --release -q -p ingest-gateway -p query-service -p utsctl -p uts-bench \
+  -p verifier -p aggregator -p billing-forwarder -p billing-receiver)
 bin="${CARGO_TARGET_DIR:-$UTS_REPO_ROOT/target}/release"
 mkdir -p "$UTS_LOCAL_DIR/run"
 
@@ -55,6 +65,7 @@ start() {
   wait_until 60 0.3 ready || die "bench $name did not become ready (see $UTS_LOCAL_DIR/run/bench-$name-$prefix.log)"
 }
 
+if [[ "${UTS_BENCH_PHASES:-all}" != pipeline ]]; then
 start ingest-gateway 18096 uts-bench --listen-addr 127.0.0.1:18095 --database-max-connections 4
 echo "== throughput: the gateway alone =="
 UTS_TOPIC_PREFIX=uts-bench "$bin/uts-bench" --gateway-url http://127.0.0.1:18095 \
@@ -68,3 +79,57 @@ echo "== visibility: POST acknowledged -> GET /usagesJobs/{id}, with the query s
 UTS_TOPIC_PREFIX=uts-bench-vis "$bin/uts-bench" --gateway-url http://127.0.0.1:18093 \
   --query-url http://127.0.0.1:18097 --probe-token "$probe_token" --skip-raw \
   --token "$token" --tenant bench-operator "$@"
+fi
+
+# pipeline_phase SHAPE RATE [uts-bench flags]: every stage from release binaries on topics and a
+# database of their own, then `uts-bench --pipeline`; the processes are stopped afterwards.
+pipeline_phase() {
+  local shape="$1" rate="$2"
+  shift 2
+  local name="pipe-$shape-$rate" base="${DATABASE_URL%/*}" db
+  db="uts_bench_${shape}_$rate"
+  psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null
+  local phase_pids_start=${#pids[@]}
+  (
+    export DATABASE_URL="$base/$db" UTS_TOPIC_PREFIX="uts-bench-$name"
+    "$bin/utsctl" migrate >&2
+    "$bin/utsctl" topics >&2
+    for tenant in bench-operator bench-probe; do "$bin/utsctl" tenant --id "$tenant" --type operator >&2; done
+    "$bin/utsctl" tenant --id bench-provider --type developer >&2
+    units="SELECT 'bench-unit'"
+    [[ "$shape" == spread ]] && units="SELECT 'bench-unit-' || n FROM generate_series(0, 9999) n"
+    psql "$DATABASE_URL" -qc "INSERT INTO rules (application, unit, owner_tenant_id, billing_enabled)
+      SELECT 'bench-app', u, 'bench-provider', true FROM ($units) s(u)
+      UNION ALL SELECT 'probe', 'probe-unit', 'bench-provider', true" >/dev/null
+  )
+  local prefix="uts-bench-$name" stamp
+  stamp="$(date +%s)"
+  DATABASE_URL="$base/$db" start billing-receiver 18076 "$prefix" --listen-addr 127.0.0.1:18075
+  DATABASE_URL="$base/$db" start ingest-gateway 18092 "$prefix" --listen-addr 127.0.0.1:18091 --database-max-connections 4
+  DATABASE_URL="$base/$db" start query-service 18088 "$prefix" --listen-addr 127.0.0.1:18087 \
+    --consumer-group "bench-query-$stamp" --database-max-connections 4 --rate-limit-per-second 0
+  DATABASE_URL="$base/$db" start verifier 18077 "$prefix" --consumer-group "bench-verifier-$stamp" --database-max-connections 4
+  DATABASE_URL="$base/$db" start aggregator 18078 "$prefix" --consumer-group "bench-aggregator-$stamp" --database-max-connections 4
+  DATABASE_URL="$base/$db" start billing-forwarder 18079 "$prefix" --consumer-group "bench-forwarder-$stamp" \
+    --database-max-connections 4 --billing-url http://127.0.0.1:18075/billing/v1/records --receipts-addr 127.0.0.1:18074
+  local names=(receiver gateway query verifier aggregator forwarder) watch=() i
+  for ((i = 0; i < ${#names[@]}; i++)); do
+    watch+=(--watch "${names[$i]}=${pids[$((phase_pids_start + i))]}")
+  done
+  echo "== pipeline: $shape shape, rate ${rate} jobs/s (0: unbounded), every stage, billing on =="
+  DATABASE_URL="$base/$db" UTS_TOPIC_PREFIX="$prefix" "$bin/uts-bench" --pipeline \
+    --gateway-url http://127.0.0.1:18091 --query-url http://127.0.0.1:18087 \
+    --token "$token" --tenant bench-operator --probe-token "$probe_token" --probe-tenant bench-probe \
+    --shape "$shape" --rate "$rate" "${watch[@]}" \
+    --metrics verifier=http://127.0.0.1:18077/metrics --metrics aggregator=http://127.0.0.1:18078/metrics \
+    --metrics forwarder=http://127.0.0.1:18079/metrics --metrics query=http://127.0.0.1:18088/metrics "$@"
+  kill -TERM "${pids[@]:$phase_pids_start}" 2>/dev/null || true
+  wait "${pids[@]:$phase_pids_start}" 2>/dev/null || true
+  pids=("${pids[@]:0:$phase_pids_start}")
+  "$UTS_LOCAL_SCRIPTS_DIR/kafka.sh" topics --delete --topic "$prefix.*" >/dev/null 2>&1 || true
+}
+
+pipeline_seconds="${UTS_BENCH_PIPELINE_SECONDS:-60}"
+for shape in ${UTS_BENCH_SHAPES:-hot spread}; do
+  pipeline_phase "$shape" "${UTS_BENCH_RATE:-0}" --seconds "$pipeline_seconds"
+done

@@ -31,7 +31,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use futures::future::try_join_all;
 use sqlx::PgPool;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -106,33 +105,39 @@ impl Verifier {
         Ok(catalog)
     }
 
-    /// The stored decision of each job, deciding and storing those that have none.
+    /// The stored decision of each job, deciding and storing those that have none. One
+    /// statement stores the whole batch's decisions (`UNNEST`); the jobs it did not insert were
+    /// decided before (a redelivery, a retry with the same Idempotency-Key, or another verifier
+    /// racing on the same job: the conflict waits for its commit), and their stored decision is
+    /// the one produced, even if a rule changed meanwhile.
     async fn decisions(&self, jobs: &[&v1::UsageJob]) -> anyhow::Result<HashMap<String, Decision>> {
-        let ids: Vec<&str> = jobs.iter().map(|j| j.job_id.as_str()).collect();
-        let mut decisions = load_decisions(&self.pool, &ids).await?;
-        let missing: Vec<&v1::UsageJob> = jobs.iter().copied().filter(|j| !decisions.contains_key(&j.job_id)).collect();
-        if missing.is_empty() {
-            return Ok(decisions);
-        }
         let catalog = self.catalog().await?;
-        let mut tx = self.pool.begin().await?;
-        for job in missing {
-            if decisions.contains_key(&job.job_id) {
+        let mut decided: HashMap<String, Decision> = HashMap::with_capacity(jobs.len());
+        let (mut ids, mut blobs) = (Vec::with_capacity(jobs.len()), Vec::with_capacity(jobs.len()));
+        for job in jobs {
+            if decided.contains_key(&job.job_id) {
                 continue; // the same job twice in one batch
             }
             let decision = decide(job, &catalog, self.require_rule);
-            // Another verifier may have decided the same job (a rebalance, a duplicate): the
-            // first stored decision wins and is what everyone produces.
-            sqlx::query("INSERT INTO verifier_decisions (job_id, decision) VALUES ($1, $2) ON CONFLICT (job_id) DO NOTHING")
-                .bind(&job.job_id)
-                .bind(decision.to_proto().encode_to_vec())
-                .execute(&mut *tx)
-                .await?;
-            decisions.insert(job.job_id.clone(), decision);
+            ids.push(job.job_id.clone());
+            blobs.push(decision.to_proto().encode_to_vec());
+            decided.insert(job.job_id.clone(), decision);
         }
-        tx.commit().await?;
-        // Re-read, so a decision stored concurrently by another process is the one produced.
-        load_decisions(&self.pool, &ids).await
+        let inserted: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO verifier_decisions (job_id, decision) SELECT * FROM UNNEST($1::text[], $2::bytea[])
+             ON CONFLICT (job_id) DO NOTHING RETURNING job_id",
+        )
+        .bind(&ids)
+        .bind(&blobs)
+        .fetch_all(&self.pool)
+        .await
+        .context("storing decisions")?;
+        if inserted.len() < ids.len() {
+            let inserted: std::collections::HashSet<&str> = inserted.iter().map(String::as_str).collect();
+            let earlier: Vec<&str> = ids.iter().map(String::as_str).filter(|id| !inserted.contains(id)).collect();
+            decided.extend(load_decisions(&self.pool, &earlier).await?);
+        }
+        Ok(decided)
     }
 }
 
@@ -176,11 +181,11 @@ impl Handler for Verifier {
             }
             sends.push((self.status_topic.as_str(), decision.status.job_id.clone(), decision.status.encode_to_vec()));
         }
-        try_join_all(sends.iter().map(|(topic, key, payload)| {
-            kafka::produce_durably(&self.producer, topic, key.as_bytes(), payload, self.produce_timeout)
-        }))
-        .await
-        .context("producing verified usages and status events")?;
+        let messages: Vec<(&str, &[u8], &[u8])> =
+            sends.iter().map(|(topic, key, payload)| (*topic, key.as_bytes(), payload.as_slice())).collect();
+        kafka::produce_all_durably(&self.producer, &messages, self.produce_timeout)
+            .await
+            .context("producing verified usages and status events")?;
         let usages: u64 = jobs.iter().map(|j| u64::from(j.usages_count)).sum();
         metrics::counter!("uts_verifier_usages_total").increment(usages);
         Ok(Vec::new())

@@ -1,0 +1,408 @@
+//! The end-to-end benchmark: load through the gateway for N seconds with every stage running,
+//! then until drained; every second the usages accepted, verified, aggregated and completed
+//! (RECEIVEDFORBILLING with billing on), each stage's backlog and Kafka lag, and every
+//! process's RSS; probe jobs of another tenant posted during the load give POST→visible,
+//! POST→AGGREGATED and POST→COMPLETED latencies. Reads the stages' tables (counts only) and
+//! their metrics endpoints; asserts nothing.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
+use tokio::sync::Mutex;
+
+/// The usages of one load job.
+const USAGES_PER_JOB: u64 = 200;
+
+/// Shape of the load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shape {
+    /// Every job for one (tenant, application, unit) and day: one hot daily bucket.
+    Hot,
+    /// Jobs spread over `--buckets` units (ten per job): as many daily buckets.
+    Spread,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PipelineArgs {
+    /// Load shape.
+    #[arg(long, value_enum, default_value = "hot")]
+    pub shape: Shape,
+
+    /// Buckets of the spread shape (a multiple of 10).
+    #[arg(long, default_value_t = 10_000)]
+    pub buckets: usize,
+
+    /// Jobs per second to post (0: as fast as the gateway takes them).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+
+    /// PostgreSQL of the stages (progress is read from their tables); required with --pipeline.
+    #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// `name=pid` of a process whose RSS is reported (repeatable).
+    #[arg(long = "watch")]
+    pub watch: Vec<String>,
+
+    /// `name=url` of a stage's metrics endpoint, for its consumer lag (repeatable).
+    #[arg(long = "metrics")]
+    pub metrics: Vec<String>,
+
+    /// How long to wait for the drain after the load, in seconds.
+    #[arg(long, default_value_t = 180)]
+    pub drain_timeout: u64,
+
+    /// Application and unit prefix of the load (rules for it must exist).
+    #[arg(long, default_value = "bench-app")]
+    pub application: String,
+}
+
+/// The JSON body of a load job: 200 usages for `tenant`, in one unit (`units` = 1) or ten.
+fn body(tenant: &str, application: &str, units: &[String]) -> Vec<u8> {
+    let per_unit = USAGES_PER_JOB as usize / units.len();
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let resources: Vec<_> = units
+        .iter()
+        .enumerate()
+        .map(|(r, unit)| {
+            let usages: Vec<_> = (0..per_unit)
+                .map(|i| {
+                    serde_json::json!({
+                        "value": format!("{}.{}", i % 97, i % 10).parse::<serde_json::Number>().unwrap(),
+                        "unit": unit, "datetime": now
+                    })
+                })
+                .collect();
+            serde_json::json!({"application": application, "resource": format!("asset-{r}"), "usages": usages})
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({"users": [{"tenantId": tenant, "userId": "bench@example.com", "resources": resources}]}))
+        .unwrap()
+}
+
+/// The bodies the load cycles through.
+fn bodies(args: &PipelineArgs, tenant: &str) -> Vec<bytes::Bytes> {
+    match args.shape {
+        Shape::Hot => vec![body(tenant, &args.application, &["bench-unit".to_owned()]).into()],
+        Shape::Spread => (0..args.buckets / 10)
+            .map(|j| {
+                let units: Vec<String> = (0..10).map(|u| format!("bench-unit-{}", j * 10 + u)).collect();
+                body(tenant, &args.application, &units).into()
+            })
+            .collect(),
+    }
+}
+
+/// Counts read from the stages' tables.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    verified_jobs: i64,
+    aggregated_usages: i64,
+    completed_usages: i64,
+}
+
+/// The load's own counts: probe jobs (another tenant, their own unit) are left out, but for
+/// the verified jobs (a few per second).
+async fn counts(pool: &sqlx::PgPool, probe_tenant: &str) -> anyhow::Result<Counts> {
+    let (verified_jobs, aggregated_usages, completed_usages): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM verifier_decisions),
+                (SELECT coalesce(sum(usages_count), 0)::int8 FROM aggregate_applied_batches WHERE unit <> 'probe-unit'),
+                (SELECT coalesce(sum(t.usages_count), 0)::int8 FROM job_terminal_counts t JOIN jobs j USING (job_id)
+                 WHERE j.submitter_tenant_id <> $1)",
+    )
+    .bind(probe_tenant)
+    .fetch_one(pool)
+    .await?;
+    Ok(Counts { verified_jobs, aggregated_usages, completed_usages })
+}
+
+fn rss_mb(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb / 1024)
+}
+
+/// Sum of `uts_stage_consumer_lag_messages` on a metrics endpoint.
+async fn lag(client: &reqwest::Client, url: &str) -> Option<u64> {
+    let text = client.get(url).timeout(Duration::from_secs(1)).send().await.ok()?.text().await.ok()?;
+    let sum: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("uts_stage_consumer_lag_messages{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    Some(sum as u64)
+}
+
+fn pairs(list: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    list.iter()
+        .map(|p| p.split_once('=').map(|(a, b)| (a.to_owned(), b.to_owned())).with_context(|| format!("{p:?} is not name=value")))
+        .collect()
+}
+
+/// Probe latencies in microseconds.
+struct Probes {
+    visible: Histogram<u64>,
+    aggregated: Histogram<u64>,
+    completed: Histogram<u64>,
+    lost: u64,
+}
+
+impl Probes {
+    fn new() -> Self {
+        let h = || Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap();
+        Self { visible: h(), aggregated: h(), completed: h(), lost: 0 }
+    }
+}
+
+/// One probe: POST a one-usage job, then follow it on the query service until COMPLETED.
+async fn probe(client: reqwest::Client, post_url: String, query_url: String, token: String, tenant: String, probes: Arc<Mutex<Probes>>) {
+    let body = serde_json::json!({"users":[{"tenantId": tenant, "resources":[{"application":"probe","resource":"r",
+        "usages":[{"value": 1, "unit": "probe-unit", "datetime": chrono::Utc::now().to_rfc3339()}]}]}]});
+    let Ok(answer) = client.post(&post_url).bearer_auth(&token).json(&body).send().await else { return };
+    if answer.status() != reqwest::StatusCode::ACCEPTED {
+        return;
+    }
+    let acknowledged = Instant::now();
+    let Ok(answer) = answer.json::<serde_json::Value>().await else { return };
+    let id = answer["id"].as_str().unwrap_or_default().to_owned();
+    let get_url = format!("{}/api/usagetransparency/v3/usagesJobs/{id}", query_url.trim_end_matches('/'));
+    let (mut visible, mut aggregated) = (false, false);
+    while acknowledged.elapsed() < Duration::from_secs(300) {
+        if let Ok(response) = client.get(&get_url).bearer_auth(&token).send().await {
+            if response.status() == reqwest::StatusCode::OK {
+                let job: serde_json::Value = response.json().await.unwrap_or_default();
+                let elapsed = acknowledged.elapsed().as_micros() as u64;
+                let mut p = probes.lock().await;
+                if !visible {
+                    visible = true;
+                    p.visible.saturating_record(elapsed);
+                }
+                let status = job["usagesSummary"][0]["processStatus"].as_str().unwrap_or_default();
+                if !aggregated && matches!(status, "AGGREGATED" | "SENTFORBILLING" | "RECEIVEDFORBILLING") {
+                    aggregated = true;
+                    p.aggregated.saturating_record(elapsed);
+                }
+                if job["status"] == "COMPLETED" {
+                    p.completed.saturating_record(elapsed);
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    probes.lock().await.lost += 1;
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+/// Runs the end-to-end benchmark; `gateway_url`, `query_url` as for the other phases.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    args: &PipelineArgs,
+    gateway_url: &str,
+    query_url: &str,
+    token: &str,
+    tenant: &str,
+    probe_token: &str,
+    probe_tenant: &str,
+    concurrency: usize,
+    seconds: u64,
+) -> anyhow::Result<()> {
+    let database_url = args.database_url.as_deref().context("--pipeline needs --database-url (or DATABASE_URL)")?;
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(database_url).await?;
+    let watch = pairs(&args.watch)?;
+    let metrics = pairs(&args.metrics)?;
+    let bodies = Arc::new(bodies(args, tenant));
+    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency + 64).build()?;
+    let post_url = format!("{}/api/usagetransparency/v3/usagesJobs", gateway_url.trim_end_matches('/'));
+    let first = client.post(&post_url).bearer_auth(token).header("content-type", "application/json").body(bodies[0].clone()).send().await?;
+    if first.status() != reqwest::StatusCode::ACCEPTED {
+        bail!("the gateway answered {}: {}", first.status(), first.text().await.unwrap_or_default());
+    }
+    println!(
+        "pipeline: shape {:?} ({} bucket(s)), {} s of load, {} in flight, rate {}",
+        args.shape,
+        if args.shape == Shape::Hot { 1 } else { args.buckets },
+        seconds,
+        concurrency,
+        if args.rate == 0 { "unbounded".to_owned() } else { format!("{} jobs/s", args.rate) }
+    );
+    let accepted = Arc::new(AtomicU64::new(1));
+    let failed = Arc::new(AtomicU64::new(0));
+    let loading = Arc::new(AtomicBool::new(true));
+    let started = Instant::now();
+    let tickets = Arc::new(AtomicU64::new(1));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (client, post_url, token, bodies) = (client.clone(), post_url.clone(), token.to_owned(), bodies.clone());
+        let (accepted, failed, loading, tickets, rate) = (accepted.clone(), failed.clone(), loading.clone(), tickets.clone(), args.rate);
+        workers.push(tokio::spawn(async move {
+            while loading.load(Ordering::Relaxed) {
+                let ticket = tickets.fetch_add(1, Ordering::Relaxed);
+                if rate > 0 {
+                    // Paced: job n goes at start + n / rate.
+                    let due = started + Duration::from_secs_f64(ticket as f64 / rate as f64);
+                    tokio::time::sleep_until(due.into()).await;
+                    if !loading.load(Ordering::Relaxed) {
+                        break;
+                    }
+                }
+                let body = bodies[ticket as usize % bodies.len()].clone();
+                let request = client.post(&post_url).bearer_auth(&token).header("content-type", "application/json").body(body);
+                match request.send().await {
+                    Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => accepted.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    // Probes: one every 250 ms during the load, each followed to COMPLETED.
+    let probes = Arc::new(Mutex::new(Probes::new()));
+    let prober = {
+        let (client, post_url, query_url) = (client.clone(), post_url.clone(), query_url.to_owned());
+        let (token, tenant, probes, loading) = (probe_token.to_owned(), probe_tenant.to_owned(), probes.clone(), loading.clone());
+        tokio::spawn(async move {
+            let mut followers = Vec::new();
+            while loading.load(Ordering::Relaxed) {
+                followers.push(tokio::spawn(probe(
+                    client.clone(),
+                    post_url.clone(),
+                    query_url.clone(),
+                    token.clone(),
+                    tenant.clone(),
+                    probes.clone(),
+                )));
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            for follower in followers {
+                let _ = follower.await;
+            }
+        })
+    };
+
+    println!(
+        "{:>5} {:>10} {:>10} {:>10} {:>10} | {:>9} {:>9} {:>9} | lag {} | RSS MB {}",
+        "s",
+        "accepted/s",
+        "verified/s",
+        "aggreg./s",
+        "complete/s",
+        "ver.back",
+        "agg.back",
+        "bill.back",
+        metrics.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join("/"),
+        watch.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join("/")
+    );
+    let mut peak_rss: BTreeMap<String, u64> = BTreeMap::new();
+    let mut max_lag: BTreeMap<String, u64> = BTreeMap::new();
+    let mut previous = (0u64, Counts::default());
+    let mut load_end: Option<(Duration, u64, Counts)> = None;
+    let mut agg_at_quarter = None;
+    let mut drained = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let elapsed = started.elapsed();
+        if load_end.is_none() && elapsed >= Duration::from_secs(seconds) {
+            loading.store(false, Ordering::Relaxed);
+        }
+        let now_accepted = accepted.load(Ordering::Relaxed) * USAGES_PER_JOB;
+        let c = counts(&pool, probe_tenant).await?;
+        let mut lags = Vec::new();
+        for (name, url) in &metrics {
+            let value = lag(&client, url).await;
+            if let Some(v) = value {
+                let entry = max_lag.entry(name.clone()).or_default();
+                *entry = (*entry).max(v);
+            }
+            lags.push(value.map_or("-".to_owned(), |v| v.to_string()));
+        }
+        let mut rss = Vec::new();
+        for (name, pid) in &watch {
+            let value = rss_mb(pid);
+            if let Some(v) = value {
+                let entry = peak_rss.entry(name.clone()).or_default();
+                *entry = (*entry).max(v);
+            }
+            rss.push(value.map_or("-".to_owned(), |v| v.to_string()));
+        }
+        let verified = c.verified_jobs as u64 * USAGES_PER_JOB;
+        println!(
+            "{:>5} {:>10} {:>10} {:>10} {:>10} | {:>9} {:>9} {:>9} | lag {} | RSS MB {}",
+            elapsed.as_secs(),
+            now_accepted - previous.0,
+            verified.saturating_sub(previous.1.verified_jobs as u64 * USAGES_PER_JOB),
+            c.aggregated_usages - previous.1.aggregated_usages,
+            c.completed_usages - previous.1.completed_usages,
+            now_accepted.saturating_sub(verified),
+            verified.saturating_sub(c.aggregated_usages as u64),
+            (c.aggregated_usages - c.completed_usages).max(0),
+            lags.join("/"),
+            rss.join("/")
+        );
+        previous = (now_accepted, c);
+        if agg_at_quarter.is_none() && elapsed >= Duration::from_secs(seconds / 4) {
+            agg_at_quarter = Some((elapsed, c.aggregated_usages));
+        }
+        if load_end.is_none() && !loading.load(Ordering::Relaxed) {
+            for worker in workers.drain(..) {
+                worker.await?;
+            }
+            load_end = Some((elapsed, accepted.load(Ordering::Relaxed) * USAGES_PER_JOB, c));
+        }
+        if let Some((ended, total, _)) = load_end {
+            if c.aggregated_usages as u64 >= total && c.completed_usages as u64 >= total {
+                drained = Some(elapsed - ended);
+                break;
+            }
+            if elapsed - ended > Duration::from_secs(args.drain_timeout) {
+                break;
+            }
+        }
+    }
+    prober.await?;
+    let (ended, total, at_end) = load_end.expect("the load ended");
+    let probes = probes.lock().await;
+    println!("summary ({:?} shape):", args.shape);
+    println!(
+        "  accepted {total} usages in {:.1} s = {:.0} usages/s ({} requests failed)",
+        ended.as_secs_f64(),
+        total as f64 / ended.as_secs_f64(),
+        failed.load(Ordering::Relaxed)
+    );
+    if let Some((quarter, agg_quarter)) = agg_at_quarter {
+        let window = (ended - quarter).as_secs_f64();
+        println!(
+            "  aggregated during the load (from {} s to its end): {:.0} usages/s; completed by its end: {} of {} usages",
+            quarter.as_secs(),
+            (at_end.aggregated_usages - agg_quarter) as f64 / window,
+            at_end.completed_usages,
+            total
+        );
+    }
+    match drained {
+        Some(d) => println!("  drained (every usage aggregated and completed) {:.1} s after the load stopped", d.as_secs_f64()),
+        None => println!("  NOT drained {} s after the load stopped", args.drain_timeout),
+    }
+    println!(
+        "  probes ({} followed, {} not completed in 300 s): POST->visible p50 {:.0} ms p99 {:.0} ms; POST->AGGREGATED p50 {:.0} ms p99 {:.0} ms; POST->COMPLETED p50 {:.0} ms p99 {:.0} ms",
+        probes.visible.len(),
+        probes.lost,
+        ms(&probes.visible, 0.5),
+        ms(&probes.visible, 0.99),
+        ms(&probes.aggregated, 0.5),
+        ms(&probes.aggregated, 0.99),
+        ms(&probes.completed, 0.5),
+        ms(&probes.completed, 0.99)
+    );
+    println!("  peak RSS MB: {}", peak_rss.iter().map(|(n, v)| format!("{n} {v}")).collect::<Vec<_>>().join(", "));
+    println!("  max consumer lag (messages): {}", max_lag.iter().map(|(n, v)| format!("{n} {v}")).collect::<Vec<_>>().join(", "));
+    Ok(())
+}
