@@ -167,7 +167,9 @@ impl Handler for Aggregator {
             .collect();
 
         let mut tx = self.pool.begin().await?;
+        let mut steps = Steps::start();
         let (claimed, now) = store::claim(&mut tx, &claims).await?;
+        steps.done("claim");
         let (fresh, before): (Vec<usize>, Vec<usize>) = unique.iter().partition(|&&p| {
             let item = &batch[p].item;
             claimed.contains(&(item.message.job_id.clone(), item.key.clone()))
@@ -182,6 +184,7 @@ impl Handler for Aggregator {
             })
             .collect();
         let stored = store::lock_buckets(&mut tx, &touched.iter().collect::<Vec<_>>()).await?;
+        steps.done("lock");
         let fold = fold_batches(batch, &fresh, stored);
         if !fold.rejected.is_empty() {
             let undone: Vec<(&str, &KeyId)> =
@@ -193,11 +196,13 @@ impl Handler for Aggregator {
             store::store_buckets(&mut tx, &new_buckets).await?;
             store::store_contributions(&mut tx, &contributions).await?;
         }
+        steps.done("write");
         // A redelivery re-emits the versions its batches produced, read from the lineage.
         let redelivered: Vec<(&str, &KeyId)> =
             before.iter().map(|&p| (batch[p].item.message.job_id.as_str(), &batch[p].item.key)).collect();
         let old = if redelivered.is_empty() { Vec::new() } else { store::versions_of(&mut tx, &redelivered).await? };
         tx.commit().await.context("committing aggregates")?;
+        steps.done("commit");
 
         let rejected_positions: HashSet<usize> = fold.rejected.iter().map(|r| r.position).collect();
         let emitted: Vec<usize> = unique.iter().copied().filter(|p| !rejected_positions.contains(p)).collect();
@@ -214,9 +219,24 @@ impl Handler for Aggregator {
         kafka::produce_all_durably(&self.producer, &sends, self.produce_timeout)
             .await
             .context("producing aggregates and status events")?;
+        steps.done("produce");
         let usages: usize = emitted.iter().filter(|p| fresh.contains(p)).map(|&p| batch[p].item.usages.len()).sum();
         metrics::counter!("uts_aggregator_usages_total").increment(usages as u64);
         Ok(fold.rejected)
+    }
+}
+
+/// Times the steps of a batch: `uts_aggregator_step_seconds{step}`, to see where a batch waits.
+struct Steps(std::time::Instant);
+
+impl Steps {
+    fn start() -> Self {
+        Self(std::time::Instant::now())
+    }
+
+    fn done(&mut self, step: &'static str) {
+        metrics::histogram!("uts_aggregator_step_seconds", "step" => step).record(self.0.elapsed().as_secs_f64());
+        self.0 = std::time::Instant::now();
     }
 }
 

@@ -17,12 +17,18 @@ use tokio::sync::Mutex;
 /// The usages of one load job.
 const USAGES_PER_JOB: u64 = 200;
 
+/// How often a probe asks for its job; and most probes followed at once (more are not
+/// started): the probes must not become a load of their own on the query service.
+const PROBE_POLL: Duration = Duration::from_millis(20);
+const MAX_PROBES_IN_FLIGHT: usize = 16;
+
 /// Shape of the load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Shape {
     /// Every job for one (tenant, application, unit) and day: one hot daily bucket.
     Hot,
-    /// Jobs spread over `--buckets` units (ten per job): as many daily buckets.
+    /// Each job for one of `--buckets` units, in turn: as many daily buckets, each touched
+    /// every `buckets / rate` seconds (as IoT tenants or many units of one operator would).
     Spread,
 }
 
@@ -32,7 +38,7 @@ pub struct PipelineArgs {
     #[arg(long, value_enum, default_value = "hot")]
     pub shape: Shape,
 
-    /// Buckets of the spread shape (a multiple of 10).
+    /// Buckets of the spread shape.
     #[arg(long, default_value_t = 10_000)]
     pub buckets: usize,
 
@@ -61,39 +67,52 @@ pub struct PipelineArgs {
     pub application: String,
 }
 
-/// The JSON body of a load job: 200 usages for `tenant`, in one unit (`units` = 1) or ten.
-fn body(tenant: &str, application: &str, units: &[String]) -> Vec<u8> {
-    let per_unit = USAGES_PER_JOB as usize / units.len();
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let resources: Vec<_> = units
-        .iter()
-        .enumerate()
-        .map(|(r, unit)| {
-            let usages: Vec<_> = (0..per_unit)
-                .map(|i| {
-                    serde_json::json!({
-                        "value": format!("{}.{}", i % 97, i % 10).parse::<serde_json::Number>().unwrap(),
-                        "unit": unit, "datetime": now
-                    })
-                })
-                .collect();
-            serde_json::json!({"application": application, "resource": format!("asset-{r}"), "usages": usages})
-        })
-        .collect();
-    serde_json::to_vec(&serde_json::json!({"users": [{"tenantId": tenant, "userId": "bench@example.com", "resources": resources}]}))
-        .unwrap()
+/// The JSON body of a load job: 200 usages for `tenant` of one unit, split where the unit's
+/// name goes, so a body for any unit is one concatenation.
+struct Template {
+    parts: Vec<Vec<u8>>,
 }
 
-/// The bodies the load cycles through.
-fn bodies(args: &PipelineArgs, tenant: &str) -> Vec<bytes::Bytes> {
-    match args.shape {
-        Shape::Hot => vec![body(tenant, &args.application, &["bench-unit".to_owned()]).into()],
-        Shape::Spread => (0..args.buckets / 10)
-            .map(|j| {
-                let units: Vec<String> = (0..10).map(|u| format!("bench-unit-{}", j * 10 + u)).collect();
-                body(tenant, &args.application, &units).into()
+const UNIT_PLACEHOLDER: &str = "@@unit@@";
+
+impl Template {
+    fn new(tenant: &str, application: &str) -> Self {
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let resources: Vec<_> = (0..4)
+            .map(|r| {
+                let usages: Vec<_> = (0..USAGES_PER_JOB as usize / 4)
+                    .map(|i| {
+                        serde_json::json!({
+                            "value": format!("{}.{}", i % 97, i % 10).parse::<serde_json::Number>().unwrap(),
+                            "unit": UNIT_PLACEHOLDER, "datetime": now
+                        })
+                    })
+                    .collect();
+                serde_json::json!({"application": application, "resource": format!("asset-{r}"), "usages": usages})
             })
-            .collect(),
+            .collect();
+        let text = serde_json::json!({"users": [{"tenantId": tenant, "userId": "bench@example.com", "resources": resources}]})
+            .to_string();
+        Self { parts: text.split(UNIT_PLACEHOLDER).map(|p| p.as_bytes().to_vec()).collect() }
+    }
+
+    fn body(&self, unit: &str) -> bytes::Bytes {
+        let mut body = Vec::with_capacity(self.parts.iter().map(Vec::len).sum::<usize>() + unit.len() * self.parts.len());
+        for (i, part) in self.parts.iter().enumerate() {
+            if i > 0 {
+                body.extend_from_slice(unit.as_bytes());
+            }
+            body.extend_from_slice(part);
+        }
+        body.into()
+    }
+}
+
+/// The unit of load job `n`.
+fn unit_of(shape: Shape, buckets: usize, n: u64) -> String {
+    match shape {
+        Shape::Hot => "bench-unit".to_owned(),
+        Shape::Spread => format!("bench-unit-{}", n % buckets.max(1) as u64),
     }
 }
 
@@ -149,12 +168,14 @@ struct Probes {
     aggregated: Histogram<u64>,
     completed: Histogram<u64>,
     lost: u64,
+    /// Probes not started because MAX_PROBES_IN_FLIGHT were still being followed.
+    skipped: u64,
 }
 
 impl Probes {
     fn new() -> Self {
         let h = || Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap();
-        Self { visible: h(), aggregated: h(), completed: h(), lost: 0 }
+        Self { visible: h(), aggregated: h(), completed: h(), lost: 0, skipped: 0 }
     }
 }
 
@@ -192,7 +213,7 @@ async fn probe(client: reqwest::Client, post_url: String, query_url: String, tok
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(PROBE_POLL).await;
     }
     probes.lock().await.lost += 1;
 }
@@ -218,10 +239,16 @@ pub async fn run(
     let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(database_url).await?;
     let watch = pairs(&args.watch)?;
     let metrics = pairs(&args.metrics)?;
-    let bodies = Arc::new(bodies(args, tenant));
+    let template = Arc::new(Template::new(tenant, &args.application));
     let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency + 64).build()?;
     let post_url = format!("{}/api/usagetransparency/v3/usagesJobs", gateway_url.trim_end_matches('/'));
-    let first = client.post(&post_url).bearer_auth(token).header("content-type", "application/json").body(bodies[0].clone()).send().await?;
+    let first = client
+        .post(&post_url)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(template.body(&unit_of(args.shape, args.buckets, 0)))
+        .send()
+        .await?;
     if first.status() != reqwest::StatusCode::ACCEPTED {
         bail!("the gateway answered {}: {}", first.status(), first.text().await.unwrap_or_default());
     }
@@ -240,8 +267,9 @@ pub async fn run(
     let tickets = Arc::new(AtomicU64::new(1));
     let mut workers = Vec::new();
     for _ in 0..concurrency {
-        let (client, post_url, token, bodies) = (client.clone(), post_url.clone(), token.to_owned(), bodies.clone());
+        let (client, post_url, token, template) = (client.clone(), post_url.clone(), token.to_owned(), template.clone());
         let (accepted, failed, loading, tickets, rate) = (accepted.clone(), failed.clone(), loading.clone(), tickets.clone(), args.rate);
+        let (shape, buckets) = (args.shape, args.buckets);
         workers.push(tokio::spawn(async move {
             while loading.load(Ordering::Relaxed) {
                 let ticket = tickets.fetch_add(1, Ordering::Relaxed);
@@ -253,7 +281,7 @@ pub async fn run(
                         break;
                     }
                 }
-                let body = bodies[ticket as usize % bodies.len()].clone();
+                let body = template.body(&unit_of(shape, buckets, ticket));
                 let request = client.post(&post_url).bearer_auth(&token).header("content-type", "application/json").body(body);
                 match request.send().await {
                     Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => accepted.fetch_add(1, Ordering::Relaxed),
@@ -268,8 +296,15 @@ pub async fn run(
         let (client, post_url, query_url) = (client.clone(), post_url.clone(), query_url.to_owned());
         let (token, tenant, probes, loading) = (probe_token.to_owned(), probe_tenant.to_owned(), probes.clone(), loading.clone());
         tokio::spawn(async move {
-            let mut followers = Vec::new();
+            let mut followers: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+            let mut skipped = 0u64;
             while loading.load(Ordering::Relaxed) {
+                if followers.iter().filter(|f| !f.is_finished()).count() >= MAX_PROBES_IN_FLIGHT {
+                    skipped += 1;
+                    probes.lock().await.skipped = skipped;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
+                }
                 followers.push(tokio::spawn(probe(
                     client.clone(),
                     post_url.clone(),
@@ -392,9 +427,10 @@ pub async fn run(
         None => println!("  NOT drained {} s after the load stopped", args.drain_timeout),
     }
     println!(
-        "  probes ({} followed, {} not completed in 300 s): POST->visible p50 {:.0} ms p99 {:.0} ms; POST->AGGREGATED p50 {:.0} ms p99 {:.0} ms; POST->COMPLETED p50 {:.0} ms p99 {:.0} ms",
+        "  probes ({} followed, {} not completed in 300 s, {} not started: {MAX_PROBES_IN_FLIGHT} in flight): POST->visible p50 {:.0} ms p99 {:.0} ms; POST->AGGREGATED p50 {:.0} ms p99 {:.0} ms; POST->COMPLETED p50 {:.0} ms p99 {:.0} ms",
         probes.visible.len(),
         probes.lost,
+        probes.skipped,
         ms(&probes.visible, 0.5),
         ms(&probes.visible, 0.99),
         ms(&probes.aggregated, 0.5),

@@ -41,10 +41,16 @@ pub struct Config {
     pub cadence_seconds: u64,
 
     /// Records sent at once (different buckets; a bucket has at most one record in flight).
-    /// Also the size of one claim round.
     #[arg(long = "max-in-flight", env = "UTS_BILLING_MAX_IN_FLIGHT", default_value_t = 64,
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub max_in_flight: u16,
+
+    /// Records claimed per round (each of another bucket), sent --max-in-flight at a time. A
+    /// claim reads every unsent row, so a larger round costs less per record when thousands of
+    /// buckets are due.
+    #[arg(long = "claim-batch", env = "UTS_BILLING_CLAIM_BATCH", default_value_t = 1024,
+          value_parser = clap::value_parser!(u16).range(1..=10000))]
+    pub claim_batch: u16,
 
     /// First retry delay after a failed send, in milliseconds; doubles per attempt.
     #[arg(long = "retry-base-ms", env = "UTS_BILLING_RETRY_BASE_MS", default_value_t = 1000)]
@@ -76,9 +82,12 @@ pub struct Config {
 }
 
 impl Config {
-    /// How long a claimed record is left to the forwarder that claimed it: one request and a
-    /// margin (a round sends at most `max_in_flight` records, all at once).
+    /// How long a claimed record is left to the forwarder that claimed it: three requests and
+    /// a margin, at least 30 s. A record of the round whose send could not start in time to
+    /// finish within the lease is not sent but released (the sender checks before each send),
+    /// so an expired lease never lets two forwarders send versions of one bucket at once.
     pub fn lease(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(self.request_timeout_ms) + std::time::Duration::from_secs(10)
+        (std::time::Duration::from_millis(self.request_timeout_ms) * 3 + std::time::Duration::from_secs(5))
+            .max(std::time::Duration::from_secs(30))
     }
 }

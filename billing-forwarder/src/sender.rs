@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
@@ -77,18 +77,24 @@ pub struct Sender {
 impl Sender {
     /// Sends the records that are due; returns how many were claimed and the round's limit.
     async fn round(&self) -> anyhow::Result<(usize, usize)> {
-        let limit = if self.billing_down.load(Ordering::Relaxed) { 1 } else { usize::from(self.config.max_in_flight) };
+        let limit = if self.billing_down.load(Ordering::Relaxed) { 1 } else { usize::from(self.config.claim_batch) };
+        // Measured from before the claim, so the local deadline is never later than the lease.
+        let claimed_at = Instant::now();
         let claimed = outbox::claim(&self.pool, limit as i64, self.config.lease()).await?;
         if claimed.is_empty() {
             return Ok((0, limit));
         }
-        // Every claimed record is of another bucket: all go at once (at most --max-in-flight).
-        // After a round that failed, the next rounds send one record each (a probe) until
-        // billing answers again, so a dead billing system is not hammered.
+        // Every claimed record is of another bucket: --max-in-flight at a time. A send that
+        // could not finish within the lease is not started (its row is released). After a
+        // failure no new send starts; after a round that failed, the next rounds send one
+        // record each (a probe) until billing answers, so a dead billing system is not hammered.
+        let latest_start = claimed_at + self.config.lease() - Duration::from_millis(self.config.request_timeout_ms)
+            - Duration::from_secs(2);
         let failed = AtomicBool::new(false);
+        let slots = tokio::sync::Semaphore::new(usize::from(self.config.max_in_flight));
         let mut attempts = Vec::with_capacity(claimed.len());
         for (i, row) in claimed.iter().enumerate() {
-            attempts.push(self.attempt(i, row, &failed));
+            attempts.push(self.attempt(i, row, &failed, &slots, latest_start));
         }
         let answers: Vec<Option<(usize, Answer)>> = futures::future::join_all(attempts).await;
         self.billing_down.store(failed.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -114,9 +120,17 @@ impl Sender {
         Ok((claimed.len(), limit))
     }
 
-    /// Sends `row` unless a send of this round already failed.
-    async fn attempt(&self, i: usize, row: &Claimed, failed: &AtomicBool) -> Option<(usize, Answer)> {
-        if failed.load(Ordering::Relaxed) {
+    /// Sends `row` unless a send of this round already failed or its lease runs out too soon.
+    async fn attempt(
+        &self,
+        i: usize,
+        row: &Claimed,
+        failed: &AtomicBool,
+        slots: &tokio::sync::Semaphore,
+        latest_start: Instant,
+    ) -> Option<(usize, Answer)> {
+        let _slot = slots.acquire().await.ok()?;
+        if failed.load(Ordering::Relaxed) || Instant::now() > latest_start {
             return None;
         }
         let answer = self.send(row).await;

@@ -12,3 +12,7 @@ ALTER TABLE billing_outbox ADD COLUMN leased_until timestamptz;
 CREATE INDEX billing_outbox_covered
     ON billing_outbox (provider_tenant_id, consumer_tenant_id, application, unit, day, covered_by)
     WHERE covered_by IS NOT NULL;
+-- The claim reads every unsent row, per bucket in version order.
+CREATE INDEX billing_outbox_unsent
+    ON billing_outbox (provider_tenant_id, consumer_tenant_id, application, unit, day, version)
+    WHERE state IN ('pending', 'retrying');

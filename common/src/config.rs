@@ -34,6 +34,12 @@ pub struct KafkaArgs {
     #[arg(long = "kafka-produce-timeout-ms", env = "UTS_KAFKA_PRODUCE_TIMEOUT_MS", default_value_t = 5000)]
     pub produce_timeout_ms: u64,
 
+    /// Most messages a consumer stage handles in one batch (one transaction, one wait for the
+    /// brokers' acknowledgements): larger batches spread those fixed costs over more messages.
+    #[arg(long = "consumer-max-batch", env = "UTS_CONSUMER_MAX_BATCH", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub consumer_max_batch: u32,
+
     /// Most kilobytes a consumer prefetches (librdkafka's `queued.max.messages.kbytes`, whose
     /// default of 64 MB per consumer, plus fetch buffers, took workers past 200 MB RSS).
     #[arg(long = "kafka-consumer-queue-kbytes", env = "UTS_KAFKA_CONSUMER_QUEUE_KBYTES", default_value_t = 8192)]

@@ -151,7 +151,7 @@ pub fn at_least_once_consumer(
         // Feeds the lag gauge (StageContext::stats).
         .set("statistics.interval.ms", "5000")
         .set("partition.assignment.strategy", "roundrobin")
-        // Bounded prefetch: the runner takes at most MAX_BATCH messages at a time anyway.
+        // Bounded prefetch: the runner takes at most --consumer-max-batch messages at a time anyway.
         .set("queued.max.messages.kbytes", args.consumer_queue_kbytes.to_string())
         .set("queued.min.messages", "10000")
         .set("fetch.max.bytes", (args.consumer_queue_kbytes.clamp(1024, 52_428) * 1024).to_string());

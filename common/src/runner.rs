@@ -34,8 +34,6 @@ use crate::config::KafkaArgs;
 use crate::kafka::{self, DurableProducer};
 use crate::proto::{v1, Message};
 
-/// Most messages handed to the handler at once.
-pub const MAX_BATCH: usize = 256;
 
 /// How long the runner waits for more messages to fill a batch once it has one.
 const BATCH_LINGER: Duration = Duration::from_millis(5);
@@ -100,6 +98,8 @@ pub struct Runner {
     pub produce_timeout: Duration,
     /// Metric label, e.g. `verifier`.
     pub name: &'static str,
+    /// Most messages handed to the handler at once (`--consumer-max-batch`).
+    pub max_batch: usize,
 }
 
 impl Runner {
@@ -121,6 +121,7 @@ impl Runner {
             dead_letter_topic: args.topics().dead_letter,
             produce_timeout: args.produce_timeout(),
             name,
+            max_batch: args.consumer_max_batch as usize,
         })
     }
 
@@ -145,7 +146,7 @@ impl Runner {
             // Fill the batch with what is already there, waiting at most BATCH_LINGER.
             let linger = tokio::time::sleep(BATCH_LINGER);
             tokio::pin!(linger);
-            while messages.len() < MAX_BATCH {
+            while messages.len() < self.max_batch {
                 tokio::select! {
                     () = &mut linger => break,
                     next = stream.next() => match next {
