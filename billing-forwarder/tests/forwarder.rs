@@ -272,9 +272,11 @@ async fn a_receipt_by_callback_completes_a_record_answered_202(pool: PgPool) {
     // A repeated receipt is taken and changes nothing: the same event id again.
     let answer = post(TOKEN, serde_json::json!({"idempotencyKey": key})).await.unwrap();
     assert_eq!(answer.status(), reqwest::StatusCode::OK);
-    // sent (the 202), sent + received (the receipt), sent + received (the repeat): same ids.
+    // sent (the 202), sent + received (the receipt), sent + received (the repeat): same ids. (The
+    // sender's own history after the 202 may repeat them once more when the callback overtook
+    // it: harmless, the projection applies an id once.)
     let again = events(&read_topic(&args, &args.topics().status, 5, WAIT).await);
-    assert_eq!(again.iter().filter(|e| e.event_id.ends_with(":1:received")).count(), 2, "repeated, same id");
+    assert!(again.iter().filter(|e| e.event_id.ends_with(":1:received")).count() >= 2, "repeated, same id");
     assert_eq!(distinct(again).len(), 2);
     forwarder.cancel();
     receiver.cancel();
@@ -425,5 +427,77 @@ async fn two_forwarders_send_one_buckets_versions_in_increasing_order_only(pool:
     for forwarder in forwarders {
         forwarder.cancel();
     }
+    receiver.cancel();
+}
+
+/// Billing refuses a record for good (422): its jobs end FAILEDTOSENDFORBILLING with the
+/// billing error, it is never retried, a receipt naming it is refused with 409, and the
+/// bucket's next version is sent as usual (a refused version does not block the bucket).
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn a_record_refused_for_good_is_not_retried_and_the_next_version_goes_through(pool: PgPool) {
+    const TOKEN: &str = "receipts-test-token-0123456789";
+    let args = isolated_kafka(1).await;
+    let (url, receiver) = start_receiver(&[]).await;
+    let receipts_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let receipts = format!("http://{}/billing/v1/receipts", receipts_listener.local_addr().unwrap());
+    let forwarder = {
+        let config = billing_forwarder::Config::parse_from([
+            "billing-forwarder".to_owned(),
+            "--database-url=postgres://unused".to_owned(),
+            "--admin-addr=127.0.0.1:0".to_owned(),
+            "--send-interval-ms=50".to_owned(),
+            "--retry-base-ms=100".to_owned(),
+            format!("--receipts-token={TOKEN}"),
+            format!("--billing-url={url}"),
+            format!("--consumer-group=forwarder-{}", uuid::Uuid::new_v4()),
+            format!("--kafka-brokers={}", args.brokers),
+            format!("--topic-prefix={}", args.topic_prefix),
+        ]);
+        let shutdown = CancellationToken::new();
+        tokio::spawn(billing_forwarder::run_with_receipts_listener(config, pool.clone(), receipts_listener, shutdown.clone()));
+        shutdown
+    };
+    let failures = url.replace("/billing/v1/records", "/admin/failures");
+    let admin = reqwest::Client::new();
+    let plan = admin.post(&failures).json(&serde_json::json!({"mode": "http422", "count": 1})).send().await.unwrap();
+    assert!(plan.status().is_success());
+    produce(&args, &[aggregate("u", 1, "3", true, &[("job-refused", 3)])]).await;
+
+    let deadline = Instant::now() + WAIT;
+    let (state, attempts) = loop {
+        let row: Option<(String, i32)> =
+            sqlx::query_as("SELECT state, attempts FROM billing_outbox WHERE version = 1").fetch_optional(&pool).await.unwrap();
+        if row.as_ref().is_some_and(|r| r.0 == "rejected") || Instant::now() > deadline {
+            break row.unwrap_or_default();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((state.as_str(), attempts), ("rejected", 1), "refused for good after one attempt");
+    let statuses = distinct(events(&read_topic(&args, &args.topics().status, 1, WAIT).await));
+    use v1::UsageStatus as S;
+    assert_eq!(statuses.len(), 1, "{statuses:?}");
+    assert_eq!(statuses[0].transitions[0].to, S::Failedtosendforbilling as i32);
+    assert_eq!(statuses[0].errors[0].error_type, v1::ErrorType::Billing as i32);
+    assert!(statuses[0].errors[0].message.contains("422"), "{:?}", statuses[0].errors[0]);
+
+    // A receipt for the refused record is a conflict.
+    let answer = admin
+        .post(&receipts)
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"idempotencyKey": "provider/consumer/app/u/2026-11-21:1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), reqwest::StatusCode::CONFLICT);
+
+    // The next version goes through, covering only itself; the refused one is not sent again.
+    produce(&args, &[aggregate("u", 2, "5", true, &[("job-next", 2)])]).await;
+    let stored = records(&url, 1).await;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0]["record"]["version"], 2);
+    assert_eq!(stored[0]["record"]["coveredVersions"], serde_json::json!({"from": 2, "to": 2}));
+    let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM billing_outbox WHERE version = 1").fetch_one(&pool).await.unwrap();
+    assert_eq!(attempts, 1, "never retried");
+    forwarder.cancel();
     receiver.cancel();
 }

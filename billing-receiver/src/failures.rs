@@ -1,5 +1,6 @@
 //! Failure injection: make the next record POSTs fail on purpose, so tests and demos can watch
-//! the billing-forwarder retry, back off and report FAILEDTOSENDFORBILLING.
+//! the billing-forwarder retry, back off and report FAILEDTOSENDFORBILLING (5xx, timeouts), or
+//! refuse a record for good (422).
 //!
 //! A plan has a mode and two optional limits, a number of requests and a duration; it ends
 //! when the first of them runs out, and lasts until cleared when neither is given. Time is
@@ -26,17 +27,21 @@ pub enum FailureMode {
     Http500,
     /// 503 Service Unavailable at once, with `Retry-After: 1`.
     Http503,
+    /// 422 Unprocessable Entity at once: billing refuses the record for good (a client error
+    /// the forwarder must not retry).
+    Http422,
     /// Hold the request for `--timeout-hold-ms`, then 504: long enough for a client timeout.
     Timeout,
 }
 
 impl FailureMode {
-    pub const ALL: [FailureMode; 3] = [FailureMode::Http500, FailureMode::Http503, FailureMode::Timeout];
+    pub const ALL: [FailureMode; 4] = [FailureMode::Http500, FailureMode::Http503, FailureMode::Http422, FailureMode::Timeout];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Http500 => "http500",
             Self::Http503 => "http503",
+            Self::Http422 => "http422",
             Self::Timeout => "timeout",
         }
     }

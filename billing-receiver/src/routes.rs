@@ -227,6 +227,11 @@ async fn injected(state: &AppState, mode: FailureMode) -> ApiError {
             "injected failure (http500); nothing was stored",
         ),
         FailureMode::Http503 => ApiError::service_unavailable("injected failure (http503); nothing was stored", 1),
+        FailureMode::Http422 => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessableEntity",
+            "injected failure (http422): the record is refused for good; nothing was stored",
+        ),
         FailureMode::Timeout => {
             tokio::select! {
                 () = tokio::time::sleep(state.timeout_hold) => error(

@@ -42,12 +42,12 @@ pub struct KafkaArgs {
 
     /// Most kilobytes a consumer prefetches (librdkafka's `queued.max.messages.kbytes`, whose
     /// default of 64 MB per consumer, plus fetch buffers, took workers past 200 MB RSS).
-    #[arg(long = "kafka-consumer-queue-kbytes", env = "UTS_KAFKA_CONSUMER_QUEUE_KBYTES", default_value_t = 8192)]
+    #[arg(long = "kafka-consumer-queue-kbytes", env = "UTS_KAFKA_CONSUMER_QUEUE_KBYTES", default_value_t = 2048)]
     pub consumer_queue_kbytes: u32,
 
     /// Most kilobytes a producer keeps queued for the brokers (`queue.buffering.max.kbytes`;
     /// librdkafka's default is 1 GB). A full queue makes a produce wait, never drops.
-    #[arg(long = "kafka-producer-queue-kbytes", env = "UTS_KAFKA_PRODUCER_QUEUE_KBYTES", default_value_t = 32768)]
+    #[arg(long = "kafka-producer-queue-kbytes", env = "UTS_KAFKA_PRODUCER_QUEUE_KBYTES", default_value_t = 16384)]
     pub producer_queue_kbytes: u32,
 }
 

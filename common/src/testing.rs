@@ -34,9 +34,14 @@ pub async fn isolated_kafka(partitions: i32) -> KafkaArgs {
     args
 }
 
-/// Reads `topic` from the beginning until at least `count` messages arrived or `timeout`
-/// passed; returns (key, payload) pairs in arrival order. The polling runs on a blocking
-/// thread, so stages spawned on the test's (single-threaded) runtime keep running meanwhile.
+/// How long [`read_topic`] keeps reading after it has `count` messages, so that an assertion
+/// on an exact number sees an extra message instead of stopping just before it.
+pub const GRACE: Duration = Duration::from_millis(500);
+
+/// Reads `topic` from the beginning until at least `count` messages arrived (then [`GRACE`]
+/// longer) or `timeout` passed; returns (key, payload) pairs in arrival order. The polling runs
+/// on a blocking thread, so stages spawned on the test's (single-threaded) runtime keep running
+/// meanwhile.
 pub async fn read_topic(args: &KafkaArgs, topic: &str, count: usize, timeout: Duration) -> Vec<(Vec<u8>, Vec<u8>)> {
     let (brokers, topic) = (args.brokers.clone(), topic.to_owned());
     tokio::task::spawn_blocking(move || read_blocking(&brokers, &topic, count, timeout))
@@ -57,10 +62,15 @@ fn read_blocking(brokers: &str, topic: &str, count: usize, timeout: Duration) ->
         assignment.add_partition_offset(topic, partition, Offset::Beginning).expect("assignment");
     }
     consumer.assign(&assignment).expect("assigning partitions");
-    let deadline = Instant::now() + timeout;
+    let mut deadline = Instant::now() + timeout;
     let mut messages = Vec::new();
-    while messages.len() < count && Instant::now() < deadline {
-        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+    let mut graced = false;
+    while Instant::now() < deadline {
+        if messages.len() >= count && !graced {
+            graced = true;
+            deadline = deadline.min(Instant::now() + GRACE);
+        }
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(50)) {
             messages.push((
                 message.key().unwrap_or_default().to_vec(),
                 message.payload().unwrap_or_default().to_vec(),

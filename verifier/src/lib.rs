@@ -171,8 +171,31 @@ impl Handler for Verifier {
     }
 
     async fn handle(&self, batch: &[Decoded<v1::UsageJob>]) -> anyhow::Result<Vec<Rejected>> {
+        // Jobs are independent (nothing downstream depends on the order of two jobs), so the
+        // batch is verified in chunks at once: each chunk's statement and its wait for the
+        // brokers overlap the others'. The offsets are stored when every chunk succeeded.
         let jobs: Vec<&v1::UsageJob> = batch.iter().map(|d| &d.item).collect();
-        let decisions = self.decisions(&jobs).await?;
+        let mut chunks = Vec::new();
+        for chunk in jobs.chunks(CHUNK) {
+            chunks.push(self.verify(chunk));
+        }
+        for result in futures::future::join_all(chunks).await {
+            result?;
+        }
+        let usages: u64 = jobs.iter().map(|j| u64::from(j.usages_count)).sum();
+        metrics::counter!("uts_verifier_usages_total").increment(usages);
+        Ok(Vec::new())
+    }
+}
+
+/// Jobs verified together (one statement, one wait for the brokers); a batch's chunks run at
+/// once. The benchmark found the verifier waiting, not computing: a third of a core at most.
+const CHUNK: usize = 64;
+
+impl Verifier {
+    /// Decides (or finds the stored decision of) `jobs` and produces the outcome.
+    async fn verify(&self, jobs: &[&v1::UsageJob]) -> anyhow::Result<()> {
+        let decisions = self.decisions(jobs).await?;
         let mut sends = Vec::new();
         for decision in decisions.values() {
             for verified in &decision.batches {
@@ -181,14 +204,13 @@ impl Handler for Verifier {
             }
             sends.push((self.status_topic.as_str(), decision.status.job_id.clone(), decision.status.encode_to_vec()));
         }
-        let messages: Vec<(&str, &[u8], &[u8])> =
-            sends.iter().map(|(topic, key, payload)| (*topic, key.as_bytes(), payload.as_slice())).collect();
+        let mut messages: Vec<(&str, &[u8], &[u8])> = Vec::with_capacity(sends.len());
+        for (topic, key, payload) in &sends {
+            messages.push((topic, key.as_bytes(), payload));
+        }
         kafka::produce_all_durably(&self.producer, &messages, self.produce_timeout)
             .await
-            .context("producing verified usages and status events")?;
-        let usages: u64 = jobs.iter().map(|j| u64::from(j.usages_count)).sum();
-        metrics::counter!("uts_verifier_usages_total").increment(usages);
-        Ok(Vec::new())
+            .context("producing verified usages and status events")
     }
 }
 
