@@ -24,9 +24,9 @@
 //! so a bucket's versions reach `uts.aggregates` oldest first.
 //!
 //! **Failure modes:** PostgreSQL or Kafka unavailable → the batch is retried with backoff;
-//! a message that is not a valid `VerifiedBatch`, or whose bucket would overflow the exact
-//! decimal range → dead letter, and the partition moves on; SIGTERM → the batch in hand is
-//! finished and committed.
+//! a message that is not a valid `VerifiedBatch`, names no known aggregation function, or whose
+//! bucket would overflow the exact decimal range → dead letter, and the partition moves on;
+//! SIGTERM → the batch in hand is finished and committed.
 
 pub mod fold;
 pub mod store;
@@ -134,10 +134,11 @@ impl Handler for Aggregator {
             application: key.application.clone(),
             unit: key.unit.clone(),
         };
+        // The verifier always names the function; anything else is a contract breach, not SUM.
         let function = v1::AggregationFunction::try_from(message.function)
             .ok()
             .and_then(AggregationFunction::from_proto)
-            .unwrap_or_default();
+            .ok_or_else(|| format!("verified batch with unknown aggregation function {}", message.function))?;
         let mut usages = Vec::with_capacity(message.usages.len());
         for usage in &message.usages {
             let value = Decimal::from_str(&usage.value)

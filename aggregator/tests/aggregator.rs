@@ -190,17 +190,22 @@ async fn poison_and_overflow_are_set_aside_and_the_partition_moves_on(pool: PgPo
             b"junk".to_vec(),
             batch("job-big-1", "big", v1::AggregationFunction::Sum, &[(&max, now)]).encode_to_vec(),
             batch("job-big-2", "big", v1::AggregationFunction::Sum, &[(&max, now)]).encode_to_vec(),
+            v1::VerifiedBatch { function: 42, ..batch("job-odd", "odd", v1::AggregationFunction::Sum, &[("1", now)]) }
+                .encode_to_vec(),
             batch("job-ok", "ok", v1::AggregationFunction::Sum, &[("1", now)]).encode_to_vec(),
         ],
     )
     .await;
-    let letters: Vec<v1::DeadLetter> = read_topic(&args, &args.topics().dead_letter, 2, WAIT)
+    let letters: Vec<v1::DeadLetter> = read_topic(&args, &args.topics().dead_letter, 3, WAIT)
         .await
         .iter()
         .map(|(_, p)| v1::DeadLetter::decode(p.as_slice()).unwrap())
         .collect();
-    assert_eq!(letters.len(), 2);
+    assert_eq!(letters.len(), 3);
     assert!(letters.iter().any(|l| l.reason.contains("would leave the exact decimal range")), "{letters:?}");
+    // An unknown function is a contract breach, set aside, not aggregated as SUM.
+    assert!(letters.iter().any(|l| l.reason.contains("unknown aggregation function 42")), "{letters:?}");
+    assert_eq!(bucket(&pool, "odd", now.date_naive()).await, None);
     read_topic(&args, &args.topics().status, 2, WAIT).await;
     assert_eq!(bucket(&pool, "big", now.date_naive()).await.map(|b| b.1), Some(1), "the first big usage stays");
     assert_eq!(bucket(&pool, "ok", now.date_naive()).await, Some((d("1"), 1, 1)));

@@ -35,7 +35,8 @@
 //! **Failure modes:** network errors, timeouts and 5xx/429 answers back off exponentially
 //! (`--retry-base-ms` doubling up to `--retry-max-ms`) and are retried forever; other 4xx
 //! answers mark the record rejected for good (and FAILEDTOSENDFORBILLING); undecodable
-//! aggregates → dead letter; SIGTERM → the consumer commits and the sender finishes its round.
+//! aggregates, or aggregates naming no known aggregation function → dead letter; SIGTERM → the
+//! consumer commits and the sender finishes its round.
 
 pub mod config;
 pub mod history;

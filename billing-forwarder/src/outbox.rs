@@ -51,6 +51,11 @@ impl Handler for OutboxWriter {
         if aggregate.version == 0 {
             return Err("aggregate without version".into());
         }
+        // The record names the function; an unknown one is a contract breach, not SUM.
+        v1::AggregationFunction::try_from(aggregate.function)
+            .ok()
+            .and_then(uts_common::domain::AggregationFunction::from_proto)
+            .ok_or_else(|| format!("aggregate with unknown aggregation function {}", aggregate.function))?;
         Ok(Billable(Some((aggregate, day))))
     }
 

@@ -152,10 +152,11 @@ impl Sender {
         };
         let bucket = aggregate.bucket.clone().unwrap_or_default();
         let key = bucket.key.unwrap_or_default();
-        let function = v1::AggregationFunction::try_from(aggregate.function)
-            .ok()
-            .and_then(AggregationFunction::from_proto)
-            .unwrap_or_default();
+        // Checked when the row was written; a row from before that check is refused, not billed as SUM.
+        let Some(function) = v1::AggregationFunction::try_from(aggregate.function).ok().and_then(AggregationFunction::from_proto)
+        else {
+            return Answer::Rejected(format!("the record has the unknown aggregation function {}", aggregate.function));
+        };
         let record = BillingRecord {
             bucket: BucketJson {
                 provider_tenant: &key.provider_tenant,

@@ -194,14 +194,17 @@ async fn poison_goes_to_the_dead_letter_topic_and_the_forwarder_carries_on(pool:
     let args = isolated_kafka(1).await;
     let (url, receiver) = start_receiver(&[]).await;
     let forwarder = start_forwarder(&args, pool, &url).await;
-    produce(&args, &[b"\x08\x96\x01 junk".to_vec(), aggregate("u", 1, "1", true, &[("job-after", 1)])]).await;
-    let letters: Vec<v1::DeadLetter> = read_topic(&args, &args.topics().dead_letter, 1, WAIT)
+    let mut odd = v1::DailyAggregate::decode(aggregate("odd", 1, "1", true, &[("job-odd", 1)]).as_slice()).unwrap();
+    odd.function = 42;
+    produce(&args, &[b"\x08\x96\x01 junk".to_vec(), odd.encode_to_vec(), aggregate("u", 1, "1", true, &[("job-after", 1)])]).await;
+    let letters: Vec<v1::DeadLetter> = read_topic(&args, &args.topics().dead_letter, 2, WAIT)
         .await
         .iter()
         .map(|(_, p)| v1::DeadLetter::decode(p.as_slice()).unwrap())
         .collect();
-    assert_eq!(letters.len(), 1);
-    assert_eq!(letters[0].stage, v1::Stage::BillingForwarder as i32);
+    assert_eq!(letters.len(), 2);
+    assert!(letters.iter().all(|l| l.stage == v1::Stage::BillingForwarder as i32));
+    assert!(letters.iter().any(|l| l.reason.contains("unknown aggregation function 42")), "{letters:?}");
     assert_eq!(records(&url, 1).await.len(), 1, "the aggregate after the poison was billed");
     forwarder.cancel();
     receiver.cancel();
