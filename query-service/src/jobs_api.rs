@@ -103,10 +103,14 @@ struct SummaryJson {
     process_status: String,
 }
 
-/// The visible jobs of a tenant: its most recent MAX_VISIBLE_JOBS.
-const VISIBLE: &str = "WITH visible AS (
+/// The visible jobs of a tenant: its most recent MAX_VISIBLE_JOBS (the limit written once).
+fn visible_jobs() -> String {
+    format!(
+        "WITH visible AS (
         SELECT job_id, received_at, usages_count FROM jobs WHERE submitter_tenant_id = $1
-        ORDER BY received_at DESC, job_id DESC LIMIT 1000)";
+        ORDER BY received_at DESC, job_id DESC LIMIT {MAX_VISIBLE_JOBS})"
+    )
+}
 
 /// The status columns of a job: accepted, failed and terminal counts.
 const STATUS_COLUMNS: &str = "
@@ -165,8 +169,9 @@ async fn list_jobs(
                     WHERE ($3::text IS NULL OR k.tenant_id = $3) AND ($4::text IS NULL OR k.application = $4)
                       AND ($5::text IS NULL OR k.unit = $5)
                     GROUP BY k.job_id";
+    let visible = visible_jobs();
     let sql = format!(
-        "{VISIBLE}, matching AS ({matching})
+        "{visible}, matching AS ({matching})
          SELECT v.job_id, v.received_at, CASE WHEN $6 THEN m.n::int ELSE v.usages_count END, {STATUS_COLUMNS},
                 count(*) OVER ()
          FROM visible v LEFT JOIN matching m ON m.job_id = v.job_id
@@ -204,8 +209,9 @@ async fn count_jobs(
     unit: Option<&str>,
     filtered: bool,
 ) -> Result<i64, ApiError> {
+    let visible = visible_jobs();
     let sql = format!(
-        "{VISIBLE}
+        "{visible}
          SELECT count(*) FROM visible v
          WHERE (v.received_at AT TIME ZONE 'UTC')::date = $2
            AND (NOT $6 OR EXISTS (SELECT 1 FROM job_usage_keys k WHERE k.job_id = v.job_id
@@ -226,7 +232,8 @@ async fn count_jobs(
 
 /// The job if the caller may see it.
 async fn visible_job(state: &AppState, tenant: &str, id: &str) -> Result<JobJson, ApiError> {
-    let sql = format!("{VISIBLE} SELECT v.job_id, v.received_at, v.usages_count, {STATUS_COLUMNS} FROM visible v WHERE v.job_id = $2");
+    let visible = visible_jobs();
+    let sql = format!("{visible} SELECT v.job_id, v.received_at, v.usages_count, {STATUS_COLUMNS} FROM visible v WHERE v.job_id = $2");
     let row: Option<JobRow> =
         sqlx::query_as(&sql).bind(tenant).bind(id).fetch_optional(&state.pool).await.map_err(storage_error)?;
     row.map(job_json).ok_or_else(|| ApiError::no_match(format!("no usages job with id {id}")))

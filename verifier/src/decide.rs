@@ -112,7 +112,10 @@ pub fn event_id(job_id: &str) -> String {
 /// Verifies every usage of `job` against `catalog`. `require_rule` makes usages without a rule
 /// fail instead of passing as NOVERIFICATION.
 pub fn decide(job: &v1::UsageJob, catalog: &Catalog, require_rule: bool) -> Decision {
-    let received_at = job.received_at.as_ref().and_then(from_timestamp).unwrap_or_else(Utc::now);
+    // Time windows are relative to when the gateway received the job, never to the clock (a
+    // redelivery days later must decide the same). The runner refuses a job without it; should
+    // one get here, a rule with a time window fails its usages rather than guess.
+    let received_at = job.received_at.as_ref().and_then(from_timestamp);
     // (provider, consumer, application, unit) → batch under construction.
     let mut batches: BTreeMap<(String, String, String, String), v1::VerifiedBatch> = BTreeMap::new();
     // (application, unit, status) → count.
@@ -121,10 +124,8 @@ pub fn decide(job: &v1::UsageJob, catalog: &Catalog, require_rule: bool) -> Deci
     let mut failures: BTreeMap<Violation, FailingUsages> = BTreeMap::new();
 
     for (u, user) in job.users.iter().enumerate() {
-        let user_type = v1::UserType::try_from(user.user_type)
-            .ok()
-            .and_then(UserType::from_proto)
-            .unwrap_or(UserType::User);
+        // Unspecified: passes no rule that restricts user types (it used to count as `user`).
+        let user_type = v1::UserType::try_from(user.user_type).ok().and_then(UserType::from_proto);
         for (r, resource) in user.resources.iter().enumerate() {
             for usage in &resource.usages {
                 let rule = catalog.rule(&resource.application, &usage.unit);
@@ -252,12 +253,12 @@ fn new_batch(
 fn check(
     job: &v1::UsageJob,
     user: &v1::UserUsages,
-    user_type: UserType,
+    user_type: Option<UserType>,
     resource: &v1::ResourceUsages,
     usage: &v1::Usage,
     rule: Option<&Rule>,
     catalog: &Catalog,
-    received_at: DateTime<Utc>,
+    received_at: Option<DateTime<Utc>>,
     require_rule: bool,
 ) -> Result<(), Violation> {
     if !catalog.may_report_for(&job.submitter_tenant, &user.tenant_id, &resource.application) {
@@ -275,9 +276,9 @@ fn check(
         };
     };
     if let Some(allowed) = &rule.allowed_user_types {
-        if !allowed.contains(&user_type) {
+        if !user_type.is_some_and(|t| allowed.contains(&t)) {
             let allowed = allowed.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ");
-            return Err(Violation::UserTypeNotAllowed { user_type: user_type.as_str(), allowed });
+            return Err(Violation::UserTypeNotAllowed { user_type: user_type.map_or("unspecified", UserType::as_str), allowed });
         }
     }
     // The gateway only produces exact decimal strings; anything else is a contract breach.
@@ -301,13 +302,14 @@ fn check(
         .as_ref()
         .and_then(from_timestamp)
         .ok_or_else(|| Violation::Malformed { detail: "datetime is missing".to_owned() })?;
+    let received = || received_at.ok_or_else(|| Violation::Malformed { detail: "the job has no received time".to_owned() });
     if let Some(days) = rule.max_age_days {
-        if datetime < received_at - Duration::days(i64::from(days)) {
+        if datetime < received()? - Duration::days(i64::from(days)) {
             return Err(Violation::TooOld { max_age_days: days });
         }
     }
     if let Some(minutes) = rule.max_future_minutes {
-        if datetime > received_at + Duration::minutes(i64::from(minutes)) {
+        if datetime > received()? + Duration::minutes(i64::from(minutes)) {
             return Err(Violation::InTheFuture { max_future_minutes: minutes });
         }
     }
@@ -404,6 +406,21 @@ mod tests {
         let strict = decide(&job(vec![user("op", v1::UserType::Tenant, "app", vec![usage(0, "1.5", "other", 0)])]), &catalog(), true);
         assert!(strict.batches.is_empty());
         assert_eq!(strict.status.errors[0].code, "mdsp.uts.verification.noRule");
+    }
+
+    #[test]
+    fn no_clock_and_no_guessed_user_type() {
+        // Without a received time a rule's time window cannot be checked: the usage fails
+        // instead of being judged against the clock.
+        let mut without_time = job(vec![user("op", v1::UserType::User, "app", vec![usage(0, "1", "unit", 0)])]);
+        without_time.received_at = None;
+        let decision = decide(&without_time, &catalog(), false);
+        assert!(decision.batches.is_empty());
+        assert_eq!(status_counts(&decision), vec![("unit".to_owned(), v1::UsageStatus::Verificationfailed as i32, 1)]);
+        // An unspecified user type passes no rule that restricts user types.
+        let decision = decide(&job(vec![user("op", v1::UserType::Unspecified, "app", vec![usage(0, "1", "unit", 0)])]), &catalog(), false);
+        assert!(decision.batches.is_empty());
+        assert!(decision.status.errors[0].message.contains("userType unspecified"), "{:?}", decision.status.errors);
     }
 
     #[test]

@@ -167,6 +167,10 @@ impl Handler for Verifier {
         if job.submitter_tenant.is_empty() {
             return Err("usage job without submitter_tenant".into());
         }
+        // Decisions are relative to the received time; the gateway always sets it.
+        if job.received_at.as_ref().and_then(uts_common::domain::from_timestamp).is_none() {
+            return Err("usage job without a valid received_at".into());
+        }
         Ok(job)
     }
 
