@@ -340,3 +340,39 @@ async fn each_tenant_is_rate_limited_on_its_own(pool: PgPool) {
     assert_eq!(service.get("globex", "/usagesJobs").await.0, StatusCode::OK);
     assert_eq!(service.get("globex", "/usagesJobs/unknown").await.0, StatusCode::NOT_FOUND);
 }
+
+/// Readiness needs Kafka as well as PostgreSQL: with no broker behind its address the query
+/// service answers /readyz 503 naming Kafka (it used to check PostgreSQL only), while /healthz
+/// still answers 200.
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn readiness_needs_kafka_too(pool: PgPool) {
+    use clap::Parser;
+    // Nothing listens on the discard port; the admin port is picked free just before.
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = query_service::Config::parse_from([
+        "query-service".to_owned(),
+        "--listen-addr=127.0.0.1:0".to_owned(),
+        format!("--admin-addr=127.0.0.1:{admin_port}"),
+        "--database-url=postgres://unused".to_owned(),
+        format!("--jwt-hs256-secret={SECRET}"),
+        "--kafka-brokers=127.0.0.1:9".to_owned(),
+        "--kafka-produce-timeout-ms=1000".to_owned(),
+    ]);
+    let app = query_service::Application::build(config, pool).await.unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let client = reqwest::Client::new();
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (status, body) = loop {
+        if let Ok(response) = client.get(format!("{admin}/readyz")).send().await {
+            break (response.status(), response.text().await.unwrap_or_default());
+        }
+        assert!(Instant::now() < deadline, "the admin listener never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("Kafka"), "{body}");
+    assert_eq!(client.get(format!("{admin}/healthz")).send().await.unwrap().status(), StatusCode::OK);
+    shutdown.cancel();
+}
