@@ -52,7 +52,8 @@ impl KeyColumns {
 }
 
 /// Inserts the dedup rows of `claims`; returns the (job, key) pairs inserted now (the others
-/// were applied by an earlier delivery) and the transaction's time. A row of another
+/// were applied by an earlier delivery) and the transaction's time (from the inserted rows, so
+/// no extra round trip). A row of another
 /// transaction that is not committed yet makes this wait for it, so two aggregators that
 /// both hold a redelivered batch never both apply it.
 pub async fn claim(
@@ -67,12 +68,12 @@ pub async fn claim(
         keys.push(claim.key);
         counts.push(claim.usages);
     }
-    let rows: Vec<(String, String, String, String, String)> = sqlx::query_as(
+    let rows: Vec<(String, String, String, String, String, DateTime<Utc>)> = sqlx::query_as(
         "INSERT INTO aggregate_applied_batches
             (job_id, provider_tenant_id, consumer_tenant_id, application, unit, usages_count)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[])
          ON CONFLICT DO NOTHING
-         RETURNING job_id, provider_tenant_id, consumer_tenant_id, application, unit",
+         RETURNING job_id, provider_tenant_id, consumer_tenant_id, application, unit, applied_at",
     )
     .bind(&jobs)
     .bind(&keys.providers)
@@ -82,10 +83,11 @@ pub async fn claim(
     .bind(&counts)
     .fetch_all(&mut **tx)
     .await?;
-    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&mut **tx).await?;
+    // Every row has the transaction's time; with none inserted nothing is written with it.
+    let now = rows.first().map_or_else(Utc::now, |row| row.5);
     let claimed = rows
         .into_iter()
-        .map(|(job, provider, consumer, application, unit)| (job, KeyId { provider, consumer, application, unit }))
+        .map(|(job, provider, consumer, application, unit, _)| (job, KeyId { provider, consumer, application, unit }))
         .collect();
     Ok((claimed, now))
 }

@@ -31,6 +31,19 @@ async fn start_forwarder(kafka_args: &KafkaArgs, pool: PgPool, billing_url: &str
 }
 
 async fn start_forwarder_with(kafka_args: &KafkaArgs, pool: PgPool, billing_url: &str, extra: &[&str]) -> CancellationToken {
+    let receipts_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_forwarder_on(kafka_args, pool, billing_url, receipts_listener, extra)
+}
+
+/// A forwarder whose receipts endpoint is on `receipts_listener` (bound by a test that must
+/// hand its address to the receiver first).
+fn start_forwarder_on(
+    kafka_args: &KafkaArgs,
+    pool: PgPool,
+    billing_url: &str,
+    receipts_listener: tokio::net::TcpListener,
+    extra: &[&str],
+) -> CancellationToken {
     let mut args = vec![
         "billing-forwarder".to_owned(),
         "--database-url=postgres://unused".to_owned(),
@@ -49,7 +62,7 @@ async fn start_forwarder_with(kafka_args: &KafkaArgs, pool: PgPool, billing_url:
     let config = billing_forwarder::Config::parse_from(args);
     uts_common::telemetry::init(&config.telemetry);
     let shutdown = CancellationToken::new();
-    tokio::spawn(billing_forwarder::run_with_pool(config, pool, shutdown.clone()));
+    tokio::spawn(billing_forwarder::run_with_receipts_listener(config, pool, receipts_listener, shutdown.clone()));
     shutdown
 }
 
@@ -219,22 +232,7 @@ async fn a_receipt_by_callback_completes_a_record_answered_202(pool: PgPool) {
     let receipts = format!("http://{}/billing/v1/receipts", receipts_listener.local_addr().unwrap());
     let (url, receiver) =
         start_receiver(&[&format!("--receipts-url={receipts}"), &format!("--receipts-token={TOKEN}")]).await;
-    let forwarder = {
-        let config = billing_forwarder::Config::parse_from([
-            "billing-forwarder".to_owned(),
-            "--database-url=postgres://unused".to_owned(),
-            "--admin-addr=127.0.0.1:0".to_owned(),
-            "--send-interval-ms=50".to_owned(),
-            format!("--receipts-token={TOKEN}"),
-            format!("--billing-url={url}"),
-            format!("--consumer-group=forwarder-{}", uuid::Uuid::new_v4()),
-            format!("--kafka-brokers={}", args.brokers),
-            format!("--topic-prefix={}", args.topic_prefix),
-        ]);
-        let shutdown = CancellationToken::new();
-        tokio::spawn(billing_forwarder::run_with_receipts_listener(config, pool.clone(), receipts_listener, shutdown.clone()));
-        shutdown
-    };
+    let forwarder = start_forwarder_on(&args, pool.clone(), &url, receipts_listener, &[&format!("--receipts-token={TOKEN}")]);
     produce(&args, &[aggregate("u", 1, "4.5", true, &[("job-r", 4)])]).await;
 
     // SENT (from the 202) and RECEIVED (from the callback), in whichever order they were produced.
@@ -443,23 +441,7 @@ async fn a_record_refused_for_good_is_not_retried_and_the_next_version_goes_thro
     let (url, receiver) = start_receiver(&[]).await;
     let receipts_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let receipts = format!("http://{}/billing/v1/receipts", receipts_listener.local_addr().unwrap());
-    let forwarder = {
-        let config = billing_forwarder::Config::parse_from([
-            "billing-forwarder".to_owned(),
-            "--database-url=postgres://unused".to_owned(),
-            "--admin-addr=127.0.0.1:0".to_owned(),
-            "--send-interval-ms=50".to_owned(),
-            "--retry-base-ms=100".to_owned(),
-            format!("--receipts-token={TOKEN}"),
-            format!("--billing-url={url}"),
-            format!("--consumer-group=forwarder-{}", uuid::Uuid::new_v4()),
-            format!("--kafka-brokers={}", args.brokers),
-            format!("--topic-prefix={}", args.topic_prefix),
-        ]);
-        let shutdown = CancellationToken::new();
-        tokio::spawn(billing_forwarder::run_with_receipts_listener(config, pool.clone(), receipts_listener, shutdown.clone()));
-        shutdown
-    };
+    let forwarder = start_forwarder_on(&args, pool.clone(), &url, receipts_listener, &[&format!("--receipts-token={TOKEN}")]);
     let failures = url.replace("/billing/v1/records", "/admin/failures");
     let admin = reqwest::Client::new();
     let plan = admin.post(&failures).json(&serde_json::json!({"mode": "http422", "count": 1})).send().await.unwrap();
