@@ -188,8 +188,11 @@ impl Handler for Aggregator {
         steps.done("lock");
         let fold = fold_batches(batch, &fresh, stored);
         if !fold.rejected.is_empty() {
-            let undone: Vec<(&str, &KeyId)> =
-                fold.rejected.iter().map(|r| (batch[r.position].item.message.job_id.as_str(), &batch[r.position].item.key)).collect();
+            let undone: Vec<(&str, &KeyId)> = fold
+                .rejected
+                .iter()
+                .map(|r| (batch[r.position].item.message.job_id.as_str(), &batch[r.position].item.key))
+                .collect();
             store::unclaim(&mut tx, &undone).await?;
         }
         let (new_buckets, contributions) = fold.versions(batch, now);
@@ -259,7 +262,11 @@ struct Fold {
 /// Folds the fresh batches at `positions` into the `stored` buckets, in batch order. A batch
 /// that would take any of its buckets out of the exact decimal range is rejected whole (none
 /// of its usages count); the others are unaffected.
-fn fold_batches(batch: &[Decoded<Batch>], positions: &[usize], stored: BTreeMap<BucketId, store::StoredBucket>) -> Fold {
+fn fold_batches(
+    batch: &[Decoded<Batch>],
+    positions: &[usize],
+    stored: BTreeMap<BucketId, store::StoredBucket>,
+) -> Fold {
     let mut buckets: BTreeMap<BucketId, Folding> = stored
         .into_iter()
         .map(|(id, s)| (id, Folding { acc: Some(s.acc), version: s.version, jobs: Vec::new() }))
@@ -278,7 +285,12 @@ fn fold_batches(batch: &[Decoded<Batch>], positions: &[usize], stored: BTreeMap<
             let folded = match entry.0.as_mut() {
                 Some(acc) => acc.add_usage(usage.value, usage.at, &item.message.job_id, usage.index).is_ok(),
                 None => {
-                    let last = Last { value: usage.value, at: usage.at, job_id: item.message.job_id.clone(), index: usage.index };
+                    let last = Last {
+                        value: usage.value,
+                        at: usage.at,
+                        job_id: item.message.job_id.clone(),
+                        index: usage.index,
+                    };
                     entry.0 = Some(Accumulators::of(usage.value, last));
                     true
                 }
@@ -300,9 +312,11 @@ fn fold_batches(batch: &[Decoded<Batch>], positions: &[usize], stored: BTreeMap<
             continue;
         }
         for (day, (acc, count)) in by_day {
-            let bucket = buckets
-                .entry(BucketId { key: item.key.clone(), day })
-                .or_insert_with(|| Folding { acc: None, version: 0, jobs: Vec::new() });
+            let bucket = buckets.entry(BucketId { key: item.key.clone(), day }).or_insert_with(|| Folding {
+                acc: None,
+                version: 0,
+                jobs: Vec::new(),
+            });
             bucket.acc = acc;
             bucket.jobs.push((position, count));
         }
@@ -313,11 +327,17 @@ fn fold_batches(batch: &[Decoded<Batch>], positions: &[usize], stored: BTreeMap<
 impl Fold {
     /// Each bucket that took fresh jobs gets one new version for the whole batch: its new
     /// state, and one lineage row per contributing job.
-    fn versions<'a>(&'a self, batch: &'a [Decoded<Batch>], now: DateTime<Utc>) -> (Vec<NewBucket<'a>>, Vec<Contribution>) {
+    fn versions<'a>(
+        &'a self,
+        batch: &'a [Decoded<Batch>],
+        now: DateTime<Utc>,
+    ) -> (Vec<NewBucket<'a>>, Vec<Contribution>) {
         let mut buckets = Vec::new();
         let mut contributions = Vec::new();
         for (id, folding) in &self.buckets {
-            let (Some(acc), Some(deciding)) = (folding.acc.as_ref(), deciding_job(batch, folding.jobs.iter().map(|j| j.0))) else {
+            let (Some(acc), Some(deciding)) =
+                (folding.acc.as_ref(), deciding_job(batch, folding.jobs.iter().map(|j| j.0)))
+            else {
                 continue;
             };
             let item = &batch[deciding].item;
@@ -432,7 +452,8 @@ fn status_events(batch: &[Decoded<Batch>], positions: &[usize]) -> Vec<(String, 
 /// Runs the aggregator with `pool` until `shutdown`.
 pub async fn run_with_pool(config: Config, pool: PgPool, shutdown: CancellationToken) -> anyhow::Result<()> {
     let topics = config.kafka.topics();
-    let runner = Runner::new(&config.kafka, v1::Stage::Aggregator, "aggregator", &config.group, &[&topics.usages_verified])?;
+    let runner =
+        Runner::new(&config.kafka, v1::Stage::Aggregator, "aggregator", &config.group, &[&topics.usages_verified])?;
     let (producer, _) = kafka::durable_producer(&config.kafka)?;
     let handler = Aggregator {
         pool: pool.clone(),
@@ -445,7 +466,12 @@ pub async fn run_with_pool(config: Config, pool: PgPool, shutdown: CancellationT
     let (_, admin_task) =
         admin::serve(config.admin.addr, uts_common::telemetry::metrics_handle(), ready, shutdown.clone()).await?;
     tracing::info!(group = %config.group, "aggregator consuming");
-    let pruner = uts_common::db::spawn_pruner(pool, uts_common::db::DedupTable::AggregateAppliedBatches, config.retention.days, shutdown.clone());
+    let pruner = uts_common::db::spawn_pruner(
+        pool,
+        uts_common::db::DedupTable::AggregateAppliedBatches,
+        config.retention.days,
+        shutdown.clone(),
+    );
     let result = runner.run(handler, shutdown).await;
     let _ = admin_task.await;
     pruner.abort();

@@ -133,7 +133,22 @@ pub async fn lock_buckets(
         keys.push(&bucket.key);
         days.push(bucket.day);
     }
-    type Row = (String, String, String, String, NaiveDate, i64, Decimal, Decimal, Decimal, Decimal, DateTime<Utc>, String, i32, i64);
+    type Row = (
+        String,
+        String,
+        String,
+        String,
+        NaiveDate,
+        i64,
+        Decimal,
+        Decimal,
+        Decimal,
+        Decimal,
+        DateTime<Utc>,
+        String,
+        i32,
+        i64,
+    );
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT d.provider_tenant_id, d.consumer_tenant_id, d.application, d.unit, d.day,
                 d.usages_count, d.sum_value, d.min_value, d.max_value, d.last_value, d.last_at, d.last_job_id,
@@ -153,11 +168,28 @@ pub async fn lock_buckets(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(provider, consumer, application, unit, day, count, sum, min, max, last_value, last_at, last_job_id, last_index, version)| {
-            let last = Last { value: last_value, at: last_at, job_id: last_job_id, index: last_index };
-            let bucket = BucketId { key: KeyId { provider, consumer, application, unit }, day };
-            (bucket, StoredBucket { acc: Accumulators { count, sum, min, max, last }, version })
-        })
+        .map(
+            |(
+                provider,
+                consumer,
+                application,
+                unit,
+                day,
+                count,
+                sum,
+                min,
+                max,
+                last_value,
+                last_at,
+                last_job_id,
+                last_index,
+                version,
+            )| {
+                let last = Last { value: last_value, at: last_at, job_id: last_job_id, index: last_index };
+                let bucket = BucketId { key: KeyId { provider, consumer, application, unit }, day };
+                (bucket, StoredBucket { acc: Accumulators { count, sum, min, max, last }, version })
+            },
+        )
         .collect())
 }
 
@@ -176,8 +208,10 @@ pub struct NewBucket<'a> {
 pub async fn store_buckets(tx: &mut Transaction<'_, Postgres>, buckets: &[NewBucket<'_>]) -> sqlx::Result<()> {
     let mut keys = KeyColumns::default();
     let (mut days, mut functions, mut values, mut counts) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut sums, mut mins, mut maxs, mut last_values, mut last_ats) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut last_jobs, mut last_indexes, mut billables, mut rules, mut versions) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut sums, mut mins, mut maxs, mut last_values, mut last_ats) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut last_jobs, mut last_indexes, mut billables, mut rules, mut versions) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for b in buckets {
         keys.push(&b.bucket.key);
         days.push(b.bucket.day);
@@ -284,7 +318,10 @@ pub async fn store_contributions(tx: &mut Transaction<'_, Postgres>, rows: &[Con
 
 /// The whole lineage of every bucket version that the given (job, key) batches contributed to
 /// (every job of those versions, not only the given ones): what a redelivery re-emits.
-pub async fn versions_of(tx: &mut Transaction<'_, Postgres>, batches: &[(&str, &KeyId)]) -> sqlx::Result<Vec<Contribution>> {
+pub async fn versions_of(
+    tx: &mut Transaction<'_, Postgres>,
+    batches: &[(&str, &KeyId)],
+) -> sqlx::Result<Vec<Contribution>> {
     let jobs: Vec<String> = batches.iter().map(|(job, _)| (*job).to_owned()).collect();
     let mut keys = KeyColumns::default();
     for (_, key) in batches {
@@ -315,16 +352,30 @@ pub async fn versions_of(tx: &mut Transaction<'_, Postgres>, batches: &[(&str, &
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(provider, consumer, application, unit, day, job_id, usages, version, bucket_value, bucket_usages, applied_at)| {
-            Contribution {
-                bucket: BucketId { key: KeyId { provider, consumer, application, unit }, day },
+        .map(
+            |(
+                provider,
+                consumer,
+                application,
+                unit,
+                day,
                 job_id,
                 usages,
                 version,
                 bucket_value,
                 bucket_usages,
                 applied_at,
-            }
-        })
+            )| {
+                Contribution {
+                    bucket: BucketId { key: KeyId { provider, consumer, application, unit }, day },
+                    job_id,
+                    usages,
+                    version,
+                    bucket_value,
+                    bucket_usages,
+                    applied_at,
+                }
+            },
+        )
         .collect())
 }

@@ -33,7 +33,12 @@ async fn start(kafka_args: &KafkaArgs, pool: PgPool) -> CancellationToken {
     shutdown
 }
 
-fn batch(job: &str, unit: &str, function: v1::AggregationFunction, usages: &[(&str, DateTime<Utc>)]) -> v1::VerifiedBatch {
+fn batch(
+    job: &str,
+    unit: &str,
+    function: v1::AggregationFunction,
+    usages: &[(&str, DateTime<Utc>)],
+) -> v1::VerifiedBatch {
     v1::VerifiedBatch {
         job_id: job.into(),
         submitter_tenant: "op".into(),
@@ -93,7 +98,8 @@ async fn every_function_is_exact_and_each_batch_counts_once(pool: PgPool) {
     let t = |seconds: i64| now - chrono::Duration::seconds(seconds);
     let values = [("0.1", t(30)), ("2.25", t(10)), ("-1", t(20)), ("1000000000000.000000001", t(40))];
     use v1::AggregationFunction as F;
-    let functions = [(F::Sum, "sum"), (F::Count, "count"), (F::Min, "min"), (F::Max, "max"), (F::Avg, "avg"), (F::Last, "last")];
+    let functions =
+        [(F::Sum, "sum"), (F::Count, "count"), (F::Min, "min"), (F::Max, "max"), (F::Avg, "avg"), (F::Last, "last")];
     let mut first = Vec::new();
     let mut again = Vec::new();
     for (function, unit) in functions {
@@ -132,12 +138,17 @@ async fn every_function_is_exact_and_each_batch_counts_once(pool: PgPool) {
         assert_eq!(count, 4, "{unit}: each job applied once");
         // One version per batch that brought new jobs: 1 or 2 here (the two jobs may arrive
         // in one consumer batch or two); the redelivery made none.
-        assert!((1..=2).contains(&version) && version == version_before, "{unit}: version {version}, before {version_before}");
+        assert!(
+            (1..=2).contains(&version) && version == version_before,
+            "{unit}: version {version}, before {version_before}"
+        );
     }
-    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM aggregate_applied_batches").fetch_one(&pool).await.unwrap();
+    let applied: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM aggregate_applied_batches").fetch_one(&pool).await.unwrap();
     assert_eq!(applied, 12);
     // The status events of the duplicate delivery equal the first one's.
-    let events: Vec<v1::StatusEvent> = statuses.iter().map(|(_, p)| v1::StatusEvent::decode(p.as_slice()).unwrap()).collect();
+    let events: Vec<v1::StatusEvent> =
+        statuses.iter().map(|(_, p)| v1::StatusEvent::decode(p.as_slice()).unwrap()).collect();
     let mut ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
     ids.sort();
     ids.dedup();
@@ -167,13 +178,20 @@ async fn late_usages_update_their_own_day_and_lineage_is_kept(pool: PgPool) {
     let shutdown = start(&args, pool.clone()).await;
     let now = Utc::now();
     let yesterday = now.checked_sub_days(Days::new(1)).unwrap();
-    produce(&args, &[batch("job-late", "u", v1::AggregationFunction::Sum, &[("5", now), ("7", yesterday), ("1", yesterday)]).encode_to_vec()])
-        .await;
+    produce(
+        &args,
+        &[batch("job-late", "u", v1::AggregationFunction::Sum, &[("5", now), ("7", yesterday), ("1", yesterday)])
+            .encode_to_vec()],
+    )
+    .await;
     read_topic(&args, &args.topics().status, 1, WAIT).await;
     assert_eq!(bucket(&pool, "u", now.date_naive()).await, Some((d("5"), 1, 1)));
     assert_eq!(bucket(&pool, "u", yesterday.date_naive()).await, Some((d("8"), 2, 1)));
     let lineage: Vec<(String, i32)> =
-        sqlx::query_as("SELECT job_id, usages_count FROM aggregate_contributions ORDER BY day").fetch_all(&pool).await.unwrap();
+        sqlx::query_as("SELECT job_id, usages_count FROM aggregate_contributions ORDER BY day")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
     assert_eq!(lineage, vec![("job-late".to_owned(), 2), ("job-late".to_owned(), 1)]);
     shutdown.cancel();
 }

@@ -233,8 +233,10 @@ fn request_body(tenant: &str) -> Vec<u8> {
             serde_json::json!({"application": "bench-app", "resource": format!("asset-{r}"), "usages": usages})
         })
         .collect();
-    serde_json::to_vec(&serde_json::json!({"users": [{"tenantId": tenant, "userId": "bench@example.com", "resources": resources}]}))
-        .unwrap()
+    serde_json::to_vec(
+        &serde_json::json!({"users": [{"tenantId": tenant, "userId": "bench@example.com", "resources": resources}]}),
+    )
+    .unwrap()
 }
 
 /// The job message the gateway would produce for [`request_body`].
@@ -295,9 +297,7 @@ async fn raw_kafka(args: &Args) -> anyhow::Result<Figures> {
             // Encoding is part of the work the gateway does too.
             job.job_id = uuid::Uuid::now_v7().to_string();
             let payload = job.encode_to_vec();
-            kafka::produce_durably(&producer, &topic, job.job_id.as_bytes(), &payload, timeout)
-                .await
-                .is_ok()
+            kafka::produce_durably(&producer, &topic, job.job_id.as_bytes(), &payload, timeout).await.is_ok()
         }
     })
     .await
@@ -305,9 +305,7 @@ async fn raw_kafka(args: &Args) -> anyhow::Result<Figures> {
 
 /// Phase 2: the same load through the gateway's HTTP API.
 async fn gateway(args: &Args, body: Vec<u8>) -> anyhow::Result<Figures> {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency)
-        .build()?;
+    let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build()?;
     let url = format!("{}/api/usagetransparency/v3/usagesJobs", args.gateway_url.trim_end_matches('/'));
     // One request first, to fail loudly on a wrong URL or token instead of measuring errors.
     let probe = client
@@ -325,14 +323,9 @@ async fn gateway(args: &Args, body: Vec<u8>) -> anyhow::Result<Figures> {
     let body = bytes::Bytes::from(body);
     let token = args.token.clone();
     run_phase(args, move || {
-        let request = client
-            .post(&url)
-            .bearer_auth(&token)
-            .header("content-type", "application/json")
-            .body(body.clone());
-        async move {
-            matches!(request.send().await, Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED)
-        }
+        let request =
+            client.post(&url).bearer_auth(&token).header("content-type", "application/json").body(body.clone());
+        async move { matches!(request.send().await, Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED) }
     })
     .await
 }

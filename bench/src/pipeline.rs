@@ -91,13 +91,15 @@ impl Template {
                 serde_json::json!({"application": application, "resource": format!("asset-{r}"), "usages": usages})
             })
             .collect();
-        let text = serde_json::json!({"users": [{"tenantId": tenant, "userId": "bench@example.com", "resources": resources}]})
-            .to_string();
+        let text =
+            serde_json::json!({"users": [{"tenantId": tenant, "userId": "bench@example.com", "resources": resources}]})
+                .to_string();
         Self { parts: text.split(UNIT_PLACEHOLDER).map(|p| p.as_bytes().to_vec()).collect() }
     }
 
     fn body(&self, unit: &str) -> bytes::Bytes {
-        let mut body = Vec::with_capacity(self.parts.iter().map(Vec::len).sum::<usize>() + unit.len() * self.parts.len());
+        let mut body =
+            Vec::with_capacity(self.parts.iter().map(Vec::len).sum::<usize>() + unit.len() * self.parts.len());
         for (i, part) in self.parts.iter().enumerate() {
             if i > 0 {
                 body.extend_from_slice(unit.as_bytes());
@@ -158,7 +160,11 @@ async fn lag(client: &reqwest::Client, url: &str) -> Option<u64> {
 
 fn pairs(list: &[String]) -> anyhow::Result<Vec<(String, String)>> {
     list.iter()
-        .map(|p| p.split_once('=').map(|(a, b)| (a.to_owned(), b.to_owned())).with_context(|| format!("{p:?} is not name=value")))
+        .map(|p| {
+            p.split_once('=')
+                .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                .with_context(|| format!("{p:?} is not name=value"))
+        })
         .collect()
 }
 
@@ -180,7 +186,14 @@ impl Probes {
 }
 
 /// One probe: POST a one-usage job, then follow it on the query service until COMPLETED.
-async fn probe(client: reqwest::Client, post_url: String, query_url: String, token: String, tenant: String, probes: Arc<Mutex<Probes>>) {
+async fn probe(
+    client: reqwest::Client,
+    post_url: String,
+    query_url: String,
+    token: String,
+    tenant: String,
+    probes: Arc<Mutex<Probes>>,
+) {
     let body = serde_json::json!({"users":[{"tenantId": tenant, "resources":[{"application":"probe","resource":"r",
         "usages":[{"value": 1, "unit": "probe-unit", "datetime": chrono::Utc::now().to_rfc3339()}]}]}]});
     let Ok(answer) = client.post(&post_url).bearer_auth(&token).json(&body).send().await else { return };
@@ -267,8 +280,10 @@ pub async fn run(
     let tickets = Arc::new(AtomicU64::new(1));
     let mut workers = Vec::new();
     for _ in 0..concurrency {
-        let (client, post_url, token, template) = (client.clone(), post_url.clone(), token.to_owned(), template.clone());
-        let (accepted, failed, loading, tickets, rate) = (accepted.clone(), failed.clone(), loading.clone(), tickets.clone(), args.rate);
+        let (client, post_url, token, template) =
+            (client.clone(), post_url.clone(), token.to_owned(), template.clone());
+        let (accepted, failed, loading, tickets, rate) =
+            (accepted.clone(), failed.clone(), loading.clone(), tickets.clone(), args.rate);
         let (shape, buckets) = (args.shape, args.buckets);
         workers.push(tokio::spawn(async move {
             while loading.load(Ordering::Relaxed) {
@@ -282,7 +297,8 @@ pub async fn run(
                     }
                 }
                 let body = template.body(&unit_of(shape, buckets, ticket));
-                let request = client.post(&post_url).bearer_auth(&token).header("content-type", "application/json").body(body);
+                let request =
+                    client.post(&post_url).bearer_auth(&token).header("content-type", "application/json").body(body);
                 match request.send().await {
                     Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => accepted.fetch_add(1, Ordering::Relaxed),
                     _ => failed.fetch_add(1, Ordering::Relaxed),
@@ -294,7 +310,8 @@ pub async fn run(
     let probes = Arc::new(Mutex::new(Probes::new()));
     let prober = {
         let (client, post_url, query_url) = (client.clone(), post_url.clone(), query_url.to_owned());
-        let (token, tenant, probes, loading) = (probe_token.to_owned(), probe_tenant.to_owned(), probes.clone(), loading.clone());
+        let (token, tenant, probes, loading) =
+            (probe_token.to_owned(), probe_tenant.to_owned(), probes.clone(), loading.clone());
         tokio::spawn(async move {
             let mut followers: Vec<tokio::task::JoinHandle<()>> = Vec::new();
             let mut skipped = 0u64;
@@ -423,7 +440,9 @@ pub async fn run(
         );
     }
     match drained {
-        Some(d) => println!("  drained (every usage aggregated and completed) {:.1} s after the load stopped", d.as_secs_f64()),
+        Some(d) => {
+            println!("  drained (every usage aggregated and completed) {:.1} s after the load stopped", d.as_secs_f64())
+        }
         None => println!("  NOT drained {} s after the load stopped", args.drain_timeout),
     }
     println!(
@@ -439,6 +458,9 @@ pub async fn run(
         ms(&probes.completed, 0.99)
     );
     println!("  peak RSS MB: {}", peak_rss.iter().map(|(n, v)| format!("{n} {v}")).collect::<Vec<_>>().join(", "));
-    println!("  max consumer lag (messages): {}", max_lag.iter().map(|(n, v)| format!("{n} {v}")).collect::<Vec<_>>().join(", "));
+    println!(
+        "  max consumer lag (messages): {}",
+        max_lag.iter().map(|(n, v)| format!("{n} {v}")).collect::<Vec<_>>().join(", ")
+    );
     Ok(())
 }

@@ -86,16 +86,24 @@ pub fn history(record: &RecordState<'_>, aggregates: &[v1::DailyAggregate]) -> V
                 let billing_error = v1::UsageError {
                     code: "mdsp.uts.billing.sendFailed".into(),
                     message: format!("sending the daily aggregate to billing failed: {}", record.last_error),
-                    message_parameters: vec![v1::MessageParameter { name: "billingRecordId".into(), value: record_key.clone() }],
+                    message_parameters: vec![v1::MessageParameter {
+                        name: "billingRecordId".into(),
+                        value: record_key.clone(),
+                    }],
                     logref: record_key.clone(),
                     error_type: v1::ErrorType::Billing as i32,
                     info: String::new(),
                     error_data: Some(v1::usage_error::ErrorData::BillingIds(record_key.clone())),
                 };
-                events.push(event("failed", &[(UsageStatus::Aggregated, UsageStatus::FailedToSendForBilling)], vec![billing_error]));
+                events.push(event(
+                    "failed",
+                    &[(UsageStatus::Aggregated, UsageStatus::FailedToSendForBilling)],
+                    vec![billing_error],
+                ));
             }
             if sent {
-                let from = if record.failure_reported { UsageStatus::FailedToSendForBilling } else { UsageStatus::Aggregated };
+                let from =
+                    if record.failure_reported { UsageStatus::FailedToSendForBilling } else { UsageStatus::Aggregated };
                 events.push(event("sent", &[(from, UsageStatus::SentForBilling)], Vec::new()));
             }
         }
@@ -104,7 +112,14 @@ pub fn history(record: &RecordState<'_>, aggregates: &[v1::DailyAggregate]) -> V
         for aggregate in aggregates {
             for contribution in &aggregate.contributions {
                 let steps = [(UsageStatus::SentForBilling, UsageStatus::ReceivedForBilling)];
-                events.push(contribution_event(aggregate, contribution, record.bucket_text, "received", &steps, Vec::new()));
+                events.push(contribution_event(
+                    aggregate,
+                    contribution,
+                    record.bucket_text,
+                    "received",
+                    &steps,
+                    Vec::new(),
+                ));
             }
         }
     }
@@ -211,7 +226,10 @@ mod tests {
             value: "12.5".into(),
             billable: true,
             usages_count: 5,
-            contributions: jobs.iter().map(|(j, n)| v1::JobContribution { job_id: (*j).into(), usages_count: *n }).collect(),
+            contributions: jobs
+                .iter()
+                .map(|(j, n)| v1::JobContribution { job_id: (*j).into(), usages_count: *n })
+                .collect(),
             ..Default::default()
         }
     }
@@ -224,14 +242,21 @@ mod tests {
     type Shape = Vec<(String, Vec<(i32, i32, u32, bool)>)>;
 
     fn shape(events: &[v1::StatusEvent]) -> Shape {
-        events.iter().map(|e| (e.event_id.clone(), e.transitions.iter().map(|t| (t.from, t.to, t.count, t.terminal)).collect())).collect()
+        events
+            .iter()
+            .map(|e| (e.event_id.clone(), e.transitions.iter().map(|t| (t.from, t.to, t.count, t.terminal)).collect()))
+            .collect()
     }
 
     #[test]
     fn the_history_follows_the_row() {
         use v1::UsageStatus as S;
-        let (agg, sent, recv, fail) =
-            (S::Aggregated as i32, S::Sentforbilling as i32, S::Receivedforbilling as i32, S::Failedtosendforbilling as i32);
+        let (agg, sent, recv, fail) = (
+            S::Aggregated as i32,
+            S::Sentforbilling as i32,
+            S::Receivedforbilling as i32,
+            S::Failedtosendforbilling as i32,
+        );
         let own = [aggregate(2, &[("j1", 2), ("j2", 3)])];
         // Received at the first attempt: sent from AGGREGATED, then received (terminal).
         let events = history(&record("received", false, ""), &own);
@@ -268,8 +293,12 @@ mod tests {
     fn a_record_speaks_for_the_versions_it_covers_under_their_own_ids() {
         // Version 2 covers version 1 (superseded before it was sent).
         let covering = [aggregate(1, &[("j0", 4)]), aggregate(2, &[("j1", 2)])];
-        let ids: Vec<String> = history(&record("received", false, ""), &covering).into_iter().map(|e| e.event_id).collect();
-        assert_eq!(ids, ["billing:j0:b:1:sent", "billing:j1:b:2:sent", "billing:j0:b:1:received", "billing:j1:b:2:received"]);
+        let ids: Vec<String> =
+            history(&record("received", false, ""), &covering).into_iter().map(|e| e.event_id).collect();
+        assert_eq!(
+            ids,
+            ["billing:j0:b:1:sent", "billing:j1:b:2:sent", "billing:j0:b:1:received", "billing:j1:b:2:received"]
+        );
         // A failure of the covering record names it, for every covered job.
         let failed = history(&record("retrying", true, "503"), &covering);
         assert_eq!(failed.len(), 2);

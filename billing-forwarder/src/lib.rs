@@ -76,7 +76,13 @@ pub async fn run_with_receipts_listener(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let topics = config.kafka.topics();
-    let runner = Runner::new(&config.kafka, v1::Stage::BillingForwarder, "billing-forwarder", &config.group, &[&topics.aggregates])?;
+    let runner = Runner::new(
+        &config.kafka,
+        v1::Stage::BillingForwarder,
+        "billing-forwarder",
+        &config.group,
+        &[&topics.aggregates],
+    )?;
     let (producer, _) = kafka::durable_producer(&config.kafka)?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_millis(config.request_timeout_ms))
@@ -99,7 +105,9 @@ pub async fn run_with_receipts_listener(
         let shutdown = shutdown.clone();
         async move {
             let limits = uts_common::config::HttpArgs::default();
-            if let Err(err) = uts_common::http::serve(receipts_listener, receipts::router(receipts), &limits, shutdown).await {
+            if let Err(err) =
+                uts_common::http::serve(receipts_listener, receipts::router(receipts), &limits, shutdown).await
+            {
                 tracing::error!(%err, "receipts listener failed");
             }
         }

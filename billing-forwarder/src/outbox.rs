@@ -47,7 +47,8 @@ impl Handler for OutboxWriter {
         }
         let bucket = aggregate.bucket.as_ref().ok_or("aggregate without bucket")?;
         bucket.key.as_ref().ok_or("aggregate without aggregation key")?;
-        let day = NaiveDate::parse_from_str(&bucket.day, "%Y-%m-%d").map_err(|_| format!("bad day {:?}", bucket.day))?;
+        let day =
+            NaiveDate::parse_from_str(&bucket.day, "%Y-%m-%d").map_err(|_| format!("bad day {:?}", bucket.day))?;
         if aggregate.version == 0 {
             return Err("aggregate without version".into());
         }
@@ -296,10 +297,12 @@ pub async fn record_outcomes(pool: &PgPool, outcomes: &[Outcome], claimed: &[Str
     .bind(&news)
     .execute(pool)
     .await?;
-    sqlx::query("UPDATE billing_outbox SET leased_until = NULL WHERE record_key = ANY($1) AND leased_until IS NOT NULL")
-        .bind(claimed)
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "UPDATE billing_outbox SET leased_until = NULL WHERE record_key = ANY($1) AND leased_until IS NOT NULL",
+    )
+    .bind(claimed)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 

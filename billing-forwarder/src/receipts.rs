@@ -68,17 +68,28 @@ fn parse(bytes: &[u8]) -> Result<(String, Option<String>), ApiError> {
     let key = match object.get("idempotencyKey") {
         None | Some(Value::Null) => return Err(ApiError::missing_body_property("idempotencyKey")),
         Some(Value::String(key)) if !key.is_empty() && key.len() <= 1024 => key.clone(),
-        Some(_) => return Err(ApiError::invalid_body_property("idempotencyKey", "must be a non-empty string of at most 1024 characters")),
+        Some(_) => {
+            return Err(ApiError::invalid_body_property(
+                "idempotencyKey",
+                "must be a non-empty string of at most 1024 characters",
+            ))
+        }
     };
     let record_id = match object.get("recordId") {
         None | Some(Value::Null) => None,
         Some(Value::String(id)) if id.len() <= 200 => Some(id.clone()),
-        Some(_) => return Err(ApiError::invalid_body_property("recordId", "must be a string of at most 200 characters")),
+        Some(_) => {
+            return Err(ApiError::invalid_body_property("recordId", "must be a string of at most 200 characters"))
+        }
     };
     Ok((key, record_id))
 }
 
-async fn post_receipt(State(state): State<Arc<ReceiptsState>>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn post_receipt(
+    State(state): State<Arc<ReceiptsState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     authorise(&state, &headers)?;
     let (key, record_id) = parse(&body)?;
     let row_state: Option<String> = sqlx::query_scalar("SELECT state FROM billing_outbox WHERE record_key = $1")
@@ -92,7 +103,11 @@ async fn post_receipt(State(state): State<Arc<ReceiptsState>>, headers: HeaderMa
     };
     if row_state == "rejected" {
         count("rejected");
-        return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("record {key} was refused for good; it has no receipt")));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("record {key} was refused for good; it has no receipt"),
+        ));
     }
     // The row first, its events pending; then the record's whole history (fixed event ids). If
     // producing fails, the forwarder's next round produces it; the billing system may retry.
@@ -131,8 +146,10 @@ mod tests {
 
     #[test]
     fn receipts_name_their_record_and_nothing_else_passes() {
-        assert_eq!(parse(br#"{"idempotencyKey":"p/c/a/u/2026-11-22:3","recordId":"r-1"}"#).unwrap(),
-                   ("p/c/a/u/2026-11-22:3".to_owned(), Some("r-1".to_owned())));
+        assert_eq!(
+            parse(br#"{"idempotencyKey":"p/c/a/u/2026-11-22:3","recordId":"r-1"}"#).unwrap(),
+            ("p/c/a/u/2026-11-22:3".to_owned(), Some("r-1".to_owned()))
+        );
         assert_eq!(parse(br#"{"idempotencyKey":"k"}"#).unwrap(), ("k".to_owned(), None));
         let named = |body: &[u8]| parse(body).unwrap_err().message;
         assert!(named(b"{}").starts_with("idempotencyKey"));

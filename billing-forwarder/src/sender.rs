@@ -88,7 +88,8 @@ impl Sender {
         // could not finish within the lease is not started (its row is released). After a
         // failure no new send starts; after a round that failed, the next rounds send one
         // record each (a probe) until billing answers, so a dead billing system is not hammered.
-        let latest_start = claimed_at + self.config.lease() - Duration::from_millis(self.config.request_timeout_ms)
+        let latest_start = claimed_at + self.config.lease()
+            - Duration::from_millis(self.config.request_timeout_ms)
             - Duration::from_secs(2);
         let failed = AtomicBool::new(false);
         let slots = tokio::sync::Semaphore::new(usize::from(self.config.max_in_flight));
@@ -153,7 +154,8 @@ impl Sender {
         let bucket = aggregate.bucket.clone().unwrap_or_default();
         let key = bucket.key.unwrap_or_default();
         // Checked when the row was written; a row from before that check is refused, not billed as SUM.
-        let Some(function) = v1::AggregationFunction::try_from(aggregate.function).ok().and_then(AggregationFunction::from_proto)
+        let Some(function) =
+            v1::AggregationFunction::try_from(aggregate.function).ok().and_then(AggregationFunction::from_proto)
         else {
             return Answer::Rejected(format!("the record has the unknown aggregation function {}", aggregate.function));
         };
@@ -172,7 +174,8 @@ impl Sender {
             rule_id: &aggregate.rule_id,
             covered_versions: CoveredVersions { from: row.covers_from as u64, to: row.version as u64 },
         };
-        let mut request = self.http.post(&self.config.billing_url).header("Idempotency-Key", &row.record_key).json(&record);
+        let mut request =
+            self.http.post(&self.config.billing_url).header("Idempotency-Key", &row.record_key).json(&record);
         if let Some(token) = &self.config.billing_token {
             request = request.bearer_auth(token);
         }
@@ -201,7 +204,8 @@ impl Sender {
     pub async fn run(self, shutdown: CancellationToken) {
         let interval = Duration::from_millis(self.config.send_interval_ms);
         loop {
-            let pending = outbox::pending_histories(&self.pool, MAX_PENDING_HISTORIES).await.map_err(anyhow::Error::from);
+            let pending =
+                outbox::pending_histories(&self.pool, MAX_PENDING_HISTORIES).await.map_err(anyhow::Error::from);
             if let Err(err) = async { self.history.produce(&pending?).await }.await.context("pending billing events") {
                 tracing::warn!(error = format!("{err:#}"), "producing pending billing events failed; retrying");
             }

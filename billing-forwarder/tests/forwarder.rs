@@ -30,7 +30,12 @@ async fn start_forwarder(kafka_args: &KafkaArgs, pool: PgPool, billing_url: &str
     start_forwarder_with(kafka_args, pool, billing_url, &["--receipts-addr=127.0.0.1:0"]).await
 }
 
-async fn start_forwarder_with(kafka_args: &KafkaArgs, pool: PgPool, billing_url: &str, extra: &[&str]) -> CancellationToken {
+async fn start_forwarder_with(
+    kafka_args: &KafkaArgs,
+    pool: PgPool,
+    billing_url: &str,
+    extra: &[&str],
+) -> CancellationToken {
     let receipts_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     start_forwarder_on(kafka_args, pool, billing_url, receipts_listener, extra)
 }
@@ -82,7 +87,10 @@ fn aggregate(unit: &str, version: u64, value: &str, billable: bool, jobs: &[(&st
         function: v1::AggregationFunction::Sum as i32,
         billable,
         usages_count: jobs.iter().map(|(_, n)| u64::from(*n)).sum(),
-        contributions: jobs.iter().map(|(job, n)| v1::JobContribution { job_id: (*job).into(), usages_count: *n }).collect(),
+        contributions: jobs
+            .iter()
+            .map(|(job, n)| v1::JobContribution { job_id: (*job).into(), usages_count: *n })
+            .collect(),
         updated_at: None,
         rule_id: "rule-1".into(),
     }
@@ -192,10 +200,14 @@ async fn a_failing_billing_system_is_retried_until_it_receives(pool: PgPool) {
         failed.errors[0].error_data,
         Some(v1::usage_error::ErrorData::BillingIds("provider/consumer/app/u/2026-11-21:1".into()))
     );
-    let steps: Vec<(i32, i32)> = statuses[1..].iter().flat_map(|e| e.transitions.iter().map(|t| (t.from, t.to))).collect();
+    let steps: Vec<(i32, i32)> =
+        statuses[1..].iter().flat_map(|e| e.transitions.iter().map(|t| (t.from, t.to))).collect();
     assert_eq!(
         steps,
-        vec![(S::Failedtosendforbilling as i32, S::Sentforbilling as i32), (S::Sentforbilling as i32, S::Receivedforbilling as i32)]
+        vec![
+            (S::Failedtosendforbilling as i32, S::Sentforbilling as i32),
+            (S::Sentforbilling as i32, S::Receivedforbilling as i32)
+        ]
     );
     assert_eq!(records(&url, 1).await.len(), 1);
     forwarder.cancel();
@@ -209,7 +221,11 @@ async fn poison_goes_to_the_dead_letter_topic_and_the_forwarder_carries_on(pool:
     let forwarder = start_forwarder(&args, pool, &url).await;
     let mut odd = v1::DailyAggregate::decode(aggregate("odd", 1, "1", true, &[("job-odd", 1)]).as_slice()).unwrap();
     odd.function = 42;
-    produce(&args, &[b"\x08\x96\x01 junk".to_vec(), odd.encode_to_vec(), aggregate("u", 1, "1", true, &[("job-after", 1)])]).await;
+    produce(
+        &args,
+        &[b"\x08\x96\x01 junk".to_vec(), odd.encode_to_vec(), aggregate("u", 1, "1", true, &[("job-after", 1)])],
+    )
+    .await;
     let letters: Vec<v1::DeadLetter> = read_topic(&args, &args.topics().dead_letter, 2, WAIT)
         .await
         .iter()
@@ -232,14 +248,18 @@ async fn a_receipt_by_callback_completes_a_record_answered_202(pool: PgPool) {
     let receipts = format!("http://{}/billing/v1/receipts", receipts_listener.local_addr().unwrap());
     let (url, receiver) =
         start_receiver(&[&format!("--receipts-url={receipts}"), &format!("--receipts-token={TOKEN}")]).await;
-    let forwarder = start_forwarder_on(&args, pool.clone(), &url, receipts_listener, &[&format!("--receipts-token={TOKEN}")]);
+    let forwarder =
+        start_forwarder_on(&args, pool.clone(), &url, receipts_listener, &[&format!("--receipts-token={TOKEN}")]);
     produce(&args, &[aggregate("u", 1, "4.5", true, &[("job-r", 4)])]).await;
 
     // SENT (from the 202) and RECEIVED (from the callback), in whichever order they were produced.
     let statuses = distinct(events(&read_topic(&args, &args.topics().status, 3, WAIT).await));
     use v1::UsageStatus as S;
     let step = |what: &str| {
-        let event = statuses.iter().find(|e| e.event_id.ends_with(what)).unwrap_or_else(|| panic!("no {what} event: {statuses:?}"));
+        let event = statuses
+            .iter()
+            .find(|e| e.event_id.ends_with(what))
+            .unwrap_or_else(|| panic!("no {what} event: {statuses:?}"));
         event.transitions.iter().map(|t| (t.from, t.to, t.count, t.terminal)).collect::<Vec<_>>()
     };
     assert_eq!(step(":1:sent"), vec![(S::Aggregated as i32, S::Sentforbilling as i32, 4, false)]);
@@ -263,7 +283,8 @@ async fn a_receipt_by_callback_completes_a_record_answered_202(pool: PgPool) {
     let key = "provider/consumer/app/u/2026-11-21:1";
     let answer = post("wrong", serde_json::json!({"idempotencyKey": key})).await.unwrap();
     assert_eq!(answer.status(), reqwest::StatusCode::UNAUTHORIZED);
-    let answer = post(TOKEN, serde_json::json!({"idempotencyKey": "provider/consumer/app/u/2026-11-21:9"})).await.unwrap();
+    let answer =
+        post(TOKEN, serde_json::json!({"idempotencyKey": "provider/consumer/app/u/2026-11-21:9"})).await.unwrap();
     assert_eq!(answer.status(), reqwest::StatusCode::NOT_FOUND);
     let answer = post(TOKEN, serde_json::json!({"recordId": "x"})).await.unwrap();
     assert_eq!(answer.status(), reqwest::StatusCode::BAD_REQUEST);
@@ -343,7 +364,8 @@ async fn histories_left_pending_by_a_crash_are_produced_and_fold_right(pool: PgP
     let stored = records(&url, 1).await;
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0]["record"]["bucket"]["unit"], "w1");
-    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM billing_outbox WHERE events_pending").fetch_one(&pool).await.unwrap();
+    let pending: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM billing_outbox WHERE events_pending").fetch_one(&pool).await.unwrap();
     assert_eq!(pending, 0);
     forwarder.cancel();
     receiver.cancel();
@@ -362,7 +384,11 @@ async fn two_forwarders_send_one_buckets_versions_in_increasing_order_only(pool:
     let mut forwarders = Vec::new();
     for _ in 0..2 {
         // Same consumer group: they split the partitions and share the outbox.
-        let extra = ["--receipts-addr=127.0.0.1:0".to_owned(), format!("--consumer-group={group}"), "--max-in-flight=4".to_owned()];
+        let extra = [
+            "--receipts-addr=127.0.0.1:0".to_owned(),
+            format!("--consumer-group={group}"),
+            "--max-in-flight=4".to_owned(),
+        ];
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         forwarders.push(start_forwarder_with(&args, pool.clone(), &url, &extra).await);
     }
@@ -409,7 +435,9 @@ async fn two_forwarders_send_one_buckets_versions_in_increasing_order_only(pool:
                 boards.entry(event.job_id.clone()).or_default().apply(&event);
             }
         }
-        if boards.values().filter(|b| b.in_status("RECEIVEDFORBILLING") == 10).count() == jobs.len() || Instant::now() > deadline {
+        if boards.values().filter(|b| b.in_status("RECEIVEDFORBILLING") == 10).count() == jobs.len()
+            || Instant::now() > deadline
+        {
             break boards;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -420,10 +448,11 @@ async fn two_forwarders_send_one_buckets_versions_in_increasing_order_only(pool:
         assert_eq!(board.in_status("SENTFORBILLING"), 0, "{job}: {board:?}");
         assert_eq!(board.in_status("FAILEDTOSENDFORBILLING"), 0, "{job}: {board:?}");
     }
-    let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM billing_outbox WHERE state NOT IN ('received', 'superseded')")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let unsent: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM billing_outbox WHERE state NOT IN ('received', 'superseded')")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(unsent, 0);
     for forwarder in forwarders {
         forwarder.cancel();
@@ -441,7 +470,8 @@ async fn a_record_refused_for_good_is_not_retried_and_the_next_version_goes_thro
     let (url, receiver) = start_receiver(&[]).await;
     let receipts_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let receipts = format!("http://{}/billing/v1/receipts", receipts_listener.local_addr().unwrap());
-    let forwarder = start_forwarder_on(&args, pool.clone(), &url, receipts_listener, &[&format!("--receipts-token={TOKEN}")]);
+    let forwarder =
+        start_forwarder_on(&args, pool.clone(), &url, receipts_listener, &[&format!("--receipts-token={TOKEN}")]);
     let failures = url.replace("/billing/v1/records", "/admin/failures");
     let admin = reqwest::Client::new();
     let plan = admin.post(&failures).json(&serde_json::json!({"mode": "http422", "count": 1})).send().await.unwrap();
@@ -450,8 +480,10 @@ async fn a_record_refused_for_good_is_not_retried_and_the_next_version_goes_thro
 
     let deadline = Instant::now() + WAIT;
     let (state, attempts) = loop {
-        let row: Option<(String, i32)> =
-            sqlx::query_as("SELECT state, attempts FROM billing_outbox WHERE version = 1").fetch_optional(&pool).await.unwrap();
+        let row: Option<(String, i32)> = sqlx::query_as("SELECT state, attempts FROM billing_outbox WHERE version = 1")
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
         if row.as_ref().is_some_and(|r| r.0 == "rejected") || Instant::now() > deadline {
             break row.unwrap_or_default();
         }
@@ -481,7 +513,8 @@ async fn a_record_refused_for_good_is_not_retried_and_the_next_version_goes_thro
     assert_eq!(stored.len(), 1, "{stored:?}");
     assert_eq!(stored[0]["record"]["version"], 2);
     assert_eq!(stored[0]["record"]["coveredVersions"], serde_json::json!({"from": 2, "to": 2}));
-    let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM billing_outbox WHERE version = 1").fetch_one(&pool).await.unwrap();
+    let attempts: i32 =
+        sqlx::query_scalar("SELECT attempts FROM billing_outbox WHERE version = 1").fetch_one(&pool).await.unwrap();
     assert_eq!(attempts, 1, "never retried");
     forwarder.cancel();
     receiver.cancel();

@@ -35,7 +35,8 @@ pub enum FailureMode {
 }
 
 impl FailureMode {
-    pub const ALL: [FailureMode; 4] = [FailureMode::Http500, FailureMode::Http503, FailureMode::Http422, FailureMode::Timeout];
+    pub const ALL: [FailureMode; 4] =
+        [FailureMode::Http500, FailureMode::Http503, FailureMode::Http422, FailureMode::Timeout];
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -77,7 +77,9 @@ impl ReceiptCallback {
                     tracing::warn!(idempotency_key = %key, status = %answer.status(), "the receipt was refused; not retried");
                     return;
                 }
-                Ok(answer) => tracing::info!(idempotency_key = %key, status = %answer.status(), "receipt not taken yet; retrying"),
+                Ok(answer) => {
+                    tracing::info!(idempotency_key = %key, status = %answer.status(), "receipt not taken yet; retrying")
+                }
                 Err(err) => tracing::info!(idempotency_key = %key, %err, "receipt not delivered yet; retrying"),
             }
             tokio::select! {

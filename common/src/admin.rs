@@ -17,8 +17,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// A readiness check: `Err(reason)` makes `/readyz` answer 503 with the reason.
-pub type ReadinessCheck =
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+pub type ReadinessCheck = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
 #[derive(Clone)]
 struct AdminState {
@@ -52,10 +51,7 @@ pub fn kafka_and_database(producer: Option<crate::kafka::DurableProducer>, pool:
                     .await
                     .map_err(|err| format!("Kafka unreachable: {err}"))?;
             }
-            sqlx::query("SELECT 1")
-                .execute(&pool)
-                .await
-                .map_err(|err| format!("PostgreSQL unreachable: {err}"))?;
+            sqlx::query("SELECT 1").execute(&pool).await.map_err(|err| format!("PostgreSQL unreachable: {err}"))?;
             Ok(())
         })
     })
@@ -69,9 +65,7 @@ pub async fn serve(
     ready: ReadinessCheck,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the admin listener on {addr}"))?;
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("binding the admin listener on {addr}"))?;
     let bound = listener.local_addr()?;
     tracing::info!(addr = %bound, "admin listener (/healthz, /readyz, /metrics)");
     let app = router(metrics, ready);

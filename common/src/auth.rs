@@ -59,10 +59,7 @@ impl Principal {
         if self.has_scope(scope) {
             Ok(())
         } else {
-            Err(ApiError::forbidden(format!(
-                "the token lacks the scope {} required by this operation",
-                scope.as_str()
-            )))
+            Err(ApiError::forbidden(format!("the token lacks the scope {} required by this operation", scope.as_str())))
         }
     }
 }
@@ -134,8 +131,7 @@ impl Authenticator {
             });
         }
         for path in &args.public_key_files {
-            let pem = fs::read(path)
-                .with_context(|| format!("reading public key file {}", path.display()))?;
+            let pem = fs::read(path).with_context(|| format!("reading public key file {}", path.display()))?;
             let key = if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
                 VerificationKey { kid: None, key, algorithms: RSA.to_vec() }
             } else if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
@@ -146,10 +142,9 @@ impl Authenticator {
             keys.push(key);
         }
         if let Some(path) = &args.jwks_file {
-            let text = fs::read_to_string(path)
-                .with_context(|| format!("reading JWKS file {}", path.display()))?;
-            let set: JwkSet = serde_json::from_str(&text)
-                .with_context(|| format!("parsing JWKS file {}", path.display()))?;
+            let text = fs::read_to_string(path).with_context(|| format!("reading JWKS file {}", path.display()))?;
+            let set: JwkSet =
+                serde_json::from_str(&text).with_context(|| format!("parsing JWKS file {}", path.display()))?;
             for jwk in &set.keys {
                 let algorithms = match &jwk.algorithm {
                     AlgorithmParameters::RSA(_) => RSA.to_vec(),
@@ -167,12 +162,7 @@ impl Authenticator {
                  UTS_JWT_PUBLIC_KEY_FILES or UTS_JWT_JWKS_FILE"
             );
         }
-        Ok(Self {
-            keys,
-            issuer: args.issuer.clone(),
-            audience: args.audience.clone(),
-            leeway: args.leeway_seconds,
-        })
+        Ok(Self { keys, issuer: args.issuer.clone(), audience: args.audience.clone(), leeway: args.leeway_seconds })
     }
 
     /// Authenticates the `Authorization: Bearer` header: 401 when it is missing, malformed,
@@ -245,13 +235,7 @@ fn principal_of(claims: Claims) -> Result<Principal, ApiError> {
 
 /// Mints an HS256 token (local runs, tests, the quick start). `ttl_seconds` may be negative to
 /// make an already expired token.
-pub fn mint_hs256(
-    secret: &str,
-    tenant: &str,
-    user: &str,
-    scopes: &[&str],
-    ttl_seconds: i64,
-) -> anyhow::Result<String> {
+pub fn mint_hs256(secret: &str, tenant: &str, user: &str, scopes: &[&str], ttl_seconds: i64) -> anyhow::Result<String> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let exp = now.checked_add_signed(ttl_seconds).context("token lifetime out of range")?;
     let claims = Claims {
@@ -263,12 +247,8 @@ pub fn mint_hs256(
         iat: Some(now),
         iss: Some("uts-local".to_owned()),
     };
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .context("signing the token")
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
+        .context("signing the token")
 }
 
 #[cfg(test)]
@@ -353,11 +333,8 @@ mod tests {
 
     #[test]
     fn jwks_keys_are_chosen_by_kid() {
-        let auth = Authenticator::from_args(&AuthArgs {
-            jwks_file: Some(fixture("jwks.json")),
-            ..AuthArgs::default()
-        })
-        .unwrap();
+        let auth = Authenticator::from_args(&AuthArgs { jwks_file: Some(fixture("jwks.json")), ..AuthArgs::default() })
+            .unwrap();
         let key = || EncodingKey::from_rsa_pem(&fs::read(fixture("rsa-private.pem")).unwrap()).unwrap();
         assert!(auth.verify(&sign(Algorithm::RS256, key(), Some("test-rsa-1"))).is_ok());
         assert!(auth.verify(&sign(Algorithm::RS256, key(), Some("another-key"))).is_err());

@@ -83,13 +83,7 @@ impl Topics {
     }
 
     pub fn all(&self) -> [&str; 5] {
-        [
-            &self.usage_jobs,
-            &self.usages_verified,
-            &self.aggregates,
-            &self.status,
-            &self.dead_letter,
-        ]
+        [&self.usage_jobs, &self.usages_verified, &self.aggregates, &self.status, &self.dead_letter]
     }
 }
 

@@ -77,7 +77,12 @@ pub async fn prune(pool: &PgPool, table: DedupTable, days: u32) -> Result<u64, s
 
 /// Prunes `table` once an hour (the first time a minute after start) until `shutdown`; 0 days
 /// turns it off.
-pub fn spawn_pruner(pool: PgPool, table: DedupTable, days: u32, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+pub fn spawn_pruner(
+    pool: PgPool,
+    table: DedupTable,
+    days: u32,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         if days == 0 {
             return;
@@ -110,11 +115,13 @@ mod tests {
     async fn pruning_removes_only_rows_past_their_retention(pool: PgPool) {
         for (age, id) in [(100, "old"), (89, "recent"), (0, "new")] {
             let at = format!("now() - interval '{age} days'");
-            sqlx::query(&format!("INSERT INTO verifier_decisions (job_id, decision, decided_at) VALUES ($1, '\\x00', {at})"))
-                .bind(id)
-                .execute(&pool)
-                .await
-                .unwrap();
+            sqlx::query(&format!(
+                "INSERT INTO verifier_decisions (job_id, decision, decided_at) VALUES ($1, '\\x00', {at})"
+            ))
+            .bind(id)
+            .execute(&pool)
+            .await
+            .unwrap();
             sqlx::query(&format!(
                 "INSERT INTO aggregate_applied_batches
                    (job_id, provider_tenant_id, consumer_tenant_id, application, unit, usages_count, applied_at)
@@ -124,18 +131,22 @@ mod tests {
             .execute(&pool)
             .await
             .unwrap();
-            sqlx::query(&format!("INSERT INTO job_applied_events (event_id, job_id, applied_at) VALUES ($1, $1, {at})"))
-                .bind(id)
-                .execute(&pool)
-                .await
-                .unwrap();
+            sqlx::query(&format!(
+                "INSERT INTO job_applied_events (event_id, job_id, applied_at) VALUES ($1, $1, {at})"
+            ))
+            .bind(id)
+            .execute(&pool)
+            .await
+            .unwrap();
         }
-        for table in [DedupTable::VerifierDecisions, DedupTable::AggregateAppliedBatches, DedupTable::JobAppliedEvents] {
+        for table in [DedupTable::VerifierDecisions, DedupTable::AggregateAppliedBatches, DedupTable::JobAppliedEvents]
+        {
             assert_eq!(prune(&pool, table, 90).await.unwrap(), 1, "{table:?}");
             assert_eq!(prune(&pool, table, 90).await.unwrap(), 0, "{table:?} again");
             assert_eq!(count(&pool, table.table_and_column().0).await, 2, "{table:?}");
         }
-        let kept: Vec<String> = sqlx::query_scalar("SELECT job_id FROM verifier_decisions ORDER BY job_id").fetch_all(&pool).await.unwrap();
+        let kept: Vec<String> =
+            sqlx::query_scalar("SELECT job_id FROM verifier_decisions ORDER BY job_id").fetch_all(&pool).await.unwrap();
         assert_eq!(kept, ["new", "recent"]);
     }
 }

@@ -26,9 +26,7 @@ impl JobId {
     /// Accepts any non-empty id of printable ASCII up to 128 characters; ids are opaque to
     /// clients, and unknown ids are answered with 404 rather than 400.
     pub fn parse(text: &str) -> Option<Self> {
-        let ok = !text.is_empty()
-            && text.len() <= 128
-            && text.bytes().all(|b| b.is_ascii_graphic());
+        let ok = !text.is_empty() && text.len() <= 128 && text.bytes().all(|b| b.is_ascii_graphic());
         ok.then(|| Self(text.to_owned()))
     }
 
@@ -164,12 +162,8 @@ pub enum TenantType {
 }
 
 impl TenantType {
-    pub const ALL: [TenantType; 4] = [
-        TenantType::Developer,
-        TenantType::Operator,
-        TenantType::Iot,
-        TenantType::Customer,
-    ];
+    pub const ALL: [TenantType; 4] =
+        [TenantType::Developer, TenantType::Operator, TenantType::Iot, TenantType::Customer];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -274,10 +268,7 @@ pub fn format_datetime(dt: DateTime<Utc>) -> String {
 }
 
 pub fn to_timestamp(dt: DateTime<Utc>) -> prost_types_timestamp::Timestamp {
-    prost_types_timestamp::Timestamp {
-        seconds: dt.timestamp(),
-        nanos: dt.timestamp_subsec_nanos() as i32,
-    }
+    prost_types_timestamp::Timestamp { seconds: dt.timestamp(), nanos: dt.timestamp_subsec_nanos() as i32 }
 }
 
 pub fn from_timestamp(ts: &prost_types_timestamp::Timestamp) -> Option<DateTime<Utc>> {
@@ -308,10 +299,8 @@ pub fn parse_decimal(text: &str) -> Result<Decimal, InvalidDecimal> {
 }
 
 fn classify(text: &str) -> InvalidDecimal {
-    let looks_numeric = !text.is_empty()
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'));
+    let looks_numeric =
+        !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'));
     if looks_numeric {
         InvalidDecimal::OutOfRange
     } else {

@@ -47,14 +47,7 @@ struct ErrorEntry<'a> {
 impl ApiError {
     /// An error with any status and `mdsp.core.generic.<code>`; prefer the named constructors.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            parameters: Vec::new(),
-            retry_after: None,
-            cause: None,
-        }
+        Self { status, code, message: message.into(), parameters: Vec::new(), retry_after: None, cause: None }
     }
 
     fn with_parameter(mut self, name: &str, value: impl Into<String>) -> Self {
@@ -70,34 +63,21 @@ impl ApiError {
 
     /// 400: a required query parameter is missing.
     pub fn missing_parameter(parameter: &str) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "missingParameter",
-            format!("{parameter} is required"),
-        )
-        .with_parameter("parameter", parameter)
+        Self::new(StatusCode::BAD_REQUEST, "missingParameter", format!("{parameter} is required"))
+            .with_parameter("parameter", parameter)
     }
 
     /// 400: a property of the request body has a wrong value or type. `path` is the property's
     /// path, e.g. `users[0].resources[1].usages[3].datetime`.
     pub fn invalid_body_property(path: &str, problem: impl std::fmt::Display) -> Self {
-        let message = if path.is_empty() {
-            format!("request body {problem}")
-        } else {
-            format!("{path} {problem}")
-        };
-        Self::new(StatusCode::BAD_REQUEST, "invalidRequestBodyProperty", message)
-            .with_parameter("property", path)
+        let message = if path.is_empty() { format!("request body {problem}") } else { format!("{path} {problem}") };
+        Self::new(StatusCode::BAD_REQUEST, "invalidRequestBodyProperty", message).with_parameter("property", path)
     }
 
     /// 400: a required property of the request body is missing.
     pub fn missing_body_property(path: &str) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "missingRequestBodyProperty",
-            format!("{path} is required"),
-        )
-        .with_parameter("property", path)
+        Self::new(StatusCode::BAD_REQUEST, "missingRequestBodyProperty", format!("{path} is required"))
+            .with_parameter("property", path)
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
@@ -139,11 +119,7 @@ impl ApiError {
 
     /// 500 with a generic message; the cause is logged under the response's `logref`.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
-        let mut err = Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internalServerError",
-            "internal server error",
-        );
+        let mut err = Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internalServerError", "internal server error");
         err.cause = Some(cause.to_string());
         err
     }
@@ -166,12 +142,7 @@ impl IntoResponse for ApiError {
         }
         let message = self.message.as_str();
         let body = ErrorBody {
-            errors: [ErrorEntry {
-                code: self.full_code(),
-                message,
-                logref,
-                message_parameters: &self.parameters,
-            }],
+            errors: [ErrorEntry { code: self.full_code(), message, logref, message_parameters: &self.parameters }],
         };
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
@@ -189,18 +160,14 @@ mod tests {
     async fn body_of(err: ApiError) -> (StatusCode, Option<String>, serde_json::Value) {
         let response = err.into_response();
         let status = response.status();
-        let retry = response
-            .headers()
-            .get(header::RETRY_AFTER)
-            .map(|v| v.to_str().unwrap().to_owned());
+        let retry = response.headers().get(header::RETRY_AFTER).map(|v| v.to_str().unwrap().to_owned());
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         (status, retry, serde_json::from_slice(&bytes).unwrap())
     }
 
     #[tokio::test]
     async fn client_errors_name_the_field() {
-        let (status, _, body) =
-            body_of(ApiError::missing_body_property("users[0].tenantId")).await;
+        let (status, _, body) = body_of(ApiError::missing_body_property("users[0].tenantId")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         let entry = &body["errors"][0];
         assert_eq!(entry["code"], "mdsp.core.generic.missingRequestBodyProperty");

@@ -34,7 +34,12 @@ const DRAIN: Duration = Duration::from_secs(30);
 
 /// Serves `app` on `listener` with the limits of `limits` until `shutdown` is cancelled, then
 /// stops accepting and lets the requests in hand finish (for at most 30 s).
-pub async fn serve(listener: TcpListener, app: Router, limits: &HttpArgs, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: &HttpArgs,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let request_timeout = Duration::from_millis(limits.request_timeout_ms);
     let header_timeout = Duration::from_millis(limits.header_timeout_ms);
     let app = app.layer(middleware::from_fn_with_state(request_timeout, deadline));
@@ -178,10 +183,14 @@ mod tests {
         let (addr, _stop) = start(limits(5_000, 300, 16)).await;
         let (answer, _) = exchange(addr, b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
         assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-        assert!(answer.contains("mdsp.core.generic.serviceUnavailable") && answer.contains("retry-after: 1"), "{answer}");
+        assert!(
+            answer.contains("mdsp.core.generic.serviceUnavailable") && answer.contains("retry-after: 1"),
+            "{answer}"
+        );
         // A body announced but never sent.
         let (answer, _) =
-            exchange(addr, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\nabc").await;
+            exchange(addr, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\nabc")
+                .await;
         assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
         let (answer, _) = exchange(addr, b"GET /fast HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
         assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok"), "{answer}");

@@ -24,9 +24,8 @@ pub fn client_config(args: &KafkaArgs) -> anyhow::Result<ClientConfig> {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &args.brokers);
     for property in args.properties.iter().filter(|p| !p.trim().is_empty()) {
-        let (key, value) = property
-            .split_once('=')
-            .with_context(|| format!("Kafka property {property:?} is not key=value"))?;
+        let (key, value) =
+            property.split_once('=').with_context(|| format!("Kafka property {property:?} is not key=value"))?;
         config.set(key.trim(), value.trim());
     }
     Ok(config)
@@ -123,9 +122,8 @@ pub fn durable_producer(args: &KafkaArgs) -> anyhow::Result<(DurableProducer, Ka
     // Operator overrides win over the defaults above.
     apply_overrides(&mut config, args);
     let health = KafkaHealth::default();
-    let producer = config
-        .create_with_context(HealthContext { health: health.clone() })
-        .context("creating the Kafka producer")?;
+    let producer =
+        config.create_with_context(HealthContext { health: health.clone() }).context("creating the Kafka producer")?;
     Ok((producer, health))
 }
 
@@ -199,10 +197,7 @@ pub async fn ensure_topics(args: &KafkaArgs, topics: &Topics) -> anyhow::Result<
         .map(|name| NewTopic::new(name, args.partitions, TopicReplication::Fixed(args.replication)))
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = admin
-        .create_topics(&new_topics, &options)
-        .await
-        .context("creating Kafka topics")?;
+    let results = admin.create_topics(&new_topics, &options).await.context("creating Kafka topics")?;
     for result in results {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -269,11 +264,7 @@ pub async fn produce_durably(
     let record = FutureRecord::to(topic).key(key).payload(payload);
     // The queue timeout covers a full local queue; the delivery itself is bounded by
     // message.timeout.ms. Both stay below the caller's patience.
-    producer
-        .send(record, rdkafka::util::Timeout::After(timeout))
-        .await
-        .map(|_| ())
-        .map_err(|(err, _)| err)
+    producer.send(record, rdkafka::util::Timeout::After(timeout)).await.map(|_| ()).map_err(|(err, _)| err)
 }
 
 /// Produces `messages` (topic, key, payload) in the given order and waits until the brokers
@@ -351,13 +342,10 @@ fn read_to_end_blocking(brokers: &str, topic: &str, timeout: Duration) -> Vec<(V
             let partition = message.partition() as usize;
             next[partition] = message.offset() + 1;
             if message.offset() < ends[partition] {
-                messages.push((
-                    message.key().unwrap_or_default().to_vec(),
-                    message.payload().unwrap_or_default().to_vec(),
-                ));
+                messages
+                    .push((message.key().unwrap_or_default().to_vec(), message.payload().unwrap_or_default().to_vec()));
             }
         }
     }
     messages
 }
-

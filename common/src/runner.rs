@@ -34,7 +34,6 @@ use crate::config::KafkaArgs;
 use crate::kafka::{self, DurableProducer};
 use crate::proto::{v1, Message};
 
-
 /// How long the runner waits for more messages to fill a batch once it has one.
 const BATCH_LINGER: Duration = Duration::from_millis(5);
 
@@ -226,9 +225,14 @@ impl Runner {
                     return Some(rejected);
                 }
                 Err(err) => {
-                    metrics::counter!("uts_stage_errors_total", "stage" => self.name, "kind" => "retryable").increment(1);
-                    tracing::warn!(error = format!("{err:#}"), stage = self.name, retry_in_ms = backoff.as_millis() as u64,
-                        "batch failed; retrying");
+                    metrics::counter!("uts_stage_errors_total", "stage" => self.name, "kind" => "retryable")
+                        .increment(1);
+                    tracing::warn!(
+                        error = format!("{err:#}"),
+                        stage = self.name,
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "batch failed; retrying"
+                    );
                 }
             }
             tokio::select! {
@@ -249,8 +253,14 @@ impl Runner {
         reason: &str,
         shutdown: &CancellationToken,
     ) -> bool {
-        tracing::warn!(topic = origin.topic, partition = origin.partition, offset = origin.offset,
-            reason, stage = self.name, "poison message sent to the dead-letter topic");
+        tracing::warn!(
+            topic = origin.topic,
+            partition = origin.partition,
+            offset = origin.offset,
+            reason,
+            stage = self.name,
+            "poison message sent to the dead-letter topic"
+        );
         metrics::counter!("uts_stage_errors_total", "stage" => self.name, "kind" => "poison").increment(1);
         let letter = v1::DeadLetter {
             source_topic: origin.topic.clone(),
@@ -266,7 +276,9 @@ impl Runner {
         let key = key.unwrap_or_default();
         let mut backoff = MIN_BACKOFF;
         loop {
-            match kafka::produce_durably(&self.producer, &self.dead_letter_topic, key, &payload, self.produce_timeout).await {
+            match kafka::produce_durably(&self.producer, &self.dead_letter_topic, key, &payload, self.produce_timeout)
+                .await
+            {
                 Ok(()) => return true,
                 Err(err) => tracing::warn!(%err, "writing a dead letter failed; retrying"),
             }

@@ -8,9 +8,7 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{LogFormat, TelemetryArgs};
 
 /// Buckets for every `*_seconds` histogram: from 0.5 ms to 10 s.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Installs the tracing subscriber (filter from `RUST_LOG`, default `info`) and the Prometheus
 /// metrics recorder. Safe to call more than once (tests build several apps in one process).

@@ -52,12 +52,11 @@ impl TenantDirectory {
 }
 
 async fn fetch(pool: &PgPool, tenant_id: &str) -> Result<Option<Tenant>, sqlx::Error> {
-    let row: Option<(String, String, Option<String>)> = sqlx::query_as(
-        "SELECT tenant_id, tenant_type, operator_tenant_id FROM tenants WHERE tenant_id = $1",
-    )
-    .bind(tenant_id)
-    .fetch_optional(pool)
-    .await?;
+    let row: Option<(String, String, Option<String>)> =
+        sqlx::query_as("SELECT tenant_id, tenant_type, operator_tenant_id FROM tenants WHERE tenant_id = $1")
+            .bind(tenant_id)
+            .fetch_optional(pool)
+            .await?;
     Ok(row.and_then(|(tenant_id, kind, operator_tenant_id)| {
         Some(Tenant { tenant_id, tenant_type: kind.parse().ok()?, operator_tenant_id })
     }))
@@ -89,11 +88,7 @@ mod tests {
     async fn lookups_see_upserts_after_the_ttl(pool: PgPool) {
         let directory = TenantDirectory::new(pool.clone(), Duration::from_millis(50));
         assert_eq!(directory.get("acme").await.unwrap(), None);
-        let acme = Tenant {
-            tenant_id: "acme".into(),
-            tenant_type: TenantType::Operator,
-            operator_tenant_id: None,
-        };
+        let acme = Tenant { tenant_id: "acme".into(), tenant_type: TenantType::Operator, operator_tenant_id: None };
         upsert(&pool, &acme).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -107,11 +102,7 @@ mod tests {
 
     #[sqlx::test(migrator = "crate::db::MIGRATOR")]
     async fn an_iot_tenant_needs_its_operator(pool: PgPool) {
-        let orphan = Tenant {
-            tenant_id: "plant-7".into(),
-            tenant_type: TenantType::Iot,
-            operator_tenant_id: None,
-        };
+        let orphan = Tenant { tenant_id: "plant-7".into(), tenant_type: TenantType::Iot, operator_tenant_id: None };
         assert!(upsert(&pool, &orphan).await.is_err());
     }
 }

@@ -71,10 +71,7 @@ fn read_blocking(brokers: &str, topic: &str, count: usize, timeout: Duration) ->
             deadline = deadline.min(Instant::now() + GRACE);
         }
         if let Some(Ok(message)) = consumer.poll(Duration::from_millis(50)) {
-            messages.push((
-                message.key().unwrap_or_default().to_vec(),
-                message.payload().unwrap_or_default().to_vec(),
-            ));
+            messages.push((message.key().unwrap_or_default().to_vec(), message.payload().unwrap_or_default().to_vec()));
         }
     }
     messages

@@ -3,9 +3,9 @@
 
 use std::num::NonZeroU32;
 
+use crate::error::ApiError;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
-use crate::error::ApiError;
 
 pub struct Throttle {
     limiter: DefaultKeyedRateLimiter<String>,

@@ -81,7 +81,11 @@ fn job(id: &str) -> Vec<u8> {
     v1::UsageJob { job_id: id.into(), ..Default::default() }.encode_to_vec()
 }
 
-fn start(args: &KafkaArgs, group: &str, handler: Recorder) -> (CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
+fn start(
+    args: &KafkaArgs,
+    group: &str,
+    handler: Recorder,
+) -> (CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
     let runner = Runner::new(args, v1::Stage::Verifier, "test", group, &[&args.topics().usage_jobs]).unwrap();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(runner.run(handler, shutdown.clone()));
@@ -148,7 +152,9 @@ async fn batches_are_retried_poison_is_set_aside_and_offsets_are_committed() {
     assert_eq!(reasons.len(), 2, "{reasons:?}");
     assert_eq!(reasons[0], "job without id");
     assert!(reasons[1].starts_with("not a valid"), "{}", reasons[1]);
-    assert!(letters.iter().all(|l| l.stage == v1::Stage::Verifier as i32 && l.source_topic == args.topics().usage_jobs));
+    assert!(letters
+        .iter()
+        .all(|l| l.stage == v1::Stage::Verifier as i32 && l.source_topic == args.topics().usage_jobs));
     assert!(letters.iter().any(|l| l.original_value == b"\xff\xff not protobuf"));
 
     shutdown.cancel();

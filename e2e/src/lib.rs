@@ -73,7 +73,9 @@ impl Pipeline {
 
     async fn start_inner(pool: PgPool, callbacks: bool) -> Self {
         // Stage logs (RUST_LOG) show in the output of a failing test.
-        uts_common::telemetry::init(&uts_common::config::TelemetryArgs { log_format: uts_common::config::LogFormat::Text });
+        uts_common::telemetry::init(&uts_common::config::TelemetryArgs {
+            log_format: uts_common::config::LogFormat::Text,
+        });
         let kafka = isolated_kafka(3).await;
         let shutdown = CancellationToken::new();
         for (id, kind, operator) in [
@@ -82,7 +84,8 @@ impl Pipeline {
             ("plant", TenantType::Iot, Some("op")),
             ("buyer", TenantType::Customer, None),
         ] {
-            let tenant = Tenant { tenant_id: id.into(), tenant_type: kind, operator_tenant_id: operator.map(Into::into) };
+            let tenant =
+                Tenant { tenant_id: id.into(), tenant_type: kind, operator_tenant_id: operator.map(Into::into) };
             tenants::upsert(&pool, &tenant).await.unwrap();
         }
         sqlx::query("INSERT INTO provisioning (tenant_id, application) VALUES ('plant', 'app')")
@@ -93,7 +96,11 @@ impl Pipeline {
         // Bound here, handed to the forwarder: the receiver needs its address first.
         let receipts_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let receipts_port = receipts_listener.local_addr().unwrap().port();
-        let mut args = vec!["billing-receiver".to_owned(), "--listen-addr=127.0.0.1:0".to_owned(), "--admin-addr=127.0.0.1:0".to_owned()];
+        let mut args = vec![
+            "billing-receiver".to_owned(),
+            "--listen-addr=127.0.0.1:0".to_owned(),
+            "--admin-addr=127.0.0.1:0".to_owned(),
+        ];
         if callbacks {
             args.push(format!("--receipts-url=http://127.0.0.1:{receipts_port}/billing/v1/receipts"));
             args.push(format!("--receipts-token={RECEIPTS_TOKEN}"));
@@ -104,9 +111,8 @@ impl Pipeline {
 
         let mut args = common_args(&kafka, "ingest-gateway");
         args.extend(["--listen-addr=127.0.0.1:0".to_owned(), format!("--jwt-hs256-secret={SECRET}")]);
-        let gateway = ingest_gateway::Application::build(ingest_gateway::Config::parse_from(args), pool.clone())
-            .await
-            .unwrap();
+        let gateway =
+            ingest_gateway::Application::build(ingest_gateway::Config::parse_from(args), pool.clone()).await.unwrap();
         let gateway_addr = gateway.local_addr();
         spawn_stage("ingest-gateway", gateway.run_until_stopped(shutdown.clone()));
 
@@ -116,19 +122,24 @@ impl Pipeline {
             format!("--jwt-hs256-secret={SECRET}"),
             format!("--consumer-group=q-{}", kafka.topic_prefix),
         ]);
-        let query = query_service::Application::build(query_service::Config::parse_from(args), pool.clone())
-            .await
-            .unwrap();
+        let query =
+            query_service::Application::build(query_service::Config::parse_from(args), pool.clone()).await.unwrap();
         let query_api = format!("http://{}/api/usagetransparency/v3", query.local_addr());
         spawn_stage("query-service", query.run_until_stopped(shutdown.clone()));
 
         let mut args = common_args(&kafka, "verifier");
         args.extend(["--catalog-refresh-ms=0".to_owned(), format!("--consumer-group=v-{}", kafka.topic_prefix)]);
-        spawn_stage("verifier", verifier::run_with_pool(verifier::Config::parse_from(args), pool.clone(), shutdown.clone()));
+        spawn_stage(
+            "verifier",
+            verifier::run_with_pool(verifier::Config::parse_from(args), pool.clone(), shutdown.clone()),
+        );
 
         let mut args = common_args(&kafka, "aggregator");
         args.push(format!("--consumer-group=a-{}", kafka.topic_prefix));
-        spawn_stage("aggregator", aggregator::run_with_pool(aggregator::Config::parse_from(args), pool.clone(), shutdown.clone()));
+        spawn_stage(
+            "aggregator",
+            aggregator::run_with_pool(aggregator::Config::parse_from(args), pool.clone(), shutdown.clone()),
+        );
 
         let mut args = common_args(&kafka, "billing-forwarder");
         args.extend([
@@ -199,7 +210,13 @@ impl Pipeline {
     }
 
     /// Polls `GET /usagesJobs/{id}` as `tenant` until its status is `status`.
-    pub async fn wait_for_job_status(&self, tenant: &str, job_id: &str, status: &str, timeout: Duration) -> serde_json::Value {
+    pub async fn wait_for_job_status(
+        &self,
+        tenant: &str,
+        job_id: &str,
+        status: &str,
+        timeout: Duration,
+    ) -> serde_json::Value {
         let token = mint_hs256(SECRET, tenant, "e2e@example.com", &["uts.usages.read"], 600).unwrap();
         let deadline = Instant::now() + timeout;
         loop {

@@ -273,7 +273,8 @@ async fn killed_and_restarted_stages_neither_lose_nor_double_a_usage(pool: PgPoo
                     break;
                 }
                 let (body, usages) = job_body(j);
-                let id = post_until_accepted(&client, &url, &token, &format!("crash-job-{j}"), &body, &load.retries).await;
+                let id =
+                    post_until_accepted(&client, &url, &token, &format!("crash-job-{j}"), &body, &load.retries).await;
                 load.accepted.lock().unwrap().insert(j, (id, usages, body));
                 tokio::time::sleep(PACE).await; // pacing the load, not waiting for a result
             }
@@ -320,7 +321,8 @@ async fn killed_and_restarted_stages_neither_lose_nor_double_a_usage(pool: PgPoo
     let accepted = load.accepted.lock().unwrap().clone();
     let jobs = accepted.len();
     let (first, _, first_body) = &accepted[&0];
-    let replay = post_until_accepted(&reqwest::Client::new(), &url, &token, "crash-job-0", first_body, &AtomicU64::new(0)).await;
+    let replay =
+        post_until_accepted(&reqwest::Client::new(), &url, &token, "crash-job-0", first_body, &AtomicU64::new(0)).await;
     assert_eq!(&replay, first, "a retry with the same key returns the same job");
     let retries = load.retries.load(Ordering::Relaxed);
 
@@ -335,11 +337,12 @@ async fn killed_and_restarted_stages_neither_lose_nor_double_a_usage(pool: PgPoo
     }
     let total = (jobs * USAGES_PER_JOB) as i64;
     let aggregates = || async {
-        let rows: Vec<(NaiveDate, Decimal, i64)> =
-            sqlx::query_as("SELECT day, value, usages_count FROM daily_aggregates WHERE unit = 'crash-unit' ORDER BY day")
-                .fetch_all(&pool)
-                .await
-                .unwrap();
+        let rows: Vec<(NaiveDate, Decimal, i64)> = sqlx::query_as(
+            "SELECT day, value, usages_count FROM daily_aggregates WHERE unit = 'crash-unit' ORDER BY day",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
         rows.into_iter().map(|(d, v, n)| (d, (v, n))).collect::<BTreeMap<NaiveDate, (Decimal, i64)>>()
     };
     let deadline = Instant::now() + Duration::from_secs(180);
@@ -387,7 +390,8 @@ async fn killed_and_restarted_stages_neither_lose_nor_double_a_usage(pool: PgPoo
         for day in &days {
             let page = get(format!("/usagesJobs?size=1000&date={day}")).await;
             listed += page["page"]["totalElements"].as_u64().unwrap_or(0) as usize;
-            completed += page["jobs"].as_array().map_or(0, |jobs| jobs.iter().filter(|j| j["status"] == "COMPLETED").count());
+            completed +=
+                page["jobs"].as_array().map_or(0, |jobs| jobs.iter().filter(|j| j["status"] == "COMPLETED").count());
         }
         if completed >= jobs || Instant::now() > deadline {
             break (listed, completed);
@@ -409,10 +413,11 @@ async fn killed_and_restarted_stages_neither_lose_nor_double_a_usage(pool: PgPoo
     // Quiet now: nothing left to send. The aggregates once more (nothing may have moved them
     // since), and what billing received, compared with the oracle per bucket: versions in
     // strictly increasing order of arrival, the last one's value and count the oracle's.
-    let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM billing_outbox WHERE state NOT IN ('received', 'superseded')")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let unsent: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM billing_outbox WHERE state NOT IN ('received', 'superseded')")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     let superseded: i64 = sqlx::query_scalar("SELECT count(*) FROM billing_outbox WHERE state = 'superseded'")
         .fetch_one(&pool)
         .await
@@ -424,12 +429,17 @@ async fn killed_and_restarted_stages_neither_lose_nor_double_a_usage(pool: PgPoo
         let record = &stored["record"];
         let day = NaiveDate::from_str(record["bucket"]["day"].as_str().unwrap()).unwrap();
         let value = Decimal::from_str(record["value"].as_str().unwrap()).unwrap();
-        billed.entry(day).or_default().push((record["version"].as_u64().unwrap(), value, record["usagesCount"].as_i64().unwrap()));
+        billed.entry(day).or_default().push((
+            record["version"].as_u64().unwrap(),
+            value,
+            record["usagesCount"].as_i64().unwrap(),
+        ));
     }
     let mut billing_mismatches = Vec::new();
     for (day, versions) in &billed {
         if versions.windows(2).any(|w| w[0].0 >= w[1].0) {
-            billing_mismatches.push(format!("{day}: versions out of order: {:?}", versions.iter().map(|v| v.0).collect::<Vec<_>>()));
+            billing_mismatches
+                .push(format!("{day}: versions out of order: {:?}", versions.iter().map(|v| v.0).collect::<Vec<_>>()));
         }
     }
     for (day, want) in &expected {

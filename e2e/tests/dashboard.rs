@@ -55,7 +55,11 @@ impl Browser {
         let deadline = Instant::now() + Duration::from_secs(30);
         let client = loop {
             let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-            match ClientBuilder::new(connector).capabilities(capabilities.clone()).connect(&format!("http://127.0.0.1:{port}")).await {
+            match ClientBuilder::new(connector)
+                .capabilities(capabilities.clone())
+                .connect(&format!("http://127.0.0.1:{port}"))
+                .await
+            {
                 Ok(client) => break client,
                 Err(err) => {
                     assert!(Instant::now() < deadline, "no browser session from chromedriver: {err}");
@@ -130,8 +134,10 @@ fn reader(tenant: &str) -> String {
 
 fn job(tenant: &str, values: &[&str]) -> Value {
     let now = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
-    let usages: Vec<Value> =
-        values.iter().map(|v| json!({"value": Value::from_str(v).unwrap(), "unit": "dash-unit", "datetime": now})).collect();
+    let usages: Vec<Value> = values
+        .iter()
+        .map(|v| json!({"value": Value::from_str(v).unwrap(), "unit": "dash-unit", "datetime": now}))
+        .collect();
     json!({"users":[{"tenantId": tenant, "userId": "someone", "resources":[{"application": "app", "resource": "a1", "usages": usages}]}]})
 }
 
@@ -213,7 +219,10 @@ async fn the_dashboard_follows_a_job_to_completed_and_shows_only_the_tenants_own
     browser.show_day_of(&pipeline, "prov", &foreign).await;
     browser.text_until(&format!("tr[data-job-id='{foreign}'] .job-status"), |t| t == "COMPLETED").await;
     assert_eq!(browser.count(&format!("tr[data-job-id='{own}']")).await, 0, "op's job on prov's page");
-    assert!(!browser.client.find(Locator::Css("#notice")).await.unwrap().is_displayed().await.unwrap(), "no error after switching tenants");
+    assert!(
+        !browser.client.find(Locator::Css("#notice")).await.unwrap().is_displayed().await.unwrap(),
+        "no error after switching tenants"
+    );
     browser.click("#tab-kpis").await;
     browser.text_until("#kpi-choice", |t| t.contains("Dash KPI · The App (yours)")).await;
     browser.client.find(Locator::Css("#kpi-choice")).await.unwrap().select_by_value("0").await.unwrap();

@@ -9,15 +9,8 @@ use uts_e2e::Pipeline;
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn every_documented_operation_is_served(pool: PgPool) {
     let pipeline = Pipeline::start(pool).await;
-    let served: Value = pipeline
-        .client
-        .get(format!("{}/openapi.json", pipeline.query_api))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let served: Value =
+        pipeline.client.get(format!("{}/openapi.json", pipeline.query_api)).send().await.unwrap().json().await.unwrap();
     let document: Value = serde_json::from_str(query_service::OPENAPI).unwrap();
     assert_eq!(served, document, "the query service serves docs/openapi.json");
     assert_eq!(document["openapi"], "3.0.3");
@@ -32,7 +25,11 @@ async fn every_documented_operation_is_served(pool: PgPool) {
             .collect::<Vec<_>>()
             .join("/");
         for method in operations.as_object().unwrap().keys() {
-            let base = if method == "post" && (path == "/usagesJobs" || path == "/usages") { &gateway } else { &pipeline.query_api };
+            let base = if method == "post" && (path == "/usagesJobs" || path == "/usages") {
+                &gateway
+            } else {
+                &pipeline.query_api
+            };
             let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let response = pipeline.client.request(method.clone(), format!("{base}{concrete}")).send().await.unwrap();
             let status = response.status();

@@ -45,7 +45,10 @@ async fn a_billed_job_ends_received_for_billing(pool: PgPool) {
     let pipeline = Pipeline::start(pool.clone()).await;
     rule(&pool, "billed-unit", "SUM", true).await;
     let id = pipeline
-        .post_job("op", &job("op", "user", "app", &[("20", "billed-unit", now_text()), ("2.5", "billed-unit", now_text())]))
+        .post_job(
+            "op",
+            &job("op", "user", "app", &[("20", "billed-unit", now_text()), ("2.5", "billed-unit", now_text())]),
+        )
         .await;
     // Converged: stages' events may arrive in any order (billing's before the aggregator's).
     let converged = BTreeMap::from([("RECEIVEDFORBILLING".to_owned(), 2)]);
@@ -53,18 +56,22 @@ async fn a_billed_job_ends_received_for_billing(pool: PgPool) {
     assert_eq!(board.nonzero(), converged);
     // The query service shows the same: COMPLETED, both usages RECEIVEDFORBILLING.
     let shown = pipeline.wait_for_job_status("op", &id, "COMPLETED", WAIT).await;
-    assert_eq!(shown["usagesSummary"], json!([{"application": "app", "unit": "billed-unit", "usagesCount": 2,
-        "processStatus": "RECEIVEDFORBILLING"}]));
+    assert_eq!(
+        shown["usagesSummary"],
+        json!([{"application": "app", "unit": "billed-unit", "usagesCount": 2,
+        "processStatus": "RECEIVEDFORBILLING"}])
+    );
     let records = pipeline.billing_records().await;
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["record"]["value"], "22.5");
     assert_eq!(records[0]["record"]["bucket"]["providerTenant"], "prov");
     assert_eq!(records[0]["record"]["coveredVersions"], json!({"from": 1, "to": 1}));
     // Which jobs made the billed value is the lineage.
-    let lineage: Vec<(String, i32)> = sqlx::query_as("SELECT job_id, usages_count FROM aggregate_contributions WHERE unit = 'billed-unit'")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+    let lineage: Vec<(String, i32)> =
+        sqlx::query_as("SELECT job_id, usages_count FROM aggregate_contributions WHERE unit = 'billed-unit'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
     assert_eq!(lineage, vec![(id.clone(), 2)]);
 }
 
@@ -114,11 +121,19 @@ async fn rule_and_tenant_violations_end_verification_failed(pool: PgPool) {
         .wait_for(&id, WAIT, |b| b.in_status("VERIFICATIONFAILED") == 6 && b.in_status("AGGREGATED") == 2)
         .await;
     pipeline.wait_for_job_status("op", &id, "ERRORS", WAIT).await;
-    let mut codes: Vec<String> = board.errors.iter().map(|e| e.code.trim_start_matches("mdsp.uts.verification.").to_owned()).collect();
+    let mut codes: Vec<String> =
+        board.errors.iter().map(|e| e.code.trim_start_matches("mdsp.uts.verification.").to_owned()).collect();
     codes.sort();
     assert_eq!(
         codes,
-        vec!["tenantNotAllowed", "tenantNotAllowed", "usageInFuture", "usageTooOld", "userTypeNotAllowed", "valueAboveMaximum"]
+        vec![
+            "tenantNotAllowed",
+            "tenantNotAllowed",
+            "usageInFuture",
+            "usageTooOld",
+            "userTypeNotAllowed",
+            "valueAboveMaximum"
+        ]
     );
     assert!(board.errors.iter().all(|e| e.error_type == uts_common::proto::v1::ErrorType::Validation as i32));
 }
@@ -195,14 +210,22 @@ async fn billing_failures_show_then_recover_to_received(pool: PgPool) {
 async fn a_receipt_sent_later_by_callback_completes_the_job(pool: PgPool) {
     let pipeline = Pipeline::start_with_receipts_by_callback(pool.clone()).await;
     rule(&pool, "async-unit", "SUM", true).await;
-    let id = pipeline.post_job("op", &job("op", "user", "app", &[("4", "async-unit", now_text()), ("1.25", "async-unit", now_text())])).await;
+    let id = pipeline
+        .post_job(
+            "op",
+            &job("op", "user", "app", &[("4", "async-unit", now_text()), ("1.25", "async-unit", now_text())]),
+        )
+        .await;
     // Converged: stages' events may arrive in any order (billing's before the aggregator's).
     let converged = BTreeMap::from([("RECEIVEDFORBILLING".to_owned(), 2)]);
     let board = pipeline.wait_for(&id, WAIT, |b| b.nonzero() == converged).await;
     assert_eq!(board.nonzero(), converged);
     let shown = pipeline.wait_for_job_status("op", &id, "COMPLETED", WAIT).await;
-    assert_eq!(shown["usagesSummary"], json!([{"application": "app", "unit": "async-unit", "usagesCount": 2,
-        "processStatus": "RECEIVEDFORBILLING"}]));
+    assert_eq!(
+        shown["usagesSummary"],
+        json!([{"application": "app", "unit": "async-unit", "usagesCount": 2,
+        "processStatus": "RECEIVEDFORBILLING"}])
+    );
     let records = pipeline.billing_records().await;
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["record"]["value"], "5.25");

@@ -45,12 +45,7 @@ pub fn parse_key(value: &axum::http::HeaderValue) -> Result<String, ApiError> {
         .ok()
         .map(str::trim)
         .filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN && k.bytes().all(|b| b.is_ascii_graphic()))
-        .ok_or_else(|| {
-            ApiError::invalid_parameter(
-                "Idempotency-Key",
-                "must be 1 to 255 visible ASCII characters",
-            )
-        })?;
+        .ok_or_else(|| ApiError::invalid_parameter("Idempotency-Key", "must be 1 to 255 visible ASCII characters"))?;
     Ok(text.to_owned())
 }
 
@@ -95,15 +90,14 @@ pub async fn claim(
     if inserted.rows_affected() == 1 {
         return Ok(Claim::New);
     }
-    let (job_id, stored_hash, received_at, usages_count): (String, Vec<u8>, DateTime<Utc>, i32) =
-        sqlx::query_as(
-            "SELECT job_id, request_hash, received_at, usages_count FROM idempotency_keys
+    let (job_id, stored_hash, received_at, usages_count): (String, Vec<u8>, DateTime<Utc>, i32) = sqlx::query_as(
+        "SELECT job_id, request_hash, received_at, usages_count FROM idempotency_keys
              WHERE tenant_id = $1 AND idempotency_key = $2",
-        )
-        .bind(tenant)
-        .bind(key)
-        .fetch_one(pool)
-        .await?;
+    )
+    .bind(tenant)
+    .bind(key)
+    .fetch_one(pool)
+    .await?;
     if stored_hash != hash {
         return Ok(Claim::Mismatch);
     }

@@ -139,7 +139,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     Application::build(config, pool).await?.run_until_stopped(shutdown).await
 }
 
-
 async fn prune_idempotency_keys(state: Arc<AppState>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {

@@ -1,4 +1,3 @@
-
 // The hot path allocates many small strings per request; mimalloc halves the time spent in
 // the allocator compared with glibc's (measured with deploy/local/bench.sh).
 #[global_allocator]

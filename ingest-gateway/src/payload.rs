@@ -15,9 +15,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use serde_json::{Map, Value};
-use uts_common::domain::{
-    parse_datetime, parse_decimal, to_timestamp, UserType, MAX_NAME_LEN, MAX_USAGES_PER_REQUEST,
-};
+use uts_common::domain::{parse_datetime, parse_decimal, to_timestamp, UserType, MAX_NAME_LEN, MAX_USAGES_PER_REQUEST};
 use uts_common::error::ApiError;
 use uts_common::proto::v1;
 
@@ -154,9 +152,9 @@ fn walk_usages_jobs(body: &[u8]) -> Result<Batch, ApiError> {
     let root = parse_json(body)?;
     let root = as_object(&root, "")?;
     let users = required_array(root, "users", "")?;
-    check_count(users.iter().map(|user| {
-        nested_len(user, "resources", |resource| nested_len(resource, "usages", |_| 1))
-    }))?;
+    check_count(
+        users.iter().map(|user| nested_len(user, "resources", |resource| nested_len(resource, "usages", |_| 1))),
+    )?;
 
     let mut next_index = 0u32;
     let mut out = Vec::with_capacity(users.len());
@@ -167,10 +165,7 @@ fn walk_usages_jobs(body: &[u8]) -> Result<Batch, ApiError> {
         let user_id = optional_name(user, "userId", &path)?;
         let user_type = match optional_name(user, "userType", &path)? {
             Some(text) => text.parse::<UserType>().map_err(|()| {
-                ApiError::invalid_body_property(
-                    &format!("{path}.userType"),
-                    "must be one of tenant, user, agent",
-                )
+                ApiError::invalid_body_property(&format!("{path}.userType"), "must be one of tenant, user, agent")
             })?,
             // The original: without userId the usage belongs to the whole tenant.
             None if user_id.is_none() => UserType::Tenant,
@@ -267,8 +262,9 @@ fn parse_usage(usage: &Value, path: &str, names: [&str; 3], index: u32) -> Resul
     let datetime_path = format!("{path}.{datetime_name}");
     let datetime = match usage.get(datetime_name) {
         None | Some(Value::Null) => return Err(ApiError::missing_body_property(&datetime_path)),
-        Some(Value::String(text)) => parse_datetime(text)
-            .map_err(|problem| ApiError::invalid_body_property(&datetime_path, problem))?,
+        Some(Value::String(text)) => {
+            parse_datetime(text).map_err(|problem| ApiError::invalid_body_property(&datetime_path, problem))?
+        }
         Some(_) => {
             return Err(ApiError::invalid_body_property(
                 &datetime_path,
@@ -276,12 +272,7 @@ fn parse_usage(usage: &Value, path: &str, names: [&str; 3], index: u32) -> Resul
             ))
         }
     };
-    Ok(v1::Usage {
-        index,
-        value: value.to_string(),
-        unit: unit.to_owned(),
-        datetime: Some(to_timestamp(datetime)),
-    })
+    Ok(v1::Usage { index, value: value.to_string(), unit: unit.to_owned(), datetime: Some(to_timestamp(datetime)) })
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
@@ -307,10 +298,7 @@ fn check_count(counts: impl Iterator<Item = usize>) -> Result<(), ApiError> {
 /// Sum of `inner` over the elements of `value[key]` when it is an array; 0 for other shapes
 /// (they fail validation later with a precise message).
 fn nested_len(value: &Value, key: &str, inner: impl Fn(&Value) -> usize) -> usize {
-    value
-        .get(key)
-        .and_then(Value::as_array)
-        .map_or(0, |items| items.iter().map(&inner).sum())
+    value.get(key).and_then(Value::as_array).map_or(0, |items| items.iter().map(&inner).sum())
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -322,16 +310,10 @@ fn join(path: &str, key: &str) -> String {
 }
 
 fn as_object<'a>(value: &'a Value, path: &str) -> Result<&'a Map<String, Value>, ApiError> {
-    value
-        .as_object()
-        .ok_or_else(|| ApiError::invalid_body_property(path, "must be a JSON object"))
+    value.as_object().ok_or_else(|| ApiError::invalid_body_property(path, "must be a JSON object"))
 }
 
-fn required_array<'a>(
-    object: &'a Map<String, Value>,
-    key: &str,
-    path: &str,
-) -> Result<&'a Vec<Value>, ApiError> {
+fn required_array<'a>(object: &'a Map<String, Value>, key: &str, path: &str) -> Result<&'a Vec<Value>, ApiError> {
     let path = join(path, key);
     match object.get(key) {
         None | Some(Value::Null) => Err(ApiError::missing_body_property(&path)),
@@ -343,21 +325,13 @@ fn required_array<'a>(
     }
 }
 
-fn required_name<'a>(
-    object: &'a Map<String, Value>,
-    key: &str,
-    path: &str,
-) -> Result<&'a str, ApiError> {
+fn required_name<'a>(object: &'a Map<String, Value>, key: &str, path: &str) -> Result<&'a str, ApiError> {
     optional_name(object, key, path)?.ok_or_else(|| ApiError::missing_body_property(&join(path, key)))
 }
 
 /// A non-empty string of at most [`MAX_NAME_LEN`] characters without control characters;
 /// `None` when absent or null.
-fn optional_name<'a>(
-    object: &'a Map<String, Value>,
-    key: &str,
-    path: &str,
-) -> Result<Option<&'a str>, ApiError> {
+fn optional_name<'a>(object: &'a Map<String, Value>, key: &str, path: &str) -> Result<Option<&'a str>, ApiError> {
     let text = match object.get(key) {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::String(text)) => text,
@@ -400,7 +374,9 @@ mod tests {
             (Ok(w), Some(f)) => assert_eq!(w, f, "paths built different batches"),
             (Err(_), None) => {}
             (Ok(_), None) => {}
-            (Err(e), Some(_)) => panic!("the fast path accepted an invalid body ({}): {}", e.message, String::from_utf8_lossy(body)),
+            (Err(e), Some(_)) => {
+                panic!("the fast path accepted an invalid body ({}): {}", e.message, String::from_utf8_lossy(body))
+            }
         }
         parse_usages_jobs(body)
     }
@@ -426,7 +402,10 @@ mod tests {
         assert_eq!(user.user_id, "john.doe@healthcare.siemens.com");
         assert_eq!(user.user_type, v1::UserType::User as i32);
         let resource = &user.resources[0];
-        assert_eq!((resource.application.as_str(), resource.alias.as_str()), ("manage-my-machines", "analyze-my-performance"));
+        assert_eq!(
+            (resource.application.as_str(), resource.alias.as_str()),
+            ("manage-my-machines", "analyze-my-performance")
+        );
         let usage = &resource.usages[0];
         assert_eq!((usage.index, usage.value.as_str(), usage.unit.as_str()), (0, "20", "mmm-recurring-unit"));
         assert_eq!(usage.datetime.as_ref().unwrap().seconds, 1_310_672_617);
@@ -533,9 +512,11 @@ mod tests {
     #[test]
     fn more_than_200_usages_are_refused_whole() {
         let usage = json!({"value":1,"unit":"u","datetime":"2024-01-01T00:00:00Z"});
-        let body = |n: usize| json!({"users":[
+        let body = |n: usize| {
+            json!({"users":[
             {"tenantId":"t","resources":[{"application":"a","resource":"r","usages": vec![usage.clone(); n - 1]}]},
-            {"tenantId":"t","resources":[{"application":"a","resource":"r","usages": [usage.clone()]}]}]});
+            {"tenantId":"t","resources":[{"application":"a","resource":"r","usages": [usage.clone()]}]}]})
+        };
         assert_eq!(jobs(body(200)).unwrap().usages_count, 200);
         let err = jobs(body(201)).unwrap_err();
         assert_eq!(err.status, axum::http::StatusCode::PAYLOAD_TOO_LARGE);
@@ -553,7 +534,9 @@ mod tests {
         let resource = &user.resources[0];
         assert_eq!((resource.application.as_str(), resource.resource.as_str()), ("managemymachines", "markAsset"));
         assert_eq!(resource.usages[0].unit, "manage-mymachine-unit");
-        let (_, message) = message_of(parse_legacy_usages(br#"{"CustomerTenantID":"core","CustomerUserID":"u","UTSUsageData":[{"UsageData":[]}]}"#));
+        let (_, message) = message_of(parse_legacy_usages(
+            br#"{"CustomerTenantID":"core","CustomerUserID":"u","UTSUsageData":[{"UsageData":[]}]}"#,
+        ));
         assert_eq!(message, "UTSUsageData[0].resourceAlias is required");
     }
 }

@@ -65,23 +65,14 @@ async fn post_usages_jobs(
 }
 
 /// The older endpoint answers 200 with the original's text and does not reveal the job id.
-async fn post_usages(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
+async fn post_usages(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     accept(&state, &headers, body, v1::Origin::Usages).await?;
     Ok((StatusCode::OK, "Data is successfully saved to the database").into_response())
 }
 
 /// Authenticates, validates and makes the job durable in Kafka. Returns only once Kafka has
 /// acknowledged it.
-async fn accept(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: Body,
-    origin: v1::Origin,
-) -> Result<Original, ApiError> {
+async fn accept(state: &AppState, headers: &HeaderMap, body: Body, origin: v1::Origin) -> Result<Original, ApiError> {
     let principal = state.auth.authenticate(headers)?;
     principal.require(Scope::UsagesWrite)?;
     if let Some(throttle) = &state.throttle {
@@ -123,10 +114,7 @@ async fn accept(
 
     if state.kafka_health.is_down() {
         metrics::counter!("uts_gateway_kafka_produce_failures_total").increment(1);
-        return Err(ApiError::service_unavailable(
-            "Kafka is unavailable; nothing was accepted, retry later",
-            1,
-        ));
+        return Err(ApiError::service_unavailable("Kafka is unavailable; nothing was accepted, retry later", 1));
     }
     let message = to_message(&principal, &job, origin, key, batch);
     let started = Instant::now();
@@ -140,7 +128,10 @@ async fn accept(
     .await;
     metrics::histogram!("uts_gateway_kafka_produce_duration_seconds").record(started.elapsed().as_secs_f64());
     if let Err(err) = produced {
-        if matches!(err, rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::MessageTimedOut)) {
+        if matches!(
+            err,
+            rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::MessageTimedOut)
+        ) {
             state.kafka_health.mark_down();
         }
         metrics::counter!("uts_gateway_kafka_produce_failures_total").increment(1);
@@ -172,11 +163,7 @@ fn to_message(
 
 /// Only developer and operator tenants may submit usages (DESIGN.md §3).
 async fn check_submitter(state: &AppState, principal: &Principal) -> Result<(), ApiError> {
-    let tenant = state
-        .tenants
-        .get(&principal.tenant)
-        .await
-        .map_err(|err| unavailable("PostgreSQL", &err))?;
+    let tenant = state.tenants.get(&principal.tenant).await.map_err(|err| unavailable("PostgreSQL", &err))?;
     match tenant {
         Some(tenant) if tenant.tenant_type.may_submit_usages() => Ok(()),
         Some(tenant) => Err(ApiError::forbidden(format!(
@@ -193,9 +180,5 @@ async fn check_submitter(state: &AppState, principal: &Principal) -> Result<(), 
 
 fn unavailable(dependency: &str, err: &dyn std::fmt::Display) -> ApiError {
     tracing::warn!(%err, dependency, "dependency unavailable; request refused with 503");
-    ApiError::service_unavailable(
-        format!("{dependency} is unavailable; nothing was accepted, retry later"),
-        1,
-    )
+    ApiError::service_unavailable(format!("{dependency} is unavailable; nothing was accepted, retry later"), 1)
 }
-

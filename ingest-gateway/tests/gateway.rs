@@ -92,14 +92,24 @@ async fn malformed_requests_get_400_naming_the_field_and_nothing_is_produced(poo
     let cases = [
         (usage(json!("20"), json!("2024-01-01T00:00:00Z")), "users[0].resources[0].usages[0].value must be a number"),
         (usage(json!(true), json!("2024-01-01T00:00:00Z")), "users[0].resources[0].usages[0].value must be a number"),
-        (usage(json!(1), json!("2024-01-01 00:00")), "users[0].resources[0].usages[0].datetime must be an RFC 3339 date-time"),
+        (
+            usage(json!(1), json!("2024-01-01 00:00")),
+            "users[0].resources[0].usages[0].datetime must be an RFC 3339 date-time",
+        ),
         (usage(json!(1), json!(1_700_000_000)), "users[0].resources[0].usages[0].datetime must be a string"),
-        (json!({"users":[{"tenantId":"acme","userType":"machine","resources":[]}]}), "users[0].userType must be one of"),
+        (
+            json!({"users":[{"tenantId":"acme","userType":"machine","resources":[]}]}),
+            "users[0].userType must be one of",
+        ),
         (json!({"users":[]}), "users must not be empty"),
-        (json!({"users":[{"tenantId":"acme","resources":[{"application":"a","resource":"r","usages":[]}]}]}),
-            "users[0].resources[0].usages must not be empty"),
-        (json!({"users":[{"tenantId":"acme","resources":[{"resource":"r","usages":[]}]}]}),
-            "users[0].resources[0].application is required"),
+        (
+            json!({"users":[{"tenantId":"acme","resources":[{"application":"a","resource":"r","usages":[]}]}]}),
+            "users[0].resources[0].usages must not be empty",
+        ),
+        (
+            json!({"users":[{"tenantId":"acme","resources":[{"resource":"r","usages":[]}]}]}),
+            "users[0].resources[0].application is required",
+        ),
     ];
     for (body, expected) in cases {
         let (status, code, message) = error_of(gateway.post_jobs(&token, &body).await).await;

@@ -233,7 +233,9 @@ async fn count_jobs(
 /// The job if the caller may see it.
 async fn visible_job(state: &AppState, tenant: &str, id: &str) -> Result<JobJson, ApiError> {
     let visible = visible_jobs();
-    let sql = format!("{visible} SELECT v.job_id, v.received_at, v.usages_count, {STATUS_COLUMNS} FROM visible v WHERE v.job_id = $2");
+    let sql = format!(
+        "{visible} SELECT v.job_id, v.received_at, v.usages_count, {STATUS_COLUMNS} FROM visible v WHERE v.job_id = $2"
+    );
     let row: Option<JobRow> =
         sqlx::query_as(&sql).bind(tenant).bind(id).fetch_optional(&state.pool).await.map_err(storage_error)?;
     row.map(job_json).ok_or_else(|| ApiError::no_match(format!("no usages job with id {id}")))
@@ -326,12 +328,14 @@ async fn get_errors(
     .map_err(storage_error)?;
     let total = match rows.first() {
         Some(row) => row.7,
-        None => sqlx::query_scalar("SELECT count(*) FROM job_errors WHERE job_id = $1 AND ($2::text IS NULL OR error_type = $2)")
-            .bind(&id)
-            .bind(error_type)
-            .fetch_one(&state.pool)
-            .await
-            .map_err(storage_error)?,
+        None => sqlx::query_scalar(
+            "SELECT count(*) FROM job_errors WHERE job_id = $1 AND ($2::text IS NULL OR error_type = $2)",
+        )
+        .bind(&id)
+        .bind(error_type)
+        .fetch_one(&state.pool)
+        .await
+        .map_err(storage_error)?,
     };
     let errors = rows
         .into_iter()

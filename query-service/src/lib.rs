@@ -94,7 +94,15 @@ impl Application {
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .with_context(|| format!("binding the API listener on {}", config.listen_addr))?;
-        Ok(Self { listener, state, admin_addr: config.admin.addr, runner, jobs_topic: topics.usage_jobs, http: config.http, retention_days: config.retention.days })
+        Ok(Self {
+            listener,
+            state,
+            admin_addr: config.admin.addr,
+            runner,
+            jobs_topic: topics.usage_jobs,
+            http: config.http,
+            retention_days: config.retention.days,
+        })
     }
 
     /// The bound address of the public API (useful with port 0).
@@ -139,4 +147,3 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let pool = uts_common::db::connect(&config.database).await?;
     Application::build(config, pool).await?.run_until_stopped(shutdown).await
 }
-

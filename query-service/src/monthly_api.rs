@@ -32,7 +32,17 @@ use crate::admin_api::{storage_error, PageInfo, Params};
 use crate::AppState;
 
 const MONTHS: [&str; 12] = [
-    "january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november",
+    "january",
+    "february",
+    "march",
+    "april",
+    "may",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
     "december",
 ];
 
@@ -223,7 +233,8 @@ pub fn monthly_value(
     pre_fill: PreFill,
     factor: Decimal,
 ) -> Option<Decimal> {
-    let values: Vec<Decimal> = daily_values(days, from, until, daily, pre_fill).into_iter().filter_map(|(_, v)| v).collect();
+    let values: Vec<Decimal> =
+        daily_values(days, from, until, daily, pre_fill).into_iter().filter_map(|(_, v)| v).collect();
     fold(monthly, &values).map(|v| (v * factor).normalize())
 }
 
@@ -232,7 +243,10 @@ pub fn monthly_value(
 fn daily_json(kpi: &Kpi, days: &BTreeMap<NaiveDate, Day>, from: NaiveDate, until: NaiveDate) -> Vec<DailyValue> {
     daily_values(days, from, until, kpi.daily, kpi.pre_fill)
         .into_iter()
-        .map(|(day, value)| DailyValue { date: day.to_string(), value: number(value.map(|v| (v * kpi.factor).normalize())) })
+        .map(|(day, value)| DailyValue {
+            date: day.to_string(),
+            value: number(value.map(|v| (v * kpi.factor).normalize())),
+        })
         .collect()
 }
 
@@ -279,7 +293,9 @@ async fn load_kpi(state: &AppState, application: &str, name: &str, provider: &st
     .await
     .map_err(storage_error)?;
     let (name, display_name, application, application_display_name, unit, owner, daily, monthly, pre_fill, factor) =
-        row.ok_or_else(|| ApiError::no_match(format!("no KPI {name} of application {application} for provider {provider}")))?;
+        row.ok_or_else(|| {
+            ApiError::no_match(format!("no KPI {name} of application {application} for provider {provider}"))
+        })?;
     Ok(Kpi {
         name,
         display_name,
@@ -332,16 +348,16 @@ async fn load_days(
 
 /// (first day, aggregationUntilDate) of the month; 404-free: a future month is an empty range.
 fn month_range(year: i32, month: u32) -> Result<(NaiveDate, NaiveDate), ApiError> {
-    let from = NaiveDate::from_ymd_opt(year, month, 1).ok_or_else(|| ApiError::invalid_parameter("month", "is not a month"))?;
-    let next = if month == 12 { NaiveDate::from_ymd_opt(year + 1, 1, 1) } else { NaiveDate::from_ymd_opt(year, month + 1, 1) };
+    let from = NaiveDate::from_ymd_opt(year, month, 1)
+        .ok_or_else(|| ApiError::invalid_parameter("month", "is not a month"))?;
+    let next =
+        if month == 12 { NaiveDate::from_ymd_opt(year + 1, 1, 1) } else { NaiveDate::from_ymd_opt(year, month + 1, 1) };
     let last = next.expect("valid") - Duration::days(1);
     Ok((from, last.min(Utc::now().date_naive())))
 }
 
 fn number(value: Option<Decimal>) -> Value {
-    value
-        .and_then(|v| serde_json::Number::from_str(&v.to_string()).ok())
-        .map_or(Value::Null, Value::Number)
+    value.and_then(|v| serde_json::Number::from_str(&v.to_string()).ok()).map_or(Value::Null, Value::Number)
 }
 
 #[derive(Serialize)]

@@ -126,8 +126,10 @@ async fn project(tx: &mut Transaction<'_, Postgres>, batch: &[Decoded<Item>]) ->
         let received: Vec<chrono::DateTime<chrono::Utc>> =
             jobs.values().map(|j| j.received_at.as_ref().and_then(from_timestamp).unwrap_or_default()).collect();
         let sizes: Vec<i32> = jobs.values().map(|j| j.usages_count as i32).collect();
-        let origins: Vec<&str> =
-            jobs.values().map(|j| if j.origin == v1::Origin::Usages as i32 { "usages" } else { "usagesJobs" }).collect();
+        let origins: Vec<&str> = jobs
+            .values()
+            .map(|j| if j.origin == v1::Origin::Usages as i32 { "usages" } else { "usagesJobs" })
+            .collect();
         // A job id seen before (a re-produced job) is projected once.
         let inserted: Vec<String> = sqlx::query_scalar(
             "INSERT INTO jobs (job_id, submitter_tenant_id, received_at, usages_count, origin)
@@ -155,7 +157,9 @@ async fn project(tx: &mut Transaction<'_, Postgres>, batch: &[Decoded<Item>]) ->
                             Some((unit, n)) if *unit == usage.unit => *n += 1,
                             _ => {
                                 if let Some((unit, n)) = run.replace((&usage.unit, 1)) {
-                                    *keys.entry((&job.job_id, &user.tenant_id, &resource.application, unit)).or_default() += n;
+                                    *keys
+                                        .entry((&job.job_id, &user.tenant_id, &resource.application, unit))
+                                        .or_default() += n;
                                 }
                             }
                         }
@@ -213,7 +217,8 @@ async fn project(tx: &mut Transaction<'_, Postgres>, batch: &[Decoded<Item>]) ->
             let event = events[event_id.as_str()];
             for t in &event.transitions {
                 let count = i64::from(t.count);
-                let key = |status: i32| (event.job_id.clone(), t.application.clone(), t.unit.clone(), status_name(status));
+                let key =
+                    |status: i32| (event.job_id.clone(), t.application.clone(), t.unit.clone(), status_name(status));
                 *counts.entry(key(t.from)).or_default() -= count;
                 *counts.entry(key(t.to)).or_default() += count;
                 if t.terminal {
@@ -271,7 +276,8 @@ async fn insert_error(
     error: &v1::UsageError,
 ) -> Result<(), sqlx::Error> {
     let (error_type, error_data) = error_shape(error);
-    let parameters: Vec<Value> = error.message_parameters.iter().map(|p| json!({"name": p.name, "value": p.value})).collect();
+    let parameters: Vec<Value> =
+        error.message_parameters.iter().map(|p| json!({"name": p.name, "value": p.value})).collect();
     sqlx::query(
         "INSERT INTO job_errors
             (event_id, position, job_id, error_type, code, message, message_parameters, logref, info, error_data)
@@ -296,7 +302,9 @@ async fn insert_error(
 /// `users` shape for validation errors, the billing record ids for billing errors.
 fn error_shape(error: &v1::UsageError) -> (&'static str, Value) {
     match &error.error_data {
-        Some(v1::usage_error::ErrorData::Validation(data)) => ("ValidationError", Value::Array(data.users.iter().map(user_json).collect())),
+        Some(v1::usage_error::ErrorData::Validation(data)) => {
+            ("ValidationError", Value::Array(data.users.iter().map(user_json).collect()))
+        }
         Some(v1::usage_error::ErrorData::BillingIds(ids)) => ("BillingError", Value::String(ids.clone())),
         Some(v1::usage_error::ErrorData::Other(text)) => ("OtherError", Value::String(text.clone())),
         None if error.error_type == v1::ErrorType::Billing as i32 => ("BillingError", Value::String(String::new())),

@@ -30,4 +30,3 @@ pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
 async fn openapi() -> impl axum::response::IntoResponse {
     ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
-

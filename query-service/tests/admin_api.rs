@@ -94,7 +94,11 @@ async fn tenant_validation_names_the_field(pool: PgPool) {
         (json!({}), "missingRequestBodyProperty", "tenantType"),
         (json!({"tenantType": "partner"}), "invalidRequestBodyProperty", "tenantType"),
         (json!({"tenantType": "developer", "displayName": 42}), "invalidRequestBodyProperty", "displayName"),
-        (json!({"tenantType": "developer", "operatorTenantId": "acme"}), "invalidRequestBodyProperty", "operatorTenantId"),
+        (
+            json!({"tenantType": "developer", "operatorTenantId": "acme"}),
+            "invalidRequestBodyProperty",
+            "operatorTenantId",
+        ),
         (json!({"tenantType": "developer", "tenantId": "someone-else"}), "invalidRequestBodyProperty", "tenantId"),
         (json!({"tenantType": "developer", "colour": "red"}), "invalidRequestBodyProperty", "colour"),
     ];
@@ -138,21 +142,20 @@ async fn an_iot_tenant_needs_an_operator_tenant(pool: PgPool) {
     assert_eq!(plant["operatorTenantId"], "acme");
 
     // The operator of an IoT tenant stays an operator...
-    let error = error_of(service.call(Method::PUT, "/tenants/acme", Some(json!({"tenantType": "developer"}))).await).await;
+    let error =
+        error_of(service.call(Method::PUT, "/tenants/acme", Some(json!({"tenantType": "developer"}))).await).await;
     assert_names(&error, "invalidRequestBodyProperty", "tenantType");
     assert!(error.message.contains("plant-1"), "{error:?}");
     // ...until its IoT tenant has moved to another operator.
     service.tenant("globex", "operator", None).await;
     service.expect(Method::PUT, "/tenants/plant-1", iot(Some("globex")), StatusCode::OK).await;
-    let acme = service
-        .expect(Method::PUT, "/tenants/acme", Some(json!({"tenantType": "developer"})), StatusCode::OK)
-        .await;
+    let acme =
+        service.expect(Method::PUT, "/tenants/acme", Some(json!({"tenantType": "developer"})), StatusCode::OK).await;
     assert_eq!(acme["tenantType"], "developer");
     // An IoT tenant may become another kind (without provisioned applications); it then loses
     // its operator.
-    let plant = service
-        .expect(Method::PUT, "/tenants/plant-1", Some(json!({"tenantType": "customer"})), StatusCode::OK)
-        .await;
+    let plant =
+        service.expect(Method::PUT, "/tenants/plant-1", Some(json!({"tenantType": "customer"})), StatusCode::OK).await;
     assert_eq!(plant["operatorTenantId"], Value::Null);
 }
 
@@ -173,9 +176,7 @@ async fn applications_are_provisioned_only_to_iot_tenants(pool: PgPool) {
     let error = error_of(service.call(Method::PUT, &long_application, None).await).await;
     assert_names(&error, "invalidParameter", "application");
 
-    let first = service
-        .expect(Method::PUT, "/tenants/plant-1/applications/monitor", None, StatusCode::CREATED)
-        .await;
+    let first = service.expect(Method::PUT, "/tenants/plant-1/applications/monitor", None, StatusCode::CREATED).await;
     assert_eq!(first["tenantId"], "plant-1");
     assert_eq!(first["application"], "monitor");
     let again = service.expect(Method::PUT, "/tenants/plant-1/applications/monitor", None, StatusCode::OK).await;
@@ -189,7 +190,8 @@ async fn applications_are_provisioned_only_to_iot_tenants(pool: PgPool) {
     assert_eq!(none, json!({"applications": []}));
 
     // An IoT tenant with provisioned applications stays an IoT tenant.
-    let error = error_of(service.call(Method::PUT, "/tenants/plant-1", Some(json!({"tenantType": "customer"}))).await).await;
+    let error =
+        error_of(service.call(Method::PUT, "/tenants/plant-1", Some(json!({"tenantType": "customer"}))).await).await;
     assert_names(&error, "invalidRequestBodyProperty", "tenantType");
     assert!(error.message.contains("analytics, monitor"), "{error:?}");
 
@@ -199,10 +201,8 @@ async fn applications_are_provisioned_only_to_iot_tenants(pool: PgPool) {
     let listed = service.expect(Method::GET, "/tenants/plant-1/applications", None, StatusCode::OK).await;
     assert_eq!(listed["applications"].as_array().unwrap().len(), 1);
     // What the verifier reads.
-    let rows: Vec<(String, String)> = sqlx::query_as("SELECT tenant_id, application FROM provisioning")
-        .fetch_all(&service.pool)
-        .await
-        .unwrap();
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT tenant_id, application FROM provisioning").fetch_all(&service.pool).await.unwrap();
     assert_eq!(rows, [("plant-1".to_owned(), "analytics".to_owned())]);
 }
 
@@ -215,9 +215,7 @@ async fn a_rule_round_trip_keeps_exact_values_and_counts_versions(pool: PgPool) 
     service.tenant("acme", "operator", None).await;
     service.tenant("globex", "operator", None).await;
 
-    let response = service
-        .call(Method::POST, "/rules", Some(rule("monitor", "kWh", "acme")))
-        .await;
+    let response = service.call(Method::POST, "/rules", Some(rule("monitor", "kWh", "acme"))).await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let location = response.headers()["location"].to_str().unwrap().to_owned();
     let created: Value = response.json().await.unwrap();
@@ -301,7 +299,8 @@ async fn a_second_rule_for_the_same_application_and_unit_is_refused_naming_unit(
     assert!(error.message.contains(first["ruleId"].as_str().unwrap()), "names the existing rule: {error:?}");
 
     // The same through an update that moves another rule onto (monitor, kWh).
-    let second = service.expect(Method::POST, "/rules", Some(rule("monitor", "MWh", "acme")), StatusCode::CREATED).await;
+    let second =
+        service.expect(Method::POST, "/rules", Some(rule("monitor", "MWh", "acme")), StatusCode::CREATED).await;
     let path = format!("/rules/{}", second["ruleId"].as_str().unwrap());
     let error = error_of(service.call(Method::PUT, &path, Some(rule("monitor", "kWh", "acme"))).await).await;
     assert_names(&error, "invalidRequestBodyProperty", "unit");
@@ -325,8 +324,11 @@ async fn rule_validation_names_the_field(pool: PgPool) {
         (with("aggregationFunction", json!("MEDIAN")), "invalidRequestBodyProperty", "aggregationFunction"),
         (with("billingEnabled", json!("true")), "invalidRequestBodyProperty", "billingEnabled"),
         (with("minValue", json!("one")), "invalidRequestBodyProperty", "minValue"),
-        (json!({"application": "m", "unit": "u", "ownerTenantId": "acme", "minValue": 5, "maxValue": "4.99"}),
-            "invalidRequestBodyProperty", "maxValue"),
+        (
+            json!({"application": "m", "unit": "u", "ownerTenantId": "acme", "minValue": 5, "maxValue": "4.99"}),
+            "invalidRequestBodyProperty",
+            "maxValue",
+        ),
         (with("allowedUserTypes", json!(["user", "robot"])), "invalidRequestBodyProperty", "allowedUserTypes[1]"),
         (with("allowedUserTypes", json!([])), "invalidRequestBodyProperty", "allowedUserTypes"),
         (with("maxAgeDays", json!(0)), "invalidRequestBodyProperty", "maxAgeDays"),
@@ -376,12 +378,11 @@ async fn rule_validation_names_the_field(pool: PgPool) {
         assert_eq!((error.status, error.code.as_str()), (StatusCode::NOT_FOUND, "noMatch"), "{path}");
     }
     // The id in a PUT body must be the one in the path.
-    let created = service.expect(Method::POST, "/rules", Some(rule("monitor", "kWh", "acme")), StatusCode::CREATED).await;
+    let created =
+        service.expect(Method::POST, "/rules", Some(rule("monitor", "kWh", "acme")), StatusCode::CREATED).await;
     let path = format!("/rules/{}", created["ruleId"].as_str().unwrap());
     let error = error_of(
-        service
-            .call(Method::PUT, &path, Some(with("ruleId", json!("8d2c5c4e-0000-4000-8000-000000000000"))))
-            .await,
+        service.call(Method::PUT, &path, Some(with("ruleId", json!("8d2c5c4e-0000-4000-8000-000000000000")))).await,
     )
     .await;
     assert_names(&error, "invalidRequestBodyProperty", "ruleId");
@@ -405,7 +406,12 @@ async fn rule_lists_filter_and_page(pool: PgPool) {
 
     let page = |query: &'static str| service.expect(Method::GET, query, None, StatusCode::OK);
     let units = |list: &Value| -> Vec<String> {
-        list["rules"].as_array().unwrap().iter().map(|r| format!("{}/{}", r["application"].as_str().unwrap(), r["unit"].as_str().unwrap())).collect()
+        list["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| format!("{}/{}", r["application"].as_str().unwrap(), r["unit"].as_str().unwrap()))
+            .collect()
     };
     let all = page("/rules").await;
     assert_eq!(units(&all), ["billing/u1", "monitor/u1", "monitor/u2", "monitor/u3", "monitor/u4", "monitor/u5"]);
@@ -519,7 +525,11 @@ async fn kpi_validation_names_the_field(pool: PgPool) {
         (with("unit", json!(null)), "missingRequestBodyProperty", "unit"),
         (with("ownerTenantId", json!("nobody")), "invalidRequestBodyProperty", "ownerTenantId"),
         (with("aggregationFunctionDaily", json!("sum")), "invalidRequestBodyProperty", "aggregationFunctionDaily"),
-        (with("aggregationFunctionMonthly", json!("MEDIAN")), "invalidRequestBodyProperty", "aggregationFunctionMonthly"),
+        (
+            with("aggregationFunctionMonthly", json!("MEDIAN")),
+            "invalidRequestBodyProperty",
+            "aggregationFunctionMonthly",
+        ),
         (with("preFill", json!("ALL")), "invalidRequestBodyProperty", "preFill"),
         (with("unitConversionFactor", json!(0)), "invalidRequestBodyProperty", "unitConversionFactor"),
         (with("unitConversionFactor", json!("-1")), "invalidRequestBodyProperty", "unitConversionFactor"),
@@ -532,7 +542,8 @@ async fn kpi_validation_names_the_field(pool: PgPool) {
     }
     // The name is unique per application.
     service.expect(Method::POST, "/kpis", Some(kpi("asset-count", "assetmonitor", "acme")), StatusCode::CREATED).await;
-    let error = error_of(service.call(Method::POST, "/kpis", Some(kpi("asset-count", "assetmonitor", "acme"))).await).await;
+    let error =
+        error_of(service.call(Method::POST, "/kpis", Some(kpi("asset-count", "assetmonitor", "acme"))).await).await;
     assert_names(&error, "invalidRequestBodyProperty", "name");
     for (query, name) in [("/kpis?size=0", "size"), ("/kpis?unit=x", "unit")] {
         let error = error_of(service.call(Method::GET, query, None).await).await;
@@ -559,7 +570,8 @@ async fn authentication_and_authorisation_matrix(pool: PgPool) {
     ];
     let forged = uts_common::auth::mint_hs256("some-other-secret-0123456789", "acme", "", &["uts.admin"], 600).unwrap();
     let expired = uts_common::auth::mint_hs256(support::SECRET, "acme", "", &["uts.admin"], -3600).unwrap();
-    let every_other_scope = TestQueryService::token("acme", &["uts.usages.write", "uts.usages.read", "uts.aggregates.read"]);
+    let every_other_scope =
+        TestQueryService::token("acme", &["uts.usages.write", "uts.usages.read", "uts.aggregates.read"]);
     for (method, path, body) in &endpoints {
         let what = format!("{method} {path}");
         let mut request = service.client.request(method.clone(), service.url(path));
@@ -618,7 +630,8 @@ async fn tenant_lists_page(pool: PgPool) {
     assert_eq!(seen, ["t1", "t2", "t3", "t4", "t5", "t6", "t7"], "pages are disjoint and ordered; the last holds 1");
     let beyond = service.expect(Method::GET, "/tenants?type=customer&size=3&page=3", None, StatusCode::OK).await;
     assert_eq!(beyond["tenants"], json!([]));
-    for (query, name) in [("/tenants?size=0", "size"), ("/tenants?size=5000", "size"), ("/tenants?type=robot", "type")] {
+    for (query, name) in [("/tenants?size=0", "size"), ("/tenants?size=5000", "size"), ("/tenants?type=robot", "type")]
+    {
         let error = error_of(service.call(Method::GET, query, None).await).await;
         assert_names(&error, "invalidParameter", name);
     }

@@ -85,7 +85,12 @@ fn job(id: &str, tenant: &str) -> v1::UsageJob {
     }
 }
 
-fn event(id: &str, job: &str, steps: &[(&str, v1::UsageStatus, v1::UsageStatus, u32, bool)], errors: Vec<v1::UsageError>) -> v1::StatusEvent {
+fn event(
+    id: &str,
+    job: &str,
+    steps: &[(&str, v1::UsageStatus, v1::UsageStatus, u32, bool)],
+    errors: Vec<v1::UsageError>,
+) -> v1::StatusEvent {
     v1::StatusEvent {
         event_id: id.into(),
         job_id: job.into(),
@@ -110,7 +115,13 @@ fn summary(body: &Value) -> Vec<(String, String, i64)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| (s["unit"].as_str().unwrap().to_owned(), s["processStatus"].as_str().unwrap().to_owned(), s["usagesCount"].as_i64().unwrap()))
+        .map(|s| {
+            (
+                s["unit"].as_str().unwrap().to_owned(),
+                s["processStatus"].as_str().unwrap().to_owned(),
+                s["usagesCount"].as_i64().unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -128,16 +139,29 @@ async fn a_job_moves_from_accepted_to_completed_whatever_the_order_of_its_events
     service.event(&aggregated_u1).await;
     service.event(&aggregated_u1).await;
     service
-        .event(&event("verifier:job-1", "job-1", &[("u1", S::Accepted, S::Verified, 2, false), ("u2", S::Accepted, S::Verified, 1, false)], vec![]))
+        .event(&event(
+            "verifier:job-1",
+            "job-1",
+            &[("u1", S::Accepted, S::Verified, 2, false), ("u2", S::Accepted, S::Verified, 1, false)],
+            vec![],
+        ))
         .await;
-    let body = service.until("acme", "/usagesJobs/job-1", |b| b["status"] == "INPROGRESS" && summary(b).len() == 2).await;
+    let body =
+        service.until("acme", "/usagesJobs/job-1", |b| b["status"] == "INPROGRESS" && summary(b).len() == 2).await;
     assert_eq!(summary(&body), vec![("u1".into(), "AGGREGATED".into(), 2), ("u2".into(), "VERIFIED".into(), 1)]);
     service.event(&event("aggregator:job-1:u2", "job-1", &[("u2", S::Verified, S::Aggregated, 1, true)], vec![])).await;
     let body = service.until("acme", "/usagesJobs/job-1", |b| b["status"] == "COMPLETED").await;
     assert_eq!(summary(&body), vec![("u1".into(), "AGGREGATED".into(), 2), ("u2".into(), "AGGREGATED".into(), 1)]);
 
     // Status before job: a second job whose verifier event arrives first.
-    service.event(&event("verifier:job-2", "job-2", &[("u1", S::Accepted, S::Verified, 2, false), ("u2", S::Accepted, S::Verified, 1, false)], vec![])).await;
+    service
+        .event(&event(
+            "verifier:job-2",
+            "job-2",
+            &[("u1", S::Accepted, S::Verified, 2, false), ("u2", S::Accepted, S::Verified, 1, false)],
+            vec![],
+        ))
+        .await;
     service.job(&job("job-2", "acme")).await;
     let body = service.until("acme", "/usagesJobs/job-2", |b| b["status"] == "INPROGRESS").await;
     assert_eq!(summary(&body), vec![("u1".into(), "VERIFIED".into(), 2), ("u2".into(), "VERIFIED".into(), 1)]);
@@ -179,7 +203,12 @@ async fn failed_usages_make_errors_visible_by_class(pool: PgPool) {
             application: "app".into(),
             alias: "app".into(),
             resource: "r".into(),
-            usages: vec![v1::Usage { index: 2, value: "1.5".into(), unit: "u2".into(), datetime: Some(to_timestamp(chrono::Utc::now())) }],
+            usages: vec![v1::Usage {
+                index: 2,
+                value: "1.5".into(),
+                unit: "u2".into(),
+                datetime: Some(to_timestamp(chrono::Utc::now())),
+            }],
         }],
     };
     let error = v1::UsageError {
@@ -200,7 +229,11 @@ async fn failed_usages_make_errors_visible_by_class(pool: PgPool) {
         ))
         .await;
     service.until("acme", "/usagesJobs/job-e", |b| b["status"] == "ERRORS").await;
-    let body = service.until("acme", "/usagesJobs/job-e/errors?errorClass=validation", |b| b["errors"].as_array().is_some_and(|e| !e.is_empty())).await;
+    let body = service
+        .until("acme", "/usagesJobs/job-e/errors?errorClass=validation", |b| {
+            b["errors"].as_array().is_some_and(|e| !e.is_empty())
+        })
+        .await;
     let error = &body["errors"][0];
     assert_eq!(error["errorType"], "ValidationError");
     assert_eq!(error["messageParameters"], json!([{"name": "maximum", "value": "1"}]));
@@ -262,11 +295,21 @@ async fn projections_rebuilt_from_the_topics_equal_the_live_ones(pool: PgPool) {
     for i in 0..5 {
         let id = format!("job-r{i}");
         service.job(&job(&id, "acme")).await;
-        service.event(&event(&format!("verifier:{id}"), &id, &[("u1", S::Accepted, S::Verified, 2, false), ("u2", S::Accepted, S::Verificationfailed, 1, true)], vec![])).await;
-        service.event(&event(&format!("aggregator:{id}"), &id, &[("u1", S::Verified, S::Aggregated, 2, true)], vec![])).await;
+        service
+            .event(&event(
+                &format!("verifier:{id}"),
+                &id,
+                &[("u1", S::Accepted, S::Verified, 2, false), ("u2", S::Accepted, S::Verificationfailed, 1, true)],
+                vec![],
+            ))
+            .await;
+        service
+            .event(&event(&format!("aggregator:{id}"), &id, &[("u1", S::Verified, S::Aggregated, 2, true)], vec![]))
+            .await;
     }
     // Wait until the live projection has everything: each job's final summary.
-    let done = vec![("u1".to_owned(), "AGGREGATED".to_owned(), 2), ("u2".to_owned(), "VERIFICATIONFAILED".to_owned(), 1)];
+    let done =
+        vec![("u1".to_owned(), "AGGREGATED".to_owned(), 2), ("u2".to_owned(), "VERIFICATIONFAILED".to_owned(), 1)];
     for i in 0..5 {
         service.until("acme", &format!("/usagesJobs/job-r{i}"), |b| summary(b) == done).await;
     }
@@ -276,9 +319,13 @@ async fn projections_rebuilt_from_the_topics_equal_the_live_ones(pool: PgPool) {
                 .fetch_all(&pool)
                 .await
                 .unwrap();
-        let jobs: Vec<(String, i32)> = sqlx::query_as("SELECT job_id, usages_count FROM jobs ORDER BY 1").fetch_all(&pool).await.unwrap();
+        let jobs: Vec<(String, i32)> =
+            sqlx::query_as("SELECT job_id, usages_count FROM jobs ORDER BY 1").fetch_all(&pool).await.unwrap();
         let terminal: Vec<(String, i32)> =
-            sqlx::query_as("SELECT job_id, usages_count FROM job_terminal_counts ORDER BY 1").fetch_all(&pool).await.unwrap();
+            sqlx::query_as("SELECT job_id, usages_count FROM job_terminal_counts ORDER BY 1")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
         (counts, jobs, terminal)
     };
     let live = snapshot(pool.clone()).await;
@@ -311,15 +358,23 @@ async fn poison_on_either_topic_goes_to_the_dead_letter_topic_and_projection_car
     service.produce(&service.0.kafka.topics().usage_jobs, "junk", v1::UsageJob::default().encode_to_vec()).await;
     service.job(&job("job-after-poison", "acme")).await;
     service.until("acme", "/usagesJobs/job-after-poison", |b| b["status"] == "ACCEPTED").await;
-    let letters = uts_common::testing::read_topic(&service.0.kafka, &service.0.kafka.topics().dead_letter, 2, Duration::from_secs(30)).await;
-    let letters: Vec<v1::DeadLetter> = letters.iter().map(|(_, p)| v1::DeadLetter::decode(p.as_slice()).unwrap()).collect();
+    let letters = uts_common::testing::read_topic(
+        &service.0.kafka,
+        &service.0.kafka.topics().dead_letter,
+        2,
+        Duration::from_secs(30),
+    )
+    .await;
+    let letters: Vec<v1::DeadLetter> =
+        letters.iter().map(|(_, p)| v1::DeadLetter::decode(p.as_slice()).unwrap()).collect();
     assert_eq!(letters.len(), 2);
     assert!(letters.iter().all(|l| l.stage == v1::Stage::QueryService as i32));
 }
 
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn each_tenant_is_rate_limited_on_its_own(pool: PgPool) {
-    let service = Service(TestQueryService::start_with(pool, &["--rate-limit-per-second=1", "--rate-limit-burst=2"]).await);
+    let service =
+        Service(TestQueryService::start_with(pool, &["--rate-limit-per-second=1", "--rate-limit-burst=2"]).await);
     // The burst, then 429 in the mdsp format with Retry-After; the job and aggregate endpoints
     // share the tenant's quota.
     assert_eq!(service.get("acme", "/usagesJobs").await.0, StatusCode::OK);

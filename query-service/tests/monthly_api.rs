@@ -43,7 +43,9 @@ async fn get(service: &TestQueryService, tenant: &str, path: &str) -> (StatusCod
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn monthly_values_follow_the_kpi_and_stay_with_their_tenants(pool: PgPool) {
     for (id, kind) in [("prov", TenantType::Developer), ("other-prov", TenantType::Developer)] {
-        tenants::upsert(&pool, &Tenant { tenant_id: id.into(), tenant_type: kind, operator_tenant_id: None }).await.unwrap();
+        tenants::upsert(&pool, &Tenant { tenant_id: id.into(), tenant_type: kind, operator_tenant_id: None })
+            .await
+            .unwrap();
     }
     sqlx::query(
         "INSERT INTO kpis (name, display_name, application, application_display_name, unit, owner_tenant_id,
@@ -68,7 +70,10 @@ async fn monthly_values_follow_the_kpi_and_stay_with_their_tenants(pool: PgPool)
     assert_eq!(body["consumer"], "bmw");
     assert_eq!(body["aggregationUntilDate"], "2021-01-31");
     assert_eq!((body["year"].as_str(), body["month"].as_str()), (Some("2021"), Some("january")));
-    assert_eq!(body["aggragationFunction"], json!({"aggregationFunctionDaily": "MAX", "aggregationFunctionMonthly": "AVG", "preFill": "ZERO"}));
+    assert_eq!(
+        body["aggragationFunction"],
+        json!({"aggregationFunctionDaily": "MAX", "aggregationFunctionMonthly": "AVG", "preFill": "ZERO"})
+    );
     assert_eq!((body["KPIName"].as_str(), body["KPIDisplayName"].as_str()), (Some("asset-count"), Some("asset count")));
 
     assert!(body.get("dailyValues").is_none(), "the original's shape unless asked");
@@ -83,24 +88,48 @@ async fn monthly_values_follow_the_kpi_and_stay_with_their_tenants(pool: PgPool)
     let total: Decimal = days.iter().map(|d| d["value"].to_string().parse::<Decimal>().unwrap()).sum();
     assert_eq!(total, Decimal::from(16));
     let (status, body) = get(&service, "bmw", "/aggregatedMonthlyConsumerUsage?month=1&year=2021&provider=prov&application=assetmonitor&KPIName=asset-count&includeDailyValues=yes").await;
-    assert_eq!((status, body["errors"][0]["messageParameters"][0]["value"].as_str()), (StatusCode::BAD_REQUEST, Some("includeDailyValues")), "{body}");
+    assert_eq!(
+        (status, body["errors"][0]["messageParameters"][0]["value"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("includeDailyValues")),
+        "{body}"
+    );
 
     // The same month by number; audi sees only its own value.
-    let (_, audi) = get(&service, "audi", "/aggregatedMonthlyConsumerUsage?month=01&year=2021&provider=prov&application=assetmonitor&KPIName=asset-count").await;
+    let (_, audi) = get(
+        &service,
+        "audi",
+        "/aggregatedMonthlyConsumerUsage?month=01&year=2021&provider=prov&application=assetmonitor&KPIName=asset-count",
+    )
+    .await;
     assert_eq!(audi["value"].to_string().parse::<Decimal>().unwrap(), expected("31"));
 
     // The provider sees every consumer, paged.
-    let (status, body) = get(&service, "prov", "/aggregatedMonthlyProviderUsage?month=1&year=2021&application=assetmonitor&KPIName=asset-count&size=1").await;
+    let (status, body) = get(
+        &service,
+        "prov",
+        "/aggregatedMonthlyProviderUsage?month=1&year=2021&application=assetmonitor&KPIName=asset-count&size=1",
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["aggregatedUsages"][0]["consumer"], "audi");
     assert_eq!(body["page"], json!({"number": 0, "size": 1, "totalElements": 2, "totalPages": 2}));
-    let (_, bmw_only) = get(&service, "prov", "/aggregatedMonthlyProviderUsage?month=1&year=2021&consumer=bmw&application=assetmonitor&KPIName=asset-count").await;
+    let (_, bmw_only) = get(
+        &service,
+        "prov",
+        "/aggregatedMonthlyProviderUsage?month=1&year=2021&consumer=bmw&application=assetmonitor&KPIName=asset-count",
+    )
+    .await;
     assert_eq!(bmw_only["aggregatedUsages"].as_array().unwrap().len(), 1);
     let (_, audi_days) = get(&service, "prov", "/aggregatedMonthlyProviderUsage?month=1&year=2021&consumer=audi&application=assetmonitor&KPIName=asset-count&includeDailyValues=true").await;
     assert_eq!(audi_days["aggregatedUsages"][0]["dailyValues"][30], json!({"date": "2021-01-31", "value": 62}));
 
     // Another provider cannot read prov's KPI; a consumer naming the wrong provider gets nothing.
-    let (status, _) = get(&service, "other-prov", "/aggregatedMonthlyProviderUsage?month=1&year=2021&application=assetmonitor&KPIName=asset-count").await;
+    let (status, _) = get(
+        &service,
+        "other-prov",
+        "/aggregatedMonthlyProviderUsage?month=1&year=2021&application=assetmonitor&KPIName=asset-count",
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = get(&service, "bmw", "/aggregatedMonthlyConsumerUsage?month=1&year=2021&provider=other-prov&application=assetmonitor&KPIName=asset-count").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -114,9 +143,18 @@ async fn monthly_values_follow_the_kpi_and_stay_with_their_tenants(pool: PgPool)
     .await
     .unwrap();
     let kpis = |body: Value| -> Vec<(String, String, String)> {
-        body["kpis"].as_array().unwrap().iter().map(|k| {
-            (k["provider"].as_str().unwrap().to_owned(), k["KPIName"].as_str().unwrap().to_owned(), k["role"].as_str().unwrap().to_owned())
-        }).collect()
+        body["kpis"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                (
+                    k["provider"].as_str().unwrap().to_owned(),
+                    k["KPIName"].as_str().unwrap().to_owned(),
+                    k["role"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
     };
     let (status, body) = get(&service, "bmw", "/kpis").await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -130,10 +168,26 @@ async fn monthly_values_follow_the_kpi_and_stay_with_their_tenants(pool: PgPool)
     assert_eq!(body["page"], json!({"number": 3, "size": 20, "totalElements": 0, "totalPages": 0}));
 
     // Parameters are checked and named.
-    let (status, body) = get(&service, "bmw", "/aggregatedMonthlyConsumerUsage?month=1&year=2021&provider=prov&application=assetmonitor").await;
-    assert_eq!((status, body["errors"][0]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("mdsp.core.generic.missingParameter")));
+    let (status, body) = get(
+        &service,
+        "bmw",
+        "/aggregatedMonthlyConsumerUsage?month=1&year=2021&provider=prov&application=assetmonitor",
+    )
+    .await;
+    assert_eq!(
+        (status, body["errors"][0]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("mdsp.core.generic.missingParameter"))
+    );
     assert!(body["errors"][0]["message"].as_str().unwrap().starts_with("KPIName"));
-    let (status, body) = get(&service, "bmw", "/aggregatedMonthlyConsumerUsage?month=13&year=2021&provider=prov&application=assetmonitor&KPIName=asset-count").await;
-    assert_eq!((status, body["errors"][0]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("mdsp.core.generic.invalidParameter")));
+    let (status, body) = get(
+        &service,
+        "bmw",
+        "/aggregatedMonthlyConsumerUsage?month=13&year=2021&provider=prov&application=assetmonitor&KPIName=asset-count",
+    )
+    .await;
+    assert_eq!(
+        (status, body["errors"][0]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("mdsp.core.generic.invalidParameter"))
+    );
     service.stop().await;
 }

@@ -15,7 +15,8 @@ use uts_common::proto::{v1, Message};
 
 /// One dead letter as printed: where it came from, who refused it and why.
 pub fn describe(letter: &v1::DeadLetter) -> String {
-    let stage = v1::Stage::try_from(letter.stage).map_or_else(|_| format!("stage {}", letter.stage), |s| s.as_str_name().to_owned());
+    let stage = v1::Stage::try_from(letter.stage)
+        .map_or_else(|_| format!("stage {}", letter.stage), |s| s.as_str_name().to_owned());
     let at = letter
         .failed_at
         .as_ref()
@@ -51,8 +52,14 @@ pub async fn replay(args: &KafkaArgs, topic: &str, partition: i32, offset: i64) 
         bail!("no dead letter from {topic}[{partition}]@{offset}");
     };
     let (producer, _) = kafka::durable_producer(args)?;
-    kafka::produce_durably(&producer, &letter.source_topic, &letter.original_key, &letter.original_value, args.produce_timeout())
-        .await
-        .with_context(|| format!("producing to {}", letter.source_topic))?;
+    kafka::produce_durably(
+        &producer,
+        &letter.source_topic,
+        &letter.original_key,
+        &letter.original_value,
+        args.produce_timeout(),
+    )
+    .await
+    .with_context(|| format!("producing to {}", letter.source_topic))?;
     Ok(letter)
 }

@@ -6,9 +6,9 @@ mod dead_letters;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use std::time::Duration;
 use uts_common::config::{DatabaseArgs, KafkaArgs};
 use uts_common::domain::TenantType;
-use std::time::Duration;
 
 use uts_common::proto::{v1, Message};
 use uts_common::status::Board;
@@ -138,10 +138,8 @@ async fn main() -> anyhow::Result<()> {
             }
         },
         Command::Tenant { database, id, tenant_type, operator } => {
-            let tenant_type: TenantType = tenant_type
-                .parse()
-                .ok()
-                .context("--type must be developer, operator, iot or customer")?;
+            let tenant_type: TenantType =
+                tenant_type.parse().ok().context("--type must be developer, operator, iot or customer")?;
             let pool = db::connect(&database).await?;
             let tenant = tenants::Tenant { tenant_id: id, tenant_type, operator_tenant_id: operator };
             tenants::upsert(&pool, &tenant).await.context("saving the tenant")?;

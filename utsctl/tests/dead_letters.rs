@@ -41,7 +41,13 @@ async fn dead_letters_are_listed_and_replayed_to_their_topic() {
         .unwrap();
 
     let listed = utsctl(&args, &[]);
-    assert!(listed.contains(&format!("STAGE_VERIFIER {}[0]@41 key=\"job-dl\" value=8 bytes: usage job without job_id", topics.usage_jobs)), "{listed}");
+    assert!(
+        listed.contains(&format!(
+            "STAGE_VERIFIER {}[0]@41 key=\"job-dl\" value=8 bytes: usage job without job_id",
+            topics.usage_jobs
+        )),
+        "{listed}"
+    );
     assert!(listed.contains("1 dead letter(s)"), "{listed}");
 
     let replayed = utsctl(&args, &["--replay", &topics.usage_jobs, "--partition", "0", "--offset", "41"]);

@@ -44,9 +44,7 @@ pub struct Catalog {
 impl Catalog {
     /// The active rule for (application, unit), if any.
     pub fn rule(&self, application: &str, unit: &str) -> Option<&Rule> {
-        self.rules
-            .get(&(application.to_owned(), unit.to_owned()))
-            .filter(|rule| rule.active)
+        self.rules.get(&(application.to_owned(), unit.to_owned())).filter(|rule| rule.active)
     }
 
     /// May `submitter` report usages of `tenant` for `application`? Its own, or those of an IoT
@@ -64,9 +62,7 @@ impl Catalog {
     /// Loads a snapshot in one read-only transaction.
     pub async fn load(pool: &PgPool) -> Result<Self, sqlx::Error> {
         let mut tx = pool.begin().await?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
         type RuleRow = (
             String,
             String,
@@ -93,8 +89,22 @@ impl Catalog {
         .await?;
         let mut rules = HashMap::with_capacity(rows.len());
         for row in rows {
-            let (rule_id, application, unit, owner, active, function, billing, min, max, integers, types, age, future, version) =
-                row;
+            let (
+                rule_id,
+                application,
+                unit,
+                owner,
+                active,
+                function,
+                billing,
+                min,
+                max,
+                integers,
+                types,
+                age,
+                future,
+                version,
+            ) = row;
             let rule = Rule {
                 rule_id,
                 owner_tenant_id: owner,

@@ -278,7 +278,10 @@ fn check(
     if let Some(allowed) = &rule.allowed_user_types {
         if !user_type.is_some_and(|t| allowed.contains(&t)) {
             let allowed = allowed.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ");
-            return Err(Violation::UserTypeNotAllowed { user_type: user_type.map_or("unspecified", UserType::as_str), allowed });
+            return Err(Violation::UserTypeNotAllowed {
+                user_type: user_type.map_or("unspecified", UserType::as_str),
+                allowed,
+            });
         }
     }
     // The gateway only produces exact decimal strings; anything else is a contract breach.
@@ -302,7 +305,8 @@ fn check(
         .as_ref()
         .and_then(from_timestamp)
         .ok_or_else(|| Violation::Malformed { detail: "datetime is missing".to_owned() })?;
-    let received = || received_at.ok_or_else(|| Violation::Malformed { detail: "the job has no received time".to_owned() });
+    let received =
+        || received_at.ok_or_else(|| Violation::Malformed { detail: "the job has no received time".to_owned() });
     if let Some(days) = rule.max_age_days {
         if datetime < received()? - Duration::days(i64::from(days)) {
             return Err(Violation::TooOld { max_age_days: days });
@@ -378,7 +382,8 @@ mod tests {
     fn catalog() -> Catalog {
         let mut catalog = Catalog::default();
         catalog.rules.insert(("app".into(), "unit".into()), rule());
-        let iot = |operator: &str| TenantInfo { tenant_type: TenantType::Iot, operator_tenant_id: Some(operator.into()) };
+        let iot =
+            |operator: &str| TenantInfo { tenant_type: TenantType::Iot, operator_tenant_id: Some(operator.into()) };
         catalog.tenants.insert("op".into(), TenantInfo { tenant_type: TenantType::Operator, operator_tenant_id: None });
         catalog.tenants.insert("plant".into(), iot("op"));
         catalog.tenants.insert("foreign-plant".into(), iot("other-op"));
@@ -393,7 +398,11 @@ mod tests {
 
     #[test]
     fn usages_without_a_rule_pass_unverified_and_aggregate_with_sum_for_the_submitter() {
-        let decision = decide(&job(vec![user("op", v1::UserType::Tenant, "app", vec![usage(0, "1.5", "other", 0)])]), &catalog(), false);
+        let decision = decide(
+            &job(vec![user("op", v1::UserType::Tenant, "app", vec![usage(0, "1.5", "other", 0)])]),
+            &catalog(),
+            false,
+        );
         assert_eq!(decision.batches.len(), 1);
         let batch = &decision.batches[0];
         assert_eq!(batch.key.as_ref().unwrap().provider_tenant, "op");
@@ -403,7 +412,11 @@ mod tests {
         assert_eq!(status_counts(&decision), vec![("other".into(), v1::UsageStatus::Noverification as i32, 1)]);
         assert!(decision.status.errors.is_empty());
 
-        let strict = decide(&job(vec![user("op", v1::UserType::Tenant, "app", vec![usage(0, "1.5", "other", 0)])]), &catalog(), true);
+        let strict = decide(
+            &job(vec![user("op", v1::UserType::Tenant, "app", vec![usage(0, "1.5", "other", 0)])]),
+            &catalog(),
+            true,
+        );
         assert!(strict.batches.is_empty());
         assert_eq!(strict.status.errors[0].code, "mdsp.uts.verification.noRule");
     }
@@ -418,7 +431,11 @@ mod tests {
         assert!(decision.batches.is_empty());
         assert_eq!(status_counts(&decision), vec![("unit".to_owned(), v1::UsageStatus::Verificationfailed as i32, 1)]);
         // An unspecified user type passes no rule that restricts user types.
-        let decision = decide(&job(vec![user("op", v1::UserType::Unspecified, "app", vec![usage(0, "1", "unit", 0)])]), &catalog(), false);
+        let decision = decide(
+            &job(vec![user("op", v1::UserType::Unspecified, "app", vec![usage(0, "1", "unit", 0)])]),
+            &catalog(),
+            false,
+        );
         assert!(decision.batches.is_empty());
         assert!(decision.status.errors[0].message.contains("userType unspecified"), "{:?}", decision.status.errors);
     }
@@ -439,7 +456,10 @@ mod tests {
         let batch = &decision.batches[0];
         assert_eq!(batch.usages.iter().map(|u| u.index).collect::<Vec<_>>(), vec![0, 6]);
         assert_eq!(batch.key.as_ref().unwrap().provider_tenant, "provider", "the rule's owner is the provider");
-        assert_eq!((batch.function, batch.billable, batch.rule_version), (v1::AggregationFunction::Max as i32, true, 3));
+        assert_eq!(
+            (batch.function, batch.billable, batch.rule_version),
+            (v1::AggregationFunction::Max as i32, true, 3)
+        );
         let mut codes: Vec<(String, Vec<u32>)> = decision
             .status
             .errors
@@ -472,11 +492,11 @@ mod tests {
     #[test]
     fn user_types_and_tenants_are_checked() {
         let users = vec![
-            user("op", v1::UserType::Tenant, "app", vec![usage(0, "1", "unit", 0)]),       // user type not allowed
-            user("plant", v1::UserType::User, "app", vec![usage(1, "1", "unit", 0)]),      // IoT of op, provisioned
-            user("plant", v1::UserType::User, "other-app", vec![usage(2, "1", "x", 0)]),   // not provisioned
+            user("op", v1::UserType::Tenant, "app", vec![usage(0, "1", "unit", 0)]), // user type not allowed
+            user("plant", v1::UserType::User, "app", vec![usage(1, "1", "unit", 0)]), // IoT of op, provisioned
+            user("plant", v1::UserType::User, "other-app", vec![usage(2, "1", "x", 0)]), // not provisioned
             user("foreign-plant", v1::UserType::User, "app", vec![usage(3, "1", "unit", 0)]), // another operator's
-            user("stranger", v1::UserType::User, "app", vec![usage(4, "1", "unit", 0)]),   // unknown tenant
+            user("stranger", v1::UserType::User, "app", vec![usage(4, "1", "unit", 0)]), // unknown tenant
         ];
         let decision = decide(&job(users), &catalog(), false);
         let verified: Vec<u32> = decision.batches.iter().flat_map(|b| b.usages.iter().map(|u| u.index)).collect();
@@ -511,13 +531,18 @@ mod tests {
     fn an_inactive_rule_does_not_apply() {
         let mut catalog = catalog();
         catalog.rules.get_mut(&("app".to_owned(), "unit".to_owned())).unwrap().active = false;
-        let decision = decide(&job(vec![user("op", v1::UserType::Tenant, "app", vec![usage(0, "-5", "unit", 0)])]), &catalog, false);
+        let decision = decide(
+            &job(vec![user("op", v1::UserType::Tenant, "app", vec![usage(0, "-5", "unit", 0)])]),
+            &catalog,
+            false,
+        );
         assert_eq!(decision.batches[0].verification_status, v1::UsageStatus::Noverification as i32);
     }
 
     #[test]
     fn the_same_job_always_yields_the_same_decision() {
-        let job = job(vec![user("op", v1::UserType::User, "app", vec![usage(0, "1", "unit", 0), usage(1, "-1", "unit", 0)])]);
+        let job =
+            job(vec![user("op", v1::UserType::User, "app", vec![usage(0, "1", "unit", 0), usage(1, "-1", "unit", 0)])]);
         assert_eq!(decide(&job, &catalog(), false), decide(&job, &catalog(), false));
         assert_eq!(decide(&job, &catalog(), false).status.event_id, "verifier:job-1");
     }

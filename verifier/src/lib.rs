@@ -237,7 +237,12 @@ pub async fn run_with_pool(config: Config, pool: PgPool, shutdown: CancellationT
     let (_, admin_task) =
         admin::serve(config.admin.addr, uts_common::telemetry::metrics_handle(), ready, shutdown.clone()).await?;
     tracing::info!(group = %config.group, require_rule = config.require_rule, "verifier consuming");
-    let pruner = uts_common::db::spawn_pruner(pool, uts_common::db::DedupTable::VerifierDecisions, config.retention.days, shutdown.clone());
+    let pruner = uts_common::db::spawn_pruner(
+        pool,
+        uts_common::db::DedupTable::VerifierDecisions,
+        config.retention.days,
+        shutdown.clone(),
+    );
     let result = runner.run(handler, shutdown).await;
     let _ = admin_task.await;
     pruner.abort();

@@ -10,10 +10,10 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uts_common::config::KafkaArgs;
 use uts_common::domain::{to_timestamp, TenantType};
+use uts_common::kafka;
 use uts_common::proto::{v1, Message};
 use uts_common::tenants::{self, Tenant};
 use uts_common::testing::{isolated_kafka, read_topic};
-use uts_common::kafka;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -36,14 +36,22 @@ async fn start(kafka_args: &KafkaArgs, pool: PgPool) -> CancellationToken {
 }
 
 async fn setup(pool: &PgPool) {
-    for (id, kind, operator) in
-        [("op", TenantType::Operator, None), ("provider", TenantType::Developer, None), ("plant", TenantType::Iot, Some("op"))]
-    {
-        tenants::upsert(pool, &Tenant { tenant_id: id.into(), tenant_type: kind, operator_tenant_id: operator.map(Into::into) })
-            .await
-            .unwrap();
+    for (id, kind, operator) in [
+        ("op", TenantType::Operator, None),
+        ("provider", TenantType::Developer, None),
+        ("plant", TenantType::Iot, Some("op")),
+    ] {
+        tenants::upsert(
+            pool,
+            &Tenant { tenant_id: id.into(), tenant_type: kind, operator_tenant_id: operator.map(Into::into) },
+        )
+        .await
+        .unwrap();
     }
-    sqlx::query("INSERT INTO provisioning (tenant_id, application) VALUES ('plant', 'app')").execute(pool).await.unwrap();
+    sqlx::query("INSERT INTO provisioning (tenant_id, application) VALUES ('plant', 'app')")
+        .execute(pool)
+        .await
+        .unwrap();
     sqlx::query(
         "INSERT INTO rules (application, unit, owner_tenant_id, aggregation_function, billing_enabled, max_value, integers_only)
          VALUES ('app', 'unit', 'provider', 'MAX', true, 100, true)",
@@ -65,7 +73,12 @@ fn job(id: &str) -> v1::UsageJob {
         tenant_id: tenant.into(),
         user_id: "u".into(),
         user_type: v1::UserType::User as i32,
-        resources: vec![v1::ResourceUsages { application: "app".into(), alias: "app".into(), resource: "r".into(), usages }],
+        resources: vec![v1::ResourceUsages {
+            application: "app".into(),
+            alias: "app".into(),
+            resource: "r".into(),
+            usages,
+        }],
     };
     v1::UsageJob {
         job_id: id.into(),
@@ -103,7 +116,8 @@ async fn a_job_becomes_verified_batches_and_one_status_event(pool: PgPool) {
     assert_eq!(statuses.len(), 1, "one status event");
     let status = &statuses[0];
     assert_eq!((status.event_id.as_str(), status.job_id.as_str()), ("verifier:job-1", "job-1"));
-    let mut counts: Vec<(String, i32, u32)> = status.transitions.iter().map(|t| (t.unit.clone(), t.to, t.count)).collect();
+    let mut counts: Vec<(String, i32, u32)> =
+        status.transitions.iter().map(|t| (t.unit.clone(), t.to, t.count)).collect();
     counts.sort();
     assert_eq!(
         counts,

@@ -53,20 +53,15 @@ impl TestGateway {
         args.extend(owned.iter().map(String::as_str));
         args.extend_from_slice(extra);
         let config = Config::parse_from(args);
-        uts_common::kafka::ensure_topics(&config.kafka, &config.kafka.topics())
-            .await
-            .expect("creating test topics");
+        uts_common::kafka::ensure_topics(&config.kafka, &config.kafka.topics()).await.expect("creating test topics");
         for (id, kind, operator) in [
             ("acme", TenantType::Operator, None),
             ("devco", TenantType::Developer, None),
             ("plant-1", TenantType::Iot, Some("acme")),
             ("buyer", TenantType::Customer, None),
         ] {
-            let tenant = Tenant {
-                tenant_id: id.into(),
-                tenant_type: kind,
-                operator_tenant_id: operator.map(Into::into),
-            };
+            let tenant =
+                Tenant { tenant_id: id.into(), tenant_type: kind, operator_tenant_id: operator.map(Into::into) };
             tenants::upsert(&pool, &tenant).await.unwrap();
         }
         let topic = config.kafka.topics().usage_jobs;
@@ -86,13 +81,7 @@ impl TestGateway {
     }
 
     pub async fn post_jobs(&self, token: &str, body: &serde_json::Value) -> reqwest::Response {
-        self.client
-            .post(self.url("/usagesJobs"))
-            .bearer_auth(token)
-            .json(body)
-            .send()
-            .await
-            .expect("POST /usagesJobs")
+        self.client.post(self.url("/usagesJobs")).bearer_auth(token).json(body).send().await.expect("POST /usagesJobs")
     }
 
     /// Every message of the jobs topic, read from the beginning of each partition up to its
@@ -185,8 +174,7 @@ pub fn seed_sample() -> serde_json::Value {
 
 /// A body with `n` usages for tenant `tenant`.
 pub fn batch(tenant: &str, n: usize) -> serde_json::Value {
-    let usages: Vec<_> = (0..n)
-        .map(|i| serde_json::json!({"value": i, "unit": "u", "datetime": "2024-05-01T10:00:00Z"}))
-        .collect();
+    let usages: Vec<_> =
+        (0..n).map(|i| serde_json::json!({"value": i, "unit": "u", "datetime": "2024-05-01T10:00:00Z"})).collect();
     serde_json::json!({"users":[{"tenantId": tenant, "resources":[{"application":"app","resource":"r","usages": usages}]}]})
 }

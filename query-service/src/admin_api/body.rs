@@ -139,19 +139,14 @@ pub fn optional_decimal(object: &Object, key: &str) -> Result<Option<Decimal>, A
 
 /// A whole JSON number in `min..=max` (which must fit the `integer` columns).
 pub fn optional_integer(object: &Object, key: &str, min: i32, max: i32) -> Result<Option<i32>, ApiError> {
-    let range_error = || {
-        ApiError::invalid_body_property(key, format_args!("must be a whole number from {min} to {max}"))
-    };
+    let range_error =
+        || ApiError::invalid_body_property(key, format_args!("must be a whole number from {min} to {max}"));
     match object.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(number)) => {
             // `as_i64` is `None` for fractions, exponents and numbers beyond i64.
             let value = number.as_i64().ok_or_else(range_error)?;
-            i32::try_from(value)
-                .ok()
-                .filter(|value| (min..=max).contains(value))
-                .map(Some)
-                .ok_or_else(range_error)
+            i32::try_from(value).ok().filter(|value| (min..=max).contains(value)).map(Some).ok_or_else(range_error)
         }
         Some(_) => Err(range_error()),
     }
@@ -178,7 +173,8 @@ pub fn optional_choice_list<T: FromStr + PartialEq>(
     let mut out: Vec<T> = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let path = format!("{key}[{i}]");
-        let choice_error = || ApiError::invalid_body_property(&path, format_args!("must be one of {}", allowed.join(", ")));
+        let choice_error =
+            || ApiError::invalid_body_property(&path, format_args!("must be one of {}", allowed.join(", ")));
         let value = item.as_str().ok_or_else(choice_error)?.parse::<T>().map_err(|_| choice_error())?;
         if out.contains(&value) {
             return Err(ApiError::invalid_body_property(&path, "repeats an earlier entry"));
@@ -204,10 +200,9 @@ pub fn check_matches_path(object: &Object, key: &str, in_path: &str) -> Result<(
 pub fn check_absent(object: &Object, key: &str) -> Result<(), ApiError> {
     match object.get(key) {
         None | Some(Value::Null) => Ok(()),
-        Some(_) => Err(ApiError::invalid_body_property(
-            key,
-            "is assigned by the service and must not be sent when creating",
-        )),
+        Some(_) => {
+            Err(ApiError::invalid_body_property(key, "is assigned by the service and must not be sent when creating"))
+        }
     }
 }
 
@@ -254,10 +249,7 @@ mod tests {
     fn decimals_are_exact_from_numbers_and_strings() {
         let body = object(json!({"n": 0.1, "s": "12345678901234567890.12345678", "z": "-2.50"}));
         assert_eq!(optional_decimal(&body, "n").unwrap().unwrap().to_string(), "0.1");
-        assert_eq!(
-            optional_decimal(&body, "s").unwrap().unwrap().to_string(),
-            "12345678901234567890.12345678"
-        );
+        assert_eq!(optional_decimal(&body, "s").unwrap().unwrap().to_string(), "12345678901234567890.12345678");
         assert_eq!(optional_decimal(&body, "z").unwrap().unwrap().to_string(), "-2.50");
         // The number's text, not an f64: 0.1 + 0.2 style noise never appears.
         let raw = parse_object(br#"{"n": 0.30000000000000000001, "e": 1.5e3}"#).unwrap();

@@ -216,13 +216,12 @@ fn bind<'q>(
 /// `ownerTenantId`.
 async fn write_error(pool: &PgPool, err: sqlx::Error, spec: &KpiSpec) -> ApiError {
     if violates(&err, UNIQUE_APPLICATION_NAME) {
-        let existing: Option<Uuid> =
-            sqlx::query_scalar("SELECT kpi_id FROM kpis WHERE application = $1 AND name = $2")
-                .bind(&spec.application)
-                .bind(&spec.name)
-                .fetch_optional(pool)
-                .await
-                .unwrap_or(None);
+        let existing: Option<Uuid> = sqlx::query_scalar("SELECT kpi_id FROM kpis WHERE application = $1 AND name = $2")
+            .bind(&spec.application)
+            .bind(&spec.name)
+            .fetch_optional(pool)
+            .await
+            .unwrap_or(None);
         let id = existing.map_or_else(String::new, |id| format!(" ({id})"));
         return ApiError::invalid_body_property(
             "name",

@@ -109,7 +109,10 @@ pub(crate) struct Params(Vec<(String, String)>);
 
 impl Params {
     /// Refuses parameters outside `known` and parameters given twice; drops empty values.
-    pub(crate) fn parse(query: Result<Query<Vec<(String, String)>>, QueryRejection>, known: &[&str]) -> Result<Self, ApiError> {
+    pub(crate) fn parse(
+        query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+        known: &[&str],
+    ) -> Result<Self, ApiError> {
         let Query(pairs) = query
             .map_err(|err| ApiError::invalid_parameter("query string", format_args!("could not be decoded: {err}")))?;
         let mut kept: Vec<(String, String)> = Vec::with_capacity(pairs.len());
@@ -149,13 +152,14 @@ impl Params {
         };
         let size = match self.get("size") {
             None => default_size,
-            Some(text) => text
-                .parse::<u32>()
-                .ok()
-                .filter(|size| (1..=MAX_PAGE_SIZE).contains(size))
-                .ok_or_else(|| {
-                    ApiError::invalid_parameter("size", format_args!("must be a whole number from 1 to {MAX_PAGE_SIZE}"))
-                })?,
+            Some(text) => {
+                text.parse::<u32>().ok().filter(|size| (1..=MAX_PAGE_SIZE).contains(size)).ok_or_else(|| {
+                    ApiError::invalid_parameter(
+                        "size",
+                        format_args!("must be a whole number from 1 to {MAX_PAGE_SIZE}"),
+                    )
+                })?
+            }
         };
         Ok(Paging { page, size })
     }
@@ -180,12 +184,7 @@ impl Paging {
 
     pub(crate) fn info(self, total_elements: i64) -> PageInfo {
         let size = i64::from(self.size);
-        PageInfo {
-            number: self.page,
-            size: self.size,
-            total_elements,
-            total_pages: (total_elements + size - 1) / size,
-        }
+        PageInfo { number: self.page, size: self.size, total_elements, total_pages: (total_elements + size - 1) / size }
     }
 }
 
@@ -263,7 +262,10 @@ mod tests {
             params(&[("page", "3"), ("size", "1000")], &known).unwrap().paging().unwrap(),
             Paging { page: 3, size: 1000 }
         );
-        assert_eq!(params(&[("page", ""), ("size", "")], &known).unwrap().paging().unwrap(), Paging { page: 0, size: 20 });
+        assert_eq!(
+            params(&[("page", ""), ("size", "")], &known).unwrap().paging().unwrap(),
+            Paging { page: 0, size: 20 }
+        );
         for (name, value) in [("size", "0"), ("size", "1001"), ("size", "x"), ("page", "-1"), ("page", "1.5")] {
             let err = params(&[(name, value)], &known).unwrap().paging().unwrap_err();
             assert_eq!(err.full_code(), "mdsp.core.generic.invalidParameter");
@@ -275,7 +277,10 @@ mod tests {
     fn unknown_and_repeated_parameters_are_refused() {
         let known = ["page", "size", "unit"];
         assert!(params(&[("units", "x")], &known).unwrap_err().message.starts_with("units is not a parameter"));
-        assert_eq!(params(&[("unit", "a"), ("unit", "b")], &known).unwrap_err().message, "unit must be given at most once");
+        assert_eq!(
+            params(&[("unit", "a"), ("unit", "b")], &known).unwrap_err().message,
+            "unit must be given at most once"
+        );
         assert_eq!(params(&[("unit", "")], &known).unwrap().get("unit"), None);
     }
 

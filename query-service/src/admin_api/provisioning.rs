@@ -107,9 +107,7 @@ pub(super) async fn delete(
         .map_err(storage_error)?
         .rows_affected();
     if deleted == 0 {
-        return Err(ApiError::no_match(format!(
-            "application {application} is not provisioned to tenant {tenant_id}"
-        )));
+        return Err(ApiError::no_match(format!("application {application} is not provisioned to tenant {tenant_id}")));
     }
     count_change("provisioning", "delete");
     Ok(StatusCode::NO_CONTENT)

@@ -176,11 +176,7 @@ fn bind<'q>(
         .bind(spec.min_value)
         .bind(spec.max_value)
         .bind(spec.integers_only)
-        .bind(
-            spec.allowed_user_types
-                .as_ref()
-                .map(|types| types.iter().map(|t| t.as_str()).collect::<Vec<_>>()),
-        )
+        .bind(spec.allowed_user_types.as_ref().map(|types| types.iter().map(|t| t.as_str()).collect::<Vec<_>>()))
         .bind(spec.max_age_days)
         .bind(spec.max_future_minutes)
 }
@@ -402,10 +398,16 @@ mod tests {
             (with("unit", json!("")), "unit must not be empty"),
             (with("ownerTenantId", json!(7)), "ownerTenantId must be a string"),
             (with("active", json!("yes")), "active must be true or false"),
-            (with("aggregationFunction", json!("sum")), "aggregationFunction must be one of SUM, COUNT, MIN, MAX, AVG, LAST"),
+            (
+                with("aggregationFunction", json!("sum")),
+                "aggregationFunction must be one of SUM, COUNT, MIN, MAX, AVG, LAST",
+            ),
             (with("minValue", json!("ten")), "minValue must be a decimal number"),
             (with("maxValue", json!({"v": 1})), "maxValue must be a decimal number"),
-            (with("allowedUserTypes", json!(["user", "robot"])), "allowedUserTypes[1] must be one of tenant, user, agent"),
+            (
+                with("allowedUserTypes", json!(["user", "robot"])),
+                "allowedUserTypes[1] must be one of tenant, user, agent",
+            ),
             (with("maxAgeDays", json!(0)), "maxAgeDays must be a whole number from 1"),
             (with("maxFutureMinutes", json!(-1)), "maxFutureMinutes must be a whole number from 0"),
             (with("maxFutureMinutes", json!(2.5)), "maxFutureMinutes must be a whole number from 0"),

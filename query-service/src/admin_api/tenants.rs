@@ -21,9 +21,7 @@ use uts_common::domain::TenantType;
 use uts_common::error::ApiError;
 
 use super::body::{self, name_problem, Object, MAX_TENANT_ID_LEN};
-use super::{
-    count_change, path_segments, read_object, serialize_datetime, spellings, storage_error, PageInfo, Params,
-};
+use super::{count_change, path_segments, read_object, serialize_datetime, spellings, storage_error, PageInfo, Params};
 use crate::AppState;
 
 /// A tenant as answered.
@@ -70,7 +68,10 @@ fn parse_tenant(tenant_id: &str, object: &Object) -> Result<TenantSpec, ApiError
         (_, Some(_)) => {
             return Err(ApiError::invalid_body_property(
                 "operatorTenantId",
-                format_args!("must be left out: only iot tenants have an operator, not {} tenants", tenant_type.as_str()),
+                format_args!(
+                    "must be left out: only iot tenants have an operator, not {} tenants",
+                    tenant_type.as_str()
+                ),
             ))
         }
     }
@@ -196,12 +197,13 @@ async fn check_type_change(
     new: TenantType,
 ) -> Result<(), ApiError> {
     if current == "operator" && new != TenantType::Operator {
-        let operated: Vec<String> =
-            sqlx::query_scalar("SELECT tenant_id FROM tenants WHERE operator_tenant_id = $1 ORDER BY tenant_id LIMIT 5")
-                .bind(tenant_id)
-                .fetch_all(&mut **tx)
-                .await
-                .map_err(storage_error)?;
+        let operated: Vec<String> = sqlx::query_scalar(
+            "SELECT tenant_id FROM tenants WHERE operator_tenant_id = $1 ORDER BY tenant_id LIMIT 5",
+        )
+        .bind(tenant_id)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(storage_error)?;
         if !operated.is_empty() {
             return Err(ApiError::invalid_body_property(
                 "tenantType",
@@ -213,12 +215,13 @@ async fn check_type_change(
         }
     }
     if current == "iot" && new != TenantType::Iot {
-        let provisioned: Vec<String> =
-            sqlx::query_scalar("SELECT application FROM provisioning WHERE tenant_id = $1 ORDER BY application LIMIT 5")
-                .bind(tenant_id)
-                .fetch_all(&mut **tx)
-                .await
-                .map_err(storage_error)?;
+        let provisioned: Vec<String> = sqlx::query_scalar(
+            "SELECT application FROM provisioning WHERE tenant_id = $1 ORDER BY application LIMIT 5",
+        )
+        .bind(tenant_id)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(storage_error)?;
         if !provisioned.is_empty() {
             return Err(ApiError::invalid_body_property(
                 "tenantType",
@@ -243,9 +246,7 @@ pub(super) async fn get(
         .fetch_optional(&state.pool)
         .await
         .map_err(storage_error)?;
-    tenant
-        .map(Json)
-        .ok_or_else(|| ApiError::no_match(format!("tenant {tenant_id} is not registered")))
+    tenant.map(Json).ok_or_else(|| ApiError::no_match(format!("tenant {tenant_id} is not registered")))
 }
 
 #[derive(Debug, Serialize)]
