@@ -10,6 +10,7 @@ use uts_common::domain::{from_timestamp, AggregationFunction, UsageStatus, UserT
 use uts_common::proto::v1;
 
 use crate::catalog::{Catalog, Rule};
+use crate::verdicts::assemble;
 
 /// Why a usage failed verification. Each kind becomes one validation error of the job.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -77,25 +78,7 @@ impl Violation {
     }
 }
 
-/// The failing usages of one violation, per (user index, resource index), in the `users` shape.
-type FailingUsages = BTreeMap<(usize, usize), (v1::UserUsages, v1::ResourceUsages)>;
-
-/// The messages one job yields.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Decision {
-    pub batches: Vec<v1::VerifiedBatch>,
-    pub status: v1::StatusEvent,
-}
-
-impl Decision {
-    pub fn to_proto(&self) -> v1::VerifierDecision {
-        v1::VerifierDecision { batches: self.batches.clone(), status: Some(self.status.clone()) }
-    }
-
-    pub fn from_proto(decision: v1::VerifierDecision) -> Self {
-        Self { batches: decision.batches, status: decision.status.unwrap_or_default() }
-    }
-}
+pub use crate::verdicts::{event_id, Decision};
 
 /// The Kafka key of a verified batch: its aggregation key. Only partitioning depends on it, so
 /// a separator that could appear in a name costs nothing but an uneven spread.
@@ -103,149 +86,91 @@ pub fn aggregation_key_text(key: &v1::AggregationKey) -> String {
     format!("{}/{}/{}/{}", key.provider_tenant, key.consumer_tenant, key.application, key.unit)
 }
 
-/// The status event id of the verifier's step for a job: deterministic, so a redelivery is
-/// recognised by the projection.
-pub fn event_id(job_id: &str) -> String {
-    format!("verifier:{job_id}")
-}
-
 /// Verifies every usage of `job` against `catalog`. `require_rule` makes usages without a rule
 /// fail instead of passing as NOVERIFICATION.
 pub fn decide(job: &v1::UsageJob, catalog: &Catalog, require_rule: bool) -> Decision {
+    assemble(job, &judge(job, catalog, require_rule)).expect("verdicts made from a job fit it")
+}
+
+/// What `catalog` says of each usage of `job`: the stored form of a decision, turned into
+/// messages by [`assemble`].
+pub fn judge(job: &v1::UsageJob, catalog: &Catalog, require_rule: bool) -> v1::VerifierVerdicts {
     // Time windows are relative to when the gateway received the job, never to the clock (a
     // redelivery days later must decide the same). The runner refuses a job without it; should
     // one get here, a rule with a time window fails its usages rather than guess.
     let received_at = job.received_at.as_ref().and_then(from_timestamp);
-    // (provider, consumer, application, unit) → batch under construction.
-    let mut batches: BTreeMap<(String, String, String, String), v1::VerifiedBatch> = BTreeMap::new();
-    // (application, unit, status) → count.
-    let mut transitions: BTreeMap<(String, String, UsageStatus), u32> = BTreeMap::new();
-    // violation → failing usages in the users shape, built per (user index, resource index).
-    let mut failures: BTreeMap<Violation, FailingUsages> = BTreeMap::new();
+    let mut passes: Vec<v1::VerdictPass> = Vec::new();
+    // violation → its provisional number (order of first appearance).
+    let mut violations: BTreeMap<Violation, u32> = BTreeMap::new();
+    // Per usage: Ok(pass index) or Err(provisional violation number).
+    let mut provisional: Vec<Result<u32, u32>> = Vec::with_capacity(job.usages_count as usize);
 
-    for (u, user) in job.users.iter().enumerate() {
+    for user in &job.users {
         // Unspecified: passes no rule that restricts user types (it used to count as `user`).
         let user_type = v1::UserType::try_from(user.user_type).ok().and_then(UserType::from_proto);
-        for (r, resource) in user.resources.iter().enumerate() {
+        for resource in &user.resources {
             for usage in &resource.usages {
                 let rule = catalog.rule(&resource.application, &usage.unit);
-                let verdict = check(job, user, user_type, resource, usage, rule, catalog, received_at, require_rule);
-                let status = match verdict {
-                    Err(violation) => {
-                        let entry = failures.entry(violation).or_default().entry((u, r)).or_insert_with(|| {
-                            (
-                                v1::UserUsages { resources: vec![], ..user.clone() },
-                                v1::ResourceUsages { usages: vec![], ..resource.clone() },
-                            )
-                        });
-                        entry.1.usages.push(usage.clone());
-                        UsageStatus::VerificationFailed
-                    }
+                match check(job, user, user_type, resource, usage, rule, catalog, received_at, require_rule) {
                     Ok(()) => {
-                        let status = if rule.is_some() { UsageStatus::Verified } else { UsageStatus::NoVerification };
-                        let provider = rule.map_or(job.submitter_tenant.as_str(), |r| r.owner_tenant_id.as_str());
-                        let key = (
-                            provider.to_owned(),
-                            user.tenant_id.clone(),
-                            resource.application.clone(),
-                            usage.unit.clone(),
-                        );
-                        let batch = batches.entry(key).or_insert_with_key(|(provider, consumer, application, unit)| {
-                            new_batch(job, provider, consumer, application, unit, rule, status)
-                        });
-                        batch.usages.push(v1::VerifiedUsage {
-                            index: usage.index,
-                            value: usage.value.clone(),
-                            datetime: usage.datetime,
-                            user_id: user.user_id.clone(),
-                            user_type: user.user_type,
-                            resource: resource.resource.clone(),
-                            alias: resource.alias.clone(),
-                        });
-                        status
+                        let pass = pass_of(job, rule);
+                        let at = match passes.iter().position(|p| *p == pass) {
+                            Some(at) => at,
+                            None => {
+                                passes.push(pass);
+                                passes.len() - 1
+                            }
+                        };
+                        provisional.push(Ok(at as u32));
                     }
-                };
-                *transitions.entry((resource.application.clone(), usage.unit.clone(), status)).or_default() += 1;
+                    Err(violation) => {
+                        let next = violations.len() as u32;
+                        provisional.push(Err(*violations.entry(violation).or_insert(next)));
+                    }
+                }
             }
         }
     }
 
-    let errors = failures
-        .into_iter()
-        .map(|(violation, by_place)| {
-            let (message, parameters) = violation.message_and_parameters();
-            let mut users: Vec<v1::UserUsages> = Vec::new();
-            let mut last_user = None;
-            for ((u, _), (user, resource)) in by_place {
-                if last_user != Some(u) {
-                    users.push(user);
-                    last_user = Some(u);
-                }
-                users.last_mut().expect("pushed above").resources.push(resource);
-            }
-            v1::UsageError {
-                code: violation.code().to_owned(),
-                message,
-                message_parameters: parameters
-                    .into_iter()
-                    .map(|(name, value)| v1::MessageParameter { name: name.to_owned(), value })
-                    .collect(),
-                // Deterministic, like every id in a decision.
-                logref: format!("{}:{}", job.job_id, violation.code()),
-                error_type: v1::ErrorType::Validation as i32,
-                info: String::new(),
-                error_data: Some(v1::usage_error::ErrorData::Validation(v1::ValidationErrorData { users })),
-            }
-        })
-        .collect();
-
-    let status = v1::StatusEvent {
-        event_id: event_id(&job.job_id),
-        job_id: job.job_id.clone(),
-        submitter_tenant: job.submitter_tenant.clone(),
-        stage: v1::Stage::Verifier as i32,
-        occurred_at: job.received_at,
-        transitions: transitions
-            .into_iter()
-            .map(|((application, unit, to), count)| v1::StatusTransition {
-                application,
-                unit,
-                from: UsageStatus::Accepted.to_proto() as i32,
-                to: to.to_proto() as i32,
-                count,
-                terminal: to == UsageStatus::VerificationFailed,
-            })
-            .collect(),
-        errors,
-    };
-    Decision { batches: batches.into_values().collect(), status }
+    // Failures are numbered in the violations' order, the order of the job's errors.
+    let mut rank = vec![0u32; violations.len()];
+    for (position, number) in violations.values().enumerate() {
+        rank[*number as usize] = position as u32;
+    }
+    let offset = passes.len() as u32;
+    let assignment = provisional.into_iter().map(|v| v.unwrap_or_else(|n| offset + rank[n as usize])).collect();
+    let failures = violations.into_keys().map(|violation| error_of(job, &violation)).collect();
+    v1::VerifierVerdicts { passes, failures, assignment }
 }
 
-fn new_batch(
-    job: &v1::UsageJob,
-    provider: &str,
-    consumer: &str,
-    application: &str,
-    unit: &str,
-    rule: Option<&Rule>,
-    status: UsageStatus,
-) -> v1::VerifiedBatch {
-    v1::VerifiedBatch {
-        job_id: job.job_id.clone(),
-        submitter_tenant: job.submitter_tenant.clone(),
-        key: Some(v1::AggregationKey {
-            provider_tenant: provider.to_owned(),
-            consumer_tenant: consumer.to_owned(),
-            application: application.to_owned(),
-            unit: unit.to_owned(),
-        }),
+/// The outcome of a usage that passed `rule` (or no rule).
+fn pass_of(job: &v1::UsageJob, rule: Option<&Rule>) -> v1::VerdictPass {
+    let status = if rule.is_some() { UsageStatus::Verified } else { UsageStatus::NoVerification };
+    v1::VerdictPass {
+        provider_tenant: rule.map_or(job.submitter_tenant.as_str(), |r| r.owner_tenant_id.as_str()).to_owned(),
         rule_id: rule.map(|r| r.rule_id.clone()).unwrap_or_default(),
         rule_version: rule.map_or(0, |r| r.version as u32),
         function: rule.map_or(AggregationFunction::Sum, |r| r.function).to_proto() as i32,
         billable: rule.is_some_and(|r| r.billing_enabled),
         verification_status: status.to_proto() as i32,
-        usages: Vec::new(),
-        received_at: job.received_at,
+    }
+}
+
+/// The validation error of `violation`, without its failing usages.
+fn error_of(job: &v1::UsageJob, violation: &Violation) -> v1::UsageError {
+    let (message, parameters) = violation.message_and_parameters();
+    v1::UsageError {
+        code: violation.code().to_owned(),
+        message,
+        message_parameters: parameters
+            .into_iter()
+            .map(|(name, value)| v1::MessageParameter { name: name.to_owned(), value })
+            .collect(),
+        // Deterministic, like every id in a decision.
+        logref: format!("{}:{}", job.job_id, violation.code()),
+        error_type: v1::ErrorType::Validation as i32,
+        info: String::new(),
+        error_data: None,
     }
 }
 
@@ -545,5 +470,54 @@ mod tests {
             job(vec![user("op", v1::UserType::User, "app", vec![usage(0, "1", "unit", 0), usage(1, "-1", "unit", 0)])]);
         assert_eq!(decide(&job, &catalog(), false), decide(&job, &catalog(), false));
         assert_eq!(decide(&job, &catalog(), false).status.event_id, "verifier:job-1");
+    }
+
+    #[test]
+    fn stored_verdicts_rebuild_the_same_messages_and_stay_small() {
+        use uts_common::proto::Message;
+        let mut usages: Vec<v1::Usage> = (0..200).map(|i| usage(i, "10", "unit", 0)).collect();
+        usages[7] = usage(7, "-1", "unit", 0);
+        usages[9] = usage(9, "1.5", "unit", 0);
+        let users = vec![
+            user("op", v1::UserType::User, "app", usages),
+            user("stranger", v1::UserType::User, "app", vec![usage(200, "1", "unit", 0)]),
+            user("op", v1::UserType::User, "app", vec![usage(201, "1", "other", 0)]),
+        ];
+        let job = job(users);
+        let verdicts = judge(&job, &catalog(), false);
+        let stored = verdicts.encode_to_vec();
+        // A byte per usage, the outcomes once (the three errors' texts are most of it).
+        assert!(stored.len() < 1000, "{} bytes stored for 202 usages", stored.len());
+        let all_pass = self::job(vec![user(
+            "op",
+            v1::UserType::User,
+            "app",
+            (0..200).map(|i| usage(i, "1", "unit", 0)).collect(),
+        )]);
+        let small = judge(&all_pass, &catalog(), false).encode_to_vec().len();
+        assert!(small < 260, "{small} bytes stored for 200 usages that pass");
+        let decoded = v1::VerifierVerdicts::decode(stored.as_slice()).unwrap();
+        let rebuilt = assemble(&job, &decoded).unwrap();
+        assert_eq!(rebuilt, decide(&job, &catalog(), false));
+        // Even under another catalog: the stored verdicts, not the rules, decide.
+        assert_ne!(decide(&job, &Catalog::default(), true), rebuilt);
+        // Errors keep the violations' order; the failing usages are the job's.
+        let codes: Vec<&str> = rebuilt.status.errors.iter().map(|e| e.code.as_str()).collect();
+        assert_eq!(
+            codes,
+            [
+                "mdsp.uts.verification.tenantNotAllowed",
+                "mdsp.uts.verification.valueBelowMinimum",
+                "mdsp.uts.verification.valueNotInteger"
+            ]
+        );
+        assert_eq!(rebuilt.batches.iter().map(|b| b.usages.len()).sum::<usize>(), 199);
+        // Verdicts of another job are refused, not guessed.
+        let mut other = job.clone();
+        other.users.pop();
+        assert!(assemble(&other, &decoded).is_err());
+        let mut broken = decoded.clone();
+        broken.assignment[0] = 99;
+        assert!(assemble(&job, &broken).is_err());
     }
 }

@@ -25,8 +25,9 @@
 
 pub mod catalog;
 pub mod decide;
+pub mod verdicts;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,7 +42,8 @@ use uts_common::proto::{v1, Message};
 use uts_common::runner::{decode_proto, Decoded, Handler, Rejected, Runner};
 
 use crate::catalog::Catalog;
-use crate::decide::{aggregation_key_text, decide, Decision};
+use crate::decide::{aggregation_key_text, judge};
+use crate::verdicts::{assemble, Decision};
 
 /// Consumer group of every verifier process.
 pub const GROUP: &str = "uts-verifier";
@@ -106,10 +108,10 @@ impl Verifier {
     }
 
     /// The stored decision of each job, deciding and storing those that have none. One
-    /// statement stores the whole batch's decisions (`UNNEST`); the jobs it did not insert were
+    /// statement stores the whole batch's verdicts (`UNNEST`); the jobs it did not insert were
     /// decided before (a redelivery, a retry with the same Idempotency-Key, or another verifier
-    /// racing on the same job: the conflict waits for its commit), and their stored decision is
-    /// the one produced, even if a rule changed meanwhile.
+    /// racing on the same job: the conflict waits for its commit), and their stored verdicts
+    /// are the ones produced, even if a rule changed meanwhile.
     async fn decisions(&self, jobs: &[&v1::UsageJob]) -> anyhow::Result<HashMap<String, Decision>> {
         let catalog = self.catalog().await?;
         let mut decided: HashMap<String, Decision> = HashMap::with_capacity(jobs.len());
@@ -118,13 +120,14 @@ impl Verifier {
             if decided.contains_key(&job.job_id) {
                 continue; // the same job twice in one batch
             }
-            let decision = decide(job, &catalog, self.require_rule);
+            let verdicts = judge(job, &catalog, self.require_rule);
+            let decision = assemble(job, &verdicts).map_err(|err| anyhow::anyhow!("job {}: {err}", job.job_id))?;
             ids.push(job.job_id.clone());
-            blobs.push(decision.to_proto().encode_to_vec());
+            blobs.push(verdicts.encode_to_vec());
             decided.insert(job.job_id.clone(), decision);
         }
         let inserted: Vec<String> = sqlx::query_scalar(
-            "INSERT INTO verifier_decisions (job_id, decision) SELECT * FROM UNNEST($1::text[], $2::bytea[])
+            "INSERT INTO verifier_decisions (job_id, verdicts) SELECT * FROM UNNEST($1::text[], $2::bytea[])
              ON CONFLICT (job_id) DO NOTHING RETURNING job_id",
         )
         .bind(&ids)
@@ -133,27 +136,44 @@ impl Verifier {
         .await
         .context("storing decisions")?;
         if inserted.len() < ids.len() {
-            let inserted: std::collections::HashSet<&str> = inserted.iter().map(String::as_str).collect();
-            let earlier: Vec<&str> = ids.iter().map(String::as_str).filter(|id| !inserted.contains(id)).collect();
+            let inserted: HashSet<&str> = inserted.iter().map(String::as_str).collect();
+            let earlier: Vec<&v1::UsageJob> =
+                jobs.iter().copied().filter(|j| !inserted.contains(j.job_id.as_str())).collect();
             decided.extend(load_decisions(&self.pool, &earlier).await?);
         }
         Ok(decided)
     }
 }
 
-async fn load_decisions(pool: &PgPool, ids: &[&str]) -> anyhow::Result<HashMap<String, Decision>> {
-    let rows: Vec<(String, Vec<u8>)> =
-        sqlx::query_as("SELECT job_id, decision FROM verifier_decisions WHERE job_id = ANY($1)")
-            .bind(ids)
+/// The stored decisions of `jobs`, rebuilt from their verdicts (or read whole, when stored in
+/// the earlier form).
+async fn load_decisions(pool: &PgPool, jobs: &[&v1::UsageJob]) -> anyhow::Result<HashMap<String, Decision>> {
+    let ids: Vec<&str> = jobs.iter().map(|j| j.job_id.as_str()).collect();
+    let rows: Vec<(String, Option<Vec<u8>>, Option<Vec<u8>>)> =
+        sqlx::query_as("SELECT job_id, verdicts, decision FROM verifier_decisions WHERE job_id = ANY($1)")
+            .bind(&ids)
             .fetch_all(pool)
             .await
             .context("reading stored decisions")?;
-    rows.into_iter()
-        .map(|(id, bytes)| {
-            let decision = v1::VerifierDecision::decode(bytes.as_slice()).context("decoding a stored decision")?;
-            Ok((id, Decision::from_proto(decision)))
-        })
-        .collect()
+    let by_id: HashMap<&str, &v1::UsageJob> = jobs.iter().map(|j| (j.job_id.as_str(), *j)).collect();
+    let mut decisions = HashMap::with_capacity(rows.len());
+    for (id, verdicts, decision) in rows {
+        let decision = match (verdicts, decision) {
+            (Some(bytes), _) => {
+                let verdicts = v1::VerifierVerdicts::decode(bytes.as_slice()).context("decoding stored verdicts")?;
+                let job = by_id.get(id.as_str()).context("a stored decision of a job not asked for")?;
+                // A job id always carries the same job; verdicts that do not fit mean the
+                // table was written by something else, and guessing would produce wrong counts.
+                assemble(job, &verdicts).map_err(|err| anyhow::anyhow!("stored verdicts of job {id}: {err}"))?
+            }
+            (None, Some(bytes)) => Decision::from_proto(
+                v1::VerifierDecision::decode(bytes.as_slice()).context("decoding a stored decision")?,
+            ),
+            (None, None) => anyhow::bail!("job {id} has a stored decision without content"),
+        };
+        decisions.insert(id, decision);
+    }
+    Ok(decisions)
 }
 
 impl Handler for Verifier {

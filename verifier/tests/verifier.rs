@@ -178,6 +178,45 @@ async fn a_job_seen_again_yields_the_same_messages_even_after_a_rule_change(pool
 }
 
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn a_decision_stored_in_the_earlier_form_is_still_the_answer(pool: PgPool) {
+    // Rows written before verdicts hold the whole messages; a redelivery of such a job must
+    // produce them, not a new decision.
+    setup(&pool).await;
+    let args = isolated_kafka(2).await;
+    let stored_status = v1::StatusEvent {
+        event_id: "verifier:job-old".into(),
+        job_id: "job-old".into(),
+        submitter_tenant: "op".into(),
+        stage: v1::Stage::Verifier as i32,
+        transitions: vec![v1::StatusTransition {
+            application: "stored-app".into(),
+            unit: "stored-unit".into(),
+            from: v1::UsageStatus::Accepted as i32,
+            to: v1::UsageStatus::Noverification as i32,
+            count: 42,
+            terminal: false,
+        }],
+        ..Default::default()
+    };
+    let stored_batch =
+        v1::VerifiedBatch { job_id: "job-old".into(), rule_id: "stored-rule".into(), ..Default::default() };
+    let decision = v1::VerifierDecision { batches: vec![stored_batch.clone()], status: Some(stored_status.clone()) };
+    sqlx::query("INSERT INTO verifier_decisions (job_id, decision) VALUES ('job-old', $1)")
+        .bind(decision.encode_to_vec())
+        .execute(&pool)
+        .await
+        .unwrap();
+    let shutdown = start(&args, pool.clone()).await;
+    produce(&args, "job-old", job("job-old").encode_to_vec()).await;
+    let topics = args.topics();
+    let status: Vec<v1::StatusEvent> = decode_all(&read_topic(&args, &topics.status, 1, WAIT).await);
+    assert_eq!(status, vec![stored_status]);
+    let batches: Vec<v1::VerifiedBatch> = decode_all(&read_topic(&args, &topics.usages_verified, 1, WAIT).await);
+    assert_eq!(batches, vec![stored_batch]);
+    shutdown.cancel();
+}
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn poison_goes_to_the_dead_letter_topic_and_the_verifier_carries_on(pool: PgPool) {
     setup(&pool).await;
     let args = isolated_kafka(1).await;
