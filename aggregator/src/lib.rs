@@ -123,7 +123,7 @@ impl Handler for Aggregator {
     type Item = Batch;
 
     fn decode(&self, _topic: &str, _key: Option<&[u8]>, payload: Option<&[u8]>) -> Result<Batch, String> {
-        let message: v1::VerifiedBatch = decode_proto(payload)?;
+        let mut message: v1::VerifiedBatch = decode_proto(payload)?;
         if message.job_id.is_empty() {
             return Err("verified batch without job_id".into());
         }
@@ -139,8 +139,11 @@ impl Handler for Aggregator {
             .ok()
             .and_then(AggregationFunction::from_proto)
             .ok_or_else(|| format!("verified batch with unknown aggregation function {}", message.function))?;
-        let mut usages = Vec::with_capacity(message.usages.len());
-        for usage in &message.usages {
+        // Only the checked values are kept: a batch in hand holds a few bytes per usage, not the
+        // decoded message's strings (the consumer batch's memory is most of the process's).
+        let decoded = std::mem::take(&mut message.usages);
+        let mut usages = Vec::with_capacity(decoded.len());
+        for usage in &decoded {
             let value = Decimal::from_str(&usage.value)
                 .map_err(|_| format!("usage {} has the value {:?}, not a decimal", usage.index, usage.value))?;
             let at = usage

@@ -53,9 +53,10 @@ pub struct Origin {
 pub struct Decoded<T> {
     pub origin: Origin,
     pub key: Option<Vec<u8>>,
-    /// The raw message, kept for the dead-letter topic should the handler reject it.
-    pub payload: Vec<u8>,
     pub item: T,
+    /// Position of the raw message in the runner's batch, for the dead-letter topic should the
+    /// handler reject it (the raw messages are kept, not copied).
+    raw: usize,
 }
 
 /// A message of the batch that the handler could not process and never will (e.g. an
@@ -154,9 +155,17 @@ impl Runner {
                     },
                 }
             }
+            // How long the batch's oldest message waited for this stage (since it was produced):
+            // the stage's share of the end-to-end latency, beside the batch's own duration.
+            let oldest = messages.iter().filter_map(|m| m.as_ref().ok()?.timestamp().to_millis()).min();
+            if let Some(produced_ms) = oldest {
+                let age_ms = (Utc::now().timestamp_millis() - produced_ms).max(0);
+                metrics::histogram!("uts_stage_message_age_seconds", "stage" => self.name)
+                    .record(age_ms as f64 / 1000.0);
+            }
             let mut batch = Vec::with_capacity(messages.len());
             let mut origins = Vec::with_capacity(messages.len());
-            for message in messages {
+            for (raw, message) in messages.iter().enumerate() {
                 let message = match message {
                     Ok(message) => message,
                     Err(err) => {
@@ -171,8 +180,8 @@ impl Runner {
                     Ok(item) => batch.push(Decoded {
                         origin: origin.clone(),
                         key: message.key().map(<[u8]>::to_vec),
-                        payload: message.payload().unwrap_or_default().to_vec(),
                         item,
+                        raw,
                     }),
                     Err(reason) => {
                         let (key, payload) = (message.key(), message.payload().unwrap_or_default());
@@ -190,8 +199,9 @@ impl Runner {
                 };
                 for Rejected { position, reason } in rejected {
                     let Some(decoded) = batch.get(position) else { continue };
-                    let key = decoded.key.as_deref();
-                    if !self.dead_letter(&decoded.origin, key, &decoded.payload, &reason, shutdown).await {
+                    let Some(Ok(message)) = messages.get(decoded.raw) else { continue };
+                    let (key, payload) = (message.key(), message.payload().unwrap_or_default());
+                    if !self.dead_letter(&decoded.origin, key, payload, &reason, shutdown).await {
                         return Ok(());
                     }
                 }
