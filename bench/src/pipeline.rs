@@ -2,8 +2,8 @@
 //! then until drained; every second the usages accepted, verified, aggregated and completed
 //! (RECEIVEDFORBILLING with billing on), each stage's backlog and Kafka lag, and every
 //! process's RSS; probe jobs of another tenant posted during the load give POST→visible,
-//! POST→AGGREGATED and POST→COMPLETED latencies. Reads the stages' tables (counts only) and
-//! their metrics endpoints; asserts nothing.
+//! POST→AGGREGATED and POST→COMPLETED latencies. Reads only the stages' metrics endpoints
+//! (counters and lag); asserts nothing.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,7 +19,9 @@ const USAGES_PER_JOB: u64 = 200;
 
 /// How often a probe asks for its job; and most probes followed at once (more are not
 /// started): the probes must not become a load of their own on the query service.
-const PROBE_POLL: Duration = Duration::from_millis(20);
+// Often enough for the latencies asked of it (seconds), seldom enough not to load the query
+// service itself (16 probes at 20 ms were 800 GETs a second).
+const PROBE_POLL: Duration = Duration::from_millis(50);
 const MAX_PROBES_IN_FLIGHT: usize = 16;
 
 /// Shape of the load.
@@ -46,15 +48,12 @@ pub struct PipelineArgs {
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
 
-    /// PostgreSQL of the stages (progress is read from their tables); required with --pipeline.
-    #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
-
     /// `name=pid` of a process whose RSS is reported (repeatable).
     #[arg(long = "watch")]
     pub watch: Vec<String>,
 
-    /// `name=url` of a stage's metrics endpoint, for its consumer lag (repeatable).
+    /// `name=url` of a stage's metrics endpoint, for its consumer lag and usage counters
+    /// (repeatable; progress is read from them).
     #[arg(long = "metrics")]
     pub metrics: Vec<String>,
 
@@ -118,27 +117,35 @@ fn unit_of(shape: Shape, buckets: usize, n: u64) -> String {
     }
 }
 
-/// Counts read from the stages' tables.
+/// Usage counts read from the stages' counters (summed over every metrics endpoint), probes
+/// included: `uts_verifier_usages_total`, `uts_aggregator_usages_total` and
+/// `uts_query_final_usages_total`. Counters, not table scans: the benchmark must not load
+/// PostgreSQL itself (counting the tables every second cost a tenth of its time).
 #[derive(Debug, Clone, Copy, Default)]
 struct Counts {
-    verified_jobs: i64,
-    aggregated_usages: i64,
-    completed_usages: i64,
+    verified_usages: u64,
+    aggregated_usages: u64,
+    completed_usages: u64,
 }
 
-/// The load's own counts: probe jobs (another tenant, their own unit) are left out, but for
-/// the verified jobs (a few per second).
-async fn counts(pool: &sqlx::PgPool, probe_tenant: &str) -> anyhow::Result<Counts> {
-    let (verified_jobs, aggregated_usages, completed_usages): (i64, i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM verifier_decisions),
-                (SELECT coalesce(sum(usages_count), 0)::int8 FROM aggregate_applied_batches WHERE unit <> 'probe-unit'),
-                (SELECT coalesce(sum(t.usages_count), 0)::int8 FROM job_terminal_counts t JOIN jobs j USING (job_id)
-                 WHERE j.submitter_tenant_id <> $1)",
-    )
-    .bind(probe_tenant)
-    .fetch_one(pool)
-    .await?;
-    Ok(Counts { verified_jobs, aggregated_usages, completed_usages })
+impl Counts {
+    fn add(&mut self, text: &str) {
+        self.verified_usages += counter(text, "uts_verifier_usages_total");
+        self.aggregated_usages += counter(text, "uts_aggregator_usages_total");
+        self.completed_usages += counter(text, "uts_query_final_usages_total");
+    }
+}
+
+/// Sum of the samples of `name` in a Prometheus text exposition.
+fn counter(text: &str, name: &str) -> u64 {
+    counter_f64(text, name) as u64
+}
+
+fn counter_f64(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{')))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 fn rss_mb(pid: &str) -> Option<u64> {
@@ -147,15 +154,9 @@ fn rss_mb(pid: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb / 1024)
 }
 
-/// Sum of `uts_stage_consumer_lag_messages` on a metrics endpoint.
-async fn lag(client: &reqwest::Client, url: &str) -> Option<u64> {
-    let text = client.get(url).timeout(Duration::from_secs(1)).send().await.ok()?.text().await.ok()?;
-    let sum: f64 = text
-        .lines()
-        .filter(|l| l.starts_with("uts_stage_consumer_lag_messages{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    Some(sum as u64)
+/// A metrics endpoint's text.
+async fn scrape(client: &reqwest::Client, url: &str) -> Option<String> {
+    client.get(url).timeout(Duration::from_secs(1)).send().await.ok()?.text().await.ok()
 }
 
 fn pairs(list: &[String]) -> anyhow::Result<Vec<(String, String)>> {
@@ -174,6 +175,14 @@ struct Probes {
     aggregated: Histogram<u64>,
     completed: Histogram<u64>,
     lost: u64,
+    /// Probes accepted: their usages count in the stages' counters too.
+    posted: u64,
+    /// (seconds into the run when posted, POST→COMPLETED ms) of every completed probe, to
+    /// tell a slow start from a stall in the middle of the load.
+    timeline: Vec<(f64, u64)>,
+    /// Probe GETs that did not answer 200, by status (or "error"), and the slowest GET.
+    refusals: BTreeMap<String, u64>,
+    slowest_get: Duration,
     /// Probes not started because MAX_PROBES_IN_FLIGHT were still being followed.
     skipped: u64,
 }
@@ -181,7 +190,17 @@ struct Probes {
 impl Probes {
     fn new() -> Self {
         let h = || Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap();
-        Self { visible: h(), aggregated: h(), completed: h(), lost: 0, skipped: 0 }
+        Self {
+            visible: h(),
+            aggregated: h(),
+            completed: h(),
+            lost: 0,
+            posted: 0,
+            timeline: Vec::new(),
+            refusals: BTreeMap::new(),
+            slowest_get: Duration::ZERO,
+            skipped: 0,
+        }
     }
 }
 
@@ -193,6 +212,7 @@ async fn probe(
     token: String,
     tenant: String,
     probes: Arc<Mutex<Probes>>,
+    started: Instant,
 ) {
     let body = serde_json::json!({"users":[{"tenantId": tenant, "resources":[{"application":"probe","resource":"r",
         "usages":[{"value": 1, "unit": "probe-unit", "datetime": chrono::Utc::now().to_rfc3339()}]}]}]});
@@ -201,12 +221,27 @@ async fn probe(
         return;
     }
     let acknowledged = Instant::now();
+    probes.lock().await.posted += 1;
     let Ok(answer) = answer.json::<serde_json::Value>().await else { return };
     let id = answer["id"].as_str().unwrap_or_default().to_owned();
     let get_url = format!("{}/api/usagetransparency/v3/usagesJobs/{id}", query_url.trim_end_matches('/'));
     let (mut visible, mut aggregated) = (false, false);
     while acknowledged.elapsed() < Duration::from_secs(300) {
-        if let Ok(response) = client.get(&get_url).bearer_auth(&token).send().await {
+        let asked = Instant::now();
+        let answer = client.get(&get_url).bearer_auth(&token).send().await;
+        {
+            let mut p = probes.lock().await;
+            p.slowest_get = p.slowest_get.max(asked.elapsed());
+            let refusal = match &answer {
+                Ok(r) if r.status() == reqwest::StatusCode::OK => None,
+                Ok(r) => Some(r.status().as_u16().to_string()),
+                Err(_) => Some("error".to_owned()),
+            };
+            if let Some(refusal) = refusal {
+                *p.refusals.entry(refusal).or_default() += 1;
+            }
+        }
+        if let Ok(response) = answer {
             if response.status() == reqwest::StatusCode::OK {
                 let job: serde_json::Value = response.json().await.unwrap_or_default();
                 let elapsed = acknowledged.elapsed().as_micros() as u64;
@@ -222,6 +257,7 @@ async fn probe(
                 }
                 if job["status"] == "COMPLETED" {
                     p.completed.saturating_record(elapsed);
+                    p.timeline.push(((acknowledged - started).as_secs_f64(), elapsed / 1000));
                     return;
                 }
             }
@@ -248,8 +284,6 @@ pub async fn run(
     concurrency: usize,
     seconds: u64,
 ) -> anyhow::Result<()> {
-    let database_url = args.database_url.as_deref().context("--pipeline needs --database-url (or DATABASE_URL)")?;
-    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(database_url).await?;
     let watch = pairs(&args.watch)?;
     let metrics = pairs(&args.metrics)?;
     let template = Arc::new(Template::new(tenant, &args.application));
@@ -329,6 +363,7 @@ pub async fn run(
                     token.clone(),
                     tenant.clone(),
                     probes.clone(),
+                    started,
                 )));
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
@@ -366,10 +401,14 @@ pub async fn run(
             loading.store(false, Ordering::Relaxed);
         }
         let now_accepted = accepted.load(Ordering::Relaxed) * USAGES_PER_JOB;
-        let c = counts(&pool, probe_tenant).await?;
+        let mut c = Counts::default();
         let mut lags = Vec::new();
         for (name, url) in &metrics {
-            let value = lag(&client, url).await;
+            let text = scrape(&client, url).await;
+            if let Some(text) = &text {
+                c.add(text);
+            }
+            let value = text.map(|t| counter(&t, "uts_stage_consumer_lag_messages"));
             if let Some(v) = value {
                 let entry = max_lag.entry(name.clone()).or_default();
                 *entry = (*entry).max(v);
@@ -385,17 +424,17 @@ pub async fn run(
             }
             rss.push(value.map_or("-".to_owned(), |v| v.to_string()));
         }
-        let verified = c.verified_jobs as u64 * USAGES_PER_JOB;
+        let verified = c.verified_usages;
         println!(
             "{:>5} {:>10} {:>10} {:>10} {:>10} | {:>9} {:>9} {:>9} | lag {} | RSS MB {}",
             elapsed.as_secs(),
             now_accepted - previous.0,
-            verified.saturating_sub(previous.1.verified_jobs as u64 * USAGES_PER_JOB),
-            c.aggregated_usages - previous.1.aggregated_usages,
-            c.completed_usages - previous.1.completed_usages,
+            verified.saturating_sub(previous.1.verified_usages),
+            c.aggregated_usages.saturating_sub(previous.1.aggregated_usages),
+            c.completed_usages.saturating_sub(previous.1.completed_usages),
             now_accepted.saturating_sub(verified),
-            verified.saturating_sub(c.aggregated_usages as u64),
-            (c.aggregated_usages - c.completed_usages).max(0),
+            verified.saturating_sub(c.aggregated_usages),
+            c.aggregated_usages.saturating_sub(c.completed_usages),
             lags.join("/"),
             rss.join("/")
         );
@@ -410,7 +449,9 @@ pub async fn run(
             load_end = Some((elapsed, accepted.load(Ordering::Relaxed) * USAGES_PER_JOB, c));
         }
         if let Some((ended, total, _)) = load_end {
-            if c.aggregated_usages as u64 >= total && c.completed_usages as u64 >= total {
+            // Every usage of the load and of the probes (one each) aggregated and final.
+            let expected = total + probes.lock().await.posted;
+            if c.aggregated_usages >= expected && c.completed_usages >= expected {
                 drained = Some(elapsed - ended);
                 break;
             }
@@ -418,6 +459,26 @@ pub async fn run(
                 break;
             }
         }
+    }
+    // Where the time goes, per stage, over the whole run: how long a batch's oldest message
+    // waited for the stage, and how long the stage took over a batch.
+    let mut hops = Vec::new();
+    for (name, url) in &metrics {
+        let Some(text) = scrape(&client, url).await else { continue };
+        let mean = |metric: &str| {
+            let sum = counter_f64(&text, &format!("{metric}_sum"));
+            let count = counter_f64(&text, &format!("{metric}_count"));
+            if count > 0.0 {
+                format!("{:.0}", sum / count * 1000.0)
+            } else {
+                "-".to_owned()
+            }
+        };
+        hops.push(format!(
+            "{name} waited {} ms, batch {} ms",
+            mean("uts_stage_message_age_seconds"),
+            mean("uts_stage_batch_duration_seconds")
+        ));
     }
     prober.await?;
     let (ended, total, at_end) = load_end.expect("the load ended");
@@ -457,6 +518,18 @@ pub async fn run(
         ms(&probes.completed, 0.5),
         ms(&probes.completed, 0.99)
     );
+    let mut slowest = probes.timeline.clone();
+    slowest.sort_by_key(|&(_, ms)| std::cmp::Reverse(ms));
+    println!(
+        "  slowest probes (posted at s: POST->COMPLETED ms): {}",
+        slowest.iter().take(5).map(|(at, ms)| format!("{at:.1}: {ms}")).collect::<Vec<_>>().join(", ")
+    );
+    println!(
+        "  probe GETs not answered 200: {:?}; slowest probe GET {} ms",
+        probes.refusals,
+        probes.slowest_get.as_millis()
+    );
+    println!("  mean per stage (oldest message of a batch): {}", hops.join("; "));
     println!("  peak RSS MB: {}", peak_rss.iter().map(|(n, v)| format!("{n} {v}")).collect::<Vec<_>>().join(", "));
     println!(
         "  max consumer lag (messages): {}",

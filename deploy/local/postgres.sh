@@ -162,7 +162,16 @@ port = $UTS_PG_PORT
 unix_socket_directories = '$SOCK_DIR'
 unix_socket_permissions = 0700
 max_connections = 200
-shared_buffers = 128MB
+# Sized for a write-heavy service (docs/architecture.md, "PostgreSQL settings"): with the
+# defaults (128MB, max_wal_size 1GB) a full load forces a checkpoint every few seconds, and
+# the full-page images after each one double the WAL. Durability is untouched (fsync and
+# synchronous_commit stay on).
+shared_buffers = 1GB
+max_wal_size = 8GB
+min_wal_size = 1GB
+checkpoint_timeout = 15min
+checkpoint_completion_target = 0.9
+wal_compression = lz4
 fsync = on
 password_encryption = 'scram-sha-256'
 log_line_prefix = '%m [%p] %q%u@%d '

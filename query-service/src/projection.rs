@@ -94,16 +94,17 @@ impl Handler for Projector {
 
     async fn handle(&self, batch: &[Decoded<Item>]) -> anyhow::Result<Vec<Rejected>> {
         let mut tx = self.pool.begin().await?;
-        project(&mut tx, batch).await?;
+        let finished = project(&mut tx, batch).await?;
         tx.commit().await?;
         metrics::counter!("uts_query_projected_messages_total").increment(batch.len() as u64);
+        metrics::counter!("uts_query_final_usages_total").increment(finished);
         Ok(Vec::new())
     }
 }
 
 /// Projects a batch with a handful of set-based statements (UNNEST), whatever its size: one
-/// round trip per table, not per message.
-async fn project(tx: &mut Transaction<'_, Postgres>, batch: &[Decoded<Item>]) -> Result<(), sqlx::Error> {
+/// round trip per table, not per message. Returns how many usages reached a final status.
+async fn project(tx: &mut Transaction<'_, Postgres>, batch: &[Decoded<Item>]) -> Result<u64, sqlx::Error> {
     let mut jobs: BTreeMap<&str, &JobView> = BTreeMap::new();
     let mut events: BTreeMap<&str, &v1::StatusEvent> = BTreeMap::new();
     for decoded in batch {
@@ -255,6 +256,7 @@ async fn project(tx: &mut Transaction<'_, Postgres>, batch: &[Decoded<Item>]) ->
         .execute(&mut **tx)
         .await?;
     }
+    let finished = terminal.values().sum::<i64>().max(0) as u64;
     if !terminal.is_empty() {
         let (j, n): (Vec<String>, Vec<i32>) = terminal.into_iter().map(|(job, n)| (job, n as i32)).unzip();
         sqlx::query(
@@ -266,7 +268,7 @@ async fn project(tx: &mut Transaction<'_, Postgres>, batch: &[Decoded<Item>]) ->
         .execute(&mut **tx)
         .await?;
     }
-    Ok(())
+    Ok(finished)
 }
 
 async fn insert_error(
