@@ -15,7 +15,8 @@
 #     POST->visible/AGGREGATED/COMPLETED p50/p99. UTS_BENCH_PIPELINE_SECONDS (60) is the load's
 #     length; UTS_BENCH_RATE=N posts N jobs/s instead of as fast as possible (e.g. half the
 #     sustained maximum, for the latencies); UTS_BENCH_SHAPES (hot spread) picks the shapes;
-#     UTS_BENCH_PHASES=pipeline skips phases 1 and 2.
+#     UTS_BENCH_PHASES=pipeline skips phases 1 and 2; each phase's database is dropped after it
+#     (UTS_BENCH_KEEP_DB=1 keeps them).
 #
 #   deploy/local/bench.sh [uts-bench flags, e.g. --seconds 20 --concurrency 64]
 set -euo pipefail
@@ -127,6 +128,9 @@ pipeline_phase() {
   wait "${pids[@]:$phase_pids_start}" 2>/dev/null || true
   pids=("${pids[@]:0:$phase_pids_start}")
   "$UTS_LOCAL_SCRIPTS_DIR/kafka.sh" topics --delete --topic "$prefix.*" >/dev/null 2>&1 || true
+  # Its database goes too (UTS_BENCH_KEEP_DB=1 keeps it for a look): left behind, its
+  # autovacuum ran during the next phase (seen in pg_stat_activity) on a machine with no idle CPU.
+  [[ "${UTS_BENCH_KEEP_DB:-0}" == 1 ]] || psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db" >/dev/null || true
 }
 
 pipeline_seconds="${UTS_BENCH_PIPELINE_SECONDS:-60}"
