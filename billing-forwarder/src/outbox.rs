@@ -4,8 +4,9 @@
 //!
 //! **Coalescing.** A bucket's value is absolute, so billing needs only its newest version. A
 //! claim picks, per bucket, the newest pending version and marks the older pending ones
-//! `superseded` with `covered_by` = that version: they are never sent, and the covering
-//! record's history speaks for their jobs. A bucket is not due while one of its records is in
+//! `superseded` with `covered_by` = that version (taking over what a superseded row covered
+//! itself, if it had been claimed before and its lease ran out): they are never sent, and the
+//! covering record's history speaks for their jobs. A bucket is not due while one of its records is in
 //! flight (leased) or an older version is `retrying` (that one goes first, when its backoff
 //! ends): so a bucket's versions reach billing in increasing order only. Claims are serialised
 //! by a transaction-level advisory lock, so two forwarders never pick two versions of one
@@ -185,12 +186,16 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Result<V
         target.4.push(*d);
         target.5.push(*version);
     }
+    // A pending row may have covered older versions already: claimed before, its lease ran out
+    // unsent (its forwarder died). What it covered passes to the newer record with it, so every
+    // superseded row points at a row that is not superseded and the covered range has no gap.
     let superseded: Vec<(String, String, String, String, NaiveDate, i64)> = sqlx::query_as(
         "UPDATE billing_outbox o SET state = 'superseded', covered_by = k.version, updated_at = now()
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::date[], $6::int8[]) AS k(p, c, a, u, d, version)
          WHERE (o.provider_tenant_id, o.consumer_tenant_id, o.application, o.unit, o.day) = (k.p, k.c, k.a, k.u, k.d)
            AND o.state = 'pending' AND o.version < k.version
-         RETURNING o.provider_tenant_id, o.consumer_tenant_id, o.application, o.unit, o.day, o.version",
+         RETURNING o.provider_tenant_id, o.consumer_tenant_id, o.application, o.unit, o.day,
+                   coalesce(o.covers_from, o.version)",
     )
     .bind(&newest.0)
     .bind(&newest.1)
@@ -200,11 +205,31 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Result<V
     .bind(&newest.5)
     .fetch_all(&mut *tx)
     .await?;
+    if !superseded.is_empty() {
+        sqlx::query(
+            "UPDATE billing_outbox o SET covered_by = k.version, updated_at = now()
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::date[], $6::int8[]) AS k(p, c, a, u, d, version)
+             WHERE (o.provider_tenant_id, o.consumer_tenant_id, o.application, o.unit, o.day) = (k.p, k.c, k.a, k.u, k.d)
+               AND o.state = 'superseded' AND o.covered_by < k.version
+               AND EXISTS (SELECT 1 FROM billing_outbox m
+                           WHERE (m.provider_tenant_id, m.consumer_tenant_id, m.application, m.unit, m.day)
+                               = (k.p, k.c, k.a, k.u, k.d)
+                             AND m.version = o.covered_by AND m.state = 'superseded' AND m.covered_by = k.version)",
+        )
+        .bind(&newest.0)
+        .bind(&newest.1)
+        .bind(&newest.2)
+        .bind(&newest.3)
+        .bind(&newest.4)
+        .bind(&newest.5)
+        .execute(&mut *tx)
+        .await?;
+    }
     sqlx::query("SET LOCAL enable_nestloop = on").execute(&mut *tx).await?;
     let mut oldest: HashMap<Bucket, i64> = HashMap::new();
-    for (p, c, a, u, d, version) in superseded {
-        let entry = oldest.entry((p, c, a, u, d)).or_insert(version);
-        *entry = (*entry).min(version);
+    for (p, c, a, u, d, from) in superseded {
+        let entry = oldest.entry((p, c, a, u, d)).or_insert(from);
+        *entry = (*entry).min(from);
     }
     let mut covers_from = Vec::new();
     for i in 0..newest.0.len() {
@@ -224,7 +249,7 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Result<V
     type Row = (String, Vec<u8>, String, i32, bool, i64, Option<i64>);
     let rows: Vec<Row> = sqlx::query_as(
         "UPDATE billing_outbox o
-         SET leased_until = now() + make_interval(secs => $8), covers_from = coalesce(o.covers_from, k.covers_from)
+         SET leased_until = now() + make_interval(secs => $8), covers_from = least(o.covers_from, k.covers_from)
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::date[], $6::int8[], $7::int8[])
               AS k(p, c, a, u, d, version, covers_from)
          WHERE (o.provider_tenant_id, o.consumer_tenant_id, o.application, o.unit, o.day, o.version)

@@ -371,6 +371,62 @@ async fn histories_left_pending_by_a_crash_are_produced_and_fold_right(pool: PgP
     receiver.cancel();
 }
 
+/// The crash test found it: a record claimed (it superseded an older version) but never sent
+/// before its lease ran out (its forwarder was killed), then superseded in turn by a newer
+/// version. The newest record must cover the oldest version, and every job of the three
+/// versions must reach RECEIVEDFORBILLING; the oldest's jobs used to stay AGGREGATED for ever.
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn a_record_superseded_after_its_lease_ran_out_hands_on_what_it_covered(pool: PgPool) {
+    let args = isolated_kafka(1).await;
+    let (url, receiver) = start_receiver(&[]).await;
+    let rows: [(i64, &str, Option<i64>, Option<i64>, &str); 3] = [
+        (1, "superseded", Some(2), None, "job-v1"),
+        (2, "pending", None, Some(1), "job-v2"),
+        (3, "pending", None, None, "job-v3"),
+    ];
+    for (version, state, covered_by, covers_from, job) in rows {
+        sqlx::query(
+            "INSERT INTO billing_outbox (provider_tenant_id, consumer_tenant_id, application, unit, day, version, message,
+                 record_key, state, covered_by, covers_from, leased_until, next_attempt_at)
+             VALUES ('provider', 'consumer', 'app', 'lapsed', '2026-11-21', $1, $2, $3, $4, $5, $6,
+                     CASE WHEN $6::int8 IS NULL THEN NULL ELSE now() - interval '1 minute' END, now())",
+        )
+        .bind(version)
+        .bind(aggregate("lapsed", version as u64, &version.to_string(), true, &[(job, 1)]))
+        .bind(format!("provider/consumer/app/lapsed/2026-11-21:{version}"))
+        .bind(state)
+        .bind(covered_by)
+        .bind(covers_from)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let forwarder = start_forwarder(&args, pool.clone(), &url).await;
+    let stored = records(&url, 1).await;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0]["record"]["coveredVersions"], serde_json::json!({"from": 1, "to": 3}));
+
+    let deadline = Instant::now() + WAIT;
+    let boards = loop {
+        let messages = uts_common::kafka::read_topic_to_end(&args, &args.topics().status, WAIT).await;
+        let mut boards: std::collections::BTreeMap<String, uts_common::status::Board> = Default::default();
+        for event in events(&messages) {
+            boards.entry(event.job_id.clone()).or_default().apply(&event);
+        }
+        let done = boards.values().filter(|b| b.in_status("RECEIVEDFORBILLING") == 1).count() == 3;
+        if done || Instant::now() > deadline {
+            break boards;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for job in ["job-v1", "job-v2", "job-v3"] {
+        let board = boards.get(job).unwrap_or_else(|| panic!("no event for {job}: {boards:?}"));
+        assert_eq!(board.in_status("RECEIVEDFORBILLING"), 1, "{job}: {board:?}");
+    }
+    forwarder.cancel();
+    receiver.cancel();
+}
+
 /// Many versions of one bucket, two forwarders sharing the outbox, billing failing now and
 /// then: billing receives the bucket's versions in strictly increasing order only, the last
 /// one is the newest, and every job of every version (sent or coalesced) ends
