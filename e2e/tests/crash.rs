@@ -287,12 +287,36 @@ async fn killed_and_restarted_stages_neither_lose_nor_double_a_usage(pool: PgPoo
     let mut observed = Vec::new();
     for (kill, &victim) in SCHEDULE.iter().enumerate() {
         if kill == SCHEDULE.len() / 2 {
-            // Billing down for a few seconds mid-load: a bucket's older version retries while
-            // newer ones pile up behind it, and are then coalesced into one record.
+            // Billing down mid-load until a bucket's older version is retrying with two newer
+            // ones pending behind it (a fixed 3 s sometimes saw no version produced meanwhile):
+            // those are then coalesced into one record.
             let failures = billing_url.replace("/billing/v1/records", "/admin/failures");
-            let plan = json!({"mode": "http503", "seconds": 3});
-            let answer = reqwest::Client::new().post(&failures).json(&plan).send().await.unwrap();
+            let http = reqwest::Client::new();
+            let answer = http.post(&failures).json(&json!({"mode": "http503"})).send().await.unwrap();
             assert!(answer.status().is_success(), "failure injection: {}", answer.status());
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let piled: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM billing_outbox r WHERE r.state = 'retrying'
+                       AND (SELECT count(*) FROM billing_outbox n
+                            WHERE (n.provider_tenant_id, n.consumer_tenant_id, n.application, n.unit, n.day)
+                                = (r.provider_tenant_id, r.consumer_tenant_id, r.application, r.unit, r.day)
+                              AND n.state = 'pending' AND n.version > r.version) >= 2)",
+                )
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+                if piled {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no versions piled up behind a retrying record while billing was down"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let answer = http.delete(&failures).send().await.unwrap();
+            assert!(answer.status().is_success(), "clearing the failure: {}", answer.status());
         }
         let name = stages[victim].name;
         let deadline = Instant::now() + Duration::from_secs(90);
