@@ -187,15 +187,29 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Result<V
         target.5.push(*version);
     }
     // A pending row may have covered older versions already: claimed before, its lease ran out
-    // unsent (its forwarder died). What it covered passes to the newer record with it, so every
-    // superseded row points at a row that is not superseded and the covered range has no gap.
+    // unsent (its forwarder died). What it covered passes to the newer record with it (the rows
+    // pointing at it are re-pointed, its range is returned), so every superseded row points at
+    // a row that is not superseded and the covered range has no gap. The two updates touch
+    // disjoint rows (pending ones; already superseded ones), as one statement must.
     let superseded: Vec<(String, String, String, String, NaiveDate, i64)> = sqlx::query_as(
-        "UPDATE billing_outbox o SET state = 'superseded', covered_by = k.version, updated_at = now()
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::date[], $6::int8[]) AS k(p, c, a, u, d, version)
-         WHERE (o.provider_tenant_id, o.consumer_tenant_id, o.application, o.unit, o.day) = (k.p, k.c, k.a, k.u, k.d)
-           AND o.state = 'pending' AND o.version < k.version
-         RETURNING o.provider_tenant_id, o.consumer_tenant_id, o.application, o.unit, o.day,
-                   coalesce(o.covers_from, o.version)",
+        "WITH k AS (
+           SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::date[], $6::int8[])
+             AS k(p, c, a, u, d, version)
+         ), newly AS (
+           UPDATE billing_outbox o SET state = 'superseded', covered_by = k.version, updated_at = now()
+           FROM k
+           WHERE (o.provider_tenant_id, o.consumer_tenant_id, o.application, o.unit, o.day) = (k.p, k.c, k.a, k.u, k.d)
+             AND o.state = 'pending' AND o.version < k.version
+           RETURNING o.provider_tenant_id AS p, o.consumer_tenant_id AS c, o.application AS a, o.unit AS u,
+                     o.day AS d, o.version, coalesce(o.covers_from, o.version) AS covers_from, k.version AS by
+         ), repointed AS (
+           UPDATE billing_outbox o SET covered_by = newly.by, updated_at = now()
+           FROM newly
+           WHERE (o.provider_tenant_id, o.consumer_tenant_id, o.application, o.unit, o.day)
+               = (newly.p, newly.c, newly.a, newly.u, newly.d)
+             AND o.state = 'superseded' AND o.covered_by = newly.version
+         )
+         SELECT p, c, a, u, d, covers_from FROM newly",
     )
     .bind(&newest.0)
     .bind(&newest.1)
@@ -205,26 +219,6 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Result<V
     .bind(&newest.5)
     .fetch_all(&mut *tx)
     .await?;
-    if !superseded.is_empty() {
-        sqlx::query(
-            "UPDATE billing_outbox o SET covered_by = k.version, updated_at = now()
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::date[], $6::int8[]) AS k(p, c, a, u, d, version)
-             WHERE (o.provider_tenant_id, o.consumer_tenant_id, o.application, o.unit, o.day) = (k.p, k.c, k.a, k.u, k.d)
-               AND o.state = 'superseded' AND o.covered_by < k.version
-               AND EXISTS (SELECT 1 FROM billing_outbox m
-                           WHERE (m.provider_tenant_id, m.consumer_tenant_id, m.application, m.unit, m.day)
-                               = (k.p, k.c, k.a, k.u, k.d)
-                             AND m.version = o.covered_by AND m.state = 'superseded' AND m.covered_by = k.version)",
-        )
-        .bind(&newest.0)
-        .bind(&newest.1)
-        .bind(&newest.2)
-        .bind(&newest.3)
-        .bind(&newest.4)
-        .bind(&newest.5)
-        .execute(&mut *tx)
-        .await?;
-    }
     sqlx::query("SET LOCAL enable_nestloop = on").execute(&mut *tx).await?;
     let mut oldest: HashMap<Bucket, i64> = HashMap::new();
     for (p, c, a, u, d, from) in superseded {

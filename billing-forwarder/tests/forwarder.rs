@@ -127,6 +127,26 @@ fn distinct(events: Vec<v1::StatusEvent>) -> Vec<v1::StatusEvent> {
     events.into_iter().filter(|e| seen.insert(e.event_id.clone())).collect()
 }
 
+/// The status board of every job, folded from the status topic, once `done` holds for them
+/// (or at the deadline, for the caller's assertions to say what is missing).
+async fn boards_until(
+    args: &KafkaArgs,
+    done: impl Fn(&std::collections::BTreeMap<String, uts_common::status::Board>) -> bool,
+) -> std::collections::BTreeMap<String, uts_common::status::Board> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let messages = uts_common::kafka::read_topic_to_end(args, &args.topics().status, WAIT).await;
+        let mut boards: std::collections::BTreeMap<String, uts_common::status::Board> = Default::default();
+        for event in events(&messages) {
+            boards.entry(event.job_id.clone()).or_default().apply(&event);
+        }
+        if done(&boards) || Instant::now() > deadline {
+            return boards;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn billable_versions_reach_billing_once_each_in_order(pool: PgPool) {
     let args = isolated_kafka(1).await;
@@ -336,19 +356,8 @@ async fn histories_left_pending_by_a_crash_are_produced_and_fold_right(pool: PgP
     insert("w2", "received", false, "job-w2").await;
     let forwarder = start_forwarder(&args, pool.clone(), &url).await;
 
-    let deadline = Instant::now() + WAIT;
-    let boards = loop {
-        let messages = uts_common::kafka::read_topic_to_end(&args, &args.topics().status, WAIT).await;
-        let mut boards: std::collections::BTreeMap<String, uts_common::status::Board> = Default::default();
-        for event in events(&messages) {
-            boards.entry(event.job_id.clone()).or_default().apply(&event);
-        }
-        let done = boards.values().filter(|b| b.in_status("RECEIVEDFORBILLING") == 2).count() == 2;
-        if done || Instant::now() > deadline {
-            break boards;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let boards =
+        boards_until(&args, |b| b.values().filter(|b| b.in_status("RECEIVEDFORBILLING") == 2).count() == 2).await;
     // The fold starts from AGGREGATED (2 usages each): every usage ends RECEIVEDFORBILLING, and
     // nothing is left in AGGREGATED or FAILEDTOSENDFORBILLING but the initial -2 of AGGREGATED
     // (the aggregator's event, not part of this test, would have added those +2).
@@ -406,19 +415,8 @@ async fn a_record_superseded_after_its_lease_ran_out_hands_on_what_it_covered(po
     assert_eq!(stored.len(), 1, "{stored:?}");
     assert_eq!(stored[0]["record"]["coveredVersions"], serde_json::json!({"from": 1, "to": 3}));
 
-    let deadline = Instant::now() + WAIT;
-    let boards = loop {
-        let messages = uts_common::kafka::read_topic_to_end(&args, &args.topics().status, WAIT).await;
-        let mut boards: std::collections::BTreeMap<String, uts_common::status::Board> = Default::default();
-        for event in events(&messages) {
-            boards.entry(event.job_id.clone()).or_default().apply(&event);
-        }
-        let done = boards.values().filter(|b| b.in_status("RECEIVEDFORBILLING") == 1).count() == 3;
-        if done || Instant::now() > deadline {
-            break boards;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let boards =
+        boards_until(&args, |b| b.values().filter(|b| b.in_status("RECEIVEDFORBILLING") == 1).count() == 3).await;
     for job in ["job-v1", "job-v2", "job-v3"] {
         let board = boards.get(job).unwrap_or_else(|| panic!("no event for {job}: {boards:?}"));
         assert_eq!(board.in_status("RECEIVEDFORBILLING"), 1, "{job}: {board:?}");
