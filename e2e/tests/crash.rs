@@ -36,7 +36,7 @@ const USAGES_PER_JOB: usize = 100;
 /// Clients posting at once; each waits [`PACE`] between its jobs, so the load lasts as long as
 /// the kills need (it stops when the last kill is done) without flooding the debug binaries.
 const CLIENTS: usize = 4;
-const PACE: Duration = Duration::from_millis(150);
+const PACE: Duration = Duration::from_millis(200);
 /// Upper bound of the load, whatever the kills wait for (below the API's 1000-job window).
 const MAX_JOBS: usize = 900;
 /// Victims in order (indexes into the stages): every stage at least twice, the aggregators
@@ -285,16 +285,20 @@ async fn killed_and_restarted_stages_neither_lose_nor_double_a_usage(pool: PgPoo
     // since the last restart in its group and work it has not finished is waiting for it.
     let mut since: HashMap<&'static str, Progress> = HashMap::new();
     let mut observed = Vec::new();
+    let mut billing_down = Duration::ZERO;
     for (kill, &victim) in SCHEDULE.iter().enumerate() {
-        if kill == SCHEDULE.len() / 2 {
-            // Billing down mid-load until a bucket's older version is retrying with two newer
-            // ones pending behind it (a fixed 3 s sometimes saw no version produced meanwhile):
-            // those are then coalesced into one record.
+        if kill == 3 {
+            // Billing down mid-load, before the forwarder's first kill, until a bucket's older
+            // version is retrying with two newer ones pending behind it (a fixed 3 s sometimes
+            // saw no version produced meanwhile): those are then coalesced into one record.
+            // Not right after an aggregator's kill: no version comes until its group has
+            // rebalanced (the session timeout), and the load's jobs run out meanwhile.
             let failures = billing_url.replace("/billing/v1/records", "/admin/failures");
             let http = reqwest::Client::new();
             let answer = http.post(&failures).json(&json!({"mode": "http503"})).send().await.unwrap();
             assert!(answer.status().is_success(), "failure injection: {}", answer.status());
-            let deadline = Instant::now() + Duration::from_secs(60);
+            let down_at = Instant::now();
+            let deadline = down_at + Duration::from_secs(60);
             loop {
                 let piled: bool = sqlx::query_scalar(
                     "SELECT EXISTS (SELECT 1 FROM billing_outbox r WHERE r.state = 'retrying'
@@ -315,6 +319,7 @@ async fn killed_and_restarted_stages_neither_lose_nor_double_a_usage(pool: PgPoo
                 );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            billing_down = down_at.elapsed();
             let answer = http.delete(&failures).send().await.unwrap();
             assert!(answer.status().is_success(), "clearing the failure: {}", answer.status());
         }
@@ -476,8 +481,10 @@ async fn killed_and_restarted_stages_neither_lose_nor_double_a_usage(pool: PgPoo
     let kills: Vec<String> = stages.iter().map(|s| format!("{}={}", s.name, s.kills)).collect();
     println!(
         "crash test: {total} usages in {jobs} jobs acknowledged after {retries} client retries; kills: {}; \
+         billing down {} ms until versions piled up; \
          buckets compared: {}; usages RECEIVEDFORBILLING: {received}; billing records: {} ({superseded} versions coalesced into them); jobs misread by the query service: {}",
         kills.join(", "),
+        billing_down.as_millis(),
         expected.len(),
         records.len(),
         projection_mismatches.len()
