@@ -157,7 +157,8 @@ pub fn at_least_once_consumer(
         // for the aggregator (whose batches took 70 ms), and some partitions 20 s behind the
         // others under full load. A partition is fetched again 10 ms after its queue drains.
         .set("fetch.queue.backoff.ms", "10")
-        .set("fetch.max.bytes", (args.consumer_queue_kbytes.clamp(1024, 52_428) * 1024).to_string());
+        .set("fetch.max.bytes", (args.consumer_fetch_kbytes * 1024).to_string())
+        .set("max.partition.fetch.bytes", (args.consumer_fetch_kbytes * 256).to_string());
     // Operator overrides win over the defaults above (e.g. a shorter session.timeout.ms, or
     // smaller prefetch queues), as for the producer.
     apply_overrides(&mut config, args);

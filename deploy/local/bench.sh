@@ -110,7 +110,7 @@ pipeline_phase() {
   DATABASE_URL="$base/$db" start query-service 18088 "$prefix" --listen-addr 127.0.0.1:18087 \
     --consumer-group "bench-query-$stamp" --database-max-connections 4 --rate-limit-per-second 0
   DATABASE_URL="$base/$db" start verifier 18077 "$prefix" --consumer-group "bench-verifier-$stamp" --database-max-connections 4
-  DATABASE_URL="$base/$db" start aggregator 18078 "$prefix" --consumer-group "bench-aggregator-$stamp" --database-max-connections 4
+  DATABASE_URL="$base/$db" start aggregator 18078 "$prefix" --consumer-group "bench-aggregator-$stamp" --database-max-connections 4 ${UTS_BENCH_AGGREGATOR_ARGS:-}
   DATABASE_URL="$base/$db" start billing-forwarder 18079 "$prefix" --consumer-group "bench-forwarder-$stamp" \
     --database-max-connections 4 --billing-url http://127.0.0.1:18075/billing/v1/records --receipts-addr 127.0.0.1:18074
   local names=(receiver gateway query verifier aggregator forwarder) watch=() i
