@@ -36,9 +36,11 @@ pub struct KafkaArgs {
 
     /// Most messages a consumer stage handles in one batch (one transaction, one wait for the
     /// brokers' acknowledgements): larger batches spread those fixed costs over more messages.
-    #[arg(long = "consumer-max-batch", env = "UTS_CONSUMER_MAX_BATCH", default_value_t = 256,
+    /// Default: 256, and 1024 for the query service, whose messages are small status events
+    /// that net out within a batch (see `KafkaArgs::max_batch`).
+    #[arg(long = "consumer-max-batch", env = "UTS_CONSUMER_MAX_BATCH",
           value_parser = clap::value_parser!(u32).range(1..=10000))]
-    pub consumer_max_batch: u32,
+    pub consumer_max_batch: Option<u32>,
 
     /// Most kilobytes a consumer prefetches (librdkafka's `queued.max.messages.kbytes`, whose
     /// default of 64 MB per consumer, plus fetch buffers, took workers past 200 MB RSS).
@@ -62,6 +64,11 @@ pub struct KafkaArgs {
 }
 
 impl KafkaArgs {
+    /// `--consumer-max-batch`, or the stage's own default when it is not set.
+    pub fn max_batch(&self, default: u32) -> usize {
+        self.consumer_max_batch.unwrap_or(default) as usize
+    }
+
     pub fn topics(&self) -> Topics {
         Topics::with_prefix(&self.topic_prefix)
     }

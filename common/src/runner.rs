@@ -34,6 +34,9 @@ use crate::config::KafkaArgs;
 use crate::kafka::{self, DurableProducer};
 use crate::proto::{v1, Message};
 
+/// Most messages of a batch unless `--consumer-max-batch` or the stage says otherwise.
+pub const DEFAULT_MAX_BATCH: u32 = 256;
+
 /// How long the runner waits for more messages to fill a batch once it has one.
 const BATCH_LINGER: Duration = Duration::from_millis(5);
 
@@ -121,8 +124,15 @@ impl Runner {
             dead_letter_topic: args.topics().dead_letter,
             produce_timeout: args.produce_timeout(),
             name,
-            max_batch: args.consumer_max_batch as usize,
+            max_batch: args.max_batch(DEFAULT_MAX_BATCH),
         })
+    }
+
+    /// A stage whose best batch differs from [`DEFAULT_MAX_BATCH`] sets it here; an explicit
+    /// `--consumer-max-batch` still wins.
+    pub fn with_default_max_batch(mut self, args: &KafkaArgs, default: u32) -> Self {
+        self.max_batch = args.max_batch(default);
+        self
     }
 
     /// Runs until `shutdown`: batches are finished, their offsets committed synchronously.

@@ -15,7 +15,8 @@
 #     POST->visible/AGGREGATED/COMPLETED p50/p99. UTS_BENCH_PIPELINE_SECONDS (60) is the load's
 #     length; UTS_BENCH_RATE=N posts N jobs/s instead of as fast as possible (e.g. half the
 #     sustained maximum, for the latencies); UTS_BENCH_SHAPES (hot spread) picks the shapes;
-#     UTS_BENCH_PHASES=pipeline skips phases 1 and 2; each phase's database is dropped after it
+#     UTS_BENCH_PHASES=pipeline skips phases 1 and 2; UTS_BENCH_AGGREGATOR_ARGS adds flags to the
+#     aggregator (e.g. a --kafka-property to try); each phase's database is dropped after it
 #     (UTS_BENCH_KEEP_DB=1 keeps them).
 #
 #   deploy/local/bench.sh [uts-bench flags, e.g. --seconds 20 --concurrency 64]
@@ -108,7 +109,7 @@ pipeline_phase() {
   DATABASE_URL="$base/$db" start billing-receiver 18076 "$prefix" --listen-addr 127.0.0.1:18075
   DATABASE_URL="$base/$db" start ingest-gateway 18092 "$prefix" --listen-addr 127.0.0.1:18091 --database-max-connections 4
   DATABASE_URL="$base/$db" start query-service 18088 "$prefix" --listen-addr 127.0.0.1:18087 \
-    --consumer-group "bench-query-$stamp" --database-max-connections 4 --rate-limit-per-second 0
+    --consumer-group "bench-query-$stamp" --database-max-connections 4 --rate-limit-per-second 0 ${UTS_BENCH_QUERY_ARGS:-}
   DATABASE_URL="$base/$db" start verifier 18077 "$prefix" --consumer-group "bench-verifier-$stamp" --database-max-connections 4
   DATABASE_URL="$base/$db" start aggregator 18078 "$prefix" --consumer-group "bench-aggregator-$stamp" --database-max-connections 4 ${UTS_BENCH_AGGREGATOR_ARGS:-}
   DATABASE_URL="$base/$db" start billing-forwarder 18079 "$prefix" --consumer-group "bench-forwarder-$stamp" \

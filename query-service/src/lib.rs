@@ -46,6 +46,13 @@ use uts_common::admin;
 use uts_common::auth::Authenticator;
 use uts_common::telemetry;
 
+/// The projection's batch: status events are small and a job's events of several stages net out
+/// within one batch (fewer count rows). At 250k usages/s in the 10,000-bucket shape the query
+/// service at 256 fell 17,000 messages behind (probe jobs invisible for 35 s) and took the whole
+/// pipeline's latency with it; at 1024 every lag stayed under 1,000 and POST→COMPLETED p99 was
+/// 1.2 s.
+pub const PROJECTION_MAX_BATCH: u32 = 1024;
+
 pub use config::Config;
 pub use routes::{app, OPENAPI};
 
@@ -90,7 +97,8 @@ impl Application {
             "query-service",
             &config.group,
             &[&topics.usage_jobs, &topics.status],
-        )?;
+        )?
+        .with_default_max_batch(&config.kafka, PROJECTION_MAX_BATCH);
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .with_context(|| format!("binding the API listener on {}", config.listen_addr))?;

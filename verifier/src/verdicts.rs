@@ -68,10 +68,6 @@ pub fn assemble(job: &v1::UsageJob, verdicts: &v1::VerifierVerdicts) -> Result<D
                         index: usage.index,
                         value: usage.value.clone(),
                         datetime: usage.datetime,
-                        user_id: user.user_id.clone(),
-                        user_type: user.user_type,
-                        resource: resource.resource.clone(),
-                        alias: resource.alias.clone(),
                     });
                     pass.verification_status
                 } else {
