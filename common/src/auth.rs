@@ -226,9 +226,15 @@ fn principal_of(claims: Claims) -> Result<Principal, ApiError> {
         .ten
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::unauthorized("the bearer token lacks the tenant claim ten"))?;
+    let user = claims.user_name.or(claims.sub).unwrap_or_default();
+    // A signed token is still input: a tenant or user with a NUL (or any control character)
+    // names no one and must not reach PostgreSQL (it was answered 503 "retry later").
+    if crate::http::has_control_character(&tenant) || crate::http::has_control_character(&user) {
+        return Err(ApiError::unauthorized("the bearer token's ten or user claim holds a control character"));
+    }
     Ok(Principal {
         tenant,
-        user: claims.user_name.or(claims.sub).unwrap_or_default(),
+        user,
         scopes: claims.scope.map(ScopeClaim::into_vec).unwrap_or_default(),
     })
 }
@@ -292,6 +298,16 @@ mod tests {
         let forged = mint_hs256("another-secret-of-enough-length", "acme", "", &["uts.su"], 60).unwrap();
         assert_eq!(auth.verify(&forged).unwrap_err().message, "the bearer token's signature is invalid");
         assert_eq!(auth.verify("not.a.jwt").unwrap_err().code, "unauthorized");
+    }
+
+    #[test]
+    fn a_signed_token_naming_a_tenant_or_user_with_a_control_character_is_refused() {
+        let auth = authenticator();
+        for (tenant, user) in [("ac\0me", ""), ("acme\n", "svc"), ("acme", "s\u{7f}vc")] {
+            let token = mint_hs256(SECRET, tenant, user, &["uts.usages.read"], 60).unwrap();
+            let err = auth.verify(&token).unwrap_err();
+            assert_eq!((err.status.as_u16(), err.code), (401, "unauthorized"), "{tenant:?} {user:?}");
+        }
     }
 
     fn fixture(name: &str) -> std::path::PathBuf {

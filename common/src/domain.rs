@@ -292,10 +292,57 @@ pub enum InvalidDecimal {
 /// Parses the exact text of a JSON number (`20`, `0.125`, `-3`, `1.5e3`) into an exact decimal;
 /// never goes through binary floating point.
 pub fn parse_decimal(text: &str) -> Result<Decimal, InvalidDecimal> {
-    if text.contains(['e', 'E']) {
-        return Decimal::from_scientific(text).map_err(|_| classify(text));
+    let Some(at) = text.find(['e', 'E']) else {
+        return Decimal::from_str_exact(text).map_err(|_| classify(text));
+    };
+    // Exponent notation is rewritten as the plain decimal it denotes and parsed exactly like
+    // one: `Decimal::from_scientific` rounds (`1.00000000000000000000000000001e0` became `1`).
+    let plain = plain_decimal(&text[..at], &text[at + 1..]).ok_or_else(|| classify(text))?;
+    Decimal::from_str_exact(&plain)
+        .or_else(|_| match plain.split_once('.') {
+            // Zeros that only the exponent put behind the point do not make it inexact.
+            Some((_, fraction)) if fraction.ends_with('0') => {
+                Decimal::from_str_exact(plain.trim_end_matches('0').trim_end_matches('.'))
+            }
+            _ => Decimal::from_str_exact(&plain),
+        })
+        .map_err(|_| InvalidDecimal::OutOfRange)
+}
+
+/// `mantissa`×10^`exponent` written without an exponent; `None` when either part is not a
+/// number. An exponent far beyond the range (|e| > 100) gives a text that cannot be exact unless
+/// the mantissa is zero.
+fn plain_decimal(mantissa: &str, exponent: &str) -> Option<String> {
+    let (sign, digits) = match mantissa.strip_prefix('-') {
+        Some(rest) => ("-", rest),
+        None => ("", mantissa.strip_prefix('+').unwrap_or(mantissa)),
+    };
+    let (int, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    let all: String = [int, fraction].concat();
+    if all.is_empty() || !all.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
     }
-    Decimal::from_str_exact(text).map_err(|_| classify(text))
+    let exponent: i64 = exponent.parse().ok().or_else(|| {
+        // Too long for i64 but well-formed: far out of range either way.
+        let e = exponent.strip_prefix(['+', '-']).unwrap_or(exponent);
+        (!e.is_empty() && e.bytes().all(|b| b.is_ascii_digit())).then_some(i64::MAX)
+    })?;
+    if all.bytes().all(|b| b == b'0') {
+        return Some("0".to_owned());
+    }
+    if exponent.unsigned_abs() > 100 {
+        return Some(format!("{sign}1{}", "0".repeat(40)));
+    }
+    let point = int.len() as i64 + exponent;
+    let text = if point <= 0 {
+        format!("{sign}0.{}{all}", "0".repeat(point.unsigned_abs() as usize))
+    } else if point as usize >= all.len() {
+        format!("{sign}{all}{}", "0".repeat(point as usize - all.len()))
+    } else {
+        let (whole, part) = all.split_at(point as usize);
+        format!("{sign}{whole}.{part}")
+    };
+    Some(text)
 }
 
 fn classify(text: &str) -> InvalidDecimal {
@@ -344,6 +391,31 @@ mod tests {
         assert_eq!(parse_decimal("1e400"), Err(InvalidDecimal::OutOfRange));
         assert_eq!(parse_decimal("99999999999999999999999999999999"), Err(InvalidDecimal::OutOfRange));
         assert_eq!(parse_decimal("abc"), Err(InvalidDecimal::NotANumber));
+    }
+
+    #[test]
+    fn exponent_notation_is_exact_or_refused() {
+        for (text, exact) in [
+            ("1.5e3", "1500"),
+            ("15E-1", "1.5"),
+            ("-2.5e+2", "-250"),
+            ("1.25e-2", "0.0125"),
+            ("0e999999", "0"),
+            ("100e-30", "0.0000000000000000000000000001"),
+            ("1.0000000000000000000000000001e0", "1.0000000000000000000000000001"),
+        ] {
+            assert_eq!(parse_decimal(text).map(|d| d.to_string()), Ok(exact.to_owned()), "{text}");
+        }
+        // The same digits without an exponent are refused; so they are with one.
+        assert_eq!(parse_decimal("1.00000000000000000000000000001"), Err(InvalidDecimal::OutOfRange));
+        assert_eq!(parse_decimal("1.00000000000000000000000000001e0"), Err(InvalidDecimal::OutOfRange));
+        let tiny = format!("0.{}1e0", "0".repeat(98));
+        assert_eq!(parse_decimal(&tiny), Err(InvalidDecimal::OutOfRange));
+        assert_eq!(parse_decimal("1e-29"), Err(InvalidDecimal::OutOfRange));
+        assert_eq!(parse_decimal("8e28"), Err(InvalidDecimal::OutOfRange));
+        assert_eq!(parse_decimal("1e99999999999999999999"), Err(InvalidDecimal::OutOfRange));
+        assert_eq!(parse_decimal("1e"), Err(InvalidDecimal::OutOfRange));
+        assert_eq!(parse_decimal("xe5"), Err(InvalidDecimal::NotANumber));
     }
 
     #[test]

@@ -42,7 +42,10 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let request_timeout = Duration::from_millis(limits.request_timeout_ms);
     let header_timeout = Duration::from_millis(limits.header_timeout_ms);
-    let app = app.layer(middleware::from_fn_with_state(request_timeout, deadline));
+    let app = app
+        .layer(middleware::from_fn(refuse_control_characters))
+        .layer(middleware::from_fn_with_state(request_timeout, deadline))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response));
     let connections = Arc::new(Semaphore::new(limits.connection_limit.max(1)));
     let graceful = GracefulShutdown::new();
     loop {
@@ -81,6 +84,46 @@ pub async fn serve(
         tracing::warn!("requests still in hand after {} s of shutdown were dropped", DRAIN.as_secs());
     }
     Ok(())
+}
+
+/// Whether `text` holds a control character (C0, DEL or C1), which no name, id or parameter of
+/// this API may hold.
+pub fn has_control_character(text: &str) -> bool {
+    text.chars().any(char::is_control)
+}
+
+/// Text with a control character never reaches a handler (PostgreSQL refuses NUL in text, which
+/// was answered 500): 404 when the path holds one (it names a resource that cannot exist), 400
+/// naming the query parameter otherwise.
+async fn refuse_control_characters(request: Request, next: Next) -> Response {
+    let uri = request.uri();
+    let decoded = percent_encoding::percent_decode_str(uri.path()).decode_utf8_lossy();
+    if has_control_character(&decoded) {
+        return ApiError::no_match("no such resource").into_response();
+    }
+    if let Some(query) = uri.query() {
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            if has_control_character(&name) {
+                let shown = name.escape_default().to_string();
+                return ApiError::invalid_parameter(&shown, "is not a parameter of this API").into_response();
+            }
+            if has_control_character(&value) {
+                return ApiError::invalid_parameter(&name, "must not contain control characters").into_response();
+            }
+        }
+    }
+    next.run(request).await
+}
+
+/// A handler that panicked answers 500 in the `mdsp` format (the panic is logged under the
+/// logref) instead of dropping the client's connection without a word.
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let cause = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a handler panicked");
+    ApiError::internal(format!("panic: {cause}")).into_response()
 }
 
 /// 415 unless the request's Content-Type is JSON (`application/json` or `application/*+json`,

@@ -183,6 +183,13 @@ async fn authentication_and_authorisation_matrix(pool: PgPool) {
         assert!(message.contains(tenant), "{message}");
     }
 
+    // A signed token is still input: a tenant with a NUL is refused (it was 503 "retry later").
+    for tenant in ["acme\0", "ac\u{1}me"] {
+        let token = TestGateway::token(tenant, WRITE);
+        let (status, code, _) = error_of(gateway.post_jobs(&token, &body).await).await;
+        assert_eq!((status, code.as_str()), (StatusCode::UNAUTHORIZED, "mdsp.core.generic.unauthorized"), "{tenant:?}");
+    }
+
     // A developer tenant and the super-user scope are accepted.
     for (tenant, scopes) in [("devco", WRITE), ("acme", &["uts.su"][..])] {
         let token = TestGateway::token(tenant, scopes);
@@ -262,4 +269,40 @@ async fn a_tenant_over_its_rate_gets_429_with_retry_after(pool: PgPool) {
     // Another tenant is not throttled by acme's traffic.
     let other = TestGateway::token("devco", WRITE);
     assert_eq!(gateway.post_jobs(&other, &seed_sample()).await.status(), StatusCode::ACCEPTED);
+}
+
+/// Values are exact or refused in every notation JSON allows: the digits that are refused
+/// without an exponent are refused with one (they were rounded to 1 and 0).
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn exponent_notation_is_exact_or_refused(pool: PgPool) {
+    let gateway = TestGateway::start(pool, &[]).await;
+    let token = TestGateway::token("acme", WRITE);
+    let body = |value: &str| {
+        format!(
+            r#"{{"users":[{{"tenantId":"acme","resources":[{{"application":"a","resource":"r",
+            "usages":[{{"value":{value},"unit":"u","datetime":"2024-01-01T00:00:00Z"}}]}}]}}]}}"#
+        )
+    };
+    let post = |value: String| {
+        gateway
+            .client
+            .post(gateway.url("/usagesJobs"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body(&value))
+            .send()
+    };
+    let tiny = format!("0.{}1e0", "0".repeat(98));
+    for value in ["1.00000000000000000000000000001e0", tiny.as_str(), "1e-29", "8e28"] {
+        let (status, code, message) = error_of(post(value.to_owned()).await.unwrap()).await;
+        assert_eq!((status, code.as_str()), (StatusCode::BAD_REQUEST, "mdsp.core.generic.invalidRequestBodyProperty"));
+        assert!(message.starts_with("users[0].resources[0].usages[0].value is out of range"), "{value}: {message}");
+    }
+    assert!(gateway.read_jobs().is_empty(), "a refused value produced a job");
+    for (value, exact) in [("1.0000000000000000000000000001e0", "1.0000000000000000000000000001"), ("125E-2", "1.25")] {
+        assert_eq!(post(value.to_owned()).await.unwrap().status(), StatusCode::ACCEPTED, "{value}");
+        let jobs = gateway.read_jobs();
+        let stored = &jobs.last().unwrap().users[0].resources[0].usages[0].value;
+        assert_eq!(stored, exact, "{value}");
+    }
 }

@@ -174,16 +174,33 @@ pub struct Day {
     pub last: Decimal,
 }
 
-fn fold(function: AggregationFunction, values: &[Decimal]) -> Option<Decimal> {
-    let (first, rest) = values.split_first()?;
-    Some(match function {
-        AggregationFunction::Sum => values.iter().sum(),
+/// A month's (or a converted day's) value beyond the exact decimal range (about 7.9e28): each
+/// day's bucket is in range, but their sum or its conversion is not. Answered 422, never a
+/// rounded or saturated number (`rust_decimal`'s operators panicked here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutOfRange;
+
+fn checked_sum(values: &[Decimal]) -> Result<Decimal, OutOfRange> {
+    values.iter().try_fold(Decimal::ZERO, |sum, v| sum.checked_add(*v)).ok_or(OutOfRange)
+}
+
+fn fold(function: AggregationFunction, values: &[Decimal]) -> Result<Option<Decimal>, OutOfRange> {
+    let Some((first, rest)) = values.split_first() else { return Ok(None) };
+    Ok(Some(match function {
+        AggregationFunction::Sum => checked_sum(values)?,
         AggregationFunction::Count => Decimal::from(values.len()),
         AggregationFunction::Min => rest.iter().fold(*first, |a, b| a.min(*b)),
         AggregationFunction::Max => rest.iter().fold(*first, |a, b| a.max(*b)),
-        AggregationFunction::Avg => values.iter().sum::<Decimal>() / Decimal::from(values.len()),
+        AggregationFunction::Avg => {
+            checked_sum(values)?.checked_div(Decimal::from(values.len())).ok_or(OutOfRange)?
+        }
         AggregationFunction::Last => *values.last().expect("not empty"),
-    })
+    }))
+}
+
+/// `value` × the KPI's unit conversion factor, exactly.
+fn convert(value: Decimal, factor: Decimal) -> Result<Decimal, OutOfRange> {
+    value.checked_mul(factor).map(|v| v.normalize()).ok_or(OutOfRange)
 }
 
 /// Each day's value of `from..=until` with the daily function, days without usages filled per
@@ -205,7 +222,8 @@ pub fn daily_values(
                 AggregationFunction::Count => Decimal::from(d.count),
                 AggregationFunction::Min => d.min,
                 AggregationFunction::Max => d.max,
-                AggregationFunction::Avg => d.sum / Decimal::from(d.count.max(1)),
+                // A day's sum divided by its count only shrinks: in range.
+                AggregationFunction::Avg => d.sum.checked_div(Decimal::from(d.count.max(1))).unwrap_or(d.sum),
                 AggregationFunction::Last => d.last,
             }),
             None => match pre_fill {
@@ -232,22 +250,43 @@ pub fn monthly_value(
     monthly: AggregationFunction,
     pre_fill: PreFill,
     factor: Decimal,
-) -> Option<Decimal> {
+) -> Result<Option<Decimal>, OutOfRange> {
     let values: Vec<Decimal> =
         daily_values(days, from, until, daily, pre_fill).into_iter().filter_map(|(_, v)| v).collect();
-    fold(monthly, &values).map(|v| (v * factor).normalize())
+    fold(monthly, &values)?.map(|v| convert(v, factor)).transpose()
 }
 
 /// `dailyValues` (with `includeDailyValues=true`): each day's value as the chart of the
 /// dashboard shows it, converted like the month's value; null for a day left out by preFill NONE.
-fn daily_json(kpi: &Kpi, days: &BTreeMap<NaiveDate, Day>, from: NaiveDate, until: NaiveDate) -> Vec<DailyValue> {
+fn daily_json(
+    kpi: &Kpi,
+    days: &BTreeMap<NaiveDate, Day>,
+    from: NaiveDate,
+    until: NaiveDate,
+) -> Result<Vec<DailyValue>, OutOfRange> {
     daily_values(days, from, until, kpi.daily, kpi.pre_fill)
         .into_iter()
-        .map(|(day, value)| DailyValue {
-            date: day.to_string(),
-            value: number(value.map(|v| (v * kpi.factor).normalize())),
+        .map(|(day, value)| {
+            let value = value.map(|v| convert(v, kpi.factor)).transpose()?;
+            Ok(DailyValue { date: day.to_string(), value: number(value) })
         })
         .collect()
+}
+
+/// 422 for a consumer's month whose value leaves the exact range.
+fn out_of_range(consumer: &str, kpi: &Kpi, year: i32, month: u32) -> ApiError {
+    let mut err = ApiError::new(
+        axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+        "valueOutOfRange",
+        format!(
+            "the {year}-{month:02} value of KPI {} for consumer {consumer} is beyond the exact decimal range \
+             (about 7.9e28); the daily aggregates are in range and can be read with includeDailyValues \
+             or per day",
+            kpi.name
+        ),
+    );
+    err.parameters.push(uts_common::error::MessageParameter { name: "consumer".into(), value: consumer.to_owned() });
+    err
 }
 
 #[derive(Serialize)]
@@ -464,8 +503,9 @@ async fn consumer_usage(
     let days = load_days(&state, &kpi, Some(&consumer), from, until).await?;
     let empty = BTreeMap::new();
     let own = days.get(&consumer).unwrap_or(&empty);
-    let value = monthly_value(own, from, until, kpi.daily, kpi.monthly, kpi.pre_fill, kpi.factor);
-    let daily_values = with_daily.then(|| daily_json(&kpi, own, from, until));
+    let range = |_| out_of_range(&consumer, &kpi, year, month);
+    let value = monthly_value(own, from, until, kpi.daily, kpi.monthly, kpi.pre_fill, kpi.factor).map_err(range)?;
+    let daily_values = with_daily.then(|| daily_json(&kpi, own, from, until)).transpose().map_err(range)?;
     let answer = ConsumerUsage {
         consumer,
         value: number(value),
@@ -500,12 +540,17 @@ async fn provider_usage(
         .iter()
         .skip(paging.offset() as usize)
         .take(paging.limit() as usize)
-        .map(|(consumer, days)| ConsumerValue {
-            consumer: consumer.clone(),
-            value: number(monthly_value(days, from, until, kpi.daily, kpi.monthly, kpi.pre_fill, kpi.factor)),
-            daily_values: with_daily.then(|| daily_json(&kpi, days, from, until)),
+        .map(|(consumer, days)| {
+            let range = |_| out_of_range(consumer, &kpi, year, month);
+            let value =
+                monthly_value(days, from, until, kpi.daily, kpi.monthly, kpi.pre_fill, kpi.factor).map_err(range)?;
+            Ok(ConsumerValue {
+                consumer: consumer.clone(),
+                value: number(value),
+                daily_values: with_daily.then(|| daily_json(&kpi, days, from, until)).transpose().map_err(range)?,
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>, ApiError>>()?;
     let answer = ProviderUsage {
         provider,
         kpi: KpiMonth::new(&kpi, year, month, from, until),
@@ -535,6 +580,20 @@ mod tests {
     }
 
     #[test]
+    fn a_month_beyond_the_exact_range_is_an_error_not_a_panic() {
+        use AggregationFunction as F;
+        let max = d("79228162514264337593543950335");
+        let huge = Day { count: 1, sum: max, min: max, max, last: max };
+        let days = BTreeMap::from([(day(1), huge.clone()), (day(2), huge)]);
+        let one = d("1");
+        assert_eq!(monthly_value(&days, day(1), day(2), F::Sum, F::Sum, PreFill::None, one), Err(OutOfRange));
+        assert_eq!(monthly_value(&days, day(1), day(2), F::Sum, F::Avg, PreFill::None, one), Err(OutOfRange));
+        // One day is in range, its conversion is not.
+        assert_eq!(monthly_value(&days, day(1), day(1), F::Sum, F::Sum, PreFill::None, d("2")), Err(OutOfRange));
+        assert_eq!(monthly_value(&days, day(1), day(2), F::Sum, F::Max, PreFill::None, one), Ok(Some(max)));
+    }
+
+    #[test]
     fn months_parse_every_spelling() {
         assert_eq!(parse_month("1").unwrap(), 1);
         assert_eq!(parse_month("01").unwrap(), 1);
@@ -548,13 +607,13 @@ mod tests {
         use AggregationFunction as F;
         let one = d("1");
         // Days 1..=5: day 2 sums 3, day 4 sums 5.
-        assert_eq!(monthly_value(&days(), day(1), day(5), F::Sum, F::Sum, PreFill::Zero, one), Some(d("8")));
-        assert_eq!(monthly_value(&days(), day(1), day(5), F::Sum, F::Avg, PreFill::Zero, one), Some(d("1.6")));
-        assert_eq!(monthly_value(&days(), day(1), day(5), F::Sum, F::Avg, PreFill::None, one), Some(d("4")));
+        assert_eq!(monthly_value(&days(), day(1), day(5), F::Sum, F::Sum, PreFill::Zero, one), Ok(Some(d("8"))));
+        assert_eq!(monthly_value(&days(), day(1), day(5), F::Sum, F::Avg, PreFill::Zero, one), Ok(Some(d("1.6"))));
+        assert_eq!(monthly_value(&days(), day(1), day(5), F::Sum, F::Avg, PreFill::None, one), Ok(Some(d("4"))));
         // LAST carries day 2 into day 3 and day 4 into day 5: 3 + 3 + 5 + 5.
-        assert_eq!(monthly_value(&days(), day(1), day(5), F::Sum, F::Sum, PreFill::Last, one), Some(d("16")));
-        assert_eq!(monthly_value(&days(), day(1), day(5), F::Max, F::Min, PreFill::None, one), Some(d("2")));
-        assert_eq!(monthly_value(&days(), day(1), day(5), F::Count, F::Sum, PreFill::Zero, d("0.5")), Some(d("1.5")));
-        assert_eq!(monthly_value(&BTreeMap::new(), day(1), day(5), F::Sum, F::Max, PreFill::None, one), None);
+        assert_eq!(monthly_value(&days(), day(1), day(5), F::Sum, F::Sum, PreFill::Last, one), Ok(Some(d("16"))));
+        assert_eq!(monthly_value(&days(), day(1), day(5), F::Max, F::Min, PreFill::None, one), Ok(Some(d("2"))));
+        assert_eq!(monthly_value(&days(), day(1), day(5), F::Count, F::Sum, PreFill::Zero, d("0.5")), Ok(Some(d("1.5"))));
+        assert_eq!(monthly_value(&BTreeMap::new(), day(1), day(5), F::Sum, F::Max, PreFill::None, one), Ok(None));
     }
 }

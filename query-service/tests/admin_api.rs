@@ -636,3 +636,62 @@ async fn tenant_lists_page(pool: PgPool) {
         assert_names(&error, "invalidParameter", name);
     }
 }
+
+/// Every string parameter of the query service, with a NUL (and other control characters) in
+/// it: 400 naming the parameter, 404 for an id in the path, never a 5xx (PostgreSQL refuses
+/// NUL in text, which was answered 500); a token whose tenant holds one: 401.
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn control_characters_never_reach_postgresql(pool: PgPool) {
+    let service = TestQueryService::start(pool).await;
+    let token = TestQueryService::token("ops", &["uts.admin", "uts.usages.read", "uts.aggregates.read"]);
+    let v3 = "/api/usagetransparency/v3";
+    let monthly = "month=1&year=2021&application=a&KPIName=k";
+    let query_cases: Vec<(String, &str)> = vec![
+        (format!("{v3}/usagesJobs?tenant=x%00"), "tenant"),
+        (format!("{v3}/usagesJobs?application=%00"), "application"),
+        (format!("{v3}/usagesJobs?unit=u%01"), "unit"),
+        (format!("{v3}/aggregatedMonthlyConsumerUsage?{monthly}&provider=p%00"), "provider"),
+        (format!("{v3}/aggregatedMonthlyConsumerUsage?month=1&year=2021&provider=p&application=%00&KPIName=k"), "application"),
+        (format!("{v3}/aggregatedMonthlyProviderUsage?month=1&year=2021&application=a&KPIName=k%00"), "KPIName"),
+        (format!("{v3}/aggregatedMonthlyProviderUsage?{monthly}&consumer=%7F"), "consumer"),
+        (format!("{v3}/admin/rules?application=a%00"), "application"),
+        (format!("{v3}/admin/kpis?application=%00"), "application"),
+        (format!("{v3}/admin/tenants?page=0%0A"), "page"),
+    ];
+    for (path, parameter) in &query_cases {
+        let response = service.client.get(format!("http://{}{path}", service.addr)).bearer_auth(&token).send().await.unwrap();
+        let error = error_of(response).await;
+        assert_names(&error, "invalidParameter", parameter);
+    }
+    for path in [
+        format!("{v3}/usagesJobs/job%00"),
+        format!("{v3}/usagesJobs/job%00/errors"),
+        format!("{v3}/admin/tenants/t%00"),
+        format!("{v3}/admin/tenants/t%00/applications"),
+        format!("{v3}/admin/rules/r%00"),
+        format!("{v3}/admin/kpis/k%1F"),
+    ] {
+        let response = service.client.get(format!("http://{}{path}", service.addr)).bearer_auth(&token).send().await.unwrap();
+        let error = error_of(response).await;
+        assert_eq!((error.status, error.code.as_str()), (StatusCode::NOT_FOUND, "noMatch"), "{path}: {error:?}");
+    }
+    let response = service
+        .client
+        .put(format!("http://{}{v3}/admin/tenants/t%00", service.addr))
+        .bearer_auth(&token)
+        .json(&json!({"tenantType": "developer"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    for tenant in ["ops\0", "o\u{1}ps"] {
+        let token = TestQueryService::token(tenant, &["uts.usages.read"]);
+        let response =
+            service.client.get(format!("http://{}{v3}/usagesJobs", service.addr)).bearer_auth(&token).send().await.unwrap();
+        let error = error_of(response).await;
+        assert_eq!((error.status, error.code.as_str()), (StatusCode::UNAUTHORIZED, "unauthorized"), "{tenant:?}");
+    }
+    // The service is still there and answers well-formed requests.
+    let response = service.client.get(format!("http://{}{v3}/usagesJobs", service.addr)).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}

@@ -191,3 +191,43 @@ async fn monthly_values_follow_the_kpi_and_stay_with_their_tenants(pool: PgPool)
     );
     service.stop().await;
 }
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn a_month_beyond_the_exact_range_is_answered_422_for_provider_and_consumer(pool: PgPool) {
+    tenants::upsert(&pool, &Tenant { tenant_id: "prov".into(), tenant_type: TenantType::Developer, operator_tenant_id: None })
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO kpis (name, display_name, application, application_display_name, unit, owner_tenant_id,
+                           aggregation_function_daily, aggregation_function_monthly, pre_fill, unit_conversion_factor)
+         VALUES ('assets', 'assets', 'assetmonitor', 'Asset Monitor', 'asset', 'prov', 'SUM', 'SUM', 'NONE', 1)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Each day's bucket is in range (the largest decimal); their sum is not.
+    let max = "79228162514264337593543950335";
+    bucket(&pool, "greedy", "2021-01-01", &[max]).await;
+    bucket(&pool, "greedy", "2021-01-02", &[max]).await;
+    bucket(&pool, "modest", "2021-01-01", &["7"]).await;
+    let service = TestQueryService::start(pool).await;
+    let month = "month=1&year=2021&application=assetmonitor&KPIName=assets";
+
+    for (tenant, path) in [
+        ("greedy", format!("/aggregatedMonthlyConsumerUsage?{month}&provider=prov")),
+        ("prov", format!("/aggregatedMonthlyProviderUsage?{month}")),
+        ("prov", format!("/aggregatedMonthlyProviderUsage?{month}&consumer=greedy&includeDailyValues=true")),
+    ] {
+        let (status, body) = get(&service, tenant, &path).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{path}: {body}");
+        let error = &body["errors"][0];
+        assert_eq!(error["code"], "mdsp.core.generic.valueOutOfRange", "{body}");
+        assert!(error["message"].as_str().unwrap().contains("greedy"), "{body}");
+        assert_eq!(error["messageParameters"][0]["value"], "greedy", "{body}");
+    }
+    // The other consumer's month still answers, and the service is still up.
+    let (status, body) = get(&service, "prov", &format!("/aggregatedMonthlyProviderUsage?{month}&consumer=modest")).await;
+    assert_eq!((status, body["aggregatedUsages"][0]["value"].as_i64()), (StatusCode::OK, Some(7)), "{body}");
+    let (status, body) = get(&service, "modest", &format!("/aggregatedMonthlyConsumerUsage?{month}&provider=prov")).await;
+    assert_eq!((status, body["value"].as_i64()), (StatusCode::OK, Some(7)), "{body}");
+}
