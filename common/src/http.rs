@@ -139,16 +139,53 @@ pub fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// The request body, at most `limit` bytes: 413 beyond, 400 when it cannot be read.
-pub async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
-    use http_body_util::{BodyExt, LengthLimitError, Limited};
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ApiError::payload_too_large(format!("the request body exceeds {limit} bytes")))
-        }
-        Err(err) => Err(ApiError::invalid_body_property("", format_args!("could not be read: {err}"))),
+/// How much of a refused body is still read (and discarded) after the 413, and for how long.
+const DRAIN_BYTES: usize = 16 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// The request body, at most `limit` bytes: 413 beyond, 400 when it cannot be read. A body
+/// whose declared `Content-Length` is over the limit is refused before a byte of it is read (a
+/// client that declared 50 MB and sent nothing waited for the 30 s deadline); the rest of a
+/// refused body is drained in the background, up to a bound, so that a client still sending
+/// reads the 413 instead of a connection reset.
+pub async fn read_body(mut body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    use hyper::body::Body as _;
+    let too_large = || ApiError::payload_too_large(format!("the request body exceeds {limit} bytes"));
+    if body.size_hint().lower() > limit as u64 {
+        drain_later(body);
+        return Err(too_large());
     }
+    let mut bytes = Vec::with_capacity(body.size_hint().exact().unwrap_or(0).min(limit as u64) as usize);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|err| ApiError::invalid_body_property("", format_args!("could not be read: {err}")))?;
+        if let Ok(data) = frame.into_data() {
+            if bytes.len() + data.len() > limit {
+                drain_later(body);
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&data);
+        }
+    }
+    Ok(bytes.into())
+}
+
+/// Reads and discards what is left of `body`, at most [`DRAIN_BYTES`] for [`DRAIN_TIME`]; hyper
+/// closes the connection afterwards unless the body was read to its end.
+fn drain_later(mut body: Body) {
+    use http_body_util::BodyExt;
+    tokio::spawn(async move {
+        let drain = async {
+            let mut drained = 0;
+            while let Some(Ok(frame)) = body.frame().await {
+                drained += frame.data_ref().map_or(0, |d| d.len());
+                if drained > DRAIN_BYTES {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+    });
 }
 
 /// Bounds a request, body read included: 503 `serviceUnavailable` when it takes longer.

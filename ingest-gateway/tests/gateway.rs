@@ -153,6 +153,47 @@ async fn a_body_over_the_byte_limit_is_413(pool: PgPool) {
     assert!(message.contains("2048 bytes"), "{message}");
 }
 
+/// A declared `Content-Length` over the limit is answered 413 before a byte is read (it waited
+/// 30 s for the deadline's 503), and a client still sending its oversize body reads the 413
+/// (the server used to answer and close while it sent: connection reset).
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn an_oversize_body_is_413_at_once_and_the_client_can_read_it(pool: PgPool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gateway = TestGateway::start(pool, &["--max-body-bytes=2048"]).await;
+    let token = TestGateway::token("acme", WRITE);
+
+    let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let head = format!(
+        "POST /api/usagetransparency/v3/usagesJobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 52428800\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0; 4096];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(3), stream.read(&mut answer))
+        .await
+        .expect("answered within 3 s, before any of the body was sent")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("mdsp.core.generic.payloadTooLarge"), "{answer}");
+
+    for size in [3 << 20, 6 << 20] {
+        let body = format!("{{\"users\":[{}]}}", "1".repeat(size));
+        let response = gateway
+            .client
+            .post(gateway.url("/usagesJobs"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("the 413 is read, not a reset");
+        let (status, code, _) = error_of(response).await;
+        assert_eq!((status, code.as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "mdsp.core.generic.payloadTooLarge"));
+    }
+    assert!(gateway.read_jobs().is_empty());
+}
+
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn authentication_and_authorisation_matrix(pool: PgPool) {
     let gateway = TestGateway::start(pool, &[]).await;
