@@ -24,8 +24,10 @@
 //! so a bucket's versions reach `uts.aggregates` oldest first.
 //!
 //! **Failure modes:** PostgreSQL or Kafka unavailable → the batch is retried with backoff;
-//! a message that is not a valid `VerifiedBatch`, names no known aggregation function, or whose
-//! bucket would overflow the exact decimal range → dead letter, and the partition moves on;
+//! a message that is not a valid `VerifiedBatch` or names no known aggregation function → dead
+//! letter, and the partition moves on; a batch whose bucket would overflow the exact decimal
+//! range → dead letter too, and its usages end VERIFICATIONFAILED with an error of type other
+//! (the rejection is recorded with its dedup row, so a redelivery repeats it);
 //! SIGTERM → the batch in hand is finished and committed.
 
 pub mod fold;
@@ -196,12 +198,12 @@ impl Handler for Aggregator {
         steps.done("lock");
         let fold = fold_batches(batch, &fresh, stored);
         if !fold.rejected.is_empty() {
-            let undone: Vec<(&str, &KeyId)> = fold
+            let decided: Vec<(&str, &KeyId, &str)> = fold
                 .rejected
                 .iter()
-                .map(|r| (batch[r.position].item.message.job_id.as_str(), &batch[r.position].item.key))
+                .map(|r| (batch[r.position].item.message.job_id.as_str(), &batch[r.position].item.key, r.reason.as_str()))
                 .collect();
-            store::unclaim(&mut tx, &undone).await?;
+            store::reject(&mut tx, &decided).await?;
         }
         let (new_buckets, contributions) = fold.versions(batch, now);
         if !new_buckets.is_empty() {
@@ -209,17 +211,30 @@ impl Handler for Aggregator {
             store::store_contributions(&mut tx, &contributions).await?;
         }
         steps.done("write");
-        // A redelivery re-emits the versions its batches produced, read from the lineage.
+        // A redelivery re-emits what its batches came to: the versions they produced, read from
+        // the lineage, or the rejection recorded for them.
         let redelivered: Vec<(&str, &KeyId)> =
             before.iter().map(|&p| (batch[p].item.message.job_id.as_str(), &batch[p].item.key)).collect();
-        let old = if redelivered.is_empty() { Vec::new() } else { store::versions_of(&mut tx, &redelivered).await? };
+        let (old, rejected_before) = if redelivered.is_empty() {
+            (Vec::new(), HashMap::new())
+        } else {
+            (store::versions_of(&mut tx, &redelivered).await?, store::rejections(&mut tx, &redelivered).await?)
+        };
         tx.commit().await.context("committing aggregates")?;
         steps.done("commit");
 
-        let rejected_positions: HashSet<usize> = fold.rejected.iter().map(|r| r.position).collect();
+        let mut rejected = fold.rejected;
+        for &p in &before {
+            let item = &batch[p].item;
+            if let Some(reason) = rejected_before.get(&(item.message.job_id.clone(), item.key.clone())) {
+                rejected.push(Rejected { position: p, reason: reason.clone() });
+            }
+        }
+        let rejected_positions: HashSet<usize> = rejected.iter().map(|r| r.position).collect();
         let emitted: Vec<usize> = unique.iter().copied().filter(|p| !rejected_positions.contains(p)).collect();
         let aggregates = aggregate_messages(batch, &emitted, contributions.into_iter().chain(old));
-        let statuses = status_events(batch, &emitted);
+        let mut statuses = status_events(batch, &emitted);
+        statuses.extend(rejected.iter().map(|r| rejection_event(batch, r)));
         // In order: a bucket's versions reach its partition oldest first.
         let mut sends: Vec<(&str, &[u8], &[u8])> = Vec::with_capacity(aggregates.len() + statuses.len());
         for (key, payload) in &aggregates {
@@ -234,7 +249,7 @@ impl Handler for Aggregator {
         steps.done("produce");
         let usages: usize = emitted.iter().filter(|p| fresh.contains(p)).map(|&p| batch[p].item.usages.len()).sum();
         metrics::counter!("uts_aggregator_usages_total").increment(usages as u64);
-        Ok(fold.rejected)
+        Ok(rejected)
     }
 }
 
@@ -455,6 +470,58 @@ fn status_events(batch: &[Decoded<Batch>], positions: &[usize]) -> Vec<(String, 
             (job_id.clone(), event.encode_to_vec())
         })
         .collect()
+}
+
+/// The status event of a (job, key) batch that could not be aggregated: its usages end
+/// VERIFICATIONFAILED (terminal, so the job ends ERRORS) with an error of type other naming the
+/// application, unit, usage indexes and the reason; same event id as the AGGREGATED one it
+/// replaces, so a (job, key) is reported once whatever is redelivered.
+fn rejection_event(batch: &[Decoded<Batch>], rejected: &Rejected) -> (String, Vec<u8>) {
+    let item = &batch[rejected.position].item;
+    let job_id = &item.message.job_id;
+    let from = if item.message.verification_status == v1::UsageStatus::Verified as i32 {
+        UsageStatus::Verified
+    } else {
+        UsageStatus::NoVerification
+    };
+    let indexes: Vec<String> = item.usages.iter().map(|u| u.index.to_string()).collect();
+    let parameter = |name: &str, value: &str| v1::MessageParameter { name: name.into(), value: value.into() };
+    let error = v1::UsageError {
+        code: "mdsp.uts.aggregation.outOfRange".into(),
+        message: format!(
+            "the usages {} of application {}, unit {} could not be aggregated: {}",
+            indexes.join(", "),
+            item.key.application,
+            item.key.unit,
+            rejected.reason
+        ),
+        message_parameters: vec![
+            parameter("application", &item.key.application),
+            parameter("unit", &item.key.unit),
+            parameter("usageIndexes", &indexes.join(",")),
+        ],
+        logref: format!("aggregator:{job_id}:{}", key_text(&item.key)),
+        error_type: v1::ErrorType::Other as i32,
+        info: String::new(),
+        error_data: Some(v1::usage_error::ErrorData::Other(rejected.reason.clone())),
+    };
+    let event = v1::StatusEvent {
+        event_id: format!("aggregator:{job_id}:{}", key_text(&item.key)),
+        job_id: job_id.clone(),
+        submitter_tenant: item.message.submitter_tenant.clone(),
+        stage: v1::Stage::Aggregator as i32,
+        occurred_at: item.message.received_at,
+        transitions: vec![v1::StatusTransition {
+            application: item.key.application.clone(),
+            unit: item.key.unit.clone(),
+            from: from.to_proto() as i32,
+            to: UsageStatus::VerificationFailed.to_proto() as i32,
+            count: item.usages.len() as u32,
+            terminal: true,
+        }],
+        errors: vec![error],
+    };
+    (job_id.clone(), event.encode_to_vec())
 }
 
 /// Runs the aggregator with `pool` until `shutdown`.

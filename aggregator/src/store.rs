@@ -2,7 +2,7 @@
 //! consumer batch costs the same handful of statements whatever its size, and each touched
 //! bucket row is read once and written once per batch, however many jobs it folds in.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
@@ -92,16 +92,18 @@ pub async fn claim(
     Ok((claimed, now))
 }
 
-/// Deletes the dedup rows of batches that were claimed but could not be applied (overflow).
-pub async fn unclaim(tx: &mut Transaction<'_, Postgres>, claims: &[(&str, &KeyId)]) -> sqlx::Result<()> {
-    let jobs: Vec<String> = claims.iter().map(|(job, _)| (*job).to_owned()).collect();
+/// Marks claimed batches that could not be applied (overflow) as rejected, with the reason:
+/// their dedup rows stay, so a redelivery finds them decided (see [`rejections`]).
+pub async fn reject(tx: &mut Transaction<'_, Postgres>, rejected: &[(&str, &KeyId, &str)]) -> sqlx::Result<()> {
+    let jobs: Vec<&str> = rejected.iter().map(|(job, _, _)| *job).collect();
+    let reasons: Vec<&str> = rejected.iter().map(|(_, _, reason)| *reason).collect();
     let mut keys = KeyColumns::default();
-    for (_, key) in claims {
+    for (_, key, _) in rejected {
         keys.push(key);
     }
     sqlx::query(
-        "DELETE FROM aggregate_applied_batches a
-         USING UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS k(job_id, p, c, a, u)
+        "UPDATE aggregate_applied_batches a SET rejection = k.reason
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS k(job_id, p, c, a, u, reason)
          WHERE (a.job_id, a.provider_tenant_id, a.consumer_tenant_id, a.application, a.unit)
              = (k.job_id, k.p, k.c, k.a, k.u)",
     )
@@ -110,9 +112,42 @@ pub async fn unclaim(tx: &mut Transaction<'_, Postgres>, claims: &[(&str, &KeyId
     .bind(&keys.consumers)
     .bind(&keys.applications)
     .bind(&keys.units)
+    .bind(&reasons)
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// Of batches applied by an earlier delivery, those that were rejected, with the reason.
+pub async fn rejections(
+    tx: &mut Transaction<'_, Postgres>,
+    batches: &[(&str, &KeyId)],
+) -> sqlx::Result<HashMap<(String, KeyId), String>> {
+    let jobs: Vec<&str> = batches.iter().map(|(job, _)| *job).collect();
+    let mut keys = KeyColumns::default();
+    for (_, key) in batches {
+        keys.push(key);
+    }
+    let rows: Vec<(String, String, String, String, String, String)> = sqlx::query_as(
+        "SELECT a.job_id, a.provider_tenant_id, a.consumer_tenant_id, a.application, a.unit, a.rejection
+         FROM aggregate_applied_batches a
+         JOIN UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS k(job_id, p, c, a, u)
+           ON (a.job_id, a.provider_tenant_id, a.consumer_tenant_id, a.application, a.unit) = (k.job_id, k.p, k.c, k.a, k.u)
+         WHERE a.rejection IS NOT NULL",
+    )
+    .bind(&jobs)
+    .bind(&keys.providers)
+    .bind(&keys.consumers)
+    .bind(&keys.applications)
+    .bind(&keys.units)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(job, provider, consumer, application, unit, reason)| {
+            ((job, KeyId { provider, consumer, application, unit }), reason)
+        })
+        .collect())
 }
 
 /// A bucket as stored: its accumulators and version.

@@ -224,8 +224,41 @@ async fn poison_and_overflow_are_set_aside_and_the_partition_moves_on(pool: PgPo
     // An unknown function is a contract breach, set aside, not aggregated as SUM.
     assert!(letters.iter().any(|l| l.reason.contains("unknown aggregation function 42")), "{letters:?}");
     assert_eq!(bucket(&pool, "odd", now.date_naive()).await, None);
-    read_topic(&args, &args.topics().status, 2, WAIT).await;
+    // The overflowing job's usage does not vanish: it ends VERIFICATIONFAILED with its error.
+    let status_topic = args.topics().status;
+    let statuses = |count: usize| {
+        let (args, topic) = (args.clone(), status_topic.clone());
+        async move { read_status(&args, &topic, count).await }
+    };
+    async fn read_status(args: &KafkaArgs, topic: &str, count: usize) -> Vec<v1::StatusEvent> {
+        read_topic(args, topic, count, WAIT)
+            .await
+            .iter()
+            .map(|(_, p)| v1::StatusEvent::decode(p.as_slice()).unwrap())
+            .collect::<Vec<_>>()
+    }
+    let events = statuses(3).await;
+    assert_eq!(events.len(), 3, "job-big-1, job-big-2 and job-ok: {events:?}");
+    let rejection = events.iter().find(|e| e.job_id == "job-big-2").expect("an event for the rejected job");
+    let t = &rejection.transitions[0];
+    assert_eq!(
+        (t.from, t.to, t.count, t.terminal),
+        (v1::UsageStatus::Verified as i32, v1::UsageStatus::Verificationfailed as i32, 1, true)
+    );
+    let error = &rejection.errors[0];
+    assert_eq!(error.error_type, v1::ErrorType::Other as i32);
+    assert!(error.message.contains("would leave the exact decimal range"), "{error:?}");
+    assert!(error.message_parameters.iter().any(|p| p.name == "usageIndexes" && p.value == "0"), "{error:?}");
     assert_eq!(bucket(&pool, "big", now.date_naive()).await.map(|b| b.1), Some(1), "the first big usage stays");
     assert_eq!(bucket(&pool, "ok", now.date_naive()).await, Some((d("1"), 1, 1)));
+
+    // Delivered again (e.g. after a crash before its offset was stored): the same rejection,
+    // under the same event id, and the bucket unchanged.
+    produce(&args, &[batch("job-big-2", "big", v1::AggregationFunction::Sum, &[(&max, now)]).encode_to_vec()]).await;
+    let events = statuses(4).await;
+    assert_eq!(events.len(), 4);
+    assert_eq!(events[3].event_id, rejection.event_id);
+    assert_eq!(events[3].transitions, rejection.transitions);
+    assert_eq!(bucket(&pool, "big", now.date_naive()).await.map(|b| b.1), Some(1));
     shutdown.cancel();
 }
