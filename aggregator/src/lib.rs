@@ -201,7 +201,9 @@ impl Handler for Aggregator {
             let decided: Vec<(&str, &KeyId, &str)> = fold
                 .rejected
                 .iter()
-                .map(|r| (batch[r.position].item.message.job_id.as_str(), &batch[r.position].item.key, r.reason.as_str()))
+                .map(|r| {
+                    (batch[r.position].item.message.job_id.as_str(), &batch[r.position].item.key, r.reason.as_str())
+                })
                 .collect();
             store::reject(&mut tx, &decided).await?;
         }

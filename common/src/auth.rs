@@ -232,11 +232,7 @@ fn principal_of(claims: Claims) -> Result<Principal, ApiError> {
     if crate::http::has_control_character(&tenant) || crate::http::has_control_character(&user) {
         return Err(ApiError::unauthorized("the bearer token's ten or user claim holds a control character"));
     }
-    Ok(Principal {
-        tenant,
-        user,
-        scopes: claims.scope.map(ScopeClaim::into_vec).unwrap_or_default(),
-    })
+    Ok(Principal { tenant, user, scopes: claims.scope.map(ScopeClaim::into_vec).unwrap_or_default() })
 }
 
 /// Mints an HS256 token (local runs, tests, the quick start). `ttl_seconds` may be negative to

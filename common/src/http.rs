@@ -158,7 +158,8 @@ pub async fn read_body(mut body: Body, limit: usize) -> Result<axum::body::Bytes
     }
     let mut bytes = Vec::with_capacity(body.size_hint().exact().unwrap_or(0).min(limit as u64) as usize);
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|err| ApiError::invalid_body_property("", format_args!("could not be read: {err}")))?;
+        let frame =
+            frame.map_err(|err| ApiError::invalid_body_property("", format_args!("could not be read: {err}")))?;
         if let Ok(data) = frame.into_data() {
             if bytes.len() + data.len() > limit {
                 drain_later(body);

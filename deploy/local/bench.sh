@@ -129,6 +129,10 @@ pipeline_phase() {
   wait "${pids[@]:$phase_pids_start}" 2>/dev/null || true
   pids=("${pids[@]:0:$phase_pids_start}")
   "$UTS_LOCAL_SCRIPTS_DIR/kafka.sh" topics --delete --topic "$prefix.*" >/dev/null 2>&1 || true
+  # The broker removes a deleted topic's files a moment later (file.delete.delay.ms): wait for
+  # that here, not during the next phase's load.
+  deleted() { ! compgen -G "$UTS_LOCAL_DIR/kafka/data/$prefix.*" >/dev/null; }
+  wait_until 120 0.5 deleted || log_info "the files of $prefix are still there after 120 s"
   # Its database goes too (UTS_BENCH_KEEP_DB=1 keeps it for a look): left behind, its
   # autovacuum ran during the next phase (seen in pg_stat_activity) on a machine with no idle CPU.
   [[ "${UTS_BENCH_KEEP_DB:-0}" == 1 ]] || psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db" >/dev/null || true

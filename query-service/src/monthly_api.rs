@@ -191,9 +191,7 @@ fn fold(function: AggregationFunction, values: &[Decimal]) -> Result<Option<Deci
         AggregationFunction::Count => Decimal::from(values.len()),
         AggregationFunction::Min => rest.iter().fold(*first, |a, b| a.min(*b)),
         AggregationFunction::Max => rest.iter().fold(*first, |a, b| a.max(*b)),
-        AggregationFunction::Avg => {
-            checked_sum(values)?.checked_div(Decimal::from(values.len())).ok_or(OutOfRange)?
-        }
+        AggregationFunction::Avg => checked_sum(values)?.checked_div(Decimal::from(values.len())).ok_or(OutOfRange)?,
         AggregationFunction::Last => *values.last().expect("not empty"),
     }))
 }
@@ -613,7 +611,10 @@ mod tests {
         // LAST carries day 2 into day 3 and day 4 into day 5: 3 + 3 + 5 + 5.
         assert_eq!(monthly_value(&days(), day(1), day(5), F::Sum, F::Sum, PreFill::Last, one), Ok(Some(d("16"))));
         assert_eq!(monthly_value(&days(), day(1), day(5), F::Max, F::Min, PreFill::None, one), Ok(Some(d("2"))));
-        assert_eq!(monthly_value(&days(), day(1), day(5), F::Count, F::Sum, PreFill::Zero, d("0.5")), Ok(Some(d("1.5"))));
+        assert_eq!(
+            monthly_value(&days(), day(1), day(5), F::Count, F::Sum, PreFill::Zero, d("0.5")),
+            Ok(Some(d("1.5")))
+        );
         assert_eq!(monthly_value(&BTreeMap::new(), day(1), day(5), F::Sum, F::Max, PreFill::None, one), Ok(None));
     }
 }

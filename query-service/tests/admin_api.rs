@@ -651,7 +651,10 @@ async fn control_characters_never_reach_postgresql(pool: PgPool) {
         (format!("{v3}/usagesJobs?application=%00"), "application"),
         (format!("{v3}/usagesJobs?unit=u%01"), "unit"),
         (format!("{v3}/aggregatedMonthlyConsumerUsage?{monthly}&provider=p%00"), "provider"),
-        (format!("{v3}/aggregatedMonthlyConsumerUsage?month=1&year=2021&provider=p&application=%00&KPIName=k"), "application"),
+        (
+            format!("{v3}/aggregatedMonthlyConsumerUsage?month=1&year=2021&provider=p&application=%00&KPIName=k"),
+            "application",
+        ),
         (format!("{v3}/aggregatedMonthlyProviderUsage?month=1&year=2021&application=a&KPIName=k%00"), "KPIName"),
         (format!("{v3}/aggregatedMonthlyProviderUsage?{monthly}&consumer=%7F"), "consumer"),
         (format!("{v3}/admin/rules?application=a%00"), "application"),
@@ -659,7 +662,8 @@ async fn control_characters_never_reach_postgresql(pool: PgPool) {
         (format!("{v3}/admin/tenants?page=0%0A"), "page"),
     ];
     for (path, parameter) in &query_cases {
-        let response = service.client.get(format!("http://{}{path}", service.addr)).bearer_auth(&token).send().await.unwrap();
+        let response =
+            service.client.get(format!("http://{}{path}", service.addr)).bearer_auth(&token).send().await.unwrap();
         let error = error_of(response).await;
         assert_names(&error, "invalidParameter", parameter);
     }
@@ -671,7 +675,8 @@ async fn control_characters_never_reach_postgresql(pool: PgPool) {
         format!("{v3}/admin/rules/r%00"),
         format!("{v3}/admin/kpis/k%1F"),
     ] {
-        let response = service.client.get(format!("http://{}{path}", service.addr)).bearer_auth(&token).send().await.unwrap();
+        let response =
+            service.client.get(format!("http://{}{path}", service.addr)).bearer_auth(&token).send().await.unwrap();
         let error = error_of(response).await;
         assert_eq!((error.status, error.code.as_str()), (StatusCode::NOT_FOUND, "noMatch"), "{path}: {error:?}");
     }
@@ -686,12 +691,18 @@ async fn control_characters_never_reach_postgresql(pool: PgPool) {
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     for tenant in ["ops\0", "o\u{1}ps"] {
         let token = TestQueryService::token(tenant, &["uts.usages.read"]);
-        let response =
-            service.client.get(format!("http://{}{v3}/usagesJobs", service.addr)).bearer_auth(&token).send().await.unwrap();
+        let response = service
+            .client
+            .get(format!("http://{}{v3}/usagesJobs", service.addr))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
         let error = error_of(response).await;
         assert_eq!((error.status, error.code.as_str()), (StatusCode::UNAUTHORIZED, "unauthorized"), "{tenant:?}");
     }
     // The service is still there and answers well-formed requests.
-    let response = service.client.get(format!("http://{}{v3}/usagesJobs", service.addr)).bearer_auth(&token).send().await.unwrap();
+    let response =
+        service.client.get(format!("http://{}{v3}/usagesJobs", service.addr)).bearer_auth(&token).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
 }

@@ -194,9 +194,12 @@ async fn monthly_values_follow_the_kpi_and_stay_with_their_tenants(pool: PgPool)
 
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn a_month_beyond_the_exact_range_is_answered_422_for_provider_and_consumer(pool: PgPool) {
-    tenants::upsert(&pool, &Tenant { tenant_id: "prov".into(), tenant_type: TenantType::Developer, operator_tenant_id: None })
-        .await
-        .unwrap();
+    tenants::upsert(
+        &pool,
+        &Tenant { tenant_id: "prov".into(), tenant_type: TenantType::Developer, operator_tenant_id: None },
+    )
+    .await
+    .unwrap();
     sqlx::query(
         "INSERT INTO kpis (name, display_name, application, application_display_name, unit, owner_tenant_id,
                            aggregation_function_daily, aggregation_function_monthly, pre_fill, unit_conversion_factor)
@@ -226,8 +229,10 @@ async fn a_month_beyond_the_exact_range_is_answered_422_for_provider_and_consume
         assert_eq!(error["messageParameters"][0]["value"], "greedy", "{body}");
     }
     // The other consumer's month still answers, and the service is still up.
-    let (status, body) = get(&service, "prov", &format!("/aggregatedMonthlyProviderUsage?{month}&consumer=modest")).await;
+    let (status, body) =
+        get(&service, "prov", &format!("/aggregatedMonthlyProviderUsage?{month}&consumer=modest")).await;
     assert_eq!((status, body["aggregatedUsages"][0]["value"].as_i64()), (StatusCode::OK, Some(7)), "{body}");
-    let (status, body) = get(&service, "modest", &format!("/aggregatedMonthlyConsumerUsage?{month}&provider=prov")).await;
+    let (status, body) =
+        get(&service, "modest", &format!("/aggregatedMonthlyConsumerUsage?{month}&provider=prov")).await;
     assert_eq!((status, body["value"].as_i64()), (StatusCode::OK, Some(7)), "{body}");
 }
