@@ -6,8 +6,8 @@ WORKDIR /src
 COPY . .
 RUN cargo build --release --bins \
  && mkdir /out \
- && cp target/release/ingest-gateway target/release/verifier target/release/aggregator \
-       target/release/billing-forwarder target/release/billing-receiver \
+ && cp target/release/ingest-gateway target/release/query-service target/release/verifier \
+       target/release/aggregator target/release/billing-forwarder target/release/billing-receiver \
        target/release/utsctl /out/
 
 FROM debian:bookworm-slim

@@ -9,9 +9,11 @@ root="$(cd "$dir/../.." && pwd)"
 . "$dir/lib.sh"
 # Build tools the crates need (librdkafka is compiled from source by rdkafka-sys), and the
 # browser the dashboard test drives (Debian's Chromium over WebDriver).
-for tool in cc:gcc c++:g++ make:make curl:curl perl:perl chromium:chromium chromedriver:chromium-driver; do
+for tool in cc:gcc c++:g++ make:make curl:curl perl:perl chromium:chromium chromedriver:chromium-driver python3:python3; do
   require_cmd "${tool%%:*}" "${tool##*:}"
 done
+# The compose check reads YAML.
+python3 -c 'import yaml' 2>/dev/null || apt_install python3-yaml
 "$dir/infra.sh" up >/dev/null
 # shellcheck disable=SC1091
 . "${UTS_LOCAL_DIR:-$root/.local}/env"
@@ -23,6 +25,8 @@ cd "$root"
 # The crash test runs the stages as real processes: build the binaries (same profile as the
 # tests, so this only links).
 cargo build --workspace --bins
+# No Docker engine here: docker-compose.yml is checked against the binaries just built instead.
+python3 deploy/check-compose.py "${CARGO_TARGET_DIR:-$root/target}/debug"
 cargo test --workspace --all-targets
 # Same package selection as above, so nothing is rebuilt.
 cargo test --workspace --test kafka_outage -- --ignored
