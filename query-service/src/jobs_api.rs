@@ -114,10 +114,19 @@ fn visible_jobs() -> String {
 
 /// The status columns of a job: accepted, failed and terminal counts.
 const STATUS_COLUMNS: &str = "
-    coalesce((SELECT sum(usages_count) FROM job_usage_counts c WHERE c.job_id = v.job_id AND c.status = 'ACCEPTED'), 0)::bigint,
-    coalesce((SELECT sum(usages_count) FROM job_usage_counts c WHERE c.job_id = v.job_id
-              AND c.status IN ('VERIFICATIONFAILED', 'FAILEDTOSENDFORBILLING')), 0)::bigint,
+    coalesce((SELECT sum(accepted) FROM job_status_counts c WHERE c.job_id = v.job_id), 0)::bigint,
+    coalesce((SELECT sum(verificationfailed + failedtosendforbilling) FROM job_status_counts c
+              WHERE c.job_id = v.job_id), 0)::bigint,
     coalesce((SELECT usages_count FROM job_terminal_counts t WHERE t.job_id = v.job_id), 0)::bigint";
+
+/// A job's non-zero counts as (application, unit, status, n) rows, from its one row per
+/// (application, unit) (`$1`: the job id).
+const STATUS_ROWS: &str = "job_status_counts c CROSS JOIN LATERAL (VALUES
+        ('ACCEPTED', c.accepted), ('VERIFIED', c.verified), ('NOVERIFICATION', c.noverification),
+        ('VERIFICATIONFAILED', c.verificationfailed), ('AGGREGATED', c.aggregated),
+        ('SENTFORBILLING', c.sentforbilling), ('FAILEDTOSENDFORBILLING', c.failedtosendforbilling),
+        ('RECEIVEDFORBILLING', c.receivedforbilling)) AS s(status, n)
+    WHERE c.job_id = $1 AND s.n <> 0";
 
 type JobRow = (String, DateTime<Utc>, i32, i64, i64, i64);
 
@@ -257,11 +266,10 @@ async fn get_job(
     let params = Params::parse(query, &["page", "size"])?;
     let paging = params.paging_or(200)?;
     let job = visible_job(&state, &tenant, &id).await?;
-    let rows: Vec<(String, String, String, i32, i64)> = sqlx::query_as(
-        "SELECT application, unit, status, usages_count, count(*) OVER () FROM job_usage_counts
-         WHERE job_id = $1 AND usages_count <> 0
-         ORDER BY application, unit, status LIMIT $2 OFFSET $3",
-    )
+    let rows: Vec<(String, String, String, i32, i64)> = sqlx::query_as(&format!(
+        "SELECT application, unit, status, n, count(*) OVER () FROM {STATUS_ROWS}
+             ORDER BY application, unit, status LIMIT $2 OFFSET $3"
+    ))
     .bind(&id)
     .bind(paging.limit())
     .bind(paging.offset())
@@ -270,7 +278,7 @@ async fn get_job(
     .map_err(storage_error)?;
     let total = match rows.first() {
         Some(row) => row.4,
-        None => sqlx::query_scalar("SELECT count(*) FROM job_usage_counts WHERE job_id = $1 AND usages_count <> 0")
+        None => sqlx::query_scalar(&format!("SELECT count(*) FROM {STATUS_ROWS}"))
             .bind(&id)
             .fetch_one(&state.pool)
             .await

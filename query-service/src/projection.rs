@@ -15,7 +15,6 @@ use sqlx::{PgPool, Postgres, Transaction};
 use uts_common::domain::{format_datetime, from_timestamp};
 use uts_common::proto::v1;
 use uts_common::runner::{decode_proto, Decoded, Handler, Rejected};
-use uts_common::status::status_name;
 
 /// A message of either topic.
 pub enum Item {
@@ -68,6 +67,24 @@ pub struct UsageView {
     pub unit: String,
 }
 
+/// The statuses a usage can be in, `uts.v1.UsageStatus` 1 to 8: the count columns of
+/// `job_status_counts`, in this order.
+const STATUSES: usize = 8;
+
+/// Signed usage counts of one (job, application, unit), per status (index = status - 1).
+#[derive(Default)]
+struct Counts([i64; STATUSES]);
+
+impl Counts {
+    fn add(&mut self, status: i32, count: i64) {
+        match usize::try_from(status - 1).ok().and_then(|i| self.0.get_mut(i)) {
+            Some(n) => *n += count,
+            // Only this service's stages produce status events: an unknown status is a bug there.
+            None => tracing::warn!(status, "status event with an unknown status; not counted"),
+        }
+    }
+}
+
 pub struct Projector {
     pub pool: PgPool,
     pub jobs_topic: String,
@@ -117,8 +134,8 @@ async fn project(tx: &mut Transaction<'_, Postgres>, batch: &[Decoded<Item>]) ->
             }
         }
     }
-    // (job, application, unit, status) → signed usage count.
-    let mut counts: BTreeMap<(String, String, String, String), i64> = BTreeMap::new();
+    // (job, application, unit) → signed usage count per status (`Counts`).
+    let mut counts: BTreeMap<(String, String, String), Counts> = BTreeMap::new();
     let mut terminal: BTreeMap<String, i64> = BTreeMap::new();
 
     if !jobs.is_empty() {
@@ -176,8 +193,8 @@ async fn project(tx: &mut Transaction<'_, Postgres>, batch: &[Decoded<Item>]) ->
             *accepted.entry((job, application, unit)).or_default() += count;
         }
         for ((job, application, unit), count) in accepted {
-            let key = (job.to_owned(), application.to_owned(), unit.to_owned(), "ACCEPTED".to_owned());
-            *counts.entry(key).or_default() += count;
+            let key = (job.to_owned(), application.to_owned(), unit.to_owned());
+            counts.entry(key).or_default().add(v1::UsageStatus::Accepted as i32, count);
         }
         if !keys.is_empty() {
             let (mut j, mut t, mut a, mut u, mut n) = (vec![], vec![], vec![], vec![], vec![]);
@@ -218,10 +235,9 @@ async fn project(tx: &mut Transaction<'_, Postgres>, batch: &[Decoded<Item>]) ->
             let event = events[event_id.as_str()];
             for t in &event.transitions {
                 let count = i64::from(t.count);
-                let key =
-                    |status: i32| (event.job_id.clone(), t.application.clone(), t.unit.clone(), status_name(status));
-                *counts.entry(key(t.from)).or_default() -= count;
-                *counts.entry(key(t.to)).or_default() += count;
+                let row = counts.entry((event.job_id.clone(), t.application.clone(), t.unit.clone())).or_default();
+                row.add(t.from, -count);
+                row.add(t.to, count);
                 if t.terminal {
                     *terminal.entry(event.job_id.clone()).or_default() += count;
                 }
@@ -232,27 +248,45 @@ async fn project(tx: &mut Transaction<'_, Postgres>, batch: &[Decoded<Item>]) ->
         }
     }
 
-    counts.retain(|_, n| *n != 0);
+    counts.retain(|_, c| c.0.iter().any(|n| *n != 0));
     if !counts.is_empty() {
-        let (mut j, mut a, mut u, mut st, mut n) = (vec![], vec![], vec![], vec![], vec![]);
-        for ((job, application, unit, status), count) in counts {
+        let (mut j, mut a, mut u) = (vec![], vec![], vec![]);
+        let mut by_status: [Vec<i32>; STATUSES] = Default::default();
+        for ((job, application, unit), row) in counts {
             j.push(job);
             a.push(application);
             u.push(unit);
-            st.push(status);
-            n.push(count as i32);
+            for (column, n) in by_status.iter_mut().zip(row.0) {
+                column.push(n as i32);
+            }
         }
+        let [accepted, verified, noverification, failed, aggregated, sent, failed_to_send, received] = by_status;
         sqlx::query(
-            "INSERT INTO job_usage_counts (job_id, application, unit, status, usages_count)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int[])
-             ON CONFLICT (job_id, application, unit, status)
-             DO UPDATE SET usages_count = job_usage_counts.usages_count + EXCLUDED.usages_count",
+            "INSERT INTO job_status_counts AS c (job_id, application, unit, accepted, verified, noverification,
+                 verificationfailed, aggregated, sentforbilling, failedtosendforbilling, receivedforbilling)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int[], $5::int[], $6::int[], $7::int[],
+                                  $8::int[], $9::int[], $10::int[], $11::int[])
+             ON CONFLICT (job_id, application, unit) DO UPDATE SET
+                 accepted = c.accepted + EXCLUDED.accepted,
+                 verified = c.verified + EXCLUDED.verified,
+                 noverification = c.noverification + EXCLUDED.noverification,
+                 verificationfailed = c.verificationfailed + EXCLUDED.verificationfailed,
+                 aggregated = c.aggregated + EXCLUDED.aggregated,
+                 sentforbilling = c.sentforbilling + EXCLUDED.sentforbilling,
+                 failedtosendforbilling = c.failedtosendforbilling + EXCLUDED.failedtosendforbilling,
+                 receivedforbilling = c.receivedforbilling + EXCLUDED.receivedforbilling",
         )
         .bind(&j)
         .bind(&a)
         .bind(&u)
-        .bind(&st)
-        .bind(&n)
+        .bind(&accepted)
+        .bind(&verified)
+        .bind(&noverification)
+        .bind(&failed)
+        .bind(&aggregated)
+        .bind(&sent)
+        .bind(&failed_to_send)
+        .bind(&received)
         .execute(&mut **tx)
         .await?;
     }

@@ -314,11 +314,17 @@ async fn projections_rebuilt_from_the_topics_equal_the_live_ones(pool: PgPool) {
         service.until("acme", &format!("/usagesJobs/job-r{i}"), |b| summary(b) == done).await;
     }
     let snapshot = |pool: PgPool| async move {
-        let counts: Vec<(String, String, String, String, i32)> =
-            sqlx::query_as("SELECT job_id, application, unit, status, usages_count FROM job_usage_counts WHERE usages_count <> 0 ORDER BY 1, 2, 3, 4")
-                .fetch_all(&pool)
-                .await
-                .unwrap();
+        let counts: Vec<(String, String, String, String, i32)> = sqlx::query_as(
+            "SELECT job_id, application, unit, s.status, s.n FROM job_status_counts c CROSS JOIN LATERAL (VALUES
+                    ('ACCEPTED', c.accepted), ('VERIFIED', c.verified), ('NOVERIFICATION', c.noverification),
+                    ('VERIFICATIONFAILED', c.verificationfailed), ('AGGREGATED', c.aggregated),
+                    ('SENTFORBILLING', c.sentforbilling), ('FAILEDTOSENDFORBILLING', c.failedtosendforbilling),
+                    ('RECEIVEDFORBILLING', c.receivedforbilling)) AS s(status, n)
+                 WHERE s.n <> 0 ORDER BY 1, 2, 3, 4",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
         let jobs: Vec<(String, i32)> =
             sqlx::query_as("SELECT job_id, usages_count FROM jobs ORDER BY 1").fetch_all(&pool).await.unwrap();
         let terminal: Vec<(String, i32)> =
@@ -333,10 +339,12 @@ async fn projections_rebuilt_from_the_topics_equal_the_live_ones(pool: PgPool) {
     service.0.stop().await;
 
     // Drop the projections and replay both topics from the beginning under a new group.
-    sqlx::query("TRUNCATE jobs, job_usage_keys, job_usage_counts, job_terminal_counts, job_applied_events, job_errors")
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "TRUNCATE jobs, job_usage_keys, job_status_counts, job_terminal_counts, job_applied_events, job_errors",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
     let group = format!("rebuild-{}", uuid::Uuid::new_v4());
     let rebuilt_service = TestQueryService::start_on(pool.clone(), kafka, &group, &["--rate-limit-per-second=0"]).await;
     let deadline = Instant::now() + Duration::from_secs(60);
