@@ -103,14 +103,14 @@ pub async fn run_with_receipts_listener(
     let receipts_addr = receipts_listener.local_addr()?;
     let receipts_task = tokio::spawn({
         let shutdown = shutdown.clone();
-        async move {
+        let stop = shutdown.clone();
+        let serving = async move {
             let limits = uts_common::config::HttpArgs::default();
-            if let Err(err) =
-                uts_common::http::serve(receipts_listener, receipts::router(receipts), &limits, shutdown).await
-            {
-                tracing::error!(%err, "receipts listener failed");
-            }
-        }
+            uts_common::http::serve(receipts_listener, receipts::router(receipts), &limits, stop)
+                .await
+                .context("serving receipts")
+        };
+        uts_common::shutdown::stopping_the_rest("the receipts listener", shutdown, serving)
     });
     let wake = Arc::new(Notify::new());
     let sender = sender::Sender {
@@ -128,9 +128,14 @@ pub async fn run_with_receipts_listener(
         tracing::info!("no --receipts-token: receipts by callback are refused; only synchronous receipts count");
     }
     tracing::info!(group = %config.group, billing_url = %config.billing_url, %receipts_addr, "billing forwarder running");
-    let sending = tokio::spawn(sender.run(shutdown.clone()));
+    let shutdown_for_sender = shutdown.clone();
+    let sending = tokio::spawn(uts_common::shutdown::stopping_the_rest("the sender", shutdown.clone(), async move {
+        sender.run(shutdown_for_sender).await;
+        Ok(())
+    }));
     let writer = outbox::OutboxWriter { pool, cadence_seconds: config.cadence_seconds, wake };
-    let result = runner.run(writer, shutdown).await;
+    let result =
+        uts_common::shutdown::stopping_the_rest("the consumer", shutdown.clone(), runner.run(writer, shutdown)).await;
     let _ = sending.await;
     let _ = receipts_task.await;
     let _ = admin_task.await;

@@ -18,7 +18,10 @@
 //! other, so it never blocks its partition. A handler error is retryable: the batch is retried
 //! with exponential backoff (100 ms doubling to 30 s), never skipped. Shutdown is checked only
 //! between batches and during backoff; a batch abandoned at shutdown is not committed and is
-//! redelivered to whoever takes the partition next.
+//! redelivered to whoever takes the partition next. An offset that cannot be stored (a
+//! rebalance revoked its partition while the batch was in hand) is logged and counted
+//! (`uts_stage_errors_total{kind="offset_not_stored"}`), not fatal: the partition's next owner
+//! consumes the message again.
 
 use std::time::Duration;
 
@@ -218,9 +221,21 @@ impl Runner {
             }
             for origin in &origins {
                 // rd_kafka_offset_store stores offset + 1 itself: the next offset to consume.
-                self.consumer
-                    .store_offset(&origin.topic, origin.partition, origin.offset)
-                    .context("storing a consumed offset")?;
+                if let Err(err) = self.consumer.store_offset(&origin.topic, origin.partition, origin.offset) {
+                    // A rebalance revoked the partition while its batch was in hand: its new
+                    // owner consumes these messages again (every handler is idempotent). Not a
+                    // reason to stop; stopping here had left the process alive and idle.
+                    metrics::counter!("uts_stage_errors_total", "stage" => self.name, "kind" => "offset_not_stored")
+                        .increment(1);
+                    tracing::warn!(
+                        %err,
+                        stage = self.name,
+                        topic = %origin.topic,
+                        partition = origin.partition,
+                        offset = origin.offset,
+                        "offset not stored (partition revoked?); its next owner redelivers the message"
+                    );
+                }
             }
             metrics::counter!("uts_stage_messages_total", "stage" => self.name).increment(origins.len() as u64);
         }

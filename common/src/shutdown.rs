@@ -24,6 +24,26 @@ where
     }
 }
 
+/// Runs one of a process's tasks (its consumer loop, its sender…) and cancels `shutdown` when it
+/// ends, however it ends: a task that stops outside a shutdown (an error) stops the others with
+/// it, so the process exits non-zero instead of living on with a healthy `/readyz` and nothing
+/// consuming (the admin listener only ends on shutdown).
+pub async fn stopping_the_rest<T>(
+    what: &'static str,
+    shutdown: CancellationToken,
+    task: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let result = task.await;
+    if !shutdown.is_cancelled() {
+        match &result {
+            Ok(_) => tracing::error!(task = what, "ended outside a shutdown; stopping the process"),
+            Err(err) => tracing::error!(task = what, error = format!("{err:#}"), "failed; stopping the process"),
+        }
+        shutdown.cancel();
+    }
+    result.map_err(|err| err.context(format!("{what} stopped")))
+}
+
 /// Returns a token that is cancelled when the process receives SIGINT (Ctrl-C) or SIGTERM.
 pub fn on_signal() -> CancellationToken {
     let token = CancellationToken::new();
@@ -60,5 +80,25 @@ async fn wait_for_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_task_that_ends_outside_a_shutdown_stops_the_others() {
+        let shutdown = CancellationToken::new();
+        let failed = stopping_the_rest("the consumer", shutdown.clone(), async {
+            anyhow::bail!("broken") as anyhow::Result<()>
+        });
+        let err = failed.await.unwrap_err();
+        assert!(shutdown.is_cancelled(), "the other tasks are told to stop");
+        assert_eq!(format!("{err:#}"), "the consumer stopped: broken");
+
+        let shutdown = CancellationToken::new();
+        stopping_the_rest("the sender", shutdown.clone(), async { Ok(()) }).await.unwrap();
+        assert!(shutdown.is_cancelled(), "even a task that ends well outside a shutdown stops the rest");
     }
 }

@@ -127,7 +127,11 @@ impl Application {
 
         tracing::info!(addr = %self.local_addr(), "query service listening");
         let projector = projection::Projector { pool: self.state.pool.clone(), jobs_topic: self.jobs_topic };
-        let projecting = tokio::spawn(self.runner.run(projector, shutdown.clone()));
+        let projecting = tokio::spawn(uts_common::shutdown::stopping_the_rest(
+            "the projection",
+            shutdown.clone(),
+            self.runner.run(projector, shutdown.clone()),
+        ));
         let pruner = uts_common::db::spawn_pruner(
             self.state.pool.clone(),
             uts_common::db::DedupTable::JobAppliedEvents,

@@ -263,7 +263,8 @@ pub async fn run_with_pool(config: Config, pool: PgPool, shutdown: CancellationT
         config.retention.days,
         shutdown.clone(),
     );
-    let result = runner.run(handler, shutdown).await;
+    let result =
+        uts_common::shutdown::stopping_the_rest("the consumer", shutdown.clone(), runner.run(handler, shutdown)).await;
     let _ = admin_task.await;
     pruner.abort();
     result
