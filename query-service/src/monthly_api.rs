@@ -330,9 +330,7 @@ async fn load_kpi(state: &AppState, application: &str, name: &str, provider: &st
     .await
     .map_err(storage_error)?;
     let (name, display_name, application, application_display_name, unit, owner, daily, monthly, pre_fill, factor) =
-        row.ok_or_else(|| {
-            ApiError::no_match(format!("no KPI {name} of application {application} for provider {provider}"))
-        })?;
+        row.ok_or_else(|| no_such_kpi(name, application, provider))?;
     Ok(Kpi {
         name,
         display_name,
@@ -353,6 +351,25 @@ async fn load_kpi(state: &AppState, application: &str, name: &str, provider: &st
 }
 
 /// The consumers' days of a KPI's series in the month.
+fn no_such_kpi(name: &str, application: &str, provider: &str) -> ApiError {
+    ApiError::no_match(format!("no KPI {name} of application {application} for provider {provider}"))
+}
+
+/// Whether `consumer` ever had a usage under the KPI's provider, application and unit.
+async fn has_usages_under(state: &AppState, kpi: &Kpi, consumer: &str) -> Result<bool, ApiError> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM daily_aggregates
+                        WHERE provider_tenant_id = $1 AND consumer_tenant_id = $2 AND application = $3 AND unit = $4)",
+    )
+    .bind(&kpi.owner)
+    .bind(consumer)
+    .bind(&kpi.application)
+    .bind(&kpi.unit)
+    .fetch_one(&state.pool)
+    .await
+    .map_err(storage_error)
+}
+
 async fn load_days(
     state: &AppState,
     kpi: &Kpi,
@@ -497,6 +514,12 @@ async fn consumer_usage(
     let kpi_name = required(&params, "KPIName")?;
     let with_daily = include_daily(&params)?;
     let kpi = load_kpi(&state, application, kpi_name, provider).await?;
+    // A provider's KPIs are visible to its consumers only: a tenant that never had a usage under
+    // this KPI's (application, unit) gets the same 404 as for a KPI that does not exist, so KPI
+    // names cannot be probed.
+    if kpi.owner != consumer && !has_usages_under(&state, &kpi, &consumer).await? {
+        return Err(no_such_kpi(kpi_name, application, provider));
+    }
     let (from, until) = month_range(year, month)?;
     let days = load_days(&state, &kpi, Some(&consumer), from, until).await?;
     let empty = BTreeMap::new();

@@ -228,6 +228,21 @@ async fn a_month_beyond_the_exact_range_is_answered_422_for_provider_and_consume
         assert!(error["message"].as_str().unwrap().contains("greedy"), "{body}");
         assert_eq!(error["messageParameters"][0]["value"], "greedy", "{body}");
     }
+    // A tenant that never used the KPI's unit cannot tell it exists: the same 404 as for a
+    // KPI that does not.
+    let (status, unknown) = get(
+        &service,
+        "stranger",
+        "/aggregatedMonthlyConsumerUsage?month=1&year=2021&application=assetmonitor&KPIName=nothing&provider=prov",
+    )
+    .await;
+    let (status_existing, existing) =
+        get(&service, "stranger", &format!("/aggregatedMonthlyConsumerUsage?{month}&provider=prov")).await;
+    assert_eq!((status, status_existing), (StatusCode::NOT_FOUND, StatusCode::NOT_FOUND));
+    assert_eq!(
+        existing["errors"][0]["message"].as_str().unwrap().replace("assets", "nothing"),
+        unknown["errors"][0]["message"].as_str().unwrap()
+    );
     // The other consumer's month still answers, and the service is still up.
     let (status, body) =
         get(&service, "prov", &format!("/aggregatedMonthlyProviderUsage?{month}&consumer=modest")).await;
