@@ -539,7 +539,8 @@ pub async fn run_with_pool(config: Config, pool: PgPool, shutdown: CancellationT
         status_topic: topics.status,
         produce_timeout: config.kafka.produce_timeout(),
     };
-    let ready = admin::kafka_and_database(Some(producer.clone()), pool.clone());
+    let ready =
+        admin::with_consumer(admin::kafka_and_database(Some(producer.clone()), pool.clone()), runner.liveness.clone());
     let (_, admin_task) =
         admin::serve(config.admin.addr, uts_common::telemetry::metrics_handle(), ready, shutdown.clone()).await?;
     tracing::info!(group = %config.group, "aggregator consuming");

@@ -121,7 +121,8 @@ pub async fn run_with_receipts_listener(
         wake: wake.clone(),
         billing_down: AtomicBool::new(false),
     };
-    let ready = admin::kafka_and_database(Some(producer.clone()), pool.clone());
+    let ready =
+        admin::with_consumer(admin::kafka_and_database(Some(producer.clone()), pool.clone()), runner.liveness.clone());
     let (_, admin_task) =
         admin::serve(config.admin.addr, uts_common::telemetry::metrics_handle(), ready, shutdown.clone()).await?;
     if config.receipts_token.is_none() {

@@ -96,6 +96,46 @@ pub fn decode_proto<M: Message + Default>(payload: Option<&[u8]>) -> Result<M, S
     M::decode(payload).map_err(|err| format!("not a valid {}: {err}", std::any::type_name::<M>()))
 }
 
+/// How long one batch may be in hand (handled, retried) before `/readyz` calls the consumer
+/// stuck.
+pub const BATCH_STALL: Duration = Duration::from_secs(120);
+
+/// What `/readyz` knows of a runner: whether its loop still runs and since when the batch in
+/// hand (if any) is being handled. Waiting for messages is fine: there may be nothing to do.
+#[derive(Debug, Default)]
+pub struct Liveness {
+    /// Unix milliseconds when the batch in hand was taken; 0 while waiting for messages.
+    batch_since_ms: std::sync::atomic::AtomicI64,
+    stopped: std::sync::atomic::AtomicBool,
+}
+
+impl Liveness {
+    fn batch_taken(&self) {
+        self.batch_since_ms.store(Utc::now().timestamp_millis().max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn batch_done(&self) {
+        self.batch_since_ms.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn stopped(&self) {
+        self.stopped.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `Err(reason)` when the loop has stopped or one batch has been in hand longer than `stall`.
+    pub fn check(&self, stall: Duration) -> Result<(), String> {
+        if self.stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err("the consumer loop has stopped".into());
+        }
+        let since = self.batch_since_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let held_ms = Utc::now().timestamp_millis() - since;
+        if since != 0 && held_ms > stall.as_millis() as i64 {
+            return Err(format!("one consumer batch has been in hand for {} s", held_ms / 1000));
+        }
+        Ok(())
+    }
+}
+
 pub struct Runner {
     pub stage: v1::Stage,
     pub consumer: StreamConsumer<kafka::StageContext>,
@@ -106,6 +146,8 @@ pub struct Runner {
     pub name: &'static str,
     /// Most messages handed to the handler at once (`--consumer-max-batch`).
     pub max_batch: usize,
+    /// For `/readyz` (`admin::with_consumer`).
+    pub liveness: std::sync::Arc<Liveness>,
 }
 
 impl Runner {
@@ -128,6 +170,7 @@ impl Runner {
             produce_timeout: args.produce_timeout(),
             name,
             max_batch: args.max_batch(DEFAULT_MAX_BATCH),
+            liveness: Default::default(),
         })
     }
 
@@ -141,6 +184,7 @@ impl Runner {
     /// Runs until `shutdown`: batches are finished, their offsets committed synchronously.
     pub async fn run<H: Handler>(self, handler: H, shutdown: CancellationToken) -> anyhow::Result<()> {
         let consumed = self.consume(&handler, &shutdown).await;
+        self.liveness.stopped();
         let finished = self.finish();
         consumed.and(finished)
     }
@@ -155,6 +199,7 @@ impl Runner {
                 next = stream.next() => next,
             };
             let Some(first) = first else { break };
+            self.liveness.batch_taken();
             let mut messages = vec![first];
             // Fill the batch with what is already there, waiting at most BATCH_LINGER.
             let linger = tokio::time::sleep(BATCH_LINGER);
@@ -238,6 +283,7 @@ impl Runner {
                 }
             }
             metrics::counter!("uts_stage_messages_total", "stage" => self.name).increment(origins.len() as u64);
+            self.liveness.batch_done();
         }
         Ok(())
     }
@@ -340,4 +386,23 @@ impl Runner {
 
 fn origin_of(message: &BorrowedMessage<'_>) -> Origin {
     Origin { topic: message.topic().to_owned(), partition: message.partition(), offset: message.offset() }
+}
+
+#[cfg(test)]
+mod liveness_tests {
+    use super::*;
+
+    #[test]
+    fn a_consumer_is_live_while_waiting_or_briefly_busy_and_not_once_stuck_or_stopped() {
+        let liveness = Liveness::default();
+        assert_eq!(liveness.check(BATCH_STALL), Ok(()), "waiting for messages");
+        liveness.batch_taken();
+        assert_eq!(liveness.check(BATCH_STALL), Ok(()), "a batch just taken");
+        liveness.batch_since_ms.store(Utc::now().timestamp_millis() - 121_000, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(liveness.check(BATCH_STALL), Err("one consumer batch has been in hand for 121 s".into()));
+        liveness.batch_done();
+        assert_eq!(liveness.check(BATCH_STALL), Ok(()));
+        liveness.stopped();
+        assert_eq!(liveness.check(BATCH_STALL), Err("the consumer loop has stopped".into()));
+    }
 }

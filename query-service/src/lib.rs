@@ -122,7 +122,10 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let metrics = telemetry::metrics_handle();
         // Ready only when both are reachable: a projection that cannot reach Kafka serves stale jobs.
-        let ready = admin::kafka_and_database(Some(self.runner.producer.clone()), self.state.pool.clone());
+        let ready = admin::with_consumer(
+            admin::kafka_and_database(Some(self.runner.producer.clone()), self.state.pool.clone()),
+            self.runner.liveness.clone(),
+        );
         let (_, admin_task) = admin::serve(self.admin_addr, metrics, ready, shutdown.clone()).await?;
 
         tracing::info!(addr = %self.local_addr(), "query service listening");

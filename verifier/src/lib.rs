@@ -253,7 +253,8 @@ pub async fn run_with_pool(config: Config, pool: PgPool, shutdown: CancellationT
         refresh: Duration::from_millis(config.catalog_refresh_ms),
         catalog: Mutex::new(None),
     };
-    let ready = admin::kafka_and_database(Some(producer.clone()), pool.clone());
+    let ready =
+        admin::with_consumer(admin::kafka_and_database(Some(producer.clone()), pool.clone()), runner.liveness.clone());
     let (_, admin_task) =
         admin::serve(config.admin.addr, uts_common::telemetry::metrics_handle(), ready, shutdown.clone()).await?;
     tracing::info!(group = %config.group, require_rule = config.require_rule, "verifier consuming");
