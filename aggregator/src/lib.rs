@@ -446,30 +446,8 @@ fn status_events(batch: &[Decoded<Batch>], positions: &[usize]) -> Vec<(String, 
         .iter()
         .map(|&p| {
             let item = &batch[p].item;
-            let job_id = &item.message.job_id;
-            let from = if item.message.verification_status == v1::UsageStatus::Verified as i32 {
-                UsageStatus::Verified
-            } else {
-                UsageStatus::NoVerification
-            };
-            let event = v1::StatusEvent {
-                event_id: format!("aggregator:{job_id}:{}", key_text(&item.key)),
-                job_id: job_id.clone(),
-                submitter_tenant: item.message.submitter_tenant.clone(),
-                stage: v1::Stage::Aggregator as i32,
-                occurred_at: item.message.received_at,
-                transitions: vec![v1::StatusTransition {
-                    application: item.key.application.clone(),
-                    unit: item.key.unit.clone(),
-                    from: from.to_proto() as i32,
-                    to: UsageStatus::Aggregated.to_proto() as i32,
-                    count: item.usages.len() as u32,
-                    // Usages that are not billed end here.
-                    terminal: !item.message.billable,
-                }],
-                errors: Vec::new(),
-            };
-            (job_id.clone(), event.encode_to_vec())
+            // Usages that are not billed end here.
+            status_event(item, UsageStatus::Aggregated, !item.message.billable, Vec::new())
         })
         .collect()
 }
@@ -480,12 +458,6 @@ fn status_events(batch: &[Decoded<Batch>], positions: &[usize]) -> Vec<(String, 
 /// replaces, so a (job, key) is reported once whatever is redelivered.
 fn rejection_event(batch: &[Decoded<Batch>], rejected: &Rejected) -> (String, Vec<u8>) {
     let item = &batch[rejected.position].item;
-    let job_id = &item.message.job_id;
-    let from = if item.message.verification_status == v1::UsageStatus::Verified as i32 {
-        UsageStatus::Verified
-    } else {
-        UsageStatus::NoVerification
-    };
     let indexes: Vec<String> = item.usages.iter().map(|u| u.index.to_string()).collect();
     let parameter = |name: &str, value: &str| v1::MessageParameter { name: name.into(), value: value.into() };
     let error = v1::UsageError {
@@ -502,14 +474,30 @@ fn rejection_event(batch: &[Decoded<Batch>], rejected: &Rejected) -> (String, Ve
             parameter("unit", &item.key.unit),
             parameter("usageIndexes", &indexes.join(",")),
         ],
-        logref: format!("aggregator:{job_id}:{}", key_text(&item.key)),
+        logref: event_id(item),
         error_type: v1::ErrorType::Other as i32,
         info: String::new(),
         error_data: Some(v1::usage_error::ErrorData::Other(rejected.reason.clone())),
     };
+    status_event(item, UsageStatus::VerificationFailed, true, vec![error])
+}
+
+/// `aggregator:<job id>:<aggregation key>`: the one event id of a (job, key) batch.
+fn event_id(item: &Batch) -> String {
+    format!("aggregator:{}:{}", item.message.job_id, key_text(&item.key))
+}
+
+/// The transition of a (job, key) batch's usages from their verification status to `to`,
+/// keyed by job id.
+fn status_event(item: &Batch, to: UsageStatus, terminal: bool, errors: Vec<v1::UsageError>) -> (String, Vec<u8>) {
+    let from = if item.message.verification_status == v1::UsageStatus::Verified as i32 {
+        UsageStatus::Verified
+    } else {
+        UsageStatus::NoVerification
+    };
     let event = v1::StatusEvent {
-        event_id: format!("aggregator:{job_id}:{}", key_text(&item.key)),
-        job_id: job_id.clone(),
+        event_id: event_id(item),
+        job_id: item.message.job_id.clone(),
         submitter_tenant: item.message.submitter_tenant.clone(),
         stage: v1::Stage::Aggregator as i32,
         occurred_at: item.message.received_at,
@@ -517,13 +505,13 @@ fn rejection_event(batch: &[Decoded<Batch>], rejected: &Rejected) -> (String, Ve
             application: item.key.application.clone(),
             unit: item.key.unit.clone(),
             from: from.to_proto() as i32,
-            to: UsageStatus::VerificationFailed.to_proto() as i32,
+            to: to.to_proto() as i32,
             count: item.usages.len() as u32,
-            terminal: true,
+            terminal,
         }],
-        errors: vec![error],
+        errors,
     };
-    (job_id.clone(), event.encode_to_vec())
+    (item.message.job_id.clone(), event.encode_to_vec())
 }
 
 /// Runs the aggregator with `pool` until `shutdown`.

@@ -51,6 +51,34 @@ impl KeyColumns {
     }
 }
 
+/// (job, key) pairs as the five arrays of `UNNEST($1..$5) AS k(job_id, p, c, a, u)`.
+struct BatchColumns<'a> {
+    jobs: Vec<&'a str>,
+    keys: KeyColumns,
+}
+
+impl<'a> BatchColumns<'a> {
+    fn of(batches: &[(&'a str, &KeyId)]) -> Self {
+        let mut keys = KeyColumns::default();
+        for (_, key) in batches {
+            keys.push(key);
+        }
+        Self { jobs: batches.iter().map(|(job, _)| *job).collect(), keys }
+    }
+
+    fn bind<'q, O>(
+        &'q self,
+        query: sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments> {
+        query
+            .bind(&self.jobs)
+            .bind(&self.keys.providers)
+            .bind(&self.keys.consumers)
+            .bind(&self.keys.applications)
+            .bind(&self.keys.units)
+    }
+}
+
 /// Inserts the dedup rows of `claims`; returns the (job, key) pairs inserted now (the others
 /// were applied by an earlier delivery) and the transaction's time (from the inserted rows, so
 /// no extra round trip). A row of another
@@ -123,25 +151,17 @@ pub async fn rejections(
     tx: &mut Transaction<'_, Postgres>,
     batches: &[(&str, &KeyId)],
 ) -> sqlx::Result<HashMap<(String, KeyId), String>> {
-    let jobs: Vec<&str> = batches.iter().map(|(job, _)| *job).collect();
-    let mut keys = KeyColumns::default();
-    for (_, key) in batches {
-        keys.push(key);
-    }
-    let rows: Vec<(String, String, String, String, String, String)> = sqlx::query_as(
-        "SELECT a.job_id, a.provider_tenant_id, a.consumer_tenant_id, a.application, a.unit, a.rejection
-         FROM aggregate_applied_batches a
-         JOIN UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS k(job_id, p, c, a, u)
-           ON (a.job_id, a.provider_tenant_id, a.consumer_tenant_id, a.application, a.unit) = (k.job_id, k.p, k.c, k.a, k.u)
-         WHERE a.rejection IS NOT NULL",
-    )
-    .bind(&jobs)
-    .bind(&keys.providers)
-    .bind(&keys.consumers)
-    .bind(&keys.applications)
-    .bind(&keys.units)
-    .fetch_all(&mut **tx)
-    .await?;
+    let columns = BatchColumns::of(batches);
+    let rows: Vec<(String, String, String, String, String, String)> = columns
+        .bind(sqlx::query_as(
+            "SELECT a.job_id, a.provider_tenant_id, a.consumer_tenant_id, a.application, a.unit, a.rejection
+             FROM aggregate_applied_batches a
+             JOIN UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS k(job_id, p, c, a, u)
+               ON (a.job_id, a.provider_tenant_id, a.consumer_tenant_id, a.application, a.unit) = (k.job_id, k.p, k.c, k.a, k.u)
+             WHERE a.rejection IS NOT NULL",
+        ))
+        .fetch_all(&mut **tx)
+        .await?;
     Ok(rows
         .into_iter()
         .map(|(job, provider, consumer, application, unit, reason)| {
@@ -357,13 +377,9 @@ pub async fn versions_of(
     tx: &mut Transaction<'_, Postgres>,
     batches: &[(&str, &KeyId)],
 ) -> sqlx::Result<Vec<Contribution>> {
-    let jobs: Vec<String> = batches.iter().map(|(job, _)| (*job).to_owned()).collect();
-    let mut keys = KeyColumns::default();
-    for (_, key) in batches {
-        keys.push(key);
-    }
+    let columns = BatchColumns::of(batches);
     type Row = (String, String, String, String, NaiveDate, String, i32, i64, Decimal, i64, DateTime<Utc>);
-    let rows: Vec<Row> = sqlx::query_as(
+    let rows: Vec<Row> = columns.bind(sqlx::query_as(
         "WITH versions AS (
            SELECT DISTINCT c.provider_tenant_id, c.consumer_tenant_id, c.application, c.unit, c.day, c.version
            FROM aggregate_contributions c
@@ -377,12 +393,7 @@ pub async fn versions_of(
            ON (c.provider_tenant_id, c.consumer_tenant_id, c.application, c.unit, c.day, c.version)
             = (v.provider_tenant_id, v.consumer_tenant_id, v.application, v.unit, v.day, v.version)
          ORDER BY c.provider_tenant_id, c.consumer_tenant_id, c.application, c.unit, c.day, c.version, c.job_id",
-    )
-    .bind(&jobs)
-    .bind(&keys.providers)
-    .bind(&keys.consumers)
-    .bind(&keys.applications)
-    .bind(&keys.units)
+    ))
     .fetch_all(&mut **tx)
     .await?;
     Ok(rows

@@ -34,6 +34,24 @@ async fn bucket(pool: &PgPool, consumer: &str, day: &str, values: &[&str]) {
     .unwrap();
 }
 
+/// A KPI of provider `prov` on (assetmonitor, asset): [daily, monthly, preFill] and the factor.
+async fn kpi(pool: &PgPool, name: &str, display_name: &str, [daily, monthly, pre_fill]: [&str; 3], factor: i32) {
+    sqlx::query(
+        "INSERT INTO kpis (name, display_name, application, application_display_name, unit, owner_tenant_id,
+                           aggregation_function_daily, aggregation_function_monthly, pre_fill, unit_conversion_factor)
+         VALUES ($1, $2, 'assetmonitor', 'Asset Monitor', 'asset', 'prov', $3, $4, $5, $6)",
+    )
+    .bind(name)
+    .bind(display_name)
+    .bind(daily)
+    .bind(monthly)
+    .bind(pre_fill)
+    .bind(Decimal::from(factor))
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
 async fn get(service: &TestQueryService, tenant: &str, path: &str) -> (StatusCode, Value) {
     let token = mint_hs256(SECRET, tenant, "", &["uts.aggregates.read"], 600).unwrap();
     let response = service.client.get(service.api(path)).bearer_auth(token).send().await.unwrap();
@@ -47,14 +65,7 @@ async fn monthly_values_follow_the_kpi_and_stay_with_their_tenants(pool: PgPool)
             .await
             .unwrap();
     }
-    sqlx::query(
-        "INSERT INTO kpis (name, display_name, application, application_display_name, unit, owner_tenant_id,
-                           aggregation_function_daily, aggregation_function_monthly, pre_fill, unit_conversion_factor)
-         VALUES ('asset-count', 'asset count', 'assetmonitor', 'Asset Monitor', 'asset', 'prov', 'MAX', 'AVG', 'ZERO', 2)",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    kpi(&pool, "asset-count", "asset count", ["MAX", "AVG", "ZERO"], 2).await;
     // bmw: day maxima 3 and 5 in January 2021 (31 days); audi: one day with max 31.
     bucket(&pool, "bmw", "2021-01-02", &["1", "3"]).await;
     bucket(&pool, "bmw", "2021-01-20", &["5"]).await;
@@ -200,14 +211,7 @@ async fn a_month_beyond_the_exact_range_is_answered_422_for_provider_and_consume
     )
     .await
     .unwrap();
-    sqlx::query(
-        "INSERT INTO kpis (name, display_name, application, application_display_name, unit, owner_tenant_id,
-                           aggregation_function_daily, aggregation_function_monthly, pre_fill, unit_conversion_factor)
-         VALUES ('assets', 'assets', 'assetmonitor', 'Asset Monitor', 'asset', 'prov', 'SUM', 'SUM', 'NONE', 1)",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    kpi(&pool, "assets", "assets", ["SUM", "SUM", "NONE"], 1).await;
     // Each day's bucket is in range (the largest decimal); their sum is not.
     let max = "79228162514264337593543950335";
     bucket(&pool, "greedy", "2021-01-01", &[max]).await;
