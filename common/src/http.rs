@@ -86,6 +86,17 @@ pub async fn serve(
     Ok(())
 }
 
+/// The answer to a known path asked with a method it does not serve (the router's
+/// `method_not_allowed_fallback`): 405 in the `mdsp` format, with axum's `Allow` header, instead
+/// of an empty body.
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "methodNotAllowed",
+        format!("{method} is not allowed on {}; the Allow header lists what is", uri.path()),
+    )
+}
+
 /// Whether `text` holds a control character (C0, DEL or C1), which no name, id or parameter of
 /// this API may hold.
 pub fn has_control_character(text: &str) -> bool {

@@ -28,6 +28,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route(&format!("{API_BASE}/usagesJobs"), post(post_usages_jobs))
         .route(&format!("{API_BASE}/usages"), post(post_usages))
         .fallback(|| async { ApiError::no_match("no such endpoint") })
+        .method_not_allowed_fallback(uts_common::http::method_not_allowed)
         // Bodies are read by `read_body` with the configured limit and an mdsp error.
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state("gateway", uts_common::telemetry::record_http_request))

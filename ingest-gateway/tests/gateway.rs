@@ -347,3 +347,19 @@ async fn exponent_notation_is_exact_or_refused(pool: PgPool) {
         assert_eq!(stored, exact, "{value}");
     }
 }
+
+/// The gateway's wrong-method and unknown-path answers are in the `mdsp` format (they had empty
+/// bodies: a client pointed at the wrong address could not tell what happened).
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn a_wrong_method_or_path_is_answered_in_the_mdsp_format(pool: PgPool) {
+    let gateway = TestGateway::start(pool, &[]).await;
+    let token = TestGateway::token("acme", WRITE);
+    let response = gateway.client.get(gateway.url("/usagesJobs")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(response.headers().get("allow").and_then(|v| v.to_str().ok()), Some("POST"));
+    let (status, code, message) = error_of(response).await;
+    assert_eq!((status, code.as_str()), (StatusCode::METHOD_NOT_ALLOWED, "mdsp.core.generic.methodNotAllowed"));
+    assert!(message.starts_with("GET is not allowed on /api/usagetransparency/v3/usagesJobs"), "{message}");
+    let response = gateway.client.get(gateway.url("/nothing-here")).bearer_auth(&token).send().await.unwrap();
+    let (status, code, _) = error_of(response).await;
+    assert_eq!((status, code.as_str()), (StatusCode::NOT_FOUND, "mdsp.core.generic.noMatch"));
+}

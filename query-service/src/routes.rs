@@ -17,6 +17,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route(&format!("{}/openapi.json", uts_common::API_BASE), axum::routing::get(openapi))
         .merge(dashboard::router())
         .fallback(|| async { ApiError::no_match("no such endpoint") })
+        .method_not_allowed_fallback(uts_common::http::method_not_allowed)
         // Bodies are read by `admin_api::read_object` with its limit and an mdsp error.
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state("query", uts_common::telemetry::record_http_request))

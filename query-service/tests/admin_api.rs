@@ -706,3 +706,15 @@ async fn control_characters_never_reach_postgresql(pool: PgPool) {
         service.client.get(format!("http://{}{v3}/usagesJobs", service.addr)).bearer_auth(&token).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
 }
+
+/// A POST to the query service's read API (a client given one address for both) is a 405 in
+/// the `mdsp` format with `Allow`, not an empty body.
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn a_wrong_method_is_answered_in_the_mdsp_format(pool: PgPool) {
+    let service = TestQueryService::start(pool).await;
+    let url = format!("http://{}/api/usagetransparency/v3/usagesJobs", service.addr);
+    let response = service.client.post(url).json(&json!({})).send().await.unwrap();
+    assert_eq!(response.headers().get("allow").and_then(|v| v.to_str().ok()), Some("GET,HEAD"));
+    let error = error_of(response).await;
+    assert_eq!((error.status, error.code.as_str()), (StatusCode::METHOD_NOT_ALLOWED, "methodNotAllowed"), "{error:?}");
+}
