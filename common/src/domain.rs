@@ -33,6 +33,12 @@ impl JobId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// When the gateway minted this id (ids are UUIDv7, time-ordered); `None` for any other id.
+    pub fn minted_at(&self) -> Option<DateTime<Utc>> {
+        let (seconds, nanos) = uuid::Uuid::parse_str(&self.0).ok()?.get_timestamp()?.to_unix();
+        DateTime::from_timestamp(i64::try_from(seconds).ok()?, nanos)
+    }
 }
 
 impl Default for JobId {

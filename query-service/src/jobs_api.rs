@@ -16,7 +16,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use uts_common::auth::Scope;
-use uts_common::domain::{format_datetime, JobStatus};
+use uts_common::domain::{format_datetime, JobId, JobStatus};
 use uts_common::error::ApiError;
 
 use crate::admin_api::{storage_error, PageInfo, Params};
@@ -240,14 +240,56 @@ async fn count_jobs(
 }
 
 /// The job if the caller may see it.
+/// An id minted this recently may be one the gateway just acknowledged and the projection has
+/// not reached yet (tens of milliseconds behind; seconds under full load).
+const FRESH_ID: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
+/// The longest a GET waits for such a job to be projected, and how often it looks again.
+const READ_YOUR_WRITES_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+const READ_YOUR_WRITES_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// The caller's job `id`. Read your writes: the 202 of a POST comes before the projection has the
+/// job (`GET /usagesJobs/{id}` right after it answered 404 in 30 of 30 tries, and the official
+/// client throws on a 404), so a miss on an id minted in the last 10 s waits up to 2 s for the job
+/// to arrive. An id that is old, not the gateway's, or already projected for another tenant is
+/// answered 404 at once.
 async fn visible_job(state: &AppState, tenant: &str, id: &str) -> Result<JobJson, ApiError> {
     let visible = visible_jobs();
     let sql = format!(
         "{visible} SELECT v.job_id, v.received_at, v.usages_count, {STATUS_COLUMNS} FROM visible v WHERE v.job_id = $2"
     );
-    let row: Option<JobRow> =
-        sqlx::query_as(&sql).bind(tenant).bind(id).fetch_optional(&state.pool).await.map_err(storage_error)?;
-    row.map(job_json).ok_or_else(|| ApiError::no_match(format!("no usages job with id {id}")))
+    let lookup = || async {
+        let row: Option<JobRow> =
+            sqlx::query_as(&sql).bind(tenant).bind(id).fetch_optional(&state.pool).await.map_err(storage_error)?;
+        Ok::<_, ApiError>(row.map(job_json))
+    };
+    let missing = || ApiError::no_match(format!("no usages job with id {id}"));
+    if let Some(job) = lookup().await? {
+        return Ok(job);
+    }
+    let now = chrono::Utc::now();
+    let fresh = JobId::parse(id)
+        .and_then(|id| id.minted_at())
+        .is_some_and(|minted| minted > now - FRESH_ID && minted < now + chrono::TimeDelta::seconds(1));
+    if !fresh {
+        return Err(missing());
+    }
+    let deadline = tokio::time::Instant::now() + READ_YOUR_WRITES_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(READ_YOUR_WRITES_POLL).await;
+        if let Some(job) = lookup().await? {
+            return Ok(job);
+        }
+        let projected: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM jobs WHERE job_id = $1)")
+            .bind(id)
+            .fetch_one(&state.pool)
+            .await
+            .map_err(storage_error)?;
+        if projected {
+            // Projected, and not the caller's (or beyond its 1000 most recent).
+            return Err(missing());
+        }
+    }
+    Err(missing())
 }
 
 fn job_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {

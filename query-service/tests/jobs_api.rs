@@ -439,3 +439,37 @@ async fn readiness_needs_kafka_too(pool: PgPool) {
     assert_eq!(client.get(format!("{admin}/healthz")).send().await.unwrap().status(), StatusCode::OK);
     shutdown.cancel();
 }
+
+/// Read your writes: a GET for a job the gateway acknowledged a moment ago waits (bounded) for
+/// the projection instead of answering 404 (the official client throws on it); old, foreign and
+/// non-gateway ids still answer 404 at once.
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn a_job_is_readable_right_after_its_acknowledgement(pool: PgPool) {
+    let service = start(pool).await;
+    let id = uts_common::domain::JobId::new().as_str().to_owned();
+    let path = format!("/usagesJobs/{id}");
+    // The job reaches the topic 300 ms after the GET was sent, as when the projection lags.
+    let late = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        service.job(&job(&id, "acme")).await;
+    };
+    let ((status, body), ()) = tokio::join!(service.get("acme", &path), late);
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["id"], id.as_str());
+
+    for (tenant, path) in [
+        ("other", path.clone()),                                                 // projected, foreign
+        ("acme", "/usagesJobs/01890a5d-ac96-774b-bcce-b302099a8057".to_owned()), // a UUIDv7 of 2023
+        ("acme", "/usagesJobs/not-a-uuid".to_owned()),
+    ] {
+        let started = Instant::now();
+        let (status, _) = service.get(tenant, &path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{tenant} {path}");
+        assert!(started.elapsed() < Duration::from_millis(500), "{path}: 404 after {:?}", started.elapsed());
+    }
+    // A fresh id that never arrives: 404 after the bounded wait.
+    let started = Instant::now();
+    let (status, _) = service.get("acme", &format!("/usagesJobs/{}", uts_common::domain::JobId::new().as_str())).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(started.elapsed() < Duration::from_secs(4), "waited {:?}", started.elapsed());
+}
