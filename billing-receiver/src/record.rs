@@ -152,16 +152,14 @@ fn object<'a>(map: &'a Map<String, Value>, field: &str, path: &str) -> Result<&'
     required(map, field, path)?.as_object().ok_or_else(|| InvalidBody::invalid(path, "must be an object"))
 }
 
-/// A non-empty string of at most [`MAX_NAME_LEN`] characters (tenant, application, unit, job id).
+/// A name of at most [`MAX_NAME_LEN`] characters (tenant, application, unit, job id).
 fn name<'a>(map: &'a Map<String, Value>, field: &str, path: &str) -> Result<&'a str, InvalidBody> {
     let text = required(map, field, path)?.as_str().ok_or_else(|| InvalidBody::invalid(path, "must be a string"))?;
-    if text.trim().is_empty() {
-        return Err(InvalidBody::invalid(path, "must not be empty"));
+    // The service's one name rule (the receiver's copy had drifted: no control-character check).
+    match uts_common::domain::name_problem(text, MAX_NAME_LEN) {
+        Some(problem) => Err(InvalidBody::invalid(path, problem.to_string())),
+        None => Ok(text),
     }
-    if text.chars().count() > MAX_NAME_LEN {
-        return Err(InvalidBody::invalid(path, format!("must be at most {MAX_NAME_LEN} characters")));
-    }
-    Ok(text)
 }
 
 /// A UTC day written `yyyy-mm-dd`.
@@ -274,6 +272,7 @@ mod tests {
             ("/bucket/providerTenant", json!(""), "bucket.providerTenant"),
             ("/bucket/consumerTenant", json!(7), "bucket.consumerTenant"),
             ("/bucket/unit", json!(long), "bucket.unit"),
+            ("/bucket/application", json!("app\u{0}"), "bucket.application"),
             ("/bucket/day", json!("2024-5-1"), "bucket.day"),
             ("/bucket/day", json!("2024-02-30"), "bucket.day"),
             ("/bucket/day", json!("2024-05-01T00:00:00Z"), "bucket.day"),

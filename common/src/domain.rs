@@ -14,6 +14,31 @@ pub const MAX_USAGES_PER_REQUEST: usize = 200;
 /// Longest accepted identifier-like string (tenant, user, application, unit, ...).
 pub const MAX_NAME_LEN: usize = 256;
 
+/// What is wrong with a name or id (tenant, application, unit, KPI, resource…): the one rule of
+/// the service, used by the gateway, the admin API and the billing receiver alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NameProblem {
+    #[error("must not be empty")]
+    Empty,
+    #[error("must be at most {0} characters long")]
+    TooLong(usize),
+    #[error("must not contain control characters")]
+    ControlCharacter,
+}
+
+/// `None` when `text` is a valid name of at most `max_len` characters.
+pub fn name_problem(text: &str, max_len: usize) -> Option<NameProblem> {
+    if text.trim().is_empty() {
+        Some(NameProblem::Empty)
+    } else if text.chars().count() > max_len {
+        Some(NameProblem::TooLong(max_len))
+    } else if text.chars().any(char::is_control) {
+        Some(NameProblem::ControlCharacter)
+    } else {
+        None
+    }
+}
+
 /// Identifier of a job: a UUID v7 (time-ordered), rendered as its hyphenated text.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct JobId(String);

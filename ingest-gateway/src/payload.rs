@@ -343,16 +343,8 @@ fn optional_name<'a>(object: &'a Map<String, Value>, key: &str, path: &str) -> R
     }
 }
 
-fn name_problem(text: &str) -> Option<&'static str> {
-    if text.trim().is_empty() {
-        Some("must not be empty")
-    } else if text.chars().count() > MAX_NAME_LEN {
-        Some("must be at most 256 characters long")
-    } else if text.chars().any(char::is_control) {
-        Some("must not contain control characters")
-    } else {
-        None
-    }
+fn name_problem(text: &str) -> Option<uts_common::domain::NameProblem> {
+    uts_common::domain::name_problem(text, MAX_NAME_LEN)
 }
 
 #[cfg(test)]

@@ -76,18 +76,7 @@ fn optional_text(object: &Object, key: &str, max_len: usize) -> Result<Option<St
     }
 }
 
-/// What is wrong with an identifier-like text, if anything.
-pub fn name_problem(text: &str, max_len: usize) -> Option<String> {
-    if text.trim().is_empty() {
-        Some("must not be empty".to_owned())
-    } else if text.chars().count() > max_len {
-        Some(format!("must be at most {max_len} characters long"))
-    } else if text.chars().any(char::is_control) {
-        Some("must not contain control characters".to_owned())
-    } else {
-        None
-    }
-}
+pub use uts_common::domain::name_problem;
 
 /// A boolean property; `default` when absent or null.
 pub fn optional_bool(object: &Object, key: &str, default: bool) -> Result<bool, ApiError> {
