@@ -229,7 +229,7 @@ fn principal_of(claims: Claims) -> Result<Principal, ApiError> {
     let user = claims.user_name.or(claims.sub).unwrap_or_default();
     // A signed token is still input: a tenant or user with a NUL (or any control character)
     // names no one and must not reach PostgreSQL (it was answered 503 "retry later").
-    if crate::http::has_control_character(&tenant) || crate::http::has_control_character(&user) {
+    if crate::domain::has_control_character(&tenant) || crate::domain::has_control_character(&user) {
         return Err(ApiError::unauthorized("the bearer token's ten or user claim holds a control character"));
     }
     Ok(Principal { tenant, user, scopes: claims.scope.map(ScopeClaim::into_vec).unwrap_or_default() })

@@ -26,13 +26,19 @@ pub enum NameProblem {
     ControlCharacter,
 }
 
+/// Whether `text` holds a control character (C0, DEL or C1), which no name, id or parameter of
+/// this API may hold.
+pub fn has_control_character(text: &str) -> bool {
+    text.chars().any(char::is_control)
+}
+
 /// `None` when `text` is a valid name of at most `max_len` characters.
 pub fn name_problem(text: &str, max_len: usize) -> Option<NameProblem> {
     if text.trim().is_empty() {
         Some(NameProblem::Empty)
     } else if text.chars().count() > max_len {
         Some(NameProblem::TooLong(max_len))
-    } else if text.chars().any(char::is_control) {
+    } else if has_control_character(text) {
         Some(NameProblem::ControlCharacter)
     } else {
         None
@@ -328,52 +334,45 @@ pub fn parse_decimal(text: &str) -> Result<Decimal, InvalidDecimal> {
     };
     // Exponent notation is rewritten as the plain decimal it denotes and parsed exactly like
     // one: `Decimal::from_scientific` rounds (`1.00000000000000000000000000001e0` became `1`).
-    let plain = plain_decimal(&text[..at], &text[at + 1..]).ok_or_else(|| classify(text))?;
+    let plain = plain_decimal(&text[..at], &text[at + 1..]).ok_or_else(|| classify(text))??;
+    // Zeros that only the exponent put behind the point do not make a value inexact.
+    let trimmed = if plain.contains('.') { plain.trim_end_matches('0').trim_end_matches('.') } else { &plain };
     Decimal::from_str_exact(&plain)
-        .or_else(|_| match plain.split_once('.') {
-            // Zeros that only the exponent put behind the point do not make it inexact.
-            Some((_, fraction)) if fraction.ends_with('0') => {
-                Decimal::from_str_exact(plain.trim_end_matches('0').trim_end_matches('.'))
-            }
-            _ => Decimal::from_str_exact(&plain),
-        })
+        .or_else(|_| Decimal::from_str_exact(trimmed))
         .map_err(|_| InvalidDecimal::OutOfRange)
 }
 
 /// `mantissa`×10^`exponent` written without an exponent; `None` when either part is not a
-/// number. An exponent far beyond the range (|e| > 100) gives a text that cannot be exact unless
-/// the mantissa is zero.
-fn plain_decimal(mantissa: &str, exponent: &str) -> Option<String> {
+/// number, `OutOfRange` for an exponent far beyond the range (|e| > 100) with a non-zero mantissa.
+fn plain_decimal(mantissa: &str, exponent: &str) -> Option<Result<String, InvalidDecimal>> {
     let (sign, digits) = match mantissa.strip_prefix('-') {
         Some(rest) => ("-", rest),
         None => ("", mantissa.strip_prefix('+').unwrap_or(mantissa)),
     };
     let (int, fraction) = digits.split_once('.').unwrap_or((digits, ""));
     let all: String = [int, fraction].concat();
-    if all.is_empty() || !all.bytes().all(|b| b.is_ascii_digit()) {
+    let unsigned = exponent.strip_prefix(['+', '-']).unwrap_or(exponent);
+    let numeric = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    if !numeric(&all) || !numeric(unsigned) {
         return None;
     }
-    let exponent: i64 = exponent.parse().ok().or_else(|| {
-        // Too long for i64 but well-formed: far out of range either way.
-        let e = exponent.strip_prefix(['+', '-']).unwrap_or(exponent);
-        (!e.is_empty() && e.bytes().all(|b| b.is_ascii_digit())).then_some(i64::MAX)
-    })?;
     if all.bytes().all(|b| b == b'0') {
-        return Some("0".to_owned());
+        return Some(Ok("0".to_owned()));
     }
-    if exponent.unsigned_abs() > 100 {
-        return Some(format!("{sign}1{}", "0".repeat(40)));
-    }
+    // Too long for i64 is far out of range too.
+    let exponent = match exponent.parse::<i64>() {
+        Ok(e) if e.unsigned_abs() <= 100 => e,
+        _ => return Some(Err(InvalidDecimal::OutOfRange)),
+    };
     let point = int.len() as i64 + exponent;
-    let text = if point <= 0 {
+    Some(Ok(if point <= 0 {
         format!("{sign}0.{}{all}", "0".repeat(point.unsigned_abs() as usize))
     } else if point as usize >= all.len() {
         format!("{sign}{all}{}", "0".repeat(point as usize - all.len()))
     } else {
         let (whole, part) = all.split_at(point as usize);
         format!("{sign}{whole}.{part}")
-    };
-    Some(text)
+    }))
 }
 
 fn classify(text: &str) -> InvalidDecimal {

@@ -97,11 +97,7 @@ pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri
     )
 }
 
-/// Whether `text` holds a control character (C0, DEL or C1), which no name, id or parameter of
-/// this API may hold.
-pub fn has_control_character(text: &str) -> bool {
-    text.chars().any(char::is_control)
-}
+use crate::domain::has_control_character;
 
 /// Text with a control character never reaches a handler (PostgreSQL refuses NUL in text, which
 /// was answered 500): 404 when the path holds one (it names a resource that cannot exist), 400

@@ -23,6 +23,8 @@
 //! (`uts_stage_errors_total{kind="offset_not_stored"}`), not fatal: the partition's next owner
 //! consumes the message again.
 
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicI64};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -105,29 +107,29 @@ pub const BATCH_STALL: Duration = Duration::from_secs(120);
 #[derive(Debug, Default)]
 pub struct Liveness {
     /// Unix milliseconds when the batch in hand was taken; 0 while waiting for messages.
-    batch_since_ms: std::sync::atomic::AtomicI64,
-    stopped: std::sync::atomic::AtomicBool,
+    batch_since_ms: AtomicI64,
+    stopped: AtomicBool,
 }
 
 impl Liveness {
     fn batch_taken(&self) {
-        self.batch_since_ms.store(Utc::now().timestamp_millis().max(1), std::sync::atomic::Ordering::Relaxed);
+        self.batch_since_ms.store(Utc::now().timestamp_millis().max(1), Relaxed);
     }
 
     fn batch_done(&self) {
-        self.batch_since_ms.store(0, std::sync::atomic::Ordering::Relaxed);
+        self.batch_since_ms.store(0, Relaxed);
     }
 
     fn stopped(&self) {
-        self.stopped.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stopped.store(true, Relaxed);
     }
 
     /// `Err(reason)` when the loop has stopped or one batch has been in hand longer than `stall`.
     pub fn check(&self, stall: Duration) -> Result<(), String> {
-        if self.stopped.load(std::sync::atomic::Ordering::Relaxed) {
+        if self.stopped.load(Relaxed) {
             return Err("the consumer loop has stopped".into());
         }
-        let since = self.batch_since_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let since = self.batch_since_ms.load(Relaxed);
         let held_ms = Utc::now().timestamp_millis() - since;
         if since != 0 && held_ms > stall.as_millis() as i64 {
             return Err(format!("one consumer batch has been in hand for {} s", held_ms / 1000));
@@ -398,7 +400,7 @@ mod liveness_tests {
         assert_eq!(liveness.check(BATCH_STALL), Ok(()), "waiting for messages");
         liveness.batch_taken();
         assert_eq!(liveness.check(BATCH_STALL), Ok(()), "a batch just taken");
-        liveness.batch_since_ms.store(Utc::now().timestamp_millis() - 121_000, std::sync::atomic::Ordering::Relaxed);
+        liveness.batch_since_ms.store(Utc::now().timestamp_millis() - 121_000, Relaxed);
         assert_eq!(liveness.check(BATCH_STALL), Err("one consumer batch has been in hand for 121 s".into()));
         liveness.batch_done();
         assert_eq!(liveness.check(BATCH_STALL), Ok(()));
