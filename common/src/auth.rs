@@ -1,12 +1,17 @@
 //! JWT bearer authentication and scopes.
 //!
 //! Tokens carry the tenant in `ten`, the scopes in `scope` (a list, or one space-separated
-//! string), and the user in `user_name` or `sub`. Keys come from configuration: an HS256 shared
-//! secret for local use, RSA/EC public keys from PEM files or a JWKS document for real
-//! deployments. `exp` is required; `nbf`, `iss` and `aud` are checked when present/configured.
+//! string), and the user in `user_name` or `sub`. Keys come from two places: the service's own
+//! token service ([`IssuedKeys`]: RS256 keys in PostgreSQL, chosen by `kid`, refreshed every few
+//! seconds and at once when a token names a key not seen yet; tokens of a revoked client are
+//! refused), and configuration: an HS256 shared secret for local use, RSA/EC public keys from PEM
+//! files or a JWKS document of an external identity provider. `exp` is required; `nbf`, `iss`
+//! and `aud` are checked when present/configured.
 
+use std::collections::HashSet;
 use std::fs;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use axum::http::{header, HeaderMap};
@@ -14,6 +19,8 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::AuthArgs;
 use crate::error::ApiError;
@@ -29,6 +36,7 @@ pub enum Scope {
 
 impl Scope {
     pub const SUPER_USER: &'static str = "uts.su";
+    pub const ALL: [Scope; 4] = [Scope::UsagesWrite, Scope::UsagesRead, Scope::AggregatesRead, Scope::Admin];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -80,6 +88,11 @@ pub struct Claims {
     pub iat: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
+    /// The token service's client (tokens it issued).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
 }
 
 /// `scope` as a JSON list (MindSphere style) or an OAuth2 space-separated string.
@@ -105,12 +118,26 @@ struct VerificationKey {
     algorithms: Vec<Algorithm>,
 }
 
-/// Verifies bearer tokens against the configured keys.
+/// Verifies bearer tokens against the configured keys and those of the token service.
 pub struct Authenticator {
     keys: Vec<VerificationKey>,
+    issued: Option<Arc<IssuedKeys>>,
     issuer: Option<String>,
     audience: Option<String>,
     leeway: u64,
+}
+
+/// Why a token was refused, and whether a key refresh could change that.
+struct Refusal {
+    error: ApiError,
+    /// The token names a key id no configured or issued key has (maybe a key rotated a moment ago).
+    unknown_kid: bool,
+}
+
+impl From<ApiError> for Refusal {
+    fn from(error: ApiError) -> Self {
+        Self { error, unknown_kid: false }
+    }
 }
 
 const HMAC: &[Algorithm] = &[Algorithm::HS256];
@@ -156,18 +183,24 @@ impl Authenticator {
                 keys.push(VerificationKey { kid: jwk.common.key_id.clone(), key, algorithms });
             }
         }
-        if keys.is_empty() {
-            bail!(
-                "no token verification key configured: set UTS_JWT_HS256_SECRET, \
-                 UTS_JWT_PUBLIC_KEY_FILES or UTS_JWT_JWKS_FILE"
-            );
-        }
-        Ok(Self { keys, issuer: args.issuer.clone(), audience: args.audience.clone(), leeway: args.leeway_seconds })
+        Ok(Self {
+            keys,
+            issued: None,
+            issuer: args.issuer.clone(),
+            audience: args.audience.clone(),
+            leeway: args.leeway_seconds,
+        })
+    }
+
+    /// Also accepts the tokens of the service's own token service.
+    pub fn with_issued_keys(mut self, issued: Arc<IssuedKeys>) -> Self {
+        self.issued = Some(issued);
+        self
     }
 
     /// Authenticates the `Authorization: Bearer` header: 401 when it is missing, malformed,
-    /// forged, expired or lacks the tenant claim.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    /// forged, expired, of a revoked client or lacks the tenant claim.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
         let value = headers
             .get(header::AUTHORIZATION)
             .ok_or_else(|| ApiError::unauthorized("missing Authorization header with a Bearer token"))?;
@@ -178,19 +211,41 @@ impl Authenticator {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::unauthorized("the Authorization header must be 'Bearer <token>'"))?;
-        self.verify(token)
+        let arrived = Instant::now();
+        match self.check(token) {
+            Err(Refusal { unknown_kid: true, .. }) if self.issued.is_some() => {
+                // Maybe a key rotated since the last refresh: look again.
+                if let Some(issued) = &self.issued {
+                    issued.refresh_after(arrived).await;
+                }
+                self.verify(token)
+            }
+            outcome => outcome.map_err(|refusal| refusal.error),
+        }
     }
 
+    /// Verifies a token against the keys known now.
     pub fn verify(&self, token: &str) -> Result<Principal, ApiError> {
+        self.check(token).map_err(|refusal| refusal.error)
+    }
+
+    fn check(&self, token: &str) -> Result<Principal, Refusal> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| ApiError::unauthorized("the bearer token is not a well-formed JWT"))?;
+        if let (Some(issued), Some(kid)) = (&self.issued, &header.kid) {
+            if let Some(principal) = issued.verify(kid, header.alg, token, self.leeway) {
+                return Ok(principal?);
+            }
+        }
         let mut last_error = None;
+        let mut tried = false;
         for key in self.keys.iter().filter(|k| k.algorithms.contains(&header.alg)) {
             if let (Some(wanted), Some(have)) = (&header.kid, &key.kid) {
                 if wanted != have {
                     continue;
                 }
             }
+            tried = true;
             let mut validation = Validation::new(header.alg);
             validation.leeway = self.leeway;
             validation.validate_nbf = true;
@@ -203,21 +258,138 @@ impl Authenticator {
                 validation.set_issuer(&[iss]);
             }
             match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
-                Ok(data) => return principal_of(data.claims),
+                Ok(data) => return Ok(principal_of(data.claims)?),
                 Err(err) => last_error = Some(err),
             }
         }
-        let reason = match last_error.as_ref().map(|e| e.kind()) {
-            Some(ErrorKind::ExpiredSignature) => "the bearer token has expired",
-            Some(ErrorKind::ImmatureSignature) => "the bearer token is not valid yet",
-            Some(ErrorKind::InvalidIssuer) => "the bearer token has the wrong issuer",
-            Some(ErrorKind::InvalidAudience) => "the bearer token has the wrong audience",
-            Some(ErrorKind::MissingRequiredClaim(_)) => "the bearer token lacks the exp claim",
-            Some(ErrorKind::InvalidSignature) => "the bearer token's signature is invalid",
-            None => "the bearer token is signed with an algorithm or key this service does not accept",
-            Some(_) => "the bearer token is invalid",
-        };
-        Err(ApiError::unauthorized(reason))
+        let reason = refusal_reason(last_error.as_ref());
+        Err(Refusal { error: ApiError::unauthorized(reason), unknown_kid: !tried && header.kid.is_some() })
+    }
+}
+
+fn refusal_reason(last_error: Option<&jsonwebtoken::errors::Error>) -> &'static str {
+    match last_error.map(|e| e.kind()) {
+        Some(ErrorKind::ExpiredSignature) => "the bearer token has expired",
+        Some(ErrorKind::ImmatureSignature) => "the bearer token is not valid yet",
+        Some(ErrorKind::InvalidIssuer) => "the bearer token has the wrong issuer",
+        Some(ErrorKind::InvalidAudience) => "the bearer token has the wrong audience",
+        Some(ErrorKind::MissingRequiredClaim(_)) => "the bearer token lacks the exp claim",
+        Some(ErrorKind::InvalidSignature) => "the bearer token's signature is invalid",
+        None => "the bearer token is signed with an algorithm or key this service does not accept",
+        Some(_) => "the bearer token is invalid",
+    }
+}
+
+/// How often every verifier reloads the token service's keys and revoked clients: a revoked
+/// client's tokens are refused within this long.
+pub const ISSUED_KEYS_REFRESH: Duration = Duration::from_secs(10);
+
+/// The token service's accepted signing keys and recently revoked clients, as one verifier
+/// knows them (loaded from PostgreSQL, refreshed every [`ISSUED_KEYS_REFRESH`]).
+pub struct IssuedKeys {
+    pool: PgPool,
+    known: RwLock<Arc<IssuedSnapshot>>,
+    /// When the last refresh began: unknown kids trigger a refresh at most once a second.
+    last_refresh: tokio::sync::Mutex<Option<Instant>>,
+}
+
+#[derive(Default)]
+struct IssuedSnapshot {
+    keys: Vec<(String, DecodingKey)>,
+    revoked: HashSet<String>,
+}
+
+impl IssuedKeys {
+    /// Loads the keys now (fails when PostgreSQL cannot be read: a verifier must not start blind).
+    pub async fn load(pool: PgPool) -> anyhow::Result<Arc<Self>> {
+        let issued =
+            Arc::new(Self { pool, known: RwLock::new(Arc::default()), last_refresh: tokio::sync::Mutex::new(None) });
+        issued.refresh().await.context("loading the token service's signing keys")?;
+        Ok(issued)
+    }
+
+    async fn refresh(&self) -> anyhow::Result<()> {
+        let keys = crate::tokens::accepted_keys(&self.pool).await?;
+        let revoked = crate::tokens::recently_revoked_clients(&self.pool).await?;
+        let mut loaded = Vec::with_capacity(keys.len());
+        for key in keys {
+            match DecodingKey::from_rsa_pem(key.public_key_pem.as_bytes()) {
+                Ok(decoding) => loaded.push((key.kid, decoding)),
+                Err(err) => tracing::error!(kid = %key.kid, %err, "a stored signing key cannot be read; skipped"),
+            }
+        }
+        let snapshot = Arc::new(IssuedSnapshot { keys: loaded, revoked: revoked.into_iter().collect() });
+        *self.known.write().unwrap_or_else(std::sync::PoisonError::into_inner) = snapshot;
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Arc<IssuedSnapshot> {
+        self.known.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Makes sure the keys were loaded after `arrived` (a token signed by a key rotated a moment
+    /// ago then verifies), refreshing at most once a second: a flood of made-up kids costs one
+    /// query a second, and each of its requests waits at most about a second.
+    async fn refresh_after(&self, arrived: Instant) {
+        let mut last = self.last_refresh.lock().await;
+        if let Some(began) = *last {
+            if began >= arrived {
+                return;
+            }
+            let since = began.elapsed();
+            if since < Duration::from_secs(1) {
+                tokio::time::sleep(Duration::from_secs(1) - since).await;
+            }
+        }
+        *last = Some(Instant::now());
+        if let Err(err) = self.refresh().await {
+            tracing::warn!(%err, "refreshing the token service's keys failed; keeping the known ones");
+        }
+    }
+
+    /// Refreshes every [`ISSUED_KEYS_REFRESH`] until `shutdown`.
+    pub fn spawn_refresh(self: Arc<Self>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ISSUED_KEYS_REFRESH);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let mut last = self.last_refresh.lock().await;
+                *last = Some(Instant::now());
+                if let Err(err) = self.refresh().await {
+                    tracing::warn!(%err, "refreshing the token service's keys failed; keeping the known ones");
+                }
+            }
+        })
+    }
+
+    /// `None` when no issued key has this kid; else the verdict on the token.
+    fn verify(&self, kid: &str, algorithm: Algorithm, token: &str, leeway: u64) -> Option<Result<Principal, ApiError>> {
+        let known = self.snapshot();
+        let (_, key) = known.keys.iter().find(|(have, _)| have == kid)?;
+        if algorithm != Algorithm::RS256 {
+            return Some(Err(ApiError::unauthorized("the bearer token names a key of this service but is not RS256")));
+        }
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.leeway = leeway;
+        validation.validate_nbf = true;
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["exp", "iss"]);
+        validation.set_issuer(&[crate::tokens::ISSUER]);
+        Some(match jsonwebtoken::decode::<Claims>(token, key, &validation) {
+            Ok(data) => {
+                let revoked = data.claims.client_id.as_ref().is_some_and(|client| known.revoked.contains(client));
+                if revoked {
+                    Err(ApiError::unauthorized("the bearer token's client has been revoked"))
+                } else {
+                    principal_of(data.claims)
+                }
+            }
+            Err(err) => Err(ApiError::unauthorized(refusal_reason(Some(&err)))),
+        })
     }
 }
 
@@ -248,6 +420,8 @@ pub fn mint_hs256(secret: &str, tenant: &str, user: &str, scopes: &[&str], ttl_s
         exp,
         iat: Some(now),
         iss: Some("uts-local".to_owned()),
+        client_id: None,
+        jti: None,
     };
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
         .context("signing the token")
@@ -319,6 +493,8 @@ mod tests {
             exp: SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 60,
             iat: None,
             iss: None,
+            client_id: None,
+            jti: None,
         };
         let mut header = Header::new(algorithm);
         header.kid = kid.map(str::to_owned);

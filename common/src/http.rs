@@ -56,7 +56,7 @@ pub async fn serve(
         let stream = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(err) => {
                     // Out of file descriptors and the like: not fatal, wait a moment.
                     tracing::warn!(%err, "accepting a connection failed");
@@ -65,8 +65,14 @@ pub async fn serve(
                 }
             },
         };
+        let (stream, peer) = stream;
         let _ = stream.set_nodelay(true);
-        let service = app.clone().map_request(|request: Request<Incoming>| request.map(Body::new));
+        // The peer's address, as axum's `ConnectInfo` (the gateway's forwarding reports it).
+        let service = app.clone().map_request(move |request: Request<Incoming>| {
+            let mut request = request.map(Body::new);
+            request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            request
+        });
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(header_timeout)

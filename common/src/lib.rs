@@ -24,6 +24,7 @@ pub mod telemetry;
 pub mod tenants;
 pub mod testing;
 pub mod throttle;
+pub mod tokens;
 
 pub use uts_proto as proto;
 

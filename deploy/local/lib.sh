@@ -178,6 +178,17 @@ require_cmd() {
   command -v "$cmd" >/dev/null 2>&1 || die "'$cmd' still not found after installing '$pkg'"
 }
 
+# require_build_deps: what compiling the workspace needs beyond Rust: a C toolchain (librdkafka
+# is built from source by rdkafka-sys) and OpenSSL's headers (the token service's key generation).
+require_build_deps() {
+  local tool
+  for tool in cc:gcc c++:g++ make:make perl:perl pkg-config:pkg-config; do
+    require_cmd "${tool%%:*}" "${tool##*:}"
+  done
+  pkg-config --exists openssl 2>/dev/null || apt_install libssl-dev
+  pkg-config --exists openssl || die "OpenSSL's headers are still missing after installing libssl-dev"
+}
+
 # java_bin -> path of the java executable to use (JAVA_HOME first, then PATH).
 java_bin() {
   if [[ -n "${JAVA_HOME:-}" && -x "$JAVA_HOME/bin/java" ]]; then

@@ -6,7 +6,8 @@
 #   deploy/local/services.sh stop    SIGTERM every stage (graceful drain), SIGKILL after 20 s
 #   deploy/local/services.sh status
 #
-# Ports (127.0.0.1): gateway API 18080 and admin 18081, verifier admin 18082, aggregator admin
+# Ports (127.0.0.1): gateway API 18080 (the one address of the whole public API: it forwards
+# everything but the two POSTs to the query service) and admin 18081, verifier admin 18082, aggregator admin
 # 18083, billing-forwarder admin 18084 and receipts 18086, query service (admin API) 18090 and admin 18085,
 # billing receiver
 # 18070 (admin 18071). Settings: UTS_GATEWAY_PORT, UTS_GATEWAY_ADMIN_PORT,
@@ -41,6 +42,7 @@ load_env() {
 }
 
 build() {
+  require_build_deps
   log_info "building the service ($UTS_CARGO_PROFILE profile)"
   (cd "$UTS_REPO_ROOT" && cargo build --profile "$UTS_CARGO_PROFILE" --bins -q) ||
     die "cargo build failed"
@@ -82,7 +84,8 @@ cmd_start() {
     --data-file "$RUN_DIR/billing-receiver.jsonl"
   start_stage query-service --listen-addr 127.0.0.1:18090 --admin-addr 127.0.0.1:18085
   start_stage ingest-gateway \
-    --listen-addr "127.0.0.1:$UTS_GATEWAY_PORT" --admin-addr "127.0.0.1:$UTS_GATEWAY_ADMIN_PORT"
+    --listen-addr "127.0.0.1:$UTS_GATEWAY_PORT" --admin-addr "127.0.0.1:$UTS_GATEWAY_ADMIN_PORT" \
+    --query-service-url http://127.0.0.1:18090
   start_stage verifier --admin-addr 127.0.0.1:18082
   start_stage aggregator --admin-addr 127.0.0.1:18083
   start_stage billing-forwarder --admin-addr 127.0.0.1:18084 --receipts-addr 127.0.0.1:18086 \
@@ -128,15 +131,17 @@ cmd_status() {
 }
 
 # Registers the sample's tenant, creates a billed rule and a KPI for the sample's (application,
-# unit) through the admin API, posts the sample from deploy/samples/usages-job.json (the
+# unit) through the admin API, makes a client of the token service for the tenant and gets its
+# token from /oauth/token, posts the sample from deploy/samples/usages-job.json (the
 # POST /usagesJobs sample of the original documentation), follows the job to billing and ends
-# by printing the job as GET /usagesJobs/{id} returns it and the dashboard's address.
+# by printing the job as GET /usagesJobs/{id} returns it and the dashboard's address. Everything
+# goes through the one address (the gateway's port).
 cmd_demo() {
   load_env
-  local tenant=siemenshcops api="http://127.0.0.1:$UTS_GATEWAY_PORT/api/usagetransparency/v3"
-  local query="http://127.0.0.1:18090"
-  local admin_api="$query/api/usagetransparency/v3/admin" query_api="$query/api/usagetransparency/v3"
-  local admin_token token answer job_id
+  local tenant=siemenshcops base="http://127.0.0.1:$UTS_GATEWAY_PORT"
+  local api="$base/api/usagetransparency/v3"
+  local admin_api="$api/admin"
+  local admin_token token answer job_id client_id="demo-$tenant" created secret
   admin_token="$(utsctl token --tenant uts-operator --scopes uts.admin --ttl-seconds 600)"
   curl -fsS -X PUT "$admin_api/tenants/$tenant" -H "Authorization: Bearer $admin_token" \
     -H 'Content-Type: application/json' -d '{"tenantType":"operator","displayName":"Siemens Healthcare ops"}' >/dev/null
@@ -147,8 +152,20 @@ cmd_demo() {
   curl -sS -X POST "$admin_api/kpis" -H "Authorization: Bearer $admin_token" -H 'Content-Type: application/json' \
     -d '{"name":"mmm-recurring","displayName":"MMM recurring units","application":"manage-my-machines","applicationDisplayName":"Manage my Machines","unit":"mmm-recurring-unit","ownerTenantId":"siemenshcops","aggregationFunctionDaily":"SUM","aggregationFunctionMonthly":"SUM","preFill":"ZERO"}' \
     >/dev/null
-  token="$(utsctl token --tenant "$tenant" --user john.doe@healthcare.siemens.com \
-    --scopes uts.usages.write,uts.usages.read,uts.aggregates.read)"
+  # A client of the token service; a later run gets it a new secret (secrets are shown once).
+  created="$(curl -sS -X POST "$admin_api/clients" -H "Authorization: Bearer $admin_token" -H 'Content-Type: application/json' \
+    -d "{\"clientId\":\"$client_id\",\"tenantId\":\"$tenant\",\"scopes\":[\"uts.usages.write\",\"uts.usages.read\",\"uts.aggregates.read\"],\"description\":\"quick start\"}")"
+  if ! grep -q '"clientSecret"' <<<"$created"; then
+    created="$(curl -fsS -X POST "$admin_api/clients/$client_id/secret" -H "Authorization: Bearer $admin_token")"
+  fi
+  secret="$(sed -n 's/.*"clientSecret":"\([^"]*\)".*/\1/p' <<<"$created")"
+  [[ -n "$secret" ]] || die "no client secret from the admin API: $created"
+  echo "\$ curl -X POST $base/oauth/token -u '$client_id:…' -d grant_type=client_credentials"
+  token="$(curl -fsS -X POST "$base/oauth/token" -u "$client_id:$secret" -d grant_type=client_credentials |
+    sed -n 's/.*"access_token":"\([^"]*\)".*/\1/p')"
+  [[ -n "$token" ]] || die "the token service issued no token"
+  echo "(an RS256 token for tenant $tenant, verified against $base/token_keys)"
+  echo
   echo "\$ curl -X POST $api/usagesJobs -H 'Authorization: Bearer …' -H 'Content-Type: application/json' --data @deploy/samples/usages-job.json"
   answer="$(curl -sS -i -X POST "$api/usagesJobs" \
     -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
@@ -157,7 +174,7 @@ cmd_demo() {
   echo
   job_id="$(sed -n 's/.*"id":"\([^"]*\)".*/\1/p' <<<"$answer")"
   [[ -n "$job_id" ]] || die "the sample was not accepted"
-  billed() { curl -fsS "$query_api/usagesJobs/$job_id" -H "Authorization: Bearer $token" | grep -q '"processStatus":"RECEIVEDFORBILLING"'; }
+  billed() { curl -fsS "$api/usagesJobs/$job_id" -H "Authorization: Bearer $token" | grep -q '"processStatus":"RECEIVEDFORBILLING"'; }
   if wait_until 60 0.5 billed; then
     echo "The job went through verification (rule: SUM, billed), the daily aggregate and billing."
     echo "Daily aggregate (PostgreSQL):"
@@ -169,15 +186,15 @@ cmd_demo() {
   else
     log_warn "job $job_id did not reach billing within 60 s; see $RUN_DIR/*.log"
   fi
-  completed() { curl -fsS "$query_api/usagesJobs/$job_id" -H "Authorization: Bearer $token" | grep -q '"status":"COMPLETED"'; }
+  completed() { curl -fsS "$api/usagesJobs/$job_id" -H "Authorization: Bearer $token" | grep -q '"status":"COMPLETED"'; }
   wait_until 30 0.5 completed || log_warn "the job is not COMPLETED in the query service yet"
   echo
-  echo "The dashboard (signed in as $tenant for 1 h through the link; the sample is dated 2011-07-14:"
+  echo "The dashboard (signed in as $tenant for 30 min through the link; the sample is dated 2011-07-14:"
   echo "its KPI is under Monthly KPIs, provider $tenant, application manage-my-machines, KPI mmm-recurring, July 2011):"
-  echo "  $query/ui/#token=$token"
+  echo "  $base/ui/#token=$token"
   echo
-  echo "\$ curl $query_api/usagesJobs/$job_id -H 'Authorization: Bearer …'"
-  curl -sS "$query_api/usagesJobs/$job_id" -H "Authorization: Bearer $token"
+  echo "\$ curl $api/usagesJobs/$job_id -H 'Authorization: Bearer …'"
+  curl -sS "$api/usagesJobs/$job_id" -H "Authorization: Bearer $token"
   echo
 }
 

@@ -7,11 +7,15 @@ dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$dir/../.." && pwd)"
 # shellcheck source=deploy/local/lib.sh
 . "$dir/lib.sh"
-# Build tools the crates need (librdkafka is compiled from source by rdkafka-sys), and the
-# browser the dashboard test drives (Debian's Chromium over WebDriver).
-for tool in cc:gcc c++:g++ make:make curl:curl perl:perl chromium:chromium chromedriver:chromium-driver python3:python3; do
+# Build tools the crates need, the browser the dashboard test drives (Debian's Chromium over
+# WebDriver) and Node.js for the official client's test.
+require_build_deps
+for tool in curl:curl chromium:chromium chromedriver:chromium-driver python3:python3 node:nodejs npm:npm; do
   require_cmd "${tool%%:*}" "${tool##*:}"
 done
+# The official Node client, at the version pinned in its lock file (e2e/tests/pipeline.rs runs it).
+(cd "$root/e2e/official-client" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) ||
+  die "npm ci in e2e/official-client failed"
 # The compose check reads YAML.
 python3 -c 'import yaml' 2>/dev/null || apt_install python3-yaml
 "$dir/infra.sh" up >/dev/null

@@ -8,10 +8,11 @@ dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 "$dir/infra.sh" up >/dev/null
 "$dir/services.sh" start
 cat <<MSG
-The service is running:
-  dashboard     http://127.0.0.1:18090/ui/
-  API (POST)    http://127.0.0.1:${UTS_GATEWAY_PORT:-18080}/api/usagetransparency/v3
-  API (GET, admin) http://127.0.0.1:18090/api/usagetransparency/v3  (/usagesJobs…, /aggregatedMonthly…, /admin/…, /openapi.json)
+The service is running on one address, http://127.0.0.1:${UTS_GATEWAY_PORT:-18080}:
+  API           http://127.0.0.1:${UTS_GATEWAY_PORT:-18080}/api/usagetransparency/v3  (/usagesJobs…, /usages, /aggregatedMonthly…, /admin/…, /openapi.json)
+  tokens        http://127.0.0.1:${UTS_GATEWAY_PORT:-18080}/oauth/token  (/token_keys, /.well-known/jwks.json)
+  dashboard     http://127.0.0.1:${UTS_GATEWAY_PORT:-18080}/ui/
+  query service http://127.0.0.1:18090  (the same reads, without the gateway; for operators)
   gateway admin http://127.0.0.1:${UTS_GATEWAY_ADMIN_PORT:-18081}/metrics  (/healthz, /readyz)
   verifier admin http://127.0.0.1:18082/metrics
   aggregator admin http://127.0.0.1:18083/metrics

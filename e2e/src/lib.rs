@@ -109,13 +109,6 @@ impl Pipeline {
         let billing_url = format!("http://{}/billing/v1/records", receiver.local_addr());
         spawn_stage("billing-receiver", receiver.run_until_stopped(shutdown.clone()));
 
-        let mut args = common_args(&kafka, "ingest-gateway");
-        args.extend(["--listen-addr=127.0.0.1:0".to_owned(), format!("--jwt-hs256-secret={SECRET}")]);
-        let gateway =
-            ingest_gateway::Application::build(ingest_gateway::Config::parse_from(args), pool.clone()).await.unwrap();
-        let gateway_addr = gateway.local_addr();
-        spawn_stage("ingest-gateway", gateway.run_until_stopped(shutdown.clone()));
-
         let mut args = common_args(&kafka, "query-service");
         args.extend([
             "--listen-addr=127.0.0.1:0".to_owned(),
@@ -124,8 +117,20 @@ impl Pipeline {
         ]);
         let query =
             query_service::Application::build(query_service::Config::parse_from(args), pool.clone()).await.unwrap();
-        let query_api = format!("http://{}/api/usagetransparency/v3", query.local_addr());
+        let query_addr = query.local_addr();
+        let query_api = format!("http://{query_addr}/api/usagetransparency/v3");
         spawn_stage("query-service", query.run_until_stopped(shutdown.clone()));
+
+        let mut args = common_args(&kafka, "ingest-gateway");
+        args.extend([
+            "--listen-addr=127.0.0.1:0".to_owned(),
+            format!("--jwt-hs256-secret={SECRET}"),
+            format!("--query-service-url=http://{}", query_addr),
+        ]);
+        let gateway =
+            ingest_gateway::Application::build(ingest_gateway::Config::parse_from(args), pool.clone()).await.unwrap();
+        let gateway_addr = gateway.local_addr();
+        spawn_stage("ingest-gateway", gateway.run_until_stopped(shutdown.clone()));
 
         let mut args = common_args(&kafka, "verifier");
         args.extend(["--catalog-refresh-ms=0".to_owned(), format!("--consumer-group=v-{}", kafka.topic_prefix)]);

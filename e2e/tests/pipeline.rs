@@ -233,3 +233,118 @@ async fn a_receipt_sent_later_by_callback_completes_the_job(pool: PgPool) {
         sqlx::query_as("SELECT state, record_id FROM billing_outbox").fetch_one(&pool).await.unwrap();
     assert_eq!((state.as_str(), record_id.as_deref()), ("received", records[0]["recordId"].as_str()));
 }
+
+/// The official Node client (`@mindconnect/mindconnect-nodejs`, pinned in
+/// `e2e/official-client/package-lock.json`, installed by `deploy/local/test.sh`), unmodified and
+/// built only with its documented constructor, runs all five methods against the one address:
+/// its token from `/oauth/token`, checked against `/token_keys`, then both POSTs and the three
+/// GETs on the same base URL.
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn the_official_node_client_works_against_the_one_address(pool: PgPool) {
+    let pipeline = Pipeline::start(pool.clone()).await;
+    let base = format!("http://{}", pipeline.gateway);
+    // The operator creates the client through the one address too.
+    let admin = uts_common::auth::mint_hs256(uts_e2e::SECRET, "service-operator", "", &["uts.admin"], 600).unwrap();
+    let created: Value = pipeline
+        .client
+        .post(format!("{base}/api/usagetransparency/v3/admin/clients"))
+        .bearer_auth(&admin)
+        .json(
+            &json!({"clientId": "op-node-client", "tenantId": "op", "scopes": ["uts.usages.write", "uts.usages.read"]}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = created["clientSecret"].as_str().unwrap_or_else(|| panic!("no client created: {created}"));
+
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("official-client");
+    assert!(
+        dir.join("node_modules/@mindconnect/mindconnect-nodejs").is_dir(),
+        "the official client is not installed: run `npm ci` in {} (deploy/local/test.sh does)",
+        dir.display()
+    );
+    let run = tokio::process::Command::new("node")
+        .arg("run.js")
+        .current_dir(&dir)
+        .env("UTS_BASE_URL", &base)
+        .env("UTS_CLIENT_ID", "op-node-client")
+        .env("UTS_CLIENT_SECRET", secret)
+        .env("UTS_TENANT", "op")
+        .env("UTS_IOT_TENANT", "plant")
+        .env("UTS_CUSTOMER_TENANT", "buyer")
+        .output();
+    let output =
+        tokio::time::timeout(Duration::from_secs(240), run).await.expect("the client ran for 4 minutes").unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the official client failed: {stderr}");
+    let out: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|err| panic!("{err}: {stderr}"));
+
+    let id = out["accepted"]["id"].as_str().unwrap();
+    assert_eq!(
+        (out["accepted"]["status"].as_str(), out["accepted"]["usagesCount"].as_u64()),
+        (Some("ACCEPTED"), Some(2))
+    );
+    assert_eq!(out["firstRead"]["id"], id, "read right after the 202: {}", out["firstRead"]);
+    assert_eq!(out["completed"]["status"], "COMPLETED");
+    assert_eq!(
+        out["completed"]["usagesSummary"],
+        json!([{"application": "app", "unit": "client-unit", "usagesCount": 2, "processStatus": "AGGREGATED"}])
+    );
+    assert_eq!(out["completedErrors"]["errors"], json!([]), "{}", out["completedErrors"]);
+    assert_eq!(out["failing"]["status"], "ERRORS");
+    let errors = out["errors"]["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{}", out["errors"]);
+    assert_eq!(errors[0]["code"], "mdsp.uts.verification.tenantNotAllowed", "{}", out["errors"]);
+    assert_eq!(out["legacy"], json!({}));
+    let listed: Vec<&str> =
+        out["list"]["jobs"].as_array().unwrap().iter().filter_map(|job| job["id"].as_str()).collect();
+    for posted in out["ids"].as_array().unwrap() {
+        assert!(listed.contains(&posted.as_str().unwrap()), "{posted} not in {listed:?}");
+    }
+    // The legacy POST made a job too, listed with the others (three in all).
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    // The client's tenant (the token's ten) submitted them.
+    let submitters: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT submitter_tenant_id FROM jobs").fetch_all(&pool).await.unwrap();
+    assert_eq!(submitters, vec!["op"]);
+}
+
+/// Everything of the public API answers on the gateway's address: the dashboard, the OpenAPI
+/// document, the admin API, the key sets, and unknown routes in the `mdsp` format.
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn the_whole_api_answers_on_one_address(pool: PgPool) {
+    let pipeline = Pipeline::start(pool).await;
+    let base = format!("http://{}", pipeline.gateway);
+    let get = |path: &str| pipeline.client.get(format!("{base}{path}")).send();
+    let page = get("/ui/").await.unwrap();
+    assert_eq!(page.status(), reqwest::StatusCode::OK);
+    assert!(page.headers().get("content-security-policy").is_some());
+    assert!(page.text().await.unwrap().contains("<html"));
+    let document: Value = get("/api/usagetransparency/v3/openapi.json").await.unwrap().json().await.unwrap();
+    assert!(document["paths"]["/oauth/token"]["post"].is_object(), "the document is the real one");
+    for path in ["/token_keys", "/.well-known/jwks.json"] {
+        let keys: Value = get(path).await.unwrap().json().await.unwrap();
+        assert_eq!(keys["keys"].as_array().map(Vec::len), Some(1), "{path}: {keys}");
+    }
+    let admin = uts_common::auth::mint_hs256(uts_e2e::SECRET, "service-operator", "", &["uts.admin"], 600).unwrap();
+    let tenant: Value = pipeline
+        .client
+        .get(format!("{base}/api/usagetransparency/v3/admin/tenants/op"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tenant["tenantType"], "operator");
+    let unknown = get("/api/usagetransparency/v3/nothing-here").await.unwrap();
+    assert_eq!(unknown.status(), reqwest::StatusCode::NOT_FOUND);
+    let body: Value = unknown.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "mdsp.core.generic.noMatch");
+    let unauthenticated = get("/api/usagetransparency/v3/usagesJobs").await.unwrap();
+    assert_eq!(unauthenticated.status(), reqwest::StatusCode::UNAUTHORIZED);
+}

@@ -33,6 +33,11 @@ pub struct Config {
     #[arg(long = "tenant-cache-ttl-ms", env = "UTS_TENANT_CACHE_TTL_MS", default_value_t = 10_000)]
     pub tenant_cache_ttl_ms: u64,
 
+    /// The query service every request other than the two POSTs is forwarded to (its API
+    /// listener's base URL).
+    #[arg(long = "query-service-url", env = "UTS_QUERY_SERVICE_URL", default_value = "http://127.0.0.1:8090")]
+    pub query_service_url: String,
+
     #[command(flatten)]
     pub kafka: KafkaArgs,
 

@@ -1,6 +1,9 @@
 //! # ingest-gateway
 //!
-//! **Serves** `POST /api/usagetransparency/v3/usagesJobs` and the older `POST …/usages`.
+//! **Serves** `POST /api/usagetransparency/v3/usagesJobs` and the older `POST …/usages`, and is
+//! the service's one address: every other request (the GETs, the admin API, the dashboard, the
+//! OpenAPI document, the token service) is forwarded to the query service ([`forward`]), so a
+//! client needs one base URL, as with the original, while the stages stay separate processes.
 //!
 //! **Produces** each accepted request as one `uts.v1.UsageJob` to `uts.usage-jobs`, keyed by
 //! job id. Nothing is written anywhere else on the hot path (the `Idempotency-Key` claim in
@@ -18,6 +21,7 @@
 //! stop accepting connections, finish the requests in hand, flush the producer, exit.
 
 pub mod config;
+mod forward;
 pub mod idempotency;
 pub mod payload;
 mod routes;
@@ -55,6 +59,8 @@ pub struct AppState {
     pub(crate) max_body_bytes: usize,
     /// `None` when rate limiting is off.
     pub(crate) throttle: Option<uts_common::throttle::Throttle>,
+    /// Where every request other than the two POSTs goes (the query service).
+    pub(crate) upstream: forward::Upstream,
 }
 
 /// A gateway bound to its listeners, ready to run.
@@ -63,13 +69,19 @@ pub struct Application {
     state: Arc<AppState>,
     admin_addr: SocketAddr,
     config: Config,
+    /// The token service's keys as this process verifies them.
+    issued: Arc<uts_common::auth::IssuedKeys>,
 }
 
 impl Application {
     /// Connects the producer and binds the listeners. The pool is passed in so that tests can
     /// hand over their own database.
     pub async fn build(config: Config, pool: PgPool) -> anyhow::Result<Self> {
-        let auth = Authenticator::from_args(&config.auth).context("loading token verification keys")?;
+        let issued = uts_common::auth::IssuedKeys::load(pool.clone()).await?;
+        let auth = Authenticator::from_args(&config.auth)
+            .context("loading token verification keys")?
+            .with_issued_keys(issued.clone());
+        let upstream = forward::Upstream::new(&config.query_service_url)?;
         let (producer, kafka_health) = kafka::durable_producer(&config.kafka)?;
         let state = Arc::new(AppState {
             auth,
@@ -82,11 +94,12 @@ impl Application {
             idempotency_window: chrono::Duration::days(i64::from(config.idempotency_window_days)),
             max_body_bytes: config.max_body_bytes,
             throttle: uts_common::throttle::Throttle::new(config.rate_limit_per_second, config.rate_limit_burst),
+            upstream,
         });
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .with_context(|| format!("binding the API listener on {}", config.listen_addr))?;
-        Ok(Self { listener, state, admin_addr: config.admin.addr, config })
+        Ok(Self { listener, state, admin_addr: config.admin.addr, config, issued })
     }
 
     /// The bound address of the public API (useful with port 0).
@@ -100,6 +113,7 @@ impl Application {
         let metrics = telemetry::metrics_handle();
         let ready = admin::kafka_and_database(Some(self.state.producer.clone()), self.state.pool.clone());
         let (_, admin_task) = admin::serve(self.admin_addr, metrics, ready, shutdown.clone()).await?;
+        let refresher = self.issued.clone().spawn_refresh(shutdown.clone());
         let pruner = tokio::spawn(prune_idempotency_keys(self.state.clone(), shutdown.clone()));
         let prober = tokio::spawn(self.state.kafka_health.clone().probe_while_down(
             self.state.producer.clone(),
@@ -126,6 +140,7 @@ impl Application {
             .context("flushing the Kafka producer")?;
         pruner.abort();
         prober.abort();
+        refresher.abort();
         let _ = admin_task.await;
         tracing::info!("ingest gateway stopped");
         Ok(())

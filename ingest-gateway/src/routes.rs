@@ -20,14 +20,15 @@ use uts_common::{kafka, API_BASE};
 
 use crate::idempotency::{self, Claim, Original};
 use crate::payload::{self, Batch};
-use crate::AppState;
+use crate::{forward, AppState};
 
 /// The public API router.
 pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
-        .route(&format!("{API_BASE}/usagesJobs"), post(post_usages_jobs))
+        // The GETs of /usagesJobs, and every other path, belong to the query service.
+        .route(&format!("{API_BASE}/usagesJobs"), post(post_usages_jobs).get(forward::forward))
         .route(&format!("{API_BASE}/usages"), post(post_usages))
-        .fallback(|| async { ApiError::no_match("no such endpoint") })
+        .fallback(forward::forward)
         .method_not_allowed_fallback(uts_common::http::method_not_allowed)
         // Bodies are read by `read_body` with the configured limit and an mdsp error.
         .layer(DefaultBodyLimit::disable())
@@ -74,7 +75,7 @@ async fn post_usages(State(state): State<Arc<AppState>>, headers: HeaderMap, bod
 /// Authenticates, validates and makes the job durable in Kafka. Returns only once Kafka has
 /// acknowledged it.
 async fn accept(state: &AppState, headers: &HeaderMap, body: Body, origin: v1::Origin) -> Result<Original, ApiError> {
-    let principal = state.auth.authenticate(headers)?;
+    let principal = state.auth.authenticate(headers).await?;
     principal.require(Scope::UsagesWrite)?;
     if let Some(throttle) = &state.throttle {
         throttle.check(&principal.tenant)?;

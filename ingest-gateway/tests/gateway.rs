@@ -359,18 +359,30 @@ async fn exponent_notation_is_exact_or_refused(pool: PgPool) {
     }
 }
 
-/// The gateway's wrong-method and unknown-path answers are in the `mdsp` format (they had empty
-/// bodies: a client pointed at the wrong address could not tell what happened).
+/// The gateway's wrong-method answers are in the `mdsp` format (they had empty bodies: a client
+/// pointed at the wrong address could not tell what happened); what it forwards to an
+/// unreachable query service is a 503 in the same format, never a hang or an empty answer.
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
-async fn a_wrong_method_or_path_is_answered_in_the_mdsp_format(pool: PgPool) {
-    let gateway = TestGateway::start(pool, &[]).await;
+async fn a_wrong_method_or_an_unreachable_query_service_is_answered_in_the_mdsp_format(pool: PgPool) {
+    // A port nothing listens on: bound, then released.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let upstream = format!("--query-service-url=http://{closed}");
+    let gateway = TestGateway::start(pool, &[upstream.as_str()]).await;
     let token = TestGateway::token("acme", WRITE);
-    let response = gateway.client.get(gateway.url("/usagesJobs")).bearer_auth(&token).send().await.unwrap();
-    assert_eq!(response.headers().get("allow").and_then(|v| v.to_str().ok()), Some("POST"));
+    let response = gateway.client.delete(gateway.url("/usagesJobs")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(response.headers().get("allow").and_then(|v| v.to_str().ok()), Some("POST,GET,HEAD"));
     let (status, code, message) = error_of(response).await;
     assert_eq!((status, code.as_str()), (StatusCode::METHOD_NOT_ALLOWED, "mdsp.core.generic.methodNotAllowed"));
-    assert!(message.starts_with("GET is not allowed on /api/usagetransparency/v3/usagesJobs"), "{message}");
-    let response = gateway.client.get(gateway.url("/nothing-here")).bearer_auth(&token).send().await.unwrap();
-    let (status, code, _) = error_of(response).await;
-    assert_eq!((status, code.as_str()), (StatusCode::NOT_FOUND, "mdsp.core.generic.noMatch"));
+    assert!(message.starts_with("DELETE is not allowed on /api/usagetransparency/v3/usagesJobs"), "{message}");
+    let response = gateway.client.get(gateway.url("/usages")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(response.headers().get("allow").and_then(|v| v.to_str().ok()), Some("POST"));
+    for path in ["/usagesJobs", "/nothing-here"] {
+        let started = std::time::Instant::now();
+        let response = gateway.client.get(gateway.url(path)).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(response.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+        let (status, code, message) = error_of(response).await;
+        assert_eq!((status, code.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "mdsp.core.generic.serviceUnavailable"));
+        assert!(message.contains("query service is unavailable"), "{message}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(3), "{path}: {:?}", started.elapsed());
+    }
 }

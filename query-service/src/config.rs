@@ -25,6 +25,11 @@ pub struct Config {
     #[arg(long = "rate-limit-burst", env = "UTS_QUERY_RATE_LIMIT_BURST", default_value_t = 100)]
     pub rate_limit_burst: u32,
 
+    /// Lifetime of the tokens the token service issues (`POST /oauth/token`), in seconds.
+    #[arg(long = "token-ttl-seconds", env = "UTS_TOKEN_TTL_SECONDS", default_value_t = 1800,
+          value_parser = clap::value_parser!(u32).range(60..=i64::from(uts_common::tokens::MAX_TTL_SECONDS)))]
+    pub token_ttl_seconds: u32,
+
     #[command(flatten)]
     pub kafka: KafkaArgs,
 

@@ -143,8 +143,8 @@ fn job_json((id, received_at, usages_count, accepted, failed, terminal): JobRow)
     }
 }
 
-fn principal_tenant(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
-    let principal = state.auth.authenticate(headers)?;
+async fn principal_tenant(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
+    let principal = state.auth.authenticate(headers).await?;
     principal.require(Scope::UsagesRead)?;
     state.throttle(&principal.tenant)?;
     Ok(principal.tenant)
@@ -167,10 +167,15 @@ async fn list_jobs(
     headers: HeaderMap,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<JobList>, ApiError> {
-    let tenant = principal_tenant(&state, &headers)?;
+    let tenant = principal_tenant(&state, &headers).await?;
     let params = Params::parse(query, &["date", "tenant", "application", "unit", "page", "size"])?;
     let paging = params.paging_or(10)?;
     let day = parse_date(params.get("date"))?;
+    // Every job accepted before this request is in the answer (read your writes); a job accepted
+    // now belongs to today (UTC), so a list of an earlier day has nothing to wait for.
+    if day >= Utc::now().date_naive() {
+        state.freshness.catch_up(&state.pool).await;
+    }
     let (filter_tenant, application, unit) = (params.get("tenant"), params.get("application"), params.get("unit"));
     let filtered = filter_tenant.is_some() || application.is_some() || unit.is_some();
     // With filters, usagesCount counts the usages that satisfy them (the original's rule).
@@ -303,7 +308,7 @@ async fn get_job(
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<JobSummary>, ApiError> {
-    let tenant = principal_tenant(&state, &headers)?;
+    let tenant = principal_tenant(&state, &headers).await?;
     let id = job_id(path)?;
     let params = Params::parse(query, &["page", "size"])?;
     let paging = params.paging_or(200)?;
@@ -351,7 +356,7 @@ async fn get_errors(
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<ErrorList>, ApiError> {
-    let tenant = principal_tenant(&state, &headers)?;
+    let tenant = principal_tenant(&state, &headers).await?;
     let id = job_id(path)?;
     let params = Params::parse(query, &["errorClass", "page", "size"])?;
     let paging = params.paging_or(10)?;

@@ -13,6 +13,7 @@
 //! - [`admin_api`] under `/admin`: tenants, provisioning, rules and KPIs (scope `uts.admin`;
 //!   admin data is global, it belongs to whoever operates the service);
 //! - `/openapi.json`, the OpenAPI document of the whole public API;
+//! - the [`token_service`] at the root: `/oauth/token`, `/token_keys`, `/.well-known/jwks.json`;
 //! - and the [`dashboard`] under `/ui/`, a client of the endpoints above.
 //!
 //! **Limits:** the job and aggregate GETs are rate limited per tenant (429 with `Retry-After`);
@@ -30,10 +31,12 @@
 pub mod admin_api;
 pub mod config;
 pub mod dashboard;
+pub mod freshness;
 pub mod jobs_api;
 pub mod monthly_api;
 pub mod projection;
 mod routes;
+pub mod token_service;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -62,6 +65,9 @@ pub struct AppState {
     pub(crate) pool: PgPool,
     /// Per-tenant rate limit of the job and aggregate endpoints (None: off).
     pub(crate) throttle: Option<uts_common::throttle::Throttle>,
+    pub(crate) tokens: token_service::TokenIssuer,
+    /// Read-your-writes of the job list.
+    pub(crate) freshness: freshness::Freshness,
 }
 
 impl AppState {
@@ -81,15 +87,24 @@ pub struct Application {
     jobs_topic: String,
     http: uts_common::config::HttpArgs,
     retention_days: u32,
+    /// The token service's keys as this process verifies them.
+    issued: Arc<uts_common::auth::IssuedKeys>,
 }
 
 impl Application {
     /// Loads the token verification keys and binds the API listener. The pool is passed in so
     /// that tests can hand over their own database.
     pub async fn build(config: Config, pool: PgPool) -> anyhow::Result<Self> {
-        let auth = Authenticator::from_args(&config.auth).context("loading token verification keys")?;
+        // The first replica to start makes the first signing key.
+        if let Some(kid) = uts_common::tokens::ensure_signing_key(&pool).await? {
+            tracing::info!(%kid, "created the token service's first signing key");
+        }
+        let issued = uts_common::auth::IssuedKeys::load(pool.clone()).await?;
+        let auth = Authenticator::from_args(&config.auth)
+            .context("loading token verification keys")?
+            .with_issued_keys(issued.clone());
         let throttle = uts_common::throttle::Throttle::new(config.rate_limit_per_second, config.rate_limit_burst);
-        let state = Arc::new(AppState { auth, pool, throttle });
+        let tokens = token_service::TokenIssuer::new(config.token_ttl_seconds);
         let topics = config.kafka.topics();
         let runner = uts_common::runner::Runner::new(
             &config.kafka,
@@ -99,6 +114,8 @@ impl Application {
             &[&topics.usage_jobs, &topics.status],
         )?
         .with_default_max_batch(&config.kafka, PROJECTION_MAX_BATCH);
+        let freshness = freshness::Freshness::new(runner.producer.clone(), topics.usage_jobs.clone());
+        let state = Arc::new(AppState { auth, pool, throttle, tokens, freshness });
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .with_context(|| format!("binding the API listener on {}", config.listen_addr))?;
@@ -110,6 +127,7 @@ impl Application {
             jobs_topic: topics.usage_jobs,
             http: config.http,
             retention_days: config.retention.days,
+            issued,
         })
     }
 
@@ -135,6 +153,7 @@ impl Application {
             shutdown.clone(),
             self.runner.run(projector, shutdown.clone()),
         ));
+        let refresher = self.issued.clone().spawn_refresh(shutdown.clone());
         let pruner = uts_common::db::spawn_pruner(
             self.state.pool.clone(),
             uts_common::db::DedupTable::JobAppliedEvents,
@@ -149,6 +168,7 @@ impl Application {
         let projected = projecting.await.context("the projection task panicked")?;
         let _ = admin_task.await;
         pruner.abort();
+        refresher.abort();
         served?;
         projected?;
         tracing::info!("query service stopped");

@@ -84,7 +84,7 @@ async fn list_kpis(
     headers: HeaderMap,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<KpiList>, ApiError> {
-    let tenant = caller(&state, &headers)?;
+    let tenant = caller(&state, &headers).await?;
     let params = Params::parse(query, &["page", "size"])?;
     let paging = params.paging_or(20)?;
     type Row = (String, String, String, String, String, String, bool, i64);
@@ -493,8 +493,8 @@ struct ProviderUsage<'a> {
     page: PageInfo,
 }
 
-fn caller(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
-    let principal = state.auth.authenticate(headers)?;
+async fn caller(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
+    let principal = state.auth.authenticate(headers).await?;
     principal.require(Scope::AggregatesRead)?;
     state.throttle(&principal.tenant)?;
     Ok(principal.tenant)
@@ -505,7 +505,7 @@ async fn consumer_usage(
     headers: HeaderMap,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let consumer = caller(&state, &headers)?;
+    let consumer = caller(&state, &headers).await?;
     let params = Params::parse(query, &["month", "year", "provider", "application", "KPIName", "includeDailyValues"])?;
     let month = parse_month(required(&params, "month")?)?;
     let year = parse_year(required(&params, "year")?)?;
@@ -542,7 +542,7 @@ async fn provider_usage(
     headers: HeaderMap,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let provider = caller(&state, &headers)?;
+    let provider = caller(&state, &headers).await?;
     let params = Params::parse(
         query,
         &["month", "year", "consumer", "application", "KPIName", "page", "size", "includeDailyValues"],

@@ -112,11 +112,42 @@ impl Handler for Projector {
     async fn handle(&self, batch: &[Decoded<Item>]) -> anyhow::Result<Vec<Rejected>> {
         let mut tx = self.pool.begin().await?;
         let finished = project(&mut tx, batch).await?;
+        record_progress(&mut tx, &self.jobs_topic, batch).await?;
         tx.commit().await?;
         metrics::counter!("uts_query_projected_messages_total").increment(batch.len() as u64);
         metrics::counter!("uts_query_final_usages_total").increment(finished);
         Ok(Vec::new())
     }
+}
+
+/// Records, per partition of the jobs topic, the offset after the batch's last job
+/// (`projection_progress`, read by `GET /usagesJobs` to wait for the jobs accepted before it).
+async fn record_progress(
+    tx: &mut Transaction<'_, Postgres>,
+    jobs_topic: &str,
+    batch: &[Decoded<Item>],
+) -> Result<(), sqlx::Error> {
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    for decoded in batch.iter().filter(|decoded| decoded.origin.topic == jobs_topic) {
+        let after = decoded.origin.offset + 1;
+        next.entry(decoded.origin.partition).and_modify(|n| *n = (*n).max(after)).or_insert(after);
+    }
+    if next.is_empty() {
+        return Ok(());
+    }
+    let (partitions, offsets): (Vec<i32>, Vec<i64>) = next.into_iter().unzip();
+    sqlx::query(
+        "INSERT INTO projection_progress (topic, partition, next_offset)
+         SELECT $1, p, o FROM UNNEST($2::int[], $3::bigint[]) AS t(p, o)
+         ON CONFLICT (topic, partition) DO UPDATE
+         SET next_offset = GREATEST(projection_progress.next_offset, EXCLUDED.next_offset)",
+    )
+    .bind(jobs_topic)
+    .bind(&partitions)
+    .bind(&offsets)
+    .execute(&mut **tx)
+    .await
+    .map(drop)
 }
 
 /// Projects a batch with a handful of set-based statements (UNNEST), whatever its size: one

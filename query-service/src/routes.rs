@@ -7,7 +7,7 @@ use axum::middleware;
 use axum::Router;
 use uts_common::error::ApiError;
 
-use crate::{admin_api, dashboard, jobs_api, monthly_api, AppState};
+use crate::{admin_api, dashboard, jobs_api, monthly_api, token_service, AppState};
 
 /// The public API router.
 pub fn app(state: Arc<AppState>) -> Router {
@@ -16,6 +16,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .nest(uts_common::API_BASE, jobs_api::router().merge(monthly_api::router()))
         .route(&format!("{}/openapi.json", uts_common::API_BASE), axum::routing::get(openapi))
         .merge(dashboard::router())
+        .merge(token_service::router())
         .fallback(|| async { ApiError::no_match("no such endpoint") })
         .method_not_allowed_fallback(uts_common::http::method_not_allowed)
         // Bodies are read by `admin_api::read_object` with its limit and an mdsp error.

@@ -718,3 +718,306 @@ async fn a_wrong_method_is_answered_in_the_mdsp_format(pool: PgPool) {
     let error = error_of(response).await;
     assert_eq!((error.status, error.code.as_str()), (StatusCode::METHOD_NOT_ALLOWED, "methodNotAllowed"), "{error:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The token service: clients, /oauth/token, keys
+
+const FORM: &str = "application/x-www-form-urlencoded";
+
+/// `POST /oauth/token` with HTTP Basic (when `basic` is given) and `form` as the body.
+async fn token_request(service: &TestQueryService, basic: Option<(&str, &str)>, form: &str) -> reqwest::Response {
+    let mut request = service
+        .client
+        .post(format!("http://{}/oauth/token", service.addr))
+        .header(reqwest::header::CONTENT_TYPE, FORM)
+        .body(form.to_owned());
+    if let Some((id, secret)) = basic {
+        request = request.basic_auth(id, Some(secret));
+    }
+    request.send().await.unwrap()
+}
+
+/// Expects an RFC 6749 §5.2 error answer.
+#[track_caller]
+fn assert_oauth_error(status: StatusCode, body: &Value, want_status: StatusCode, want_error: &str) {
+    assert_eq!((status, body["error"].as_str()), (want_status, Some(want_error)), "{body}");
+    assert!(body["error_description"].as_str().is_some_and(|d| !d.is_empty()), "{body}");
+}
+
+async fn oauth(response: reqwest::Response) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+    let status = response.status();
+    let headers = response.headers().clone();
+    (status, response.json().await.unwrap(), headers)
+}
+
+/// A client of tenant `acme`; answers (id, secret).
+async fn client(service: &TestQueryService, id: &str, scopes: &[&str]) -> (String, String) {
+    let created = service
+        .expect(
+            Method::POST,
+            "/clients",
+            Some(json!({"clientId": id, "tenantId": "acme", "scopes": scopes, "description": "exporter"})),
+            StatusCode::CREATED,
+        )
+        .await;
+    (id.to_owned(), created["clientSecret"].as_str().unwrap().to_owned())
+}
+
+async fn get_token(service: &TestQueryService, id: &str, secret: &str) -> String {
+    let (status, body, _) =
+        oauth(token_request(service, Some((id, secret)), "grant_type=client_credentials").await).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+/// Status of `GET /usagesJobs` with `token`.
+async fn jobs_status(service: &TestQueryService, token: &str) -> StatusCode {
+    service.client.get(service.api("/usagesJobs")).bearer_auth(token).send().await.unwrap().status()
+}
+
+fn kid_of(token: &str) -> String {
+    jsonwebtoken::decode_header(token).unwrap().kid.unwrap()
+}
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn a_client_gets_tokens_the_services_accept_and_its_secret_is_shown_once(pool: PgPool) {
+    let service = TestQueryService::start(pool.clone()).await;
+    service.tenant("acme", "operator", None).await;
+    let created = service
+        .expect(
+            Method::POST,
+            "/clients",
+            Some(json!({"clientId": "acme-exporter", "tenantId": "acme", "scopes": ["uts.usages.read", "uts.usages.write"]})),
+            StatusCode::CREATED,
+        )
+        .await;
+    let secret = created["clientSecret"].as_str().unwrap().to_owned();
+    assert_eq!(secret.len(), 43);
+    assert_eq!(created["revokedAt"], Value::Null);
+    // Stored only as an argon2id hash; never shown again.
+    let hash: String = sqlx::query_scalar("SELECT secret_hash FROM token_clients WHERE client_id = 'acme-exporter'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(hash.starts_with("$argon2id$") && !hash.contains(&secret), "{hash}");
+    let shown = service.expect(Method::GET, "/clients/acme-exporter", None, StatusCode::OK).await;
+    assert_eq!(shown.get("clientSecret"), None, "{shown}");
+    let listed = service.expect(Method::GET, "/clients?tenantId=acme", None, StatusCode::OK).await;
+    assert_eq!(listed["clients"][0]["clientId"], "acme-exporter");
+    assert_eq!(listed["page"]["totalElements"], 1);
+    service
+        .expect(
+            Method::POST,
+            "/clients",
+            Some(json!({"clientId": "acme-exporter", "tenantId": "acme", "scopes": ["uts.admin"]})),
+            StatusCode::CONFLICT,
+        )
+        .await;
+    let unknown_tenant = service
+        .call(Method::POST, "/clients", Some(json!({"clientId": "x", "tenantId": "nobody", "scopes": ["uts.admin"]})))
+        .await;
+    assert_names(&error_of(unknown_tenant).await, "invalidRequestBodyProperty", "tenantId");
+
+    // HTTP Basic, as the official clients send it.
+    let response = token_request(&service, Some(("acme-exporter", &secret)), "grant_type=client_credentials").await;
+    let (status, body, headers) = oauth(response).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(headers.get("cache-control").unwrap(), "no-store");
+    assert_eq!((body["token_type"].as_str(), body["expires_in"].as_u64()), (Some("bearer"), Some(1800)));
+    assert_eq!(body["scope"], "uts.usages.read uts.usages.write");
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(jobs_status(&service, &token).await, StatusCode::OK);
+
+    // Its claims, checked against the published keys (the current key first).
+    let keys: Value =
+        service.client.get(format!("http://{}/token_keys", service.addr)).send().await.unwrap().json().await.unwrap();
+    let first = &keys["keys"][0];
+    assert_eq!(first["kid"].as_str().unwrap(), kid_of(&token));
+    let key = jsonwebtoken::DecodingKey::from_rsa_pem(first["value"].as_str().unwrap().as_bytes()).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.set_issuer(&["uts-token-service"]);
+    let claims = jsonwebtoken::decode::<Value>(&token, &key, &validation).unwrap().claims;
+    assert_eq!((claims["ten"].as_str(), claims["sub"].as_str()), (Some("acme"), Some("acme-exporter")));
+    assert_eq!(claims["scope"], json!(["uts.usages.read", "uts.usages.write"]));
+    assert_eq!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(), 1800);
+    let jwks: Value = service
+        .client
+        .get(format!("http://{}/.well-known/jwks.json", service.addr))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let jwk = &jwks["keys"][0];
+    assert_eq!(
+        (jwk["kid"].as_str(), jwk["kty"].as_str(), jwk["alg"].as_str()),
+        (first["kid"].as_str(), Some("RSA"), Some("RS256"))
+    );
+    let from_jwk =
+        jsonwebtoken::DecodingKey::from_rsa_components(jwk["n"].as_str().unwrap(), jwk["e"].as_str().unwrap()).unwrap();
+    jsonwebtoken::decode::<Value>(&token, &from_jwk, &validation).unwrap();
+
+    // client_secret_post, narrowed to one scope: that token cannot write, nor administer.
+    let form =
+        format!("grant_type=client_credentials&client_id=acme-exporter&client_secret={secret}&scope=uts.usages.read");
+    let (status, body, _) = oauth(token_request(&service, None, &form).await).await;
+    assert_eq!((status, body["scope"].as_str()), (StatusCode::OK, Some("uts.usages.read")), "{body}");
+    let narrow = body["access_token"].as_str().unwrap();
+    assert_eq!(jobs_status(&service, narrow).await, StatusCode::OK);
+    assert_eq!(service.call_as(narrow, Method::GET, "/tenants", None).await.status(), StatusCode::FORBIDDEN);
+}
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn bad_token_requests_get_oauth_errors_never_a_5xx(pool: PgPool) {
+    let service = TestQueryService::start(pool).await;
+    service.tenant("acme", "operator", None).await;
+    let (id, secret) = client(&service, "acme-app", &["uts.usages.read"]).await;
+    let grant = "grant_type=client_credentials";
+    let wrong = oauth(token_request(&service, Some((&id, "not-the-secret")), grant).await).await;
+    assert_oauth_error(wrong.0, &wrong.1, StatusCode::UNAUTHORIZED, "invalid_client");
+    assert_eq!(wrong.2.get("www-authenticate").unwrap(), "Basic realm=\"uts\"");
+    let unknown = oauth(token_request(&service, Some(("nobody", "whatever")), grant).await).await;
+    assert_oauth_error(unknown.0, &unknown.1, StatusCode::UNAUTHORIZED, "invalid_client");
+    // The same words for both: an id cannot be probed.
+    assert_eq!(wrong.1["error_description"], unknown.1["error_description"]);
+    for (basic, form, status, error) in [
+        (
+            Some((id.as_str(), secret.as_str())),
+            "grant_type=password&username=a&password=b",
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+        ),
+        (Some((id.as_str(), secret.as_str())), "", StatusCode::BAD_REQUEST, "invalid_request"),
+        (
+            Some((id.as_str(), secret.as_str())),
+            "grant_type=client_credentials&grant_type=client_credentials",
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            Some((id.as_str(), secret.as_str())),
+            "grant_type=client_credentials&scope=uts.admin",
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+        ),
+        (
+            Some((id.as_str(), secret.as_str())),
+            "grant_type=client_credentials&client_id=acme-app&client_secret=x",
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (None, "grant_type=client_credentials", StatusCode::UNAUTHORIZED, "invalid_client"),
+        (None, "grant_type=client_credentials&client_id=acme-app", StatusCode::UNAUTHORIZED, "invalid_client"),
+    ] {
+        let (got, body, _) = oauth(token_request(&service, basic, form).await).await;
+        assert_oauth_error(got, &body, status, error);
+    }
+    // Not a form, and a malformed Basic header.
+    let json_body = service
+        .client
+        .post(format!("http://{}/oauth/token", service.addr))
+        .json(&json!({"grant_type": "client_credentials"}))
+        .send()
+        .await
+        .unwrap();
+    let (got, body, _) = oauth(json_body).await;
+    assert_oauth_error(got, &body, StatusCode::BAD_REQUEST, "invalid_request");
+    let malformed = service
+        .client
+        .post(format!("http://{}/oauth/token", service.addr))
+        .header(reqwest::header::CONTENT_TYPE, FORM)
+        .header(reqwest::header::AUTHORIZATION, "Basic ***")
+        .body(grant)
+        .send()
+        .await
+        .unwrap();
+    let (got, body, _) = oauth(malformed).await;
+    assert_oauth_error(got, &body, StatusCode::UNAUTHORIZED, "invalid_client");
+}
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn a_rotated_secret_replaces_the_old_and_a_revoked_client_loses_its_tokens(pool: PgPool) {
+    let service = TestQueryService::start(pool).await;
+    service.tenant("acme", "operator", None).await;
+    let (id, old_secret) = client(&service, "acme-app", &["uts.usages.read"]).await;
+    let token = get_token(&service, &id, &old_secret).await;
+    let rotated = service.expect(Method::POST, "/clients/acme-app/secret", None, StatusCode::OK).await;
+    let new_secret = rotated["clientSecret"].as_str().unwrap().to_owned();
+    assert_ne!(new_secret, old_secret);
+    let (status, body, _) =
+        oauth(token_request(&service, Some((&id, &old_secret)), "grant_type=client_credentials").await).await;
+    assert_oauth_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_client");
+    let fresh = get_token(&service, &id, &new_secret).await;
+    // A rotation does not end the tokens already issued.
+    assert_eq!(jobs_status(&service, &token).await, StatusCode::OK);
+
+    let revoked = service.expect(Method::DELETE, "/clients/acme-app", None, StatusCode::OK).await;
+    assert!(revoked["revokedAt"].is_string(), "{revoked}");
+    let (status, body, _) =
+        oauth(token_request(&service, Some((&id, &new_secret)), "grant_type=client_credentials").await).await;
+    assert_oauth_error(status, &body, StatusCode::UNAUTHORIZED, "invalid_client");
+    assert_eq!(body["error_description"], "the client has been revoked");
+    service.expect(Method::POST, "/clients/acme-app/secret", None, StatusCode::CONFLICT).await;
+    // Its unexpired tokens stop working at the verifiers' next refresh (every 10 s).
+    let deadline =
+        std::time::Instant::now() + uts_common::auth::ISSUED_KEYS_REFRESH + std::time::Duration::from_secs(5);
+    for token in [&token, &fresh] {
+        loop {
+            let status = jobs_status(&service, token).await;
+            if status == StatusCode::UNAUTHORIZED {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "a revoked client's token still answers {status}");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    // The id stays taken.
+    service
+        .expect(
+            Method::POST,
+            "/clients",
+            Some(json!({"clientId": "acme-app", "tenantId": "acme", "scopes": ["uts.usages.read"]})),
+            StatusCode::CONFLICT,
+        )
+        .await;
+    service.expect(Method::DELETE, "/clients/nobody", None, StatusCode::NOT_FOUND).await;
+}
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn a_signing_key_rotation_keeps_the_tokens_of_the_previous_key_valid(pool: PgPool) {
+    let service = TestQueryService::start(pool).await;
+    service.tenant("acme", "operator", None).await;
+    let (id, secret) = client(&service, "acme-app", &["uts.usages.read"]).await;
+    let before = get_token(&service, &id, &secret).await;
+    let keys = service.expect(Method::GET, "/signingKeys", None, StatusCode::OK).await;
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        (keys["keys"][0]["state"].as_str(), keys["keys"][0]["kid"].as_str()),
+        (Some("current"), Some(kid_of(&before).as_str()))
+    );
+
+    let rotated = service.expect(Method::POST, "/signingKeys", None, StatusCode::CREATED).await;
+    let new_kid = rotated["kid"].as_str().unwrap().to_owned();
+    assert_ne!(new_kid, kid_of(&before));
+    // A token of the new key verifies at once (an unknown kid makes the verifier look again).
+    let after = get_token(&service, &id, &secret).await;
+    assert_eq!(kid_of(&after), new_kid);
+    assert_eq!(jobs_status(&service, &after).await, StatusCode::OK);
+    assert_eq!(jobs_status(&service, &before).await, StatusCode::OK);
+    let published: Value =
+        service.client.get(format!("http://{}/token_keys", service.addr)).send().await.unwrap().json().await.unwrap();
+    let kids: Vec<&str> = published["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
+    assert_eq!(kids, vec![new_kid.as_str(), kid_of(&before).as_str()]);
+    let keys = service.expect(Method::GET, "/signingKeys", None, StatusCode::OK).await;
+    assert_eq!(keys["keys"][1]["state"], "accepted");
+    assert!(keys["keys"][1]["acceptUntil"].is_string());
+    // A made-up kid is refused, not a 5xx.
+    let forged = {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        header.kid = Some("made-up".into());
+        let claims = json!({"ten": "acme", "scope": ["uts.usages.read"], "exp": 4_000_000_000u64});
+        jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_secret(b"guess")).unwrap()
+    };
+    assert_eq!(jobs_status(&service, &forged).await, StatusCode::UNAUTHORIZED);
+}

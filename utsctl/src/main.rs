@@ -1,6 +1,8 @@
 //! `utsctl`: the operator's command line. Runs the migrations as their own step, creates the
-//! Kafka topics, mints local HS256 tokens, registers tenants, shows a job's status from the
-//! topic, and lists and replays dead letters.
+//! Kafka topics, mints local HS256 tokens, registers tenants, manages the token service's
+//! clients and signing keys (the same rules as the admin API: `uts_common::tokens`; this is how
+//! the first client is made before any token exists), shows a job's status from the topic, and
+//! lists and replays dead letters.
 
 mod dead_letters;
 
@@ -8,11 +10,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::time::Duration;
 use uts_common::config::{DatabaseArgs, KafkaArgs};
-use uts_common::domain::TenantType;
+use uts_common::domain::{format_datetime, TenantType};
 
 use uts_common::proto::{v1, Message};
 use uts_common::status::Board;
-use uts_common::{auth, db, kafka, tenants};
+use uts_common::{auth, db, kafka, tenants, tokens};
 
 #[derive(Parser)]
 #[command(version, about)]
@@ -87,6 +89,126 @@ enum Command {
         #[arg(long)]
         operator: Option<String>,
     },
+    /// Manage the token service's clients (client-credentials grant at /oauth/token).
+    Clients {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(subcommand)]
+        action: ClientAction,
+    },
+    /// List or rotate the token service's signing keys.
+    SigningKeys {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientAction {
+    /// Create a client; prints its secret, which cannot be shown again.
+    Create {
+        /// Client id (1–256 characters, no control characters).
+        #[arg(long)]
+        id: String,
+        /// The registered tenant its tokens speak for (`ten`).
+        #[arg(long)]
+        tenant: String,
+        /// Scopes, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List the clients (of one tenant).
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Replace a client's secret; prints the new one. The old one stops working at once.
+    RotateSecret {
+        #[arg(long)]
+        id: String,
+    },
+    /// Revoke a client: no new tokens, its unexpired tokens refused within 10 s.
+    Revoke {
+        #[arg(long)]
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyAction {
+    /// List the keys, newest first.
+    List,
+    /// Make a new current key; the previous ones stay accepted for --previous-valid-seconds.
+    Rotate {
+        /// At least the token lifetime of the query service (UTS_TOKEN_TTL_SECONDS) plus leeway.
+        #[arg(long, default_value_t = 2100)]
+        previous_valid_seconds: u64,
+    },
+}
+
+fn describe_client(client: &tokens::Client) -> String {
+    let revoked = client.revoked_at.map(|at| format!(", revoked {}", format_datetime(at))).unwrap_or_default();
+    format!("{}  tenant {}  scopes {}{revoked}", client.client_id, client.tenant_id, client.scopes.join(","))
+}
+
+async fn clients(database: &DatabaseArgs, action: ClientAction) -> anyhow::Result<()> {
+    let pool = db::connect(database).await?;
+    match action {
+        ClientAction::Create { id, tenant, scopes, description } => {
+            if let Some(problem) = tokens::client_id_problem(&id) {
+                anyhow::bail!("--id {problem}");
+            }
+            if let Some(problem) = tokens::scopes_problem(&scopes) {
+                anyhow::bail!("--scopes {problem}");
+            }
+            let spec = tokens::ClientSpec { client_id: id, tenant_id: tenant, scopes, description };
+            let (client, secret) = tokens::create_client(&pool, &spec).await?;
+            println!("created {}", describe_client(&client));
+            println!("client_id={}", client.client_id);
+            println!("client_secret={secret}");
+        }
+        ClientAction::List { tenant } => {
+            let (clients, total) = tokens::list_clients(&pool, tenant.as_deref(), 1000, 0).await?;
+            for client in &clients {
+                println!("{}", describe_client(client));
+            }
+            println!("{total} client(s)");
+        }
+        ClientAction::RotateSecret { id } => {
+            let (client, secret) = tokens::rotate_client_secret(&pool, &id).await?;
+            println!("rotated {}", describe_client(&client));
+            println!("client_secret={secret}");
+        }
+        ClientAction::Revoke { id } => {
+            let client = tokens::revoke_client(&pool, &id).await?;
+            println!("revoked {}", describe_client(&client));
+        }
+    }
+    Ok(())
+}
+
+async fn signing_keys(database: &DatabaseArgs, action: KeyAction) -> anyhow::Result<()> {
+    let pool = db::connect(database).await?;
+    match action {
+        KeyAction::List => {
+            for key in tokens::all_keys(&pool).await? {
+                let state = match key.accept_until {
+                    None => "current".to_owned(),
+                    Some(until) => format!("accepted until {}", format_datetime(until)),
+                };
+                println!("{}  created {}  {state}", key.kid, format_datetime(key.created_at));
+            }
+        }
+        KeyAction::Rotate { previous_valid_seconds } => {
+            let kid = tokens::rotate_signing_key(&pool, Duration::from_secs(previous_valid_seconds)).await?;
+            println!("new current signing key {kid}");
+        }
+    }
+    Ok(())
 }
 
 #[tokio::main]
@@ -145,6 +267,8 @@ async fn main() -> anyhow::Result<()> {
             tenants::upsert(&pool, &tenant).await.context("saving the tenant")?;
             println!("tenant {} registered as {}", tenant.tenant_id, tenant.tenant_type.as_str());
         }
+        Command::Clients { database, action } => clients(&database, action).await?,
+        Command::SigningKeys { database, action } => signing_keys(&database, action).await?,
     }
     Ok(())
 }

@@ -10,6 +10,8 @@
 //! | `GET /tenants/{tenantId}/applications` | `{applications:[…]}` |
 //! | `POST /rules`, `GET`/`PUT`/`DELETE /rules/{ruleId}`, `GET /rules?application=&unit=&ownerTenantId=&page=&size=` | 201, 200, 200, 204, a page |
 //! | `POST /kpis`, `GET`/`PUT`/`DELETE /kpis/{kpiId}`, `GET /kpis?application=&page=&size=` | 201, 200, 200, 204, a page |
+//! | `POST /clients`, `GET`/`DELETE /clients/{clientId}`, `POST /clients/{clientId}/secret`, `GET /clients?tenantId=` | the token service's clients ([`clients`]) |
+//! | `GET`/`POST /signingKeys` | its signing keys, and their rotation |
 //!
 //! Admin data is global: the scope belongs to whoever operates the service (see the crate
 //! header). Checks run in the gateway's order, so a caller learns the most basic problem first:
@@ -21,6 +23,7 @@
 //! with `page` (0-based) and `size` (1–1000, default 20).
 
 mod body;
+mod clients;
 mod kpis;
 mod provisioning;
 mod rules;
@@ -71,6 +74,10 @@ pub(crate) fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/rules/{rule_id}", get(rules::get).put(rules::update).delete(rules::delete))
         .route("/kpis", get(kpis::list).post(kpis::create))
         .route("/kpis/{kpi_id}", get(kpis::get).put(kpis::update).delete(kpis::delete))
+        .route("/clients", get(clients::list).post(clients::create))
+        .route("/clients/{client_id}", get(clients::get).delete(clients::revoke))
+        .route("/clients/{client_id}/secret", axum::routing::post(clients::rotate_secret))
+        .route("/signingKeys", get(clients::list_keys).post(clients::rotate_key))
         // A route layer: runs only for matched routes, before any extractor, so an
         // unauthenticated caller learns nothing from path or body validation.
         .route_layer(middleware::from_fn_with_state(state, require_admin))
@@ -78,7 +85,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
 
 /// 401 without a valid token, 403 without `uts.admin` (or `uts.su`).
 async fn require_admin(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Result<Response, ApiError> {
-    let principal = state.auth.authenticate(request.headers())?;
+    let principal = state.auth.authenticate(request.headers()).await?;
     principal.require(Scope::Admin)?;
     Ok(next.run(request).await)
 }
