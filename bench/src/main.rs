@@ -62,6 +62,11 @@ struct Args {
     #[arg(long, env = "UTS_BENCH_PROBE_TENANT", default_value = "bench-probe")]
     probe_tenant: String,
 
+    /// Also measure GET /usagesJobs/{id} of one job through this base URL (repeatable), next to
+    /// --query-url directly: the one address's forwarding cost.
+    #[arg(long = "read-via")]
+    read_via: Vec<String>,
+
     /// Measure the whole pipeline instead (needs --query-url and --probe-token): load for
     /// --seconds, then until drained, figures every second.
     #[arg(long)]
@@ -136,6 +141,14 @@ async fn main() -> anyhow::Result<()> {
     if let Some(query_url) = &args.query_url {
         let idle = visibility(&args, query_url, Duration::from_secs(args.seconds.min(10))).await?;
         print_visibility("visible (no other load)", &idle);
+        if !args.read_via.is_empty() {
+            let id = probe_job(&args, query_url).await?;
+            for base in std::iter::once(query_url).chain(&args.read_via) {
+                reads(&args, base, &id, Duration::from_secs(args.seconds.min(5)))
+                    .await?
+                    .print(&format!("reads via {base}"));
+            }
+        }
     }
     let probe = args.query_url.clone().map(|query_url| {
         let args = args_clone(&args);
@@ -167,6 +180,7 @@ fn args_clone(args: &Args) -> Args {
         query_url: args.query_url.clone(),
         probe_token: args.probe_token.clone(),
         probe_tenant: args.probe_tenant.clone(),
+        read_via: args.read_via.clone(),
         pipeline: false,
         pipeline_args: args.pipeline_args.clone(),
         kafka: args.kafka.clone(),
@@ -215,6 +229,68 @@ async fn visibility(args: &Args, query_url: &str, run_for: Duration) -> anyhow::
         }
     }
     Ok(latency)
+}
+
+/// Posts one probe job and waits until `query_url` shows it; its id.
+async fn probe_job(args: &Args, query_url: &str) -> anyhow::Result<String> {
+    let client = reqwest::Client::new();
+    let token = args.probe_token.as_deref().unwrap_or(&args.token);
+    let tenant = if args.probe_token.is_some() { &args.probe_tenant } else { &args.tenant };
+    let body = serde_json::json!({"users":[{"tenantId": tenant, "resources":[{"application":"probe","resource":"r",
+        "usages":[{"value": 1, "unit": "probe-unit", "datetime": chrono::Utc::now().to_rfc3339()}]}]}]});
+    let post_url = format!("{}/api/usagetransparency/v3/usagesJobs", args.gateway_url.trim_end_matches('/'));
+    let answer: serde_json::Value = client.post(&post_url).bearer_auth(token).json(&body).send().await?.json().await?;
+    let id = answer["id"].as_str().context("the probe POST answered no id")?.to_owned();
+    let get_url = format!("{}/api/usagetransparency/v3/usagesJobs/{id}", query_url.trim_end_matches('/'));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client.get(&get_url).bearer_auth(token).send().await?.status() != reqwest::StatusCode::OK {
+        if Instant::now() > deadline {
+            bail!("job {id} was not visible after 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(id)
+}
+
+/// GET /usagesJobs/{id} of one job through `base`, 8 requests in flight, for `run_for`.
+async fn reads(args: &Args, base: &str, id: &str, run_for: Duration) -> anyhow::Result<Figures> {
+    let client = reqwest::Client::new();
+    let token = args.probe_token.clone().unwrap_or_else(|| args.token.clone());
+    let url = format!("{}/api/usagetransparency/v3/usagesJobs/{id}", base.trim_end_matches('/'));
+    let started = Instant::now();
+    let deadline = started + run_for;
+    let loops = (0..8).map(|_| {
+        let (client, url, token) = (client.clone(), url.clone(), token.clone());
+        tokio::spawn(async move {
+            let mut figures = (0u64, 0u64, Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"));
+            while Instant::now() < deadline {
+                let sent = Instant::now();
+                match client.get(&url).bearer_auth(&token).send().await {
+                    Ok(response) if response.status() == reqwest::StatusCode::OK => {
+                        let _ = response.bytes().await;
+                        figures.0 += 1;
+                        figures.2.saturating_record(sent.elapsed().as_micros() as u64);
+                    }
+                    _ => figures.1 += 1,
+                }
+            }
+            figures
+        })
+    });
+    let mut total = Figures {
+        requests: 0,
+        failures: 0,
+        elapsed: Duration::ZERO,
+        latency: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+    };
+    for handle in loops.collect::<Vec<_>>() {
+        let (ok, failed, latency) = handle.await?;
+        total.requests += ok;
+        total.failures += failed;
+        total.latency.add(&latency)?;
+    }
+    total.elapsed = started.elapsed();
+    Ok(total)
 }
 
 /// The JSON body of one request: 200 usages of one tenant over 4 resources.

@@ -34,6 +34,7 @@ pub(crate) fn router(state: Arc<ReceiptsState>) -> Router {
     Router::new()
         .route(PATH, post(post_receipt))
         .fallback(|| async { ApiError::no_match("no such endpoint") })
+        .method_not_allowed_fallback(uts_common::http::method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

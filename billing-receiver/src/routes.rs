@@ -44,6 +44,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .merge(guarded)
         .fallback(|| async { ApiError::no_match("no such endpoint") })
+        .method_not_allowed_fallback(uts_common::http::method_not_allowed)
         // Bodies are read by `read_body` with its own limit and an mdsp error.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)

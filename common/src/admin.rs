@@ -30,6 +30,12 @@ pub fn router(metrics: PrometheusHandle, ready: ReadinessCheck) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(|State(state): State<AdminState>| async move { state.metrics.render() }))
+        .fallback(|| async {
+            crate::error::ApiError::no_match(
+                "no such endpoint (the admin listener serves /healthz, /readyz and /metrics)",
+            )
+        })
+        .method_not_allowed_fallback(crate::http::method_not_allowed)
         .with_state(AdminState { metrics, ready })
 }
 

@@ -15,7 +15,9 @@
 #     POST->visible/AGGREGATED/COMPLETED p50/p99. UTS_BENCH_PIPELINE_SECONDS (60) is the load's
 #     length; UTS_BENCH_RATE=N posts N jobs/s instead of as fast as possible (e.g. half the
 #     sustained maximum, for the latencies); UTS_BENCH_SHAPES (hot spread) picks the shapes;
-#     UTS_BENCH_PHASES=pipeline skips phases 1 and 2; UTS_BENCH_AGGREGATOR_ARGS adds flags to the
+#     UTS_BENCH_PHASES=pipeline skips phases 1 and 2, UTS_BENCH_PHASES=http skips phase 3;
+#     phase 2 also reads one job by id from the query service directly and through the gateway
+#     (the one address's forwarding cost); UTS_BENCH_AGGREGATOR_ARGS adds flags to the
 #     aggregator (e.g. a --kafka-property to try); each phase's database is dropped after it
 #     (UTS_BENCH_KEEP_DB=1 keeps them).
 #
@@ -73,13 +75,15 @@ echo "== throughput: the gateway alone =="
 UTS_TOPIC_PREFIX=uts-bench "$bin/uts-bench" --gateway-url http://127.0.0.1:18095 \
   --token "$token" --tenant bench-operator "$@"
 
-start ingest-gateway 18094 uts-bench-vis --listen-addr 127.0.0.1:18093 --database-max-connections 4
 start query-service 18098 uts-bench-vis --listen-addr 127.0.0.1:18097 \
   --consumer-group "bench-query-$(date +%s)" --database-max-connections 4 \
   --rate-limit-per-second 0
+start ingest-gateway 18094 uts-bench-vis --listen-addr 127.0.0.1:18093 --database-max-connections 4 \
+  --query-service-url http://127.0.0.1:18097
 echo "== visibility: POST acknowledged -> GET /usagesJobs/{id}, with the query service projecting =="
+echo "   (and reads of a job by id from the query service directly, then through the gateway: the one address)"
 UTS_TOPIC_PREFIX=uts-bench-vis "$bin/uts-bench" --gateway-url http://127.0.0.1:18093 \
-  --query-url http://127.0.0.1:18097 --probe-token "$probe_token" --skip-raw \
+  --query-url http://127.0.0.1:18097 --read-via http://127.0.0.1:18093 --probe-token "$probe_token" --skip-raw \
   --token "$token" --tenant bench-operator "$@"
 fi
 
@@ -107,7 +111,8 @@ pipeline_phase() {
   local prefix="uts-bench-$name" stamp
   stamp="$(date +%s)"
   DATABASE_URL="$base/$db" start billing-receiver 18076 "$prefix" --listen-addr 127.0.0.1:18075
-  DATABASE_URL="$base/$db" start ingest-gateway 18092 "$prefix" --listen-addr 127.0.0.1:18091 --database-max-connections 4
+  DATABASE_URL="$base/$db" start ingest-gateway 18092 "$prefix" --listen-addr 127.0.0.1:18091 --database-max-connections 4 \
+    --query-service-url http://127.0.0.1:18087
   DATABASE_URL="$base/$db" start query-service 18088 "$prefix" --listen-addr 127.0.0.1:18087 \
     --consumer-group "bench-query-$stamp" --database-max-connections 4 --rate-limit-per-second 0 ${UTS_BENCH_QUERY_ARGS:-}
   DATABASE_URL="$base/$db" start verifier 18077 "$prefix" --consumer-group "bench-verifier-$stamp" --database-max-connections 4
@@ -138,6 +143,7 @@ pipeline_phase() {
   [[ "${UTS_BENCH_KEEP_DB:-0}" == 1 ]] || psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db" >/dev/null || true
 }
 
+[[ "${UTS_BENCH_PHASES:-all}" != http ]] || exit 0
 pipeline_seconds="${UTS_BENCH_PIPELINE_SECONDS:-60}"
 for shape in ${UTS_BENCH_SHAPES:-hot spread}; do
   pipeline_phase "$shape" "${UTS_BENCH_RATE:-0}" --seconds "$pipeline_seconds"

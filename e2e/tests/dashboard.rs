@@ -163,7 +163,8 @@ async fn the_dashboard_follows_a_job_to_completed_and_shows_only_the_tenants_own
     pipeline.wait_for_job_status("prov", &foreign, "COMPLETED", WAIT).await;
 
     let browser = Browser::start().await;
-    let base = pipeline.query_api.trim_end_matches("/api/usagetransparency/v3").to_owned();
+    // The page and every API call it makes go through the one address (the gateway).
+    let base = format!("http://{}", pipeline.gateway);
 
     // A bad token is refused with the API's message, and the page stays at sign-in.
     browser.client.goto(&format!("{base}/")).await.unwrap();

@@ -348,3 +348,112 @@ async fn the_whole_api_answers_on_one_address(pool: PgPool) {
     let unauthenticated = get("/api/usagetransparency/v3/usagesJobs").await.unwrap();
     assert_eq!(unauthenticated.status(), reqwest::StatusCode::UNAUTHORIZED);
 }
+
+/// `utsctl send` posts a few thousand usages from a file as jobs of 200 through the one address
+/// (authenticated by the token service), follows them and prints a summary; the same file sent
+/// again is recognised job by job (the same Idempotency-Keys) and counted once.
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn utsctl_send_counts_a_file_sent_twice_once(pool: PgPool) {
+    let pipeline = Pipeline::start(pool.clone()).await;
+    let base = format!("http://{}", pipeline.gateway);
+    let admin = uts_common::auth::mint_hs256(uts_e2e::SECRET, "service-operator", "", &["uts.admin"], 600).unwrap();
+    let created: Value = pipeline
+        .client
+        .post(format!("{base}/api/usagetransparency/v3/admin/clients"))
+        .bearer_auth(&admin)
+        .json(&json!({"clientId": "op-backfill", "tenantId": "op", "scopes": ["uts.usages.write", "uts.usages.read"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = created["clientSecret"].as_str().unwrap().to_owned();
+
+    // 3,000 usages that verify (plant: IoT tenant of op, app provisioned), then 2 that do not
+    // (buyer is a customer tenant): 16 jobs, the last one with errors.
+    let now = now_text();
+    let mut lines = Vec::new();
+    let mut expected = Decimal::ZERO;
+    for i in 0..3000u32 {
+        let value = format!("{}.{:03}", i % 50, i % 1000);
+        expected += Decimal::from_str(&value).unwrap();
+        lines.push(
+            json!({"tenantId": "plant", "userId": "meter", "application": "app", "resource": format!("r{}", i % 10),
+            "value": Value::from_str(&value).unwrap(), "unit": "send-unit", "datetime": now})
+            .to_string(),
+        );
+    }
+    for _ in 0..2 {
+        lines.push(json!({"tenantId": "buyer", "application": "app", "resource": "r0", "value": 1, "unit": "send-unit", "datetime": now}).to_string());
+    }
+    let dir = std::env::temp_dir().join(format!("uts-send-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("usages.ndjson");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+
+    let utsctl = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("utsctl");
+    assert!(
+        utsctl.exists(),
+        "{} is missing: build the binaries first (cargo build --workspace --bins)",
+        utsctl.display()
+    );
+    let send = || {
+        let run = tokio::process::Command::new(&utsctl)
+            .arg("send")
+            .arg(&file)
+            .args(["--json", "--concurrency", "4", "--follow-timeout-seconds", "120"])
+            .env("UTS_URL", &base)
+            .env("UTS_CLIENT_ID", "op-backfill")
+            .env("UTS_CLIENT_SECRET", &secret)
+            .output();
+        async move {
+            let output =
+                tokio::time::timeout(Duration::from_secs(240), run).await.expect("utsctl send ran 4 min").unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+            assert!(output.status.success(), "utsctl send failed: {stderr}");
+            serde_json::from_slice::<Value>(&output.stdout).unwrap_or_else(|err| panic!("{err}: {stderr}"))
+        }
+    };
+    let first = send().await;
+    assert_eq!((first["usages"].as_u64(), first["jobs"].as_u64()), (Some(3002), Some(16)), "{first}");
+    assert_eq!((first["accepted"].as_u64(), first["replayed"].as_u64()), (Some(16), Some(0)), "{first}");
+    assert_eq!(first["jobStatuses"], json!({"COMPLETED": 15, "ERRORS": 1}), "{first}");
+    assert_eq!(first["usageStatuses"], json!({"AGGREGATED": 3000, "VERIFICATIONFAILED": 2}), "{first}");
+    let errors: Vec<&str> = first["errors"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    // One error for both usages of the same cause, naming their input lines.
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].starts_with("lines 3001, 3002: mdsp.uts.verification.tenantNotAllowed"), "{errors:?}");
+
+    let second = send().await;
+    assert_eq!((second["accepted"].as_u64(), second["replayed"].as_u64()), (Some(0), Some(16)), "{second}");
+    assert_eq!(second["jobIds"], first["jobIds"]);
+    assert_eq!(second["usageStatuses"], first["usageStatuses"]);
+
+    // Counted once: the daily aggregate holds each usage one time, exactly.
+    let (sum, count): (Decimal, i64) = sqlx::query_as(
+        "SELECT COALESCE(sum(value), 0), COALESCE(sum(usages_count), 0)::bigint FROM daily_aggregates WHERE unit = 'send-unit'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((sum, count), (expected, 3000));
+    // And the summary is what the query service reports.
+    let token = uts_common::auth::mint_hs256(uts_e2e::SECRET, "op", "", &["uts.usages.read"], 600).unwrap();
+    let listed: Value = pipeline
+        .client
+        .get(format!("{base}/api/usagetransparency/v3/usagesJobs?size=100"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut statuses: BTreeMap<String, u64> = BTreeMap::new();
+    for job in listed["jobs"].as_array().unwrap() {
+        *statuses.entry(job["status"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    assert_eq!(serde_json::to_value(&statuses).unwrap(), first["jobStatuses"], "{listed}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -51,7 +51,7 @@ async fn post_usages_jobs(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let accepted = accept(&state, &headers, body, v1::Origin::UsagesJobs).await?;
+    let (accepted, replayed) = accept(&state, &headers, body, v1::Origin::UsagesJobs).await?;
     let location = format!("{API_BASE}/usagesJobs/{}", accepted.job_id);
     let answer = UsagesJob {
         id: accepted.job_id,
@@ -63,18 +63,36 @@ async fn post_usages_jobs(
     if let Ok(value) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, value);
     }
+    mark_replay(&mut response, replayed);
     Ok(response)
 }
 
+/// `Idempotent-Replayed: true` on the answer to a retry of an already accepted request (the
+/// `Idempotency-Key` found the original): a client can tell a resend from a new job.
+fn mark_replay(response: &mut Response, replayed: bool) {
+    if replayed {
+        response.headers_mut().insert(REPLAYED, HeaderValue::from_static("true"));
+    }
+}
+
+const REPLAYED: header::HeaderName = header::HeaderName::from_static("idempotent-replayed");
+
 /// The older endpoint answers 200 with the original's text and does not reveal the job id.
 async fn post_usages(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    accept(&state, &headers, body, v1::Origin::Usages).await?;
-    Ok((StatusCode::OK, "Data is successfully saved to the database").into_response())
+    let (_, replayed) = accept(&state, &headers, body, v1::Origin::Usages).await?;
+    let mut response = (StatusCode::OK, "Data is successfully saved to the database").into_response();
+    mark_replay(&mut response, replayed);
+    Ok(response)
 }
 
 /// Authenticates, validates and makes the job durable in Kafka. Returns only once Kafka has
-/// acknowledged it.
-async fn accept(state: &AppState, headers: &HeaderMap, body: Body, origin: v1::Origin) -> Result<Original, ApiError> {
+/// acknowledged it; with whether it is the replay of a request accepted earlier.
+async fn accept(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    origin: v1::Origin,
+) -> Result<(Original, bool), ApiError> {
     let principal = state.auth.authenticate(headers).await?;
     principal.require(Scope::UsagesWrite)?;
     if let Some(throttle) = &state.throttle {
@@ -95,6 +113,7 @@ async fn accept(state: &AppState, headers: &HeaderMap, body: Body, origin: v1::O
         received_at: Utc::now().trunc_subsecs(3),
         usages_count: batch.usages_count,
     };
+    let mut replayed = false;
     if let Some(key) = &key {
         let route = if origin == v1::Origin::Usages { "usages" } else { "usagesJobs" };
         let hash = idempotency::request_hash(route, &bytes);
@@ -104,7 +123,10 @@ async fn accept(state: &AppState, headers: &HeaderMap, body: Body, origin: v1::O
         match claim {
             Claim::New => {}
             // Re-produce under the original id: the first attempt may never have reached Kafka.
-            Claim::Replay(original) => job = original,
+            Claim::Replay(original) => {
+                job = original;
+                replayed = true;
+            }
             Claim::Mismatch => {
                 return Err(ApiError::invalid_parameter(
                     "Idempotency-Key",
@@ -141,7 +163,7 @@ async fn accept(state: &AppState, headers: &HeaderMap, body: Body, origin: v1::O
     }
     metrics::counter!("uts_gateway_usages_accepted_total").increment(u64::from(job.usages_count));
     metrics::counter!("uts_gateway_jobs_accepted_total").increment(1);
-    Ok(job)
+    Ok((job, replayed))
 }
 
 fn to_message(

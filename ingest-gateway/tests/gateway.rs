@@ -254,9 +254,12 @@ async fn the_same_idempotency_key_returns_the_same_job(pool: PgPool) {
     };
     let first = post("order-42", batch("acme", 3)).await;
     assert_eq!(first.status(), StatusCode::ACCEPTED);
+    assert_eq!(first.headers().get("idempotent-replayed"), None);
     let first: Value = first.json().await.unwrap();
     let second = post("order-42", batch("acme", 3)).await;
     assert_eq!(second.status(), StatusCode::ACCEPTED);
+    // A client can tell the resend from a new job.
+    assert_eq!(second.headers().get("idempotent-replayed").and_then(|v| v.to_str().ok()), Some("true"));
     let second: Value = second.json().await.unwrap();
     assert_eq!(first, second, "a retry gets the original answer");
 

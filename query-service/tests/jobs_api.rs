@@ -446,6 +446,14 @@ async fn readiness_needs_kafka_too(pool: PgPool) {
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn a_job_is_readable_right_after_its_acknowledgement(pool: PgPool) {
     let service = start(pool).await;
+    // The projection has joined its group and projects (joining may take seconds on a loaded
+    // machine; that is not what this test is about).
+    let warm = uts_common::domain::JobId::new().as_str().to_owned();
+    service.job(&job(&warm, "acme")).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while service.get("acme", &format!("/usagesJobs/{warm}")).await.0 != StatusCode::OK {
+        assert!(Instant::now() < deadline, "the projection never projected a job");
+    }
     let id = uts_common::domain::JobId::new().as_str().to_owned();
     let path = format!("/usagesJobs/{id}");
     // The job reaches the topic 300 ms after the GET was sent, as when the projection lags.

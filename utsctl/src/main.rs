@@ -4,7 +4,9 @@
 //! the first client is made before any token exists), shows a job's status from the topic, and
 //! lists and replays dead letters.
 
+mod api;
 mod dead_letters;
+mod send;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -89,6 +91,14 @@ enum Command {
         #[arg(long)]
         operator: Option<String>,
     },
+    /// Post usages from an NDJSON or CSV file (or stdin) as jobs of at most 200, follow them to
+    /// a settled status and print a summary; sending the same input twice counts it once.
+    Send(send::SendArgs),
+    /// Follow a job, or list its errors, through the API.
+    Jobs {
+        #[command(subcommand)]
+        action: JobsAction,
+    },
     /// Manage the token service's clients (client-credentials grant at /oauth/token).
     Clients {
         #[command(flatten)]
@@ -102,6 +112,24 @@ enum Command {
         database: DatabaseArgs,
         #[command(subcommand)]
         action: KeyAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobsAction {
+    /// Print the job's status as it changes until it settled.
+    Follow {
+        id: String,
+        #[arg(long, default_value_t = 600)]
+        timeout_seconds: u64,
+        #[command(flatten)]
+        api: api::ApiArgs,
+    },
+    /// Print the job's errors.
+    Errors {
+        id: String,
+        #[command(flatten)]
+        api: api::ApiArgs,
     },
 }
 
@@ -266,6 +294,17 @@ async fn main() -> anyhow::Result<()> {
             let tenant = tenants::Tenant { tenant_id: id, tenant_type, operator_tenant_id: operator };
             tenants::upsert(&pool, &tenant).await.context("saving the tenant")?;
             println!("tenant {} registered as {}", tenant.tenant_id, tenant.tenant_type.as_str());
+        }
+        Command::Send(args) => send::run(args).await?,
+        Command::Jobs { action: JobsAction::Follow { id, timeout_seconds, api } } => {
+            send::follow_one(&api::Api::new(&api)?, &id, Duration::from_secs(timeout_seconds)).await?;
+        }
+        Command::Jobs { action: JobsAction::Errors { id, api } } => {
+            let errors = send::errors(&api::Api::new(&api)?, &id, None).await?;
+            for error in &errors {
+                println!("{error}");
+            }
+            println!("{} error(s)", errors.len());
         }
         Command::Clients { database, action } => clients(&database, action).await?,
         Command::SigningKeys { database, action } => signing_keys(&database, action).await?,

@@ -1,0 +1,616 @@
+//! `utsctl send FILE|-`: a backfill or a batch export, posted as jobs of at most 200 usages.
+//!
+//! Input: NDJSON (one usage per line) or CSV with a header row, both with the fields
+//! `tenantId, userId?, userType?, application, alias?, resource, value, unit, datetime` (the
+//! `POST /usagesJobs` names; `value` keeps every digit as written). Usages are taken in input
+//! order, 200 to a job; each job's `Idempotency-Key` is derived from its position and its body
+//! (`utsctl-` and the SHA-256 of both), so sending the same input again — or the same input with
+//! more usages appended, to resume — re-finds the same jobs and nothing is counted twice (the
+//! gateway answers them as replays), while identical chunks at different places of one input stay
+//! different jobs. `--key-prefix` namespaces the keys of inputs that could hold the same chunk at
+//! the same place.
+//!
+//! Posting runs `--concurrency` jobs at once with retries; then every job is followed to a
+//! settled status (COMPLETED, or ERRORS once no usage is still moving) and a summary printed:
+//! jobs and usages per status, and each error with the input line of its usage.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Number, Value};
+use sha2::{Digest, Sha256};
+
+use crate::api::{error_text, Api, ApiArgs};
+
+const API: &str = "/api/usagetransparency/v3";
+
+/// Most usages in one job (the API's limit).
+pub const JOB_SIZE: usize = 200;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// From the file name (.csv → CSV, otherwise NDJSON); for stdin, from the first character.
+    Auto,
+    Ndjson,
+    Csv,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SendArgs {
+    /// The usages: a file, or - for stdin.
+    pub input: PathBuf,
+    #[arg(long, value_enum, default_value_t = Format::Auto)]
+    pub format: Format,
+    /// Jobs posted at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Prefix of every Idempotency-Key (namespaces inputs that may hold identical chunks).
+    #[arg(long, default_value = "")]
+    pub key_prefix: String,
+    /// Post only; do not follow the jobs.
+    #[arg(long)]
+    pub no_follow: bool,
+    /// How long to follow the jobs before giving up, in seconds.
+    #[arg(long, default_value_t = 600)]
+    pub follow_timeout_seconds: u64,
+    /// Print the summary as one JSON object (for scripts) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// One input usage, with its line (1-based; the CSV header is line 1).
+#[derive(Debug, Clone, PartialEq)]
+struct Row {
+    line: usize,
+    tenant_id: String,
+    user_id: Option<String>,
+    user_type: Option<String>,
+    application: String,
+    alias: Option<String>,
+    resource: String,
+    value: Number,
+    unit: String,
+    datetime: String,
+}
+
+fn text_field(
+    object: &serde_json::Map<String, Value>,
+    key: &str,
+    line: usize,
+    required: bool,
+) -> anyhow::Result<Option<String>> {
+    match object.get(key) {
+        None | Some(Value::Null) if !required => Ok(None),
+        None | Some(Value::Null) => bail!("line {line}: {key} is required"),
+        Some(Value::String(text)) => Ok(Some(text.clone())),
+        Some(_) => bail!("line {line}: {key} must be a string"),
+    }
+}
+
+fn row_of(object: &serde_json::Map<String, Value>, line: usize) -> anyhow::Result<Row> {
+    let required = |key| text_field(object, key, line, true).map(Option::unwrap_or_default);
+    let value = match object.get("value") {
+        Some(Value::Number(number)) => number.clone(),
+        Some(Value::String(text)) => {
+            text.parse::<Number>().map_err(|_| anyhow::anyhow!("line {line}: value {text:?} is not a number"))?
+        }
+        _ => bail!("line {line}: value is required and must be a number"),
+    };
+    Ok(Row {
+        line,
+        tenant_id: required("tenantId")?,
+        user_id: text_field(object, "userId", line, false)?,
+        user_type: text_field(object, "userType", line, false)?,
+        application: required("application")?,
+        alias: text_field(object, "alias", line, false)?,
+        resource: required("resource")?,
+        value,
+        unit: required("unit")?,
+        datetime: required("datetime")?,
+    })
+}
+
+fn parse_ndjson(text: &str) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: Value = serde_json::from_str(line).with_context(|| format!("line {}: not JSON", index + 1))?;
+        let object = value.as_object().with_context(|| format!("line {}: not a JSON object", index + 1))?;
+        rows.push(row_of(object, index + 1)?);
+    }
+    Ok(rows)
+}
+
+fn parse_csv(text: &str) -> anyhow::Result<Vec<Row>> {
+    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(text.as_bytes());
+    let headers = reader.headers().context("reading the CSV header")?.clone();
+    let mut rows = Vec::new();
+    for record in reader.records() {
+        let record = record.context("reading a CSV record")?;
+        let line = record.position().map_or(0, |p| p.line() as usize);
+        let mut object = serde_json::Map::new();
+        for (name, field) in headers.iter().zip(record.iter()) {
+            if !field.is_empty() {
+                object.insert(name.to_owned(), Value::String(field.to_owned()));
+            }
+        }
+        rows.push(row_of(&object, line)?);
+    }
+    Ok(rows)
+}
+
+fn read_input(args: &SendArgs) -> anyhow::Result<(Vec<Row>, &'static str)> {
+    let mut text = String::new();
+    if args.input.as_os_str() == "-" {
+        std::io::stdin().lock().read_to_string(&mut text).context("reading stdin")?;
+    } else {
+        let file = std::fs::File::open(&args.input).with_context(|| format!("opening {}", args.input.display()))?;
+        std::io::BufReader::new(file)
+            .read_to_string(&mut text)
+            .with_context(|| format!("reading {}", args.input.display()))?;
+    }
+    let csv = match args.format {
+        Format::Csv => true,
+        Format::Ndjson => false,
+        Format::Auto if args.input.as_os_str() == "-" => !text.trim_start().starts_with('{'),
+        Format::Auto => args.input.extension().is_some_and(|ext| ext.eq_ignore_ascii_case("csv")),
+    };
+    if csv {
+        Ok((parse_csv(&text)?, "CSV"))
+    } else {
+        Ok((parse_ndjson(&text)?, "NDJSON"))
+    }
+}
+
+/// A job to post: its body, its key, and the input line of each usage by (user, resource, usage)
+/// index (to name the line of a usage an answer or an error points at).
+pub struct Job {
+    body: Vec<u8>,
+    key: String,
+    lines: HashMap<(usize, usize, usize), usize>,
+    first_line: usize,
+    last_line: usize,
+    usages: usize,
+}
+
+/// Groups the `index`th chunk of rows into one `POST /usagesJobs` body, users and resources in
+/// order of first appearance.
+fn job_of(index: usize, rows: &[Row], key_prefix: &str) -> Job {
+    let mut users: Vec<((String, Option<String>, Option<String>), Vec<((String, Option<String>, String), Vec<&Row>)>)> =
+        Vec::new();
+    for row in rows {
+        let user_key = (row.tenant_id.clone(), row.user_id.clone(), row.user_type.clone());
+        let user_at = users.iter().position(|(key, _)| *key == user_key).unwrap_or_else(|| {
+            users.push((user_key, Vec::new()));
+            users.len() - 1
+        });
+        let resources = &mut users[user_at].1;
+        let resource_key = (row.application.clone(), row.alias.clone(), row.resource.clone());
+        let resource_at = resources.iter().position(|(key, _)| *key == resource_key).unwrap_or_else(|| {
+            resources.push((resource_key, Vec::new()));
+            resources.len() - 1
+        });
+        resources[resource_at].1.push(row);
+    }
+    let mut lines = HashMap::new();
+    let users: Vec<Value> = users
+        .iter()
+        .enumerate()
+        .map(|(u, ((tenant, user, user_type), resources))| {
+            let resources: Vec<Value> = resources
+                .iter()
+                .enumerate()
+                .map(|(r, ((application, alias, resource), usages))| {
+                    let usages: Vec<Value> = usages
+                        .iter()
+                        .enumerate()
+                        .map(|(i, row)| {
+                            lines.insert((u, r, i), row.line);
+                            json!({"value": Value::Number(row.value.clone()), "unit": row.unit, "datetime": row.datetime})
+                        })
+                        .collect();
+                    let mut resource = json!({"application": application, "resource": resource, "usages": usages});
+                    if let Some(alias) = alias {
+                        resource["alias"] = json!(alias);
+                    }
+                    resource
+                })
+                .collect();
+            let mut user_json = json!({"tenantId": tenant, "resources": resources});
+            if let Some(user) = user {
+                user_json["userId"] = json!(user);
+            }
+            if let Some(user_type) = user_type {
+                user_json["userType"] = json!(user_type);
+            }
+            user_json
+        })
+        .collect();
+    let body = serde_json::to_vec(&json!({ "users": users })).expect("a JSON value serialises");
+    let mut hasher = Sha256::new();
+    hasher.update(format!("utsctl send v1, chunk {index}\n").as_bytes());
+    hasher.update(&body);
+    let digest = hasher.finalize();
+    let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
+    Job {
+        key: format!("{key_prefix}utsctl-{}", &hex[..48]),
+        body,
+        lines,
+        first_line: rows.first().map_or(0, |row| row.line),
+        last_line: rows.last().map_or(0, |row| row.line),
+        usages: rows.len(),
+    }
+}
+
+/// The input line a `users[u].resources[r].usages[i]` path of an answer points at.
+fn line_of(job: &Job, text: &str) -> Option<usize> {
+    let index = |name: &str| -> Option<usize> {
+        let start = text.find(&format!("{name}["))? + name.len() + 1;
+        text[start..].split(']').next()?.parse().ok()
+    };
+    job.lines.get(&(index("users")?, index("resources")?, index("usages")?)).copied()
+}
+
+/// What became of one job.
+#[derive(Debug, Default, Clone)]
+struct Outcome {
+    id: Option<String>,
+    replayed: bool,
+    refused: Option<String>,
+    status: Option<String>,
+    summary: Vec<Value>,
+    errors: Vec<String>,
+}
+
+pub async fn run(args: SendArgs) -> anyhow::Result<()> {
+    let (rows, format) = read_input(&args)?;
+    if rows.is_empty() {
+        bail!("{} holds no usages", args.input.display());
+    }
+    let jobs: Vec<Arc<Job>> =
+        rows.chunks(JOB_SIZE).enumerate().map(|(i, chunk)| Arc::new(job_of(i, chunk, &args.key_prefix))).collect();
+    eprintln!(
+        "read {} usages ({format}) into {} jobs of at most {JOB_SIZE}; posting to {}",
+        rows.len(),
+        jobs.len(),
+        args.api.url
+    );
+    let api = Arc::new(Api::new(&args.api)?);
+    let bar = progress(jobs.len() as u64, "posted");
+    let mut outcomes: Vec<Outcome> = futures::stream::iter(jobs.iter().cloned())
+        .map(|job| {
+            let (api, bar) = (api.clone(), bar.clone());
+            async move {
+                let outcome = post(&api, &job).await;
+                bar.inc(1);
+                outcome
+            }
+        })
+        .buffered(args.concurrency.max(1))
+        .collect()
+        .await;
+    bar.finish_and_clear();
+
+    if !args.no_follow {
+        let bar = progress(outcomes.iter().filter(|o| o.id.is_some()).count() as u64, "settled");
+        let deadline = Instant::now() + Duration::from_secs(args.follow_timeout_seconds);
+        let followed: Vec<Outcome> = futures::stream::iter(outcomes.into_iter().zip(jobs.iter().cloned()))
+            .map(|(outcome, job)| {
+                let (api, bar) = (api.clone(), bar.clone());
+                async move {
+                    if outcome.id.is_none() {
+                        return outcome;
+                    }
+                    let outcome = follow(&api, &job, outcome, deadline).await;
+                    bar.inc(1);
+                    outcome
+                }
+            })
+            .buffered(args.concurrency.max(1) * 4)
+            .collect()
+            .await;
+        bar.finish_and_clear();
+        outcomes = followed;
+    }
+    report(&args, &jobs, &outcomes, api.retries.load(Ordering::Relaxed));
+    if outcomes.iter().any(|o| o.refused.is_some()) {
+        bail!("some jobs were refused (see above)");
+    }
+    Ok(())
+}
+
+fn progress(len: u64, what: &'static str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(&format!("{{bar:40}} {{pos}}/{{len}} jobs {what} ({{elapsed}})"))
+            .expect("a valid template"),
+    );
+    bar
+}
+
+async fn post(api: &Api, job: &Job) -> Outcome {
+    match api.call(Method::POST, &format!("{API}/usagesJobs"), Some(&job.body), Some(&job.key)).await {
+        Ok(answer) if answer.status == StatusCode::ACCEPTED => Outcome {
+            id: answer.body["id"].as_str().map(str::to_owned),
+            replayed: answer.replayed,
+            ..Outcome::default()
+        },
+        Ok(answer) => {
+            let message = error_text(&answer.body);
+            let at = line_of(job, &message)
+                .map_or_else(|| format!("lines {}–{}", job.first_line, job.last_line), |line| format!("line {line}"));
+            Outcome { refused: Some(format!("{at}: {} {message}", answer.status.as_u16())), ..Outcome::default() }
+        }
+        Err(err) => Outcome {
+            refused: Some(format!("lines {}–{}: {err:#}", job.first_line, job.last_line)),
+            ..Outcome::default()
+        },
+    }
+}
+
+/// Statuses a usage may still leave.
+const MOVING: [&str; 4] = ["ACCEPTED", "VERIFIED", "NOVERIFICATION", "SENTFORBILLING"];
+
+/// Polls the job until it settled (COMPLETED, or ERRORS with no usage still moving) or the
+/// deadline; then reads its errors.
+async fn follow(api: &Api, job: &Job, mut outcome: Outcome, deadline: Instant) -> Outcome {
+    let id = outcome.id.clone().unwrap_or_default();
+    loop {
+        match api.get(&format!("{API}/usagesJobs/{id}?size=1000")).await {
+            Ok(body) => {
+                outcome.status = body["status"].as_str().map(str::to_owned);
+                outcome.summary = body["usagesSummary"].as_array().cloned().unwrap_or_default();
+                let moving = outcome
+                    .summary
+                    .iter()
+                    .any(|row| row["processStatus"].as_str().is_some_and(|status| MOVING.contains(&status)));
+                match outcome.status.as_deref() {
+                    Some("COMPLETED") => break,
+                    Some("ERRORS") if !moving => break,
+                    _ => {}
+                }
+            }
+            Err(err) => outcome.status = Some(format!("unknown ({err:#})")),
+        }
+        if Instant::now() > deadline {
+            outcome.status =
+                Some(format!("{} (not settled when following stopped)", outcome.status.unwrap_or_default()));
+            return outcome;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    if outcome.status.as_deref() == Some("ERRORS") {
+        outcome.errors =
+            errors(api, &id, Some(job)).await.unwrap_or_else(|err| vec![format!("errors unreadable: {err:#}")]);
+    }
+    outcome
+}
+
+/// Every error of a job, one line each (with the input line of its usage when `job` is known).
+pub async fn errors(api: &Api, id: &str, job: Option<&Job>) -> anyhow::Result<Vec<String>> {
+    let mut lines = Vec::new();
+    for page in 0.. {
+        let body = api.get(&format!("{API}/usagesJobs/{id}/errors?page={page}&size=1000")).await?;
+        for error in body["errors"].as_array().into_iter().flatten() {
+            let usages = error["errorData"].to_string();
+            let lines_of_usages = job.map(|job| usage_lines(job, &error["errorData"])).unwrap_or_default();
+            let at = match lines_of_usages.as_slice() {
+                [] => String::new(),
+                [line] => format!("line {line}: "),
+                many => format!("lines {}: ", many.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")),
+            };
+            lines.push(format!(
+                "{at}{} {}{}",
+                error["code"].as_str().unwrap_or("?"),
+                error["message"].as_str().unwrap_or(""),
+                if job.is_none() { format!(" {usages}") } else { String::new() }
+            ));
+        }
+        let pages = body["page"]["totalPages"].as_u64().unwrap_or(0);
+        if page + 1 >= pages {
+            break;
+        }
+    }
+    Ok(lines)
+}
+
+/// The input lines of the usages an error's `errorData` shows (matched on tenant, application,
+/// resource, unit and value; each input usage used once).
+fn usage_lines(job: &Job, data: &Value) -> Vec<usize> {
+    let Ok(body) = serde_json::from_slice::<Value>(&job.body) else { return Vec::new() };
+    let text = |value: &Value| value.to_string().trim_matches('"').to_owned();
+    let empty = Vec::new();
+    let list = |value: &Value| value.as_array().unwrap_or(&empty).clone();
+    let mut taken = std::collections::HashSet::new();
+    let mut lines = Vec::new();
+    for user in list(data) {
+        for resource in list(&user["resources"]) {
+            for usage in list(&resource["usages"]) {
+                let found = list(&body["users"]).iter().enumerate().find_map(|(u, candidate)| {
+                    if candidate["tenantId"] != user["tenantId"] {
+                        return None;
+                    }
+                    list(&candidate["resources"]).iter().enumerate().find_map(|(r, res)| {
+                        if res["application"] != resource["application"] || res["resource"] != resource["resource"] {
+                            return None;
+                        }
+                        list(&res["usages"]).iter().enumerate().find_map(|(i, mine)| {
+                            let same = mine["unit"] == usage["unit"] && text(&mine["value"]) == text(&usage["value"]);
+                            (same && !taken.contains(&(u, r, i))).then_some((u, r, i))
+                        })
+                    })
+                });
+                if let Some(position) = found {
+                    taken.insert(position);
+                    lines.extend(job.lines.get(&position).copied());
+                }
+            }
+        }
+    }
+    lines.sort_unstable();
+    lines
+}
+
+fn report(args: &SendArgs, jobs: &[Arc<Job>], outcomes: &[Outcome], retries: u64) {
+    let mut job_statuses: BTreeMap<String, u64> = BTreeMap::new();
+    let mut usage_statuses: BTreeMap<String, i64> = BTreeMap::new();
+    for outcome in outcomes {
+        let status = match (&outcome.refused, &outcome.status) {
+            (Some(_), _) => "REFUSED".to_owned(),
+            (None, Some(status)) => status.clone(),
+            (None, None) => "ACCEPTED".to_owned(),
+        };
+        *job_statuses.entry(status).or_default() += 1;
+        for row in &outcome.summary {
+            if let (Some(status), Some(count)) = (row["processStatus"].as_str(), row["usagesCount"].as_i64()) {
+                *usage_statuses.entry(status.to_owned()).or_default() += count;
+            }
+        }
+    }
+    let posted = outcomes.iter().filter(|o| o.id.is_some()).count();
+    let replayed = outcomes.iter().filter(|o| o.replayed).count();
+    let usages: usize = jobs.iter().map(|job| job.usages).sum();
+    if args.json {
+        let summary = json!({
+            "usages": usages,
+            "jobs": jobs.len(),
+            "accepted": posted - replayed,
+            "replayed": replayed,
+            "refused": outcomes.iter().filter_map(|o| o.refused.clone()).collect::<Vec<_>>(),
+            "retries": retries,
+            "jobStatuses": job_statuses,
+            "usageStatuses": usage_statuses,
+            "jobIds": outcomes.iter().filter_map(|o| o.id.clone()).collect::<Vec<_>>(),
+            "errors": outcomes.iter().flat_map(|o| o.errors.clone()).collect::<Vec<_>>(),
+        });
+        println!("{summary}");
+        return;
+    }
+    println!(
+        "{usages} usages in {} jobs: {} newly accepted, {replayed} already accepted by an earlier run (same Idempotency-Key), {} refused; {retries} retries",
+        jobs.len(),
+        posted - replayed,
+        jobs.len() - posted
+    );
+    let list = |map: &BTreeMap<String, _>| map.iter().map(|(k, v)| format!("{v} {k}")).collect::<Vec<_>>().join(", ");
+    println!("jobs: {}", list(&job_statuses.iter().map(|(k, v)| (k.clone(), *v as i64)).collect()));
+    if !usage_statuses.is_empty() {
+        println!("usages: {}", list(&usage_statuses));
+    }
+    for outcome in outcomes {
+        if let Some(refused) = &outcome.refused {
+            println!("refused {refused}");
+        }
+        for error in &outcome.errors {
+            println!("job {}: {error}", outcome.id.as_deref().unwrap_or("?"));
+        }
+    }
+}
+
+/// `utsctl jobs follow ID`: polls until the job settled, printing each change.
+pub async fn follow_one(api: &Api, id: &str, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        let body = api.get(&format!("{API}/usagesJobs/{id}?size=1000")).await?;
+        let status = body["status"].as_str().unwrap_or("?").to_owned();
+        let summary: Vec<String> = body["usagesSummary"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|row| {
+                format!(
+                    "{} {}/{} {}",
+                    row["usagesCount"],
+                    row["application"].as_str().unwrap_or(""),
+                    row["unit"].as_str().unwrap_or(""),
+                    row["processStatus"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        let line = format!("{status}: {}", summary.join(", "));
+        if line != last {
+            println!("{line}");
+            last = line;
+        }
+        let moving = body["usagesSummary"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|row| row["processStatus"].as_str().is_some_and(|s| MOVING.contains(&s)));
+        if status == "COMPLETED" || (status == "ERRORS" && !moving) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("job {id} did not settle within {} s", timeout.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(text: &str) -> Vec<Row> {
+        parse_ndjson(text).unwrap()
+    }
+
+    #[test]
+    fn ndjson_and_csv_read_the_same_usages_with_every_digit() {
+        let ndjson = r#"{"tenantId":"plant","userId":"u","application":"app","resource":"r1","value":1.000000000000000000000000001,"unit":"kWh","datetime":"2026-12-01T10:00:00Z"}
+
+{"tenantId":"plant","application":"app","resource":"r2","value":"2","unit":"kWh","datetime":"2026-12-01T11:00:00Z"}"#;
+        let csv = "tenantId,userId,application,resource,value,unit,datetime\n\
+                   plant,u,app,r1,1.000000000000000000000000001,kWh,2026-12-01T10:00:00Z\n\
+                   plant,,app,r2,2,kWh,2026-12-01T11:00:00Z\n";
+        let (from_json, from_csv) = (rows(ndjson), parse_csv(csv).unwrap());
+        assert_eq!(from_json.len(), 2);
+        assert_eq!(from_json[0].value.to_string(), "1.000000000000000000000000001");
+        assert_eq!((from_json[1].line, from_csv[1].line), (3, 3));
+        for (a, b) in from_json.iter().zip(&from_csv) {
+            assert_eq!(
+                (&a.tenant_id, &a.user_id, &a.value, &a.resource),
+                (&b.tenant_id, &b.user_id, &b.value, &b.resource)
+            );
+        }
+        assert!(parse_ndjson(r#"{"tenantId":"p","application":"a","resource":"r","unit":"u","datetime":"d"}"#)
+            .unwrap_err()
+            .to_string()
+            .contains("value is required"));
+    }
+
+    #[test]
+    fn a_chunk_becomes_one_job_with_a_key_of_its_content() {
+        let line = |tenant: &str, resource: &str, value: &str| {
+            format!(
+                r#"{{"tenantId":"{tenant}","application":"app","resource":"{resource}","value":{value},"unit":"u","datetime":"2026-12-01T10:00:00Z"}}"#
+            )
+        };
+        let text = [line("a", "r1", "1"), line("b", "r1", "2"), line("a", "r2", "3"), line("a", "r1", "4")].join("\n");
+        let job = job_of(0, &rows(&text), "");
+        let body: Value = serde_json::from_slice(&job.body).unwrap();
+        assert_eq!(body["users"].as_array().unwrap().len(), 2);
+        assert_eq!(body["users"][0]["resources"][0]["usages"].as_array().unwrap().len(), 2);
+        assert_eq!(line_of(&job, "users[0].resources[1].usages[0].value must be…"), Some(3));
+        assert_eq!(line_of(&job, "users[0].resources[0].usages[1].datetime"), Some(4));
+        // The same chunk at the same place gives the same key; another place or any change, another.
+        assert_eq!(job.key, job_of(0, &rows(&text), "").key);
+        assert!(job.key.starts_with("utsctl-") && job.key.len() == 55);
+        assert_ne!(job.key, job_of(1, &rows(&text), "").key);
+        assert_ne!(job.key, job_of(0, &rows(&text.replace("\"value\":4", "\"value\":5")), "").key);
+        assert!(job_of(0, &rows(&text), "run-7/").key.starts_with("run-7/utsctl-"));
+    }
+}
