@@ -112,6 +112,7 @@ impl ScopeClaim {
     }
 }
 
+#[derive(Clone)]
 struct VerificationKey {
     kid: Option<String>,
     key: DecodingKey,
@@ -122,6 +123,7 @@ struct VerificationKey {
 pub struct Authenticator {
     keys: Vec<VerificationKey>,
     issued: Option<Arc<IssuedKeys>>,
+    remote: Option<Arc<RemoteJwks>>,
     issuer: Option<String>,
     audience: Option<String>,
     leeway: u64,
@@ -172,20 +174,12 @@ impl Authenticator {
             let text = fs::read_to_string(path).with_context(|| format!("reading JWKS file {}", path.display()))?;
             let set: JwkSet =
                 serde_json::from_str(&text).with_context(|| format!("parsing JWKS file {}", path.display()))?;
-            for jwk in &set.keys {
-                let algorithms = match &jwk.algorithm {
-                    AlgorithmParameters::RSA(_) => RSA.to_vec(),
-                    AlgorithmParameters::EllipticCurve(_) => EC.to_vec(),
-                    _ => continue,
-                };
-                let key = DecodingKey::from_jwk(jwk)
-                    .with_context(|| format!("loading a key of JWKS file {}", path.display()))?;
-                keys.push(VerificationKey { kid: jwk.common.key_id.clone(), key, algorithms });
-            }
+            keys.extend(jwks_keys(&set).with_context(|| format!("loading a key of JWKS file {}", path.display()))?);
         }
         Ok(Self {
             keys,
             issued: None,
+            remote: None,
             issuer: args.issuer.clone(),
             audience: args.audience.clone(),
             leeway: args.leeway_seconds,
@@ -196,6 +190,34 @@ impl Authenticator {
     pub fn with_issued_keys(mut self, issued: Arc<IssuedKeys>) -> Self {
         self.issued = Some(issued);
         self
+    }
+
+    /// Everything a serving process verifies with: the configured keys, the token service's
+    /// keys from `pool`, and the identity provider's JWKS URL when configured (fetched now: a
+    /// process must not start blind).
+    pub async fn load(args: &AuthArgs, pool: PgPool) -> anyhow::Result<Self> {
+        let mut auth = Self::from_args(args)?.with_issued_keys(IssuedKeys::load(pool).await?);
+        if let Some(url) = &args.jwks_url {
+            auth.remote = Some(RemoteJwks::load(url, REMOTE_JWKS_MIN_INTERVAL).await?);
+        }
+        Ok(auth)
+    }
+
+    /// Keeps the token service's keys (every 10 s) and the remote JWKS (every 5 min) fresh
+    /// until `shutdown`.
+    pub fn spawn_refresh(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let issued = self.issued.clone();
+        let remote = self.remote.clone();
+        tokio::spawn(async move {
+            let issued = issued.map(|issued| issued.spawn_refresh(shutdown.clone()));
+            let remote = remote.map(|remote| remote.spawn_refresh(shutdown.clone()));
+            if let Some(task) = issued {
+                let _ = task.await;
+            }
+            if let Some(task) = remote {
+                let _ = task.await;
+            }
+        })
     }
 
     /// Authenticates the `Authorization: Bearer` header: 401 when it is missing, malformed,
@@ -213,10 +235,13 @@ impl Authenticator {
             .ok_or_else(|| ApiError::unauthorized("the Authorization header must be 'Bearer <token>'"))?;
         let arrived = Instant::now();
         match self.check(token) {
-            Err(Refusal { unknown_kid: true, .. }) if self.issued.is_some() => {
+            Err(Refusal { unknown_kid: true, .. }) if self.issued.is_some() || self.remote.is_some() => {
                 // Maybe a key rotated since the last refresh: look again.
                 if let Some(issued) = &self.issued {
                     issued.refresh_after(arrived).await;
+                }
+                if let Some(remote) = &self.remote {
+                    remote.refresh_after(arrived).await;
                 }
                 self.verify(token)
             }
@@ -239,7 +264,8 @@ impl Authenticator {
         }
         let mut last_error = None;
         let mut tried = false;
-        for key in self.keys.iter().filter(|k| k.algorithms.contains(&header.alg)) {
+        let remote = self.remote.as_ref().map(|remote| remote.snapshot()).unwrap_or_default();
+        for key in self.keys.iter().chain(remote.iter()).filter(|k| k.algorithms.contains(&header.alg)) {
             if let (Some(wanted), Some(have)) = (&header.kid, &key.kid) {
                 if wanted != have {
                     continue;
@@ -277,6 +303,95 @@ fn refusal_reason(last_error: Option<&jsonwebtoken::errors::Error>) -> &'static 
         Some(ErrorKind::InvalidSignature) => "the bearer token's signature is invalid",
         None => "the bearer token is signed with an algorithm or key this service does not accept",
         Some(_) => "the bearer token is invalid",
+    }
+}
+
+/// The RSA and EC keys of a JWK set (other key types are skipped).
+fn jwks_keys(set: &JwkSet) -> anyhow::Result<Vec<VerificationKey>> {
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        let algorithms = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => RSA.to_vec(),
+            AlgorithmParameters::EllipticCurve(_) => EC.to_vec(),
+            _ => continue,
+        };
+        let key = DecodingKey::from_jwk(jwk).with_context(|| format!("the key {:?}", jwk.common.key_id))?;
+        keys.push(VerificationKey { kid: jwk.common.key_id.clone(), key, algorithms });
+    }
+    Ok(keys)
+}
+
+/// How often the identity provider's JWKS is fetched again.
+pub const REMOTE_JWKS_REFRESH: Duration = Duration::from_secs(300);
+
+/// The least time between two fetches of the JWKS (an unknown kid asks for one).
+pub const REMOTE_JWKS_MIN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// An external identity provider's keys, from its JWKS URL.
+pub struct RemoteJwks {
+    url: String,
+    client: reqwest::Client,
+    keys: RwLock<Arc<Vec<VerificationKey>>>,
+    last_refresh: tokio::sync::Mutex<Option<Instant>>,
+    min_interval: Duration,
+}
+
+impl RemoteJwks {
+    /// Fetches the keys now; an error when the URL cannot be read or holds no usable key.
+    pub async fn load(url: &str, min_interval: Duration) -> anyhow::Result<Arc<Self>> {
+        let remote = Arc::new(Self {
+            url: url.to_owned(),
+            client: reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?,
+            keys: RwLock::new(Arc::default()),
+            last_refresh: tokio::sync::Mutex::new(Some(Instant::now())),
+            min_interval,
+        });
+        remote.fetch().await.with_context(|| format!("loading the identity provider's keys from {url}"))?;
+        Ok(remote)
+    }
+
+    async fn fetch(&self) -> anyhow::Result<()> {
+        let response = self.client.get(&self.url).send().await?.error_for_status()?;
+        let set: JwkSet = serde_json::from_slice(&response.bytes().await?).context("not a JWK set")?;
+        let keys = jwks_keys(&set)?;
+        if keys.is_empty() {
+            bail!("the JWK set holds no RSA or EC key");
+        }
+        *self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(keys);
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Arc<Vec<VerificationKey>> {
+        self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Fetches again unless a fetch began after `arrived`, at most once per `min_interval`;
+    /// a failed fetch keeps the known keys.
+    async fn refresh_after(&self, arrived: Instant) {
+        let mut last = self.last_refresh.lock().await;
+        if let Some(began) = *last {
+            if began >= arrived || began.elapsed() < self.min_interval {
+                return;
+            }
+        }
+        *last = Some(Instant::now());
+        if let Err(err) = self.fetch().await {
+            tracing::warn!(%err, url = %self.url, "fetching the identity provider's keys failed; keeping the known ones");
+        }
+    }
+
+    fn spawn_refresh(self: Arc<Self>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(REMOTE_JWKS_REFRESH);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                self.refresh_after(Instant::now()).await;
+            }
+        })
     }
 }
 
@@ -526,6 +641,45 @@ mod tests {
         let key = || EncodingKey::from_rsa_pem(&fs::read(fixture("rsa-private.pem")).unwrap()).unwrap();
         assert!(auth.verify(&sign(Algorithm::RS256, key(), Some("test-rsa-1"))).is_ok());
         assert!(auth.verify(&sign(Algorithm::RS256, key(), Some("another-key"))).is_err());
+    }
+
+    /// Serves `body` (changeable) as a JWK set on 127.0.0.1; its URL.
+    async fn jwks_server(body: Arc<RwLock<String>>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route(
+            "/jwks",
+            axum::routing::get(move || {
+                let body = body.read().unwrap().clone();
+                async move { body }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://{addr}/jwks")
+    }
+
+    #[tokio::test]
+    async fn keys_of_a_jwks_url_verify_and_a_new_kid_is_fetched_when_first_seen() {
+        let fixture_set = fs::read_to_string(fixture("jwks.json")).unwrap();
+        let body = Arc::new(RwLock::new(fixture_set.clone()));
+        let url = jwks_server(body.clone()).await;
+        let remote = RemoteJwks::load(&url, Duration::ZERO).await.unwrap();
+        let auth = Authenticator { remote: Some(remote), ..Authenticator::from_args(&AuthArgs::default()).unwrap() };
+        let key = || EncodingKey::from_rsa_pem(&fs::read(fixture("rsa-private.pem")).unwrap()).unwrap();
+        let bearer = |token: String| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+            headers
+        };
+        assert!(auth.authenticate(&bearer(sign(Algorithm::RS256, key(), Some("test-rsa-1")))).await.is_ok());
+        let rotated = sign(Algorithm::RS256, key(), Some("test-rsa-2"));
+        assert!(auth.authenticate(&bearer(rotated.clone())).await.is_err(), "a kid the provider does not publish");
+        // The provider publishes the new kid: the next token naming it makes the verifier look again.
+        *body.write().unwrap() = fixture_set.replace("test-rsa-1", "test-rsa-2");
+        assert!(auth.authenticate(&bearer(rotated)).await.is_ok());
+        // A provider that cannot be read at start is an error, not a silent start without keys.
+        *body.write().unwrap() = "not json".into();
+        assert!(RemoteJwks::load(&url, Duration::ZERO).await.is_err());
     }
 
     #[test]

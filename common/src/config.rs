@@ -170,7 +170,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// Keys that verify bearer tokens. At least one source must be given.
+/// Keys that verify bearer tokens besides the token service's own.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct AuthArgs {
     /// Shared HS256 secret (local runs and tests).
@@ -184,6 +184,11 @@ pub struct AuthArgs {
     /// A JWKS document (JSON Web Key Set) with the issuer's public keys.
     #[arg(long = "jwt-jwks-file", env = "UTS_JWT_JWKS_FILE")]
     pub jwks_file: Option<PathBuf>,
+
+    /// The JWKS URL of an external identity provider (http or https): fetched at start, every
+    /// 5 minutes, and when a token names a key not seen yet (at most every 10 s).
+    #[arg(long = "jwt-jwks-url", env = "UTS_JWT_JWKS_URL")]
+    pub jwks_url: Option<String>,
 
     /// Required `iss` claim, when set.
     #[arg(long = "jwt-issuer", env = "UTS_JWT_ISSUER")]

@@ -69,18 +69,13 @@ pub struct Application {
     state: Arc<AppState>,
     admin_addr: SocketAddr,
     config: Config,
-    /// The token service's keys as this process verifies them.
-    issued: Arc<uts_common::auth::IssuedKeys>,
 }
 
 impl Application {
     /// Connects the producer and binds the listeners. The pool is passed in so that tests can
     /// hand over their own database.
     pub async fn build(config: Config, pool: PgPool) -> anyhow::Result<Self> {
-        let issued = uts_common::auth::IssuedKeys::load(pool.clone()).await?;
-        let auth = Authenticator::from_args(&config.auth)
-            .context("loading token verification keys")?
-            .with_issued_keys(issued.clone());
+        let auth = Authenticator::load(&config.auth, pool.clone()).await.context("loading token verification keys")?;
         let upstream = forward::Upstream::new(&config.query_service_url)?;
         let (producer, kafka_health) = kafka::durable_producer(&config.kafka)?;
         let state = Arc::new(AppState {
@@ -99,7 +94,7 @@ impl Application {
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .with_context(|| format!("binding the API listener on {}", config.listen_addr))?;
-        Ok(Self { listener, state, admin_addr: config.admin.addr, config, issued })
+        Ok(Self { listener, state, admin_addr: config.admin.addr, config })
     }
 
     /// The bound address of the public API (useful with port 0).
@@ -113,7 +108,7 @@ impl Application {
         let metrics = telemetry::metrics_handle();
         let ready = admin::kafka_and_database(Some(self.state.producer.clone()), self.state.pool.clone());
         let (_, admin_task) = admin::serve(self.admin_addr, metrics, ready, shutdown.clone()).await?;
-        let refresher = self.issued.clone().spawn_refresh(shutdown.clone());
+        let refresher = self.state.auth.spawn_refresh(shutdown.clone());
         let pruner = tokio::spawn(prune_idempotency_keys(self.state.clone(), shutdown.clone()));
         let prober = tokio::spawn(self.state.kafka_health.clone().probe_while_down(
             self.state.producer.clone(),

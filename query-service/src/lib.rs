@@ -87,8 +87,6 @@ pub struct Application {
     jobs_topic: String,
     http: uts_common::config::HttpArgs,
     retention_days: u32,
-    /// The token service's keys as this process verifies them.
-    issued: Arc<uts_common::auth::IssuedKeys>,
 }
 
 impl Application {
@@ -99,10 +97,7 @@ impl Application {
         if let Some(kid) = uts_common::tokens::ensure_signing_key(&pool).await? {
             tracing::info!(%kid, "created the token service's first signing key");
         }
-        let issued = uts_common::auth::IssuedKeys::load(pool.clone()).await?;
-        let auth = Authenticator::from_args(&config.auth)
-            .context("loading token verification keys")?
-            .with_issued_keys(issued.clone());
+        let auth = Authenticator::load(&config.auth, pool.clone()).await.context("loading token verification keys")?;
         let throttle = uts_common::throttle::Throttle::new(config.rate_limit_per_second, config.rate_limit_burst);
         let tokens = token_service::TokenIssuer::new(config.token_ttl_seconds);
         let topics = config.kafka.topics();
@@ -127,7 +122,6 @@ impl Application {
             jobs_topic: topics.usage_jobs,
             http: config.http,
             retention_days: config.retention.days,
-            issued,
         })
     }
 
@@ -153,7 +147,7 @@ impl Application {
             shutdown.clone(),
             self.runner.run(projector, shutdown.clone()),
         ));
-        let refresher = self.issued.clone().spawn_refresh(shutdown.clone());
+        let refresher = self.state.auth.spawn_refresh(shutdown.clone());
         let pruner = uts_common::db::spawn_pruner(
             self.state.pool.clone(),
             uts_common::db::DedupTable::JobAppliedEvents,
