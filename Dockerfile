@@ -1,6 +1,7 @@
 # One image with every binary of the workspace; docker-compose.yml picks the command per stage.
 # protoc is not needed (the proto crate compiles with protox); librdkafka is built from source
-# by rdkafka-sys, which needs a C toolchain, make and perl at build time only.
+# by rdkafka-sys, which needs a C toolchain, make and perl at build time only; OpenSSL (TLS to
+# Kafka and PostgreSQL, the token service's keys) comes from the image's libssl-dev/libssl3.
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
@@ -12,7 +13,7 @@ RUN cargo build --release --bins \
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates curl \
+ && apt-get install -y --no-install-recommends ca-certificates curl libssl3 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 uts
 COPY --from=build /out/ /usr/local/bin/

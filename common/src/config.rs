@@ -7,15 +7,46 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// How to reach Kafka and how the topics are named.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Clone, clap::Args)]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers, comma-separated host:port.
     #[arg(long = "kafka-brokers", env = "UTS_KAFKA_BROKERS", default_value = "127.0.0.1:19092")]
     pub brokers: String,
 
-    /// Extra librdkafka properties as key=value, comma-separated (e.g. security.protocol=ssl).
+    /// Extra librdkafka properties as key=value, comma-separated; they win over every other
+    /// setting.
     #[arg(long = "kafka-property", env = "UTS_KAFKA_PROPERTIES", value_delimiter = ',')]
     pub properties: Vec<String>,
+
+    /// How to talk to the brokers: plaintext, ssl, sasl_plaintext or sasl_ssl.
+    #[arg(long = "kafka-security-protocol", env = "UTS_KAFKA_SECURITY_PROTOCOL", default_value = "plaintext",
+          value_parser = ["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"])]
+    pub security_protocol: String,
+
+    /// CA certificates (PEM) that verify the brokers' certificates (default: the system's).
+    #[arg(long = "kafka-ssl-ca-file", env = "UTS_KAFKA_SSL_CA_FILE")]
+    pub ssl_ca_file: Option<PathBuf>,
+
+    /// Client certificate (PEM) for brokers that require mutual TLS (with --kafka-ssl-key-file).
+    #[arg(long = "kafka-ssl-cert-file", env = "UTS_KAFKA_SSL_CERT_FILE", requires = "ssl_key_file")]
+    pub ssl_cert_file: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM).
+    #[arg(long = "kafka-ssl-key-file", env = "UTS_KAFKA_SSL_KEY_FILE", requires = "ssl_cert_file")]
+    pub ssl_key_file: Option<PathBuf>,
+
+    /// SASL mechanism (with the sasl_* protocols): PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+    #[arg(long = "kafka-sasl-mechanism", env = "UTS_KAFKA_SASL_MECHANISM",
+          value_parser = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])]
+    pub sasl_mechanism: Option<String>,
+
+    /// SASL user name.
+    #[arg(long = "kafka-sasl-username", env = "UTS_KAFKA_SASL_USERNAME")]
+    pub sasl_username: Option<String>,
+
+    /// SASL password.
+    #[arg(long = "kafka-sasl-password", env = "UTS_KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    pub sasl_password: Option<String>,
 
     /// Prefix of every topic name: `<prefix>.usage-jobs`, `<prefix>.status`, ...
     #[arg(long = "topic-prefix", env = "UTS_TOPIC_PREFIX", default_value = "uts")]
@@ -61,6 +92,19 @@ pub struct KafkaArgs {
     /// librdkafka's default is 1 GB). A full queue makes a produce wait, never drops.
     #[arg(long = "kafka-producer-queue-kbytes", env = "UTS_KAFKA_PRODUCER_QUEUE_KBYTES", default_value_t = 16384)]
     pub producer_queue_kbytes: u32,
+}
+
+/// Without the SASL password.
+impl std::fmt::Debug for KafkaArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaArgs")
+            .field("brokers", &self.brokers)
+            .field("security_protocol", &self.security_protocol)
+            .field("sasl_mechanism", &self.sasl_mechanism)
+            .field("sasl_username", &self.sasl_username)
+            .field("topic_prefix", &self.topic_prefix)
+            .finish_non_exhaustive()
+    }
 }
 
 impl KafkaArgs {

@@ -19,10 +19,39 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use crate::config::{KafkaArgs, Topics};
 
-/// The base client configuration: brokers plus the operator's extra properties.
+/// The base client configuration of every producer, consumer and admin client: brokers, TLS and
+/// SASL settings, then the operator's extra properties.
 pub fn client_config(args: &KafkaArgs) -> anyhow::Result<ClientConfig> {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &args.brokers);
+    config.set("security.protocol", &args.security_protocol);
+    let path = |file: &std::path::Path| -> anyhow::Result<String> {
+        anyhow::ensure!(file.is_file(), "{} is not a readable file", file.display());
+        Ok(file.display().to_string())
+    };
+    if let Some(file) = &args.ssl_ca_file {
+        config.set("ssl.ca.location", path(file)?);
+    }
+    if let (Some(cert), Some(key)) = (&args.ssl_cert_file, &args.ssl_key_file) {
+        config.set("ssl.certificate.location", path(cert)?);
+        config.set("ssl.key.location", path(key)?);
+    }
+    if args.security_protocol.starts_with("sasl") {
+        let (Some(mechanism), Some(username), Some(password)) =
+            (&args.sasl_mechanism, &args.sasl_username, &args.sasl_password)
+        else {
+            anyhow::bail!(
+                "--kafka-security-protocol {} needs --kafka-sasl-mechanism, --kafka-sasl-username and \
+                 --kafka-sasl-password (UTS_KAFKA_SASL_*)",
+                args.security_protocol
+            );
+        };
+        config.set("sasl.mechanisms", mechanism);
+        config.set("sasl.username", username);
+        config.set("sasl.password", password);
+    } else if args.sasl_mechanism.is_some() {
+        anyhow::bail!("--kafka-sasl-mechanism needs --kafka-security-protocol sasl_ssl (or sasl_plaintext)");
+    }
     for property in args.properties.iter().filter(|p| !p.trim().is_empty()) {
         let (key, value) =
             property.split_once('=').with_context(|| format!("Kafka property {property:?} is not key=value"))?;
@@ -317,15 +346,14 @@ pub async fn produce_all_durably(
 /// Reads `topic` from the beginning up to the end it has at the time of the call (its high
 /// watermarks), or until `timeout`: (key, payload) pairs. For tools and tests, not stages.
 pub async fn read_topic_to_end(args: &KafkaArgs, topic: &str, timeout: Duration) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let (brokers, topic) = (args.brokers.clone(), topic.to_owned());
-    tokio::task::spawn_blocking(move || read_to_end_blocking(&brokers, &topic, timeout))
+    let (config, topic) = (client_config(args).expect("a valid Kafka configuration"), topic.to_owned());
+    tokio::task::spawn_blocking(move || read_to_end_blocking(config, &topic, timeout))
         .await
         .expect("the reading thread panicked")
 }
 
-fn read_to_end_blocking(brokers: &str, topic: &str, timeout: Duration) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+fn read_to_end_blocking(mut config: ClientConfig, topic: &str, timeout: Duration) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let consumer: rdkafka::consumer::BaseConsumer = config
         .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
         .set("enable.auto.commit", "false")
         .create()

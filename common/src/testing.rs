@@ -17,19 +17,22 @@ pub fn brokers() -> String {
 
 /// Kafka settings with a fresh random topic prefix (topics created) and `partitions`.
 pub async fn isolated_kafka(partitions: i32) -> KafkaArgs {
+    isolated_kafka_on(partitions, &[format!("--kafka-brokers={}", brokers())]).await
+}
+
+/// Like [`isolated_kafka`], on the brokers and with the security settings of `flags`
+/// (`--kafka-brokers=…`, `--kafka-security-protocol=…`, …).
+pub async fn isolated_kafka_on(partitions: i32, flags: &[String]) -> KafkaArgs {
     #[derive(clap::Parser)]
     struct Args {
         #[command(flatten)]
         kafka: KafkaArgs,
     }
     let prefix = format!("test-{}", uuid::Uuid::new_v4().simple());
-    let args = <Args as clap::Parser>::parse_from([
-        "test".to_owned(),
-        format!("--kafka-brokers={}", brokers()),
-        format!("--topic-prefix={prefix}"),
-        format!("--topic-partitions={partitions}"),
-    ])
-    .kafka;
+    let mut args =
+        vec!["test".to_owned(), format!("--topic-prefix={prefix}"), format!("--topic-partitions={partitions}")];
+    args.extend(flags.iter().cloned());
+    let args = <Args as clap::Parser>::parse_from(args).kafka;
     kafka::ensure_topics(&args, &args.topics()).await.expect("creating test topics");
     args
 }
@@ -43,15 +46,14 @@ pub const GRACE: Duration = Duration::from_millis(500);
 /// on a blocking thread, so stages spawned on the test's (single-threaded) runtime keep running
 /// meanwhile.
 pub async fn read_topic(args: &KafkaArgs, topic: &str, count: usize, timeout: Duration) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let (brokers, topic) = (args.brokers.clone(), topic.to_owned());
-    tokio::task::spawn_blocking(move || read_blocking(&brokers, &topic, count, timeout))
+    let (config, topic) = (kafka::client_config(args).expect("a valid Kafka configuration"), topic.to_owned());
+    tokio::task::spawn_blocking(move || read_blocking(config, &topic, count, timeout))
         .await
         .expect("the reading thread panicked")
 }
 
-fn read_blocking(brokers: &str, topic: &str, count: usize, timeout: Duration) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+fn read_blocking(mut config: ClientConfig, topic: &str, count: usize, timeout: Duration) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let consumer: BaseConsumer = config
         .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
         .set("enable.auto.commit", "false")
         .create()

@@ -9,7 +9,8 @@
 #           and
 #             eval "$(deploy/local/infra.sh up)"
 #           work. A second `up` with everything running is a fast no-op.
-#   down    stop Kafka and PostgreSQL (data is kept under $UTS_LOCAL_DIR).
+#   down    stop Kafka and PostgreSQL, and the TLS-only pair of secure.sh (data is kept under
+#           $UTS_LOCAL_DIR).
 #   status  show both; exits 0 only if both are running, 3 otherwise.
 #   env     print the export lines without starting anything.
 #
@@ -50,6 +51,8 @@ cmd_up() {
 
 cmd_down() {
   local rc=0
+  # The TLS-only pair of the TLS/SASL test, when the tests started it.
+  "$HERE/secure.sh" down || rc=1
   "$HERE/kafka.sh" stop || rc=1
   "$HERE/postgres.sh" stop || rc=1
   return "$rc"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test against the real Kafka and PostgreSQL started by infra.sh: the workspace's
+# Runs every test against the real Kafka and PostgreSQL started by infra.sh (and the TLS-only
+# pair of secure.sh for the TLS/SASL test): the workspace's
 # tests (in parallel; each test uses its own topics and its own database), then the tests that
 # stop and restart the shared broker, alone.
 set -euo pipefail
@@ -22,6 +23,10 @@ python3 -c 'import yaml' 2>/dev/null || apt_install python3-yaml
 # shellcheck disable=SC1091
 . "${UTS_LOCAL_DIR:-$root/.local}/env"
 export UTS_KAFKA_BROKERS DATABASE_URL
+# A Kafka (SASL_SSL only) and a PostgreSQL (TLS only) for the TLS/SASL end-to-end test.
+"$dir/secure.sh" up >/dev/null
+# shellcheck disable=SC1091
+. "${UTS_LOCAL_DIR:-$root/.local}/secure/env"
 # Drop the topics earlier test runs left behind (every test makes its own, randomly named);
 # deletion is asynchronous and new names never collide with them.
 "$dir/kafka.sh" topics --delete --topic '(test|runner)-.*' >/dev/null 2>&1 || true

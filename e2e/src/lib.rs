@@ -38,14 +38,16 @@ impl Drop for Pipeline {
     }
 }
 
-fn common_args(kafka: &KafkaArgs, name: &str) -> Vec<String> {
-    vec![
+fn common_args(kafka: &KafkaArgs, flags: &[String], name: &str) -> Vec<String> {
+    let mut args = vec![
         name.to_owned(),
         "--database-url=postgres://unused".to_owned(),
         "--admin-addr=127.0.0.1:0".to_owned(),
         format!("--kafka-brokers={}", kafka.brokers),
         format!("--topic-prefix={}", kafka.topic_prefix),
-    ]
+    ];
+    args.extend(flags.iter().filter(|flag| !flag.starts_with("--kafka-brokers")).cloned());
+    args
 }
 
 /// Runs a stage in the background; a stage that stops with an error says so on stderr (the test
@@ -62,21 +64,31 @@ impl Pipeline {
     /// Starts every stage. Tenants: `op` (operator, the submitter), `prov` (developer, owner of
     /// rules), `plant` (IoT of `op`, with `app` provisioned), `buyer` (customer).
     pub async fn start(pool: PgPool) -> Self {
-        Self::start_inner(pool, false).await
+        Self::start_inner(pool, false, &[]).await
+    }
+
+    /// Like [`Pipeline::start`], on the brokers and with the Kafka settings of `kafka_flags`
+    /// (`--kafka-brokers=…`, `--kafka-security-protocol=…`, …), given to every stage.
+    pub async fn start_with_kafka(pool: PgPool, kafka_flags: &[String]) -> Self {
+        Self::start_inner(pool, false, kafka_flags).await
     }
 
     /// Like [`Pipeline::start`], but the billing receiver answers 202 Accepted and sends each
     /// receipt later to the forwarder's receipts endpoint.
     pub async fn start_with_receipts_by_callback(pool: PgPool) -> Self {
-        Self::start_inner(pool, true).await
+        Self::start_inner(pool, true, &[]).await
     }
 
-    async fn start_inner(pool: PgPool, callbacks: bool) -> Self {
+    async fn start_inner(pool: PgPool, callbacks: bool, kafka_flags: &[String]) -> Self {
         // Stage logs (RUST_LOG) show in the output of a failing test.
         uts_common::telemetry::init(&uts_common::config::TelemetryArgs {
             log_format: uts_common::config::LogFormat::Text,
         });
-        let kafka = isolated_kafka(3).await;
+        let kafka = if kafka_flags.is_empty() {
+            isolated_kafka(3).await
+        } else {
+            uts_common::testing::isolated_kafka_on(3, kafka_flags).await
+        };
         let shutdown = CancellationToken::new();
         for (id, kind, operator) in [
             ("op", TenantType::Operator, None),
@@ -109,7 +121,7 @@ impl Pipeline {
         let billing_url = format!("http://{}/billing/v1/records", receiver.local_addr());
         spawn_stage("billing-receiver", receiver.run_until_stopped(shutdown.clone()));
 
-        let mut args = common_args(&kafka, "query-service");
+        let mut args = common_args(&kafka, kafka_flags, "query-service");
         args.extend([
             "--listen-addr=127.0.0.1:0".to_owned(),
             format!("--jwt-hs256-secret={SECRET}"),
@@ -121,7 +133,7 @@ impl Pipeline {
         let query_api = format!("http://{query_addr}/api/usagetransparency/v3");
         spawn_stage("query-service", query.run_until_stopped(shutdown.clone()));
 
-        let mut args = common_args(&kafka, "ingest-gateway");
+        let mut args = common_args(&kafka, kafka_flags, "ingest-gateway");
         args.extend([
             "--listen-addr=127.0.0.1:0".to_owned(),
             format!("--jwt-hs256-secret={SECRET}"),
@@ -132,21 +144,21 @@ impl Pipeline {
         let gateway_addr = gateway.local_addr();
         spawn_stage("ingest-gateway", gateway.run_until_stopped(shutdown.clone()));
 
-        let mut args = common_args(&kafka, "verifier");
+        let mut args = common_args(&kafka, kafka_flags, "verifier");
         args.extend(["--catalog-refresh-ms=0".to_owned(), format!("--consumer-group=v-{}", kafka.topic_prefix)]);
         spawn_stage(
             "verifier",
             verifier::run_with_pool(verifier::Config::parse_from(args), pool.clone(), shutdown.clone()),
         );
 
-        let mut args = common_args(&kafka, "aggregator");
+        let mut args = common_args(&kafka, kafka_flags, "aggregator");
         args.push(format!("--consumer-group=a-{}", kafka.topic_prefix));
         spawn_stage(
             "aggregator",
             aggregator::run_with_pool(aggregator::Config::parse_from(args), pool.clone(), shutdown.clone()),
         );
 
-        let mut args = common_args(&kafka, "billing-forwarder");
+        let mut args = common_args(&kafka, kafka_flags, "billing-forwarder");
         args.extend([
             format!("--consumer-group=b-{}", kafka.topic_prefix),
             format!("--billing-url={billing_url}"),

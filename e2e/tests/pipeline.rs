@@ -457,3 +457,78 @@ async fn utsctl_send_counts_a_file_sent_twice_once(pool: PgPool) {
     assert_eq!(serde_json::to_value(&statuses).unwrap(), first["jobStatuses"], "{listed}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// What managed Kafka and PostgreSQL look like to the service: a Kafka that speaks SASL_SSL only
+/// (SCRAM-SHA-512 over TLS, its certificate checked against a private CA) and a PostgreSQL that
+/// refuses TCP without TLS (`sslmode=verify-full`). Every stage runs a job end to end through
+/// them. `deploy/local/secure.sh` (run by `deploy/local/test.sh`) starts both and exports
+/// `UTS_SECURE_*`.
+#[tokio::test]
+async fn a_job_runs_end_to_end_over_tls_and_sasl_with_plaintext_closed() {
+    let env = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!("{name} is not set: run deploy/local/secure.sh up and load .local/secure/env (deploy/local/test.sh does)")
+        })
+    };
+    let url = env("UTS_SECURE_DATABASE_URL");
+    let database = |url: String, max_connections| uts_common::config::DatabaseArgs { url, max_connections };
+
+    // Plaintext is closed on both.
+    let plain = sqlx::PgPool::connect(&url.replace("sslmode=verify-full", "sslmode=disable")).await;
+    let refusal = plain.err().map(|err| err.to_string()).unwrap_or_default();
+    assert!(refusal.contains("no encryption"), "PostgreSQL without TLS: {refusal:?}");
+    let kafka_args = |flags: &[String]| {
+        #[derive(clap::Parser)]
+        struct Args {
+            #[command(flatten)]
+            kafka: uts_common::config::KafkaArgs,
+        }
+        <Args as clap::Parser>::parse_from(std::iter::once("test".to_owned()).chain(flags.iter().cloned())).kafka
+    };
+    let brokers = format!("--kafka-brokers={}", env("UTS_SECURE_KAFKA_BROKERS"));
+    let mut flags = vec![
+        brokers.clone(),
+        "--kafka-security-protocol=sasl_ssl".to_owned(),
+        format!("--kafka-ssl-ca-file={}", env("UTS_SECURE_KAFKA_CA_FILE")),
+        "--kafka-sasl-mechanism=SCRAM-SHA-512".to_owned(),
+        format!("--kafka-sasl-username={}", env("UTS_SECURE_KAFKA_SASL_USERNAME")),
+    ];
+    let wrong_password = [flags.clone(), vec!["--kafka-sasl-password=not-the-password".to_owned()]].concat();
+    flags.push(format!("--kafka-sasl-password={}", env("UTS_SECURE_KAFKA_SASL_PASSWORD")));
+    for (what, attempt) in [("plaintext", vec![brokers.clone()]), ("a wrong SASL password", wrong_password)] {
+        let (producer, _) = uts_common::kafka::durable_producer(&kafka_args(&attempt)).unwrap();
+        let reached = uts_common::kafka::check_reachable(&producer, Duration::from_secs(3)).await;
+        assert!(reached.is_err(), "Kafka answered a client with {what}");
+    }
+    let (producer, _) = uts_common::kafka::durable_producer(&kafka_args(&flags)).unwrap();
+    uts_common::kafka::check_reachable(&producer, Duration::from_secs(10)).await.expect("SASL_SSL with SCRAM-SHA-512");
+
+    // A database of its own, reached over TLS only.
+    let server = uts_common::db::connect(&database(url.clone(), 2)).await.expect("PostgreSQL over TLS");
+    let name = format!("tls_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&server).await.unwrap();
+    let pool = uts_common::db::connect(&database(url.replacen("/uts?", &format!("/{name}?"), 1), 20)).await.unwrap();
+    uts_common::db::migrate(&pool).await.unwrap();
+    let encrypted: bool =
+        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetch_one(&pool).await.unwrap();
+    assert!(encrypted);
+
+    let pipeline = Pipeline::start_with_kafka(pool.clone(), &flags).await;
+    let id = pipeline
+        .post_job("op", &job("op", "user", "app", &[("2.5", "tls-unit", now_text()), ("4", "tls-unit", now_text())]))
+        .await;
+    let shown = pipeline.wait_for_job_status("op", &id, "COMPLETED", WAIT).await;
+    assert_eq!(shown["usagesSummary"][0]["processStatus"], "AGGREGATED", "{shown}");
+    let value: Decimal = sqlx::query_scalar("SELECT value FROM daily_aggregates WHERE unit = 'tls-unit'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(value, Decimal::from_str("6.5").unwrap());
+    // Its status events went through the SASL_SSL broker too.
+    let board = pipeline.board(&id).await;
+    assert_eq!(board.in_status("AGGREGATED"), 2, "{board:?}");
+
+    drop(pipeline);
+    pool.close().await;
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&server).await.ok();
+}
