@@ -36,6 +36,8 @@ cd "$root"
 cargo build --workspace --bins
 # No Docker engine here: docker-compose.yml is checked against the binaries just built instead.
 python3 deploy/check-compose.py "${CARGO_TARGET_DIR:-$root/target}/debug"
+# No cluster either: the Helm chart is rendered and validated against the Kubernetes schemas.
+bash deploy/helm/test.sh "${CARGO_TARGET_DIR:-$root/target}/debug"
 cargo test --workspace --all-targets
 # Same package selection as above, so nothing is rebuilt.
 cargo test --workspace --test kafka_outage -- --ignored

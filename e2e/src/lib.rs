@@ -182,6 +182,38 @@ impl Pipeline {
         mint_hs256(SECRET, tenant, "e2e@example.com", &["uts.usages.write"], 600).unwrap()
     }
 
+    /// A token of the operator running the service (`uts.admin`).
+    pub fn admin_token() -> String {
+        mint_hs256(SECRET, "service-operator", "", &["uts.admin"], 600).unwrap()
+    }
+
+    /// The one address (the gateway): every endpoint of the public API.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.gateway)
+    }
+
+    /// GET `path` (from the root) on the one address with `token`; the JSON answer.
+    pub async fn get_json(&self, path: &str, token: &str) -> serde_json::Value {
+        let response = self.client.get(format!("{}{path}", self.base())).bearer_auth(token).send().await.unwrap();
+        response.json().await.unwrap()
+    }
+
+    /// Creates a client of the token service for `tenant` through the admin API; its secret.
+    pub async fn create_client(&self, id: &str, tenant: &str, scopes: &[&str]) -> String {
+        let created: serde_json::Value = self
+            .client
+            .post(format!("{}/api/usagetransparency/v3/admin/clients", self.base()))
+            .bearer_auth(Self::admin_token())
+            .json(&serde_json::json!({"clientId": id, "tenantId": tenant, "scopes": scopes}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        created["clientSecret"].as_str().unwrap_or_else(|| panic!("no client created: {created}")).to_owned()
+    }
+
     /// Posts a job as `tenant`; returns the job id. Panics unless the answer is 202.
     pub async fn post_job(&self, tenant: &str, body: &serde_json::Value) -> String {
         let response = self

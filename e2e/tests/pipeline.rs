@@ -242,23 +242,9 @@ async fn a_receipt_sent_later_by_callback_completes_the_job(pool: PgPool) {
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn the_official_node_client_works_against_the_one_address(pool: PgPool) {
     let pipeline = Pipeline::start(pool.clone()).await;
-    let base = format!("http://{}", pipeline.gateway);
+    let base = pipeline.base();
     // The operator creates the client through the one address too.
-    let admin = uts_common::auth::mint_hs256(uts_e2e::SECRET, "service-operator", "", &["uts.admin"], 600).unwrap();
-    let created: Value = pipeline
-        .client
-        .post(format!("{base}/api/usagetransparency/v3/admin/clients"))
-        .bearer_auth(&admin)
-        .json(
-            &json!({"clientId": "op-node-client", "tenantId": "op", "scopes": ["uts.usages.write", "uts.usages.read"]}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let secret = created["clientSecret"].as_str().unwrap_or_else(|| panic!("no client created: {created}"));
+    let secret = pipeline.create_client("op-node-client", "op", &["uts.usages.write", "uts.usages.read"]).await;
 
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("official-client");
     assert!(
@@ -271,7 +257,7 @@ async fn the_official_node_client_works_against_the_one_address(pool: PgPool) {
         .current_dir(&dir)
         .env("UTS_BASE_URL", &base)
         .env("UTS_CLIENT_ID", "op-node-client")
-        .env("UTS_CLIENT_SECRET", secret)
+        .env("UTS_CLIENT_SECRET", &secret)
         .env("UTS_TENANT", "op")
         .env("UTS_IOT_TENANT", "plant")
         .env("UTS_CUSTOMER_TENANT", "buyer")
@@ -317,7 +303,7 @@ async fn the_official_node_client_works_against_the_one_address(pool: PgPool) {
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn the_whole_api_answers_on_one_address(pool: PgPool) {
     let pipeline = Pipeline::start(pool).await;
-    let base = format!("http://{}", pipeline.gateway);
+    let base = pipeline.base();
     let get = |path: &str| pipeline.client.get(format!("{base}{path}")).send();
     let page = get("/ui/").await.unwrap();
     assert_eq!(page.status(), reqwest::StatusCode::OK);
@@ -329,17 +315,7 @@ async fn the_whole_api_answers_on_one_address(pool: PgPool) {
         let keys: Value = get(path).await.unwrap().json().await.unwrap();
         assert_eq!(keys["keys"].as_array().map(Vec::len), Some(1), "{path}: {keys}");
     }
-    let admin = uts_common::auth::mint_hs256(uts_e2e::SECRET, "service-operator", "", &["uts.admin"], 600).unwrap();
-    let tenant: Value = pipeline
-        .client
-        .get(format!("{base}/api/usagetransparency/v3/admin/tenants/op"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tenant = pipeline.get_json("/api/usagetransparency/v3/admin/tenants/op", &Pipeline::admin_token()).await;
     assert_eq!(tenant["tenantType"], "operator");
     let unknown = get("/api/usagetransparency/v3/nothing-here").await.unwrap();
     assert_eq!(unknown.status(), reqwest::StatusCode::NOT_FOUND);
@@ -355,20 +331,8 @@ async fn the_whole_api_answers_on_one_address(pool: PgPool) {
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn utsctl_send_counts_a_file_sent_twice_once(pool: PgPool) {
     let pipeline = Pipeline::start(pool.clone()).await;
-    let base = format!("http://{}", pipeline.gateway);
-    let admin = uts_common::auth::mint_hs256(uts_e2e::SECRET, "service-operator", "", &["uts.admin"], 600).unwrap();
-    let created: Value = pipeline
-        .client
-        .post(format!("{base}/api/usagetransparency/v3/admin/clients"))
-        .bearer_auth(&admin)
-        .json(&json!({"clientId": "op-backfill", "tenantId": "op", "scopes": ["uts.usages.write", "uts.usages.read"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let secret = created["clientSecret"].as_str().unwrap().to_owned();
+    let base = pipeline.base();
+    let secret = pipeline.create_client("op-backfill", "op", &["uts.usages.write", "uts.usages.read"]).await;
 
     // 3,000 usages that verify (plant: IoT tenant of op, app provisioned), then 2 that do not
     // (buyer is a customer tenant): 16 jobs, the last one with errors.
@@ -440,16 +404,7 @@ async fn utsctl_send_counts_a_file_sent_twice_once(pool: PgPool) {
     assert_eq!((sum, count), (expected, 3000));
     // And the summary is what the query service reports.
     let token = uts_common::auth::mint_hs256(uts_e2e::SECRET, "op", "", &["uts.usages.read"], 600).unwrap();
-    let listed: Value = pipeline
-        .client
-        .get(format!("{base}/api/usagetransparency/v3/usagesJobs?size=100"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = pipeline.get_json("/api/usagetransparency/v3/usagesJobs?size=100", &token).await;
     let mut statuses: BTreeMap<String, u64> = BTreeMap::new();
     for job in listed["jobs"].as_array().unwrap() {
         *statuses.entry(job["status"].as_str().unwrap().to_owned()).or_default() += 1;
