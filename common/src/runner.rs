@@ -164,6 +164,11 @@ impl Runner {
         let consumer = kafka::at_least_once_consumer(args, group, name)?;
         consumer.subscribe(topics).with_context(|| format!("subscribing to {topics:?}"))?;
         let (producer, _) = kafka::durable_producer(args)?;
+        // Every error kind exists from the start at 0: a dashboard or alert sees "no errors",
+        // not "no data", and rate() has a first sample.
+        for kind in ["poison", "retryable", "offset_not_stored"] {
+            metrics::counter!("uts_stage_errors_total", "stage" => name, "kind" => kind).increment(0);
+        }
         Ok(Self {
             stage,
             consumer,

@@ -487,3 +487,64 @@ async fn a_job_runs_end_to_end_over_tls_and_sasl_with_plaintext_closed() {
     pool.close().await;
     sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&server).await.ok();
 }
+
+/// Every query of the Grafana dashboard (`deploy/grafana/uts-dashboard.json`) names a metric the
+/// services really export: after a billed job (receipt by callback), a token request and reads
+/// through the one address, the Prometheus registry of this process — every stage runs in it —
+/// holds each one (histograms with their `_bucket` series).
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn every_dashboard_query_names_a_metric_the_services_export(pool: PgPool) {
+    let pipeline = Pipeline::start_with_receipts_by_callback(pool.clone()).await;
+    rule(&pool, "dash-unit", "SUM", true).await;
+    let id = pipeline.post_job("op", &job("op", "user", "app", &[("1", "dash-unit", now_text())])).await;
+    pipeline.wait_for_job_status("op", &id, "COMPLETED", WAIT).await;
+    let secret = pipeline.create_client("op-dashboard", "op", &["uts.usages.read"]).await;
+    let token = pipeline
+        .client
+        .post(format!("{}/oauth/token", pipeline.base()))
+        .basic_auth("op-dashboard", Some(&secret))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(token.status(), reqwest::StatusCode::OK);
+
+    let dashboard: Value = serde_json::from_str(include_str!("../../deploy/grafana/uts-dashboard.json")).unwrap();
+    let mut names: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().unwrap().iter())
+        .flat_map(|target| {
+            target["expr"]
+                .as_str()
+                .unwrap()
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|word| word.starts_with("uts_"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() >= 15, "{names:?}");
+    // The lag gauges come from librdkafka's statistics, every 5 s: poll for them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let exported = uts_common::telemetry::metrics_handle().render();
+        let missing: Vec<&String> = names
+            .iter()
+            .filter(|name| {
+                !exported
+                    .lines()
+                    .any(|line| line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} ")))
+            })
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the dashboard queries metrics nobody exports: {missing:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

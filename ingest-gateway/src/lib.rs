@@ -78,6 +78,9 @@ impl Application {
         let auth = Authenticator::load(&config.auth, pool.clone()).await.context("loading token verification keys")?;
         let upstream = forward::Upstream::new(&config.query_service_url)?;
         let (producer, kafka_health) = kafka::durable_producer(&config.kafka)?;
+        // Failure counters exist from the start at 0 ("no failures", not "no data").
+        metrics::counter!("uts_gateway_kafka_produce_failures_total").increment(0);
+        metrics::counter!("uts_gateway_forward_failures_total").increment(0);
         let state = Arc::new(AppState {
             auth,
             tenants: TenantDirectory::new(pool.clone(), config.tenant_cache_ttl()),
