@@ -206,17 +206,20 @@ impl Authenticator {
     /// Keeps the token service's keys (every 10 s) and the remote JWKS (every 5 min) fresh
     /// until `shutdown`.
     pub fn spawn_refresh(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
-        let issued = self.issued.clone();
-        let remote = self.remote.clone();
+        let (issued, remote) = (self.issued.clone(), self.remote.clone());
+        // One task for both loops: aborting it stops them.
         tokio::spawn(async move {
-            let issued = issued.map(|issued| issued.spawn_refresh(shutdown.clone()));
-            let remote = remote.map(|remote| remote.spawn_refresh(shutdown.clone()));
-            if let Some(task) = issued {
-                let _ = task.await;
-            }
-            if let Some(task) = remote {
-                let _ = task.await;
-            }
+            let issued = async {
+                if let Some(issued) = issued {
+                    every(ISSUED_KEYS_REFRESH, &shutdown, || issued.refresh_now()).await;
+                }
+            };
+            let remote = async {
+                if let Some(remote) = remote {
+                    every(REMOTE_JWKS_REFRESH, &shutdown, || remote.refresh_after(Instant::now())).await;
+                }
+            };
+            tokio::join!(issued, remote);
         })
     }
 
@@ -379,19 +382,21 @@ impl RemoteJwks {
             tracing::warn!(%err, url = %self.url, "fetching the identity provider's keys failed; keeping the known ones");
         }
     }
+}
 
-    fn spawn_refresh(self: Arc<Self>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(REMOTE_JWKS_REFRESH);
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                self.refresh_after(Instant::now()).await;
-            }
-        })
+/// Runs `refresh` every `period` (the first time one period from now) until `shutdown`.
+async fn every<F, Fut>(period: Duration, shutdown: &CancellationToken, mut refresh: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(period);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => refresh().await,
+        }
     }
 }
 
@@ -463,22 +468,13 @@ impl IssuedKeys {
     }
 
     /// Refreshes every [`ISSUED_KEYS_REFRESH`] until `shutdown`.
-    pub fn spawn_refresh(self: Arc<Self>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(ISSUED_KEYS_REFRESH);
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                let mut last = self.last_refresh.lock().await;
-                *last = Some(Instant::now());
-                if let Err(err) = self.refresh().await {
-                    tracing::warn!(%err, "refreshing the token service's keys failed; keeping the known ones");
-                }
-            }
-        })
+    /// The scheduled refresh (it counts as the last one for [`IssuedKeys::refresh_after`]).
+    async fn refresh_now(&self) {
+        let mut last = self.last_refresh.lock().await;
+        *last = Some(Instant::now());
+        if let Err(err) = self.refresh().await {
+            tracing::warn!(%err, "refreshing the token service's keys failed; keeping the known ones");
+        }
     }
 
     /// `None` when no issued key has this kid; else the verdict on the token.
