@@ -31,7 +31,7 @@ pub const ISSUER: &str = "uts-token-service";
 pub const MAX_TTL_SECONDS: u32 = 86_400;
 
 /// Longest client id (the name rule of the API's other ids).
-pub const MAX_CLIENT_ID_LEN: usize = 256;
+pub const MAX_CLIENT_ID_LEN: usize = crate::domain::MAX_NAME_LEN;
 
 /// Serialises key rotations and the first key's creation among replicas.
 const KEY_LOCK: i64 = 0x7574_735f_6b65_7973; // "uts_keys"

@@ -26,7 +26,7 @@ use serde_json::Value;
 use uts_common::error::ApiError;
 use uts_common::tokens::{self, Client, ClientError, ClientSpec};
 
-use super::body::{self, MAX_TENANT_ID_LEN};
+use super::body;
 use super::{count_change, read_object, serialize_datetime, storage_error, PageInfo, Params};
 use crate::AppState;
 
@@ -85,14 +85,8 @@ const READ_ONLY: &[&str] = &["createdAt", "secretRotatedAt", "revokedAt", "clien
 
 fn parse_client(object: &body::Object) -> Result<ClientSpec, ApiError> {
     body::check_properties(object, PROPERTIES, READ_ONLY)?;
-    let client_id = match object.get("clientId") {
-        Some(Value::String(id)) => id.clone(),
-        None | Some(Value::Null) => return Err(ApiError::missing_body_property("clientId")),
-        Some(_) => return Err(ApiError::invalid_body_property("clientId", "must be a string")),
-    };
-    if let Some(problem) = tokens::client_id_problem(&client_id) {
-        return Err(ApiError::invalid_body_property("clientId", problem));
-    }
+    // The API's name rule, as tokens::client_id_problem (utsctl) applies it.
+    let client_id = body::required_name(object, "clientId")?;
     let tenant_id = body::required_tenant_id(object, "tenantId")?;
     let scopes = match object.get("scopes") {
         Some(Value::Array(items)) => items
@@ -111,7 +105,6 @@ fn parse_client(object: &body::Object) -> Result<ClientSpec, ApiError> {
         return Err(ApiError::invalid_body_property("scopes", problem));
     }
     let description = body::optional_name(object, "description")?;
-    debug_assert!(tenant_id.chars().count() <= MAX_TENANT_ID_LEN);
     Ok(ClientSpec { client_id, tenant_id, scopes, description })
 }
 
