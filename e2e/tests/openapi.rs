@@ -16,7 +16,7 @@ async fn every_documented_operation_is_served(pool: PgPool) {
     assert_eq!(served, document, "the query service serves docs/openapi.json");
     assert_eq!(document["openapi"], "3.0.3");
 
-    let one_address = format!("http://{}", pipeline.gateway);
+    let one_address = pipeline.base();
     let via_gateway: Value = pipeline
         .client
         .get(format!("{one_address}/api/usagetransparency/v3/openapi.json"))

@@ -363,6 +363,21 @@ async fn post(api: &Api, job: &Job) -> Outcome {
 /// Statuses a usage may still leave.
 const MOVING: [&str; 4] = ["ACCEPTED", "VERIFIED", "NOVERIFICATION", "SENTFORBILLING"];
 
+/// Whether a `GET /usagesJobs/{id}` answer shows a settled job: COMPLETED, or ERRORS with no
+/// usage in a status it can still leave.
+fn settled(job: &Value) -> bool {
+    let moving = job["usagesSummary"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|row| row["processStatus"].as_str().is_some_and(|status| MOVING.contains(&status)));
+    match job["status"].as_str() {
+        Some("COMPLETED") => true,
+        Some("ERRORS") => !moving,
+        _ => false,
+    }
+}
+
 /// Polls the job until it settled (COMPLETED, or ERRORS with no usage still moving) or the
 /// deadline; then reads its errors.
 async fn follow(api: &Api, job: &Job, mut outcome: Outcome, deadline: Instant) -> Outcome {
@@ -372,14 +387,8 @@ async fn follow(api: &Api, job: &Job, mut outcome: Outcome, deadline: Instant) -
             Ok(body) => {
                 outcome.status = body["status"].as_str().map(str::to_owned);
                 outcome.summary = body["usagesSummary"].as_array().cloned().unwrap_or_default();
-                let moving = outcome
-                    .summary
-                    .iter()
-                    .any(|row| row["processStatus"].as_str().is_some_and(|status| MOVING.contains(&status)));
-                match outcome.status.as_deref() {
-                    Some("COMPLETED") => break,
-                    Some("ERRORS") if !moving => break,
-                    _ => {}
+                if settled(&body) {
+                    break;
                 }
             }
             Err(err) => outcome.status = Some(format!("unknown ({err:#})")),
@@ -545,12 +554,7 @@ pub async fn follow_one(api: &Api, id: &str, timeout: Duration) -> anyhow::Resul
             println!("{line}");
             last = line;
         }
-        let moving = body["usagesSummary"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|row| row["processStatus"].as_str().is_some_and(|s| MOVING.contains(&s)));
-        if status == "COMPLETED" || (status == "ERRORS" && !moving) {
+        if settled(&body) {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -590,6 +594,18 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("value is required"));
+    }
+
+    #[test]
+    fn a_job_is_settled_when_completed_or_when_its_errors_stopped_moving() {
+        let job = |status: &str, statuses: &[&str]| {
+            let summary: Vec<Value> = statuses.iter().map(|s| json!({"processStatus": s, "usagesCount": 1})).collect();
+            json!({"status": status, "usagesSummary": summary})
+        };
+        assert!(settled(&job("COMPLETED", &["AGGREGATED"])));
+        assert!(settled(&job("ERRORS", &["VERIFICATIONFAILED", "AGGREGATED"])));
+        assert!(!settled(&job("ERRORS", &["VERIFICATIONFAILED", "VERIFIED"])));
+        assert!(!settled(&job("INPROGRESS", &["AGGREGATED"])));
     }
 
     #[test]
