@@ -187,7 +187,7 @@ impl Authenticator {
     }
 
     /// Also accepts the tokens of the service's own token service.
-    pub fn with_issued_keys(mut self, issued: Arc<IssuedKeys>) -> Self {
+    fn with_issued_keys(mut self, issued: Arc<IssuedKeys>) -> Self {
         self.issued = Some(issued);
         self
     }

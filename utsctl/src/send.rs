@@ -185,11 +185,16 @@ pub struct Job {
     usages: usize,
 }
 
+/// (tenantId, userId, userType) and (application, alias, resource): what a job body groups by.
+type UserKey = (String, Option<String>, Option<String>);
+type ResourceKey = (String, Option<String>, String);
+/// A user's resources, each with its rows, in order of first appearance.
+type Resources<'a> = Vec<(ResourceKey, Vec<&'a Row>)>;
+
 /// Groups the `index`th chunk of rows into one `POST /usagesJobs` body, users and resources in
 /// order of first appearance.
 fn job_of(index: usize, rows: &[Row], key_prefix: &str) -> Job {
-    let mut users: Vec<((String, Option<String>, Option<String>), Vec<((String, Option<String>, String), Vec<&Row>)>)> =
-        Vec::new();
+    let mut users: Vec<(UserKey, Resources)> = Vec::new();
     for row in rows {
         let user_key = (row.tenant_id.clone(), row.user_id.clone(), row.user_type.clone());
         let user_at = users.iter().position(|(key, _)| *key == user_key).unwrap_or_else(|| {
