@@ -45,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 use uts_common::admin;
 use uts_common::config::{AdminArgs, DatabaseArgs, KafkaArgs, RetentionArgs, TelemetryArgs};
 use uts_common::domain::{from_timestamp, to_timestamp, AggregationFunction, UsageStatus};
-use uts_common::kafka::{self, DurableProducer};
+use uts_common::kafka::{self, DurableProducer, Outgoing};
 use uts_common::proto::{v1, Message};
 use uts_common::runner::{decode_proto, Decoded, Handler, Rejected, Runner};
 
@@ -235,15 +235,18 @@ impl Handler for Aggregator {
         let rejected_positions: HashSet<usize> = rejected.iter().map(|r| r.position).collect();
         let emitted: Vec<usize> = unique.iter().copied().filter(|p| !rejected_positions.contains(p)).collect();
         let aggregates = aggregate_messages(batch, &emitted, contributions.into_iter().chain(old));
-        let mut statuses = status_events(batch, &emitted);
-        statuses.extend(rejected.iter().map(|r| rejection_event(batch, r)));
-        // In order: a bucket's versions reach its partition oldest first.
-        let mut sends: Vec<(&str, &[u8], &[u8])> = Vec::with_capacity(aggregates.len() + statuses.len());
-        for (key, payload) in &aggregates {
-            sends.push((&self.aggregates_topic, key.as_bytes(), payload));
+        let mut statuses: Vec<(usize, (String, Vec<u8>))> =
+            emitted.iter().copied().zip(status_events(batch, &emitted)).collect();
+        statuses.extend(rejected.iter().map(|r| (r.position, rejection_event(batch, r))));
+        // In order: a bucket's versions reach its partition oldest first. Each message carries
+        // the trace context of the (job, key) batch it comes from (a version: the deciding one).
+        let trace = |p: usize| batch[p].trace.as_ref();
+        let mut sends: Vec<Outgoing<'_>> = Vec::with_capacity(aggregates.len() + statuses.len());
+        for (key, payload, p) in &aggregates {
+            sends.push(Outgoing::new(&self.aggregates_topic, key.as_bytes(), payload, trace(*p)));
         }
-        for (key, payload) in &statuses {
-            sends.push((&self.status_topic, key.as_bytes(), payload));
+        for (p, (key, payload)) in &statuses {
+            sends.push(Outgoing::new(&self.status_topic, key.as_bytes(), payload, trace(*p)));
         }
         kafka::produce_all_durably(&self.producer, &sends, self.produce_timeout)
             .await
@@ -406,7 +409,7 @@ fn aggregate_messages(
     batch: &[Decoded<Batch>],
     positions: &[usize],
     lineage: impl Iterator<Item = Contribution>,
-) -> Vec<(String, Vec<u8>)> {
+) -> Vec<(String, Vec<u8>, usize)> {
     let by_job: HashMap<(&str, &KeyId), usize> =
         positions.iter().map(|&p| ((batch[p].item.message.job_id.as_str(), &batch[p].item.key), p)).collect();
     let mut versions: BTreeMap<(BucketId, i64), Vec<Contribution>> = BTreeMap::new();
@@ -435,7 +438,7 @@ fn aggregate_messages(
             updated_at: Some(to_timestamp(rows[0].applied_at)),
             rule_id: item.message.rule_id.clone(),
         };
-        messages.push((bucket_key_text(&key, &day), message.encode_to_vec()));
+        messages.push((bucket_key_text(&key, &day), message.encode_to_vec(), deciding));
     }
     messages
 }
@@ -547,7 +550,7 @@ pub async fn run_with_pool(config: Config, pool: PgPool, shutdown: CancellationT
 
 /// The binary's entry point.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    uts_common::telemetry::init(&config.telemetry);
+    uts_common::telemetry::init(&config.telemetry, "aggregator");
     let pool = uts_common::db::connect(&config.database).await?;
     run_with_pool(config, pool, shutdown).await
 }

@@ -13,8 +13,9 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uts_common::domain::UsageStatus;
-use uts_common::kafka::{self, DurableProducer};
+use uts_common::kafka::{self, DurableProducer, Outgoing};
 use uts_common::proto::{v1, Message};
+use uts_common::trace::Carrier;
 
 /// `<provider>/<consumer>/<application>/<unit>/<day>`: a bucket in record keys and event ids.
 pub fn bucket_text(key: &v1::AggregationKey, day: chrono::NaiveDate) -> String {
@@ -146,9 +147,11 @@ impl Producer {
         if keys.is_empty() {
             return Ok(());
         }
-        type Row = (String, Vec<u8>, String, bool, Option<String>, i64, String, DateTime<Utc>);
+        type Row =
+            (String, Vec<u8>, String, bool, Option<String>, i64, String, DateTime<Utc>, Option<String>, Option<String>);
         let rows: Vec<Row> = sqlx::query_as(&format!(
-            "SELECT record_key, message, state, failure_reported, last_error, version, {BUCKET_TEXT}, updated_at
+            "SELECT record_key, message, state, failure_reported, last_error, version, {BUCKET_TEXT}, updated_at,
+                    traceparent, tracestate
              FROM billing_outbox WHERE record_key = ANY($1)"
         ))
         .bind(keys)
@@ -173,7 +176,11 @@ impl Producer {
         }
         let mut events = Vec::new();
         let mut produced = Vec::with_capacity(rows.len());
-        for (key, message, state, failure_reported, last_error, version, bucket_text, updated_at) in rows {
+        for (key, message, state, failure_reported, last_error, version, bucket_text, updated_at, parent, tracestate) in
+            rows
+        {
+            // The record's events join the trace of the job whose batch made the version.
+            let trace = parent.map(|traceparent| Carrier { traceparent, tracestate });
             let mut aggregates = covered_by.remove(&key).unwrap_or_default();
             aggregates.push(v1::DailyAggregate::decode(message.as_slice()).context("decoding an outbox message")?);
             let record = RecordState {
@@ -183,13 +190,14 @@ impl Producer {
                 failure_reported,
                 last_error: last_error.as_deref().unwrap_or_default(),
             };
-            events.extend(history(&record, &aggregates).into_iter().map(|e| (e.job_id.clone(), e.encode_to_vec())));
+            let history = history(&record, &aggregates).into_iter();
+            events.extend(history.map(|e| (e.job_id.clone(), e.encode_to_vec(), trace.clone())));
             produced.push((key, updated_at));
         }
-        let mut sends: Vec<(&str, &[u8], &[u8])> = Vec::with_capacity(events.len());
-        for (key, payload) in &events {
-            sends.push((&self.topic, key.as_bytes(), payload));
-        }
+        let sends: Vec<Outgoing<'_>> = events
+            .iter()
+            .map(|(key, payload, trace)| Outgoing::new(&self.topic, key.as_bytes(), payload, trace.as_ref()))
+            .collect();
         kafka::produce_all_durably(&self.producer, &sends, self.timeout)
             .await
             .context("producing billing status events")?;

@@ -145,7 +145,7 @@ pub async fn run_with_receipts_listener(
 
 /// The binary's entry point.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    uts_common::telemetry::init(&config.telemetry);
+    uts_common::telemetry::init(&config.telemetry, "billing-forwarder");
     let pool = uts_common::db::connect(&config.database).await?;
     run_with_pool(config, pool, shutdown).await
 }

@@ -21,6 +21,7 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use uts_common::proto::{v1, Message};
 use uts_common::runner::{decode_proto, Decoded, Handler, Rejected};
+use uts_common::trace::Carrier;
 
 use crate::history::{bucket_text, record_key};
 
@@ -64,8 +65,11 @@ impl Handler for OutboxWriter {
     async fn handle(&self, batch: &[Decoded<Billable>]) -> anyhow::Result<Vec<Rejected>> {
         let mut columns = BucketColumns::default();
         let (mut versions, mut messages, mut keys) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut parents, mut states) = (Vec::new(), Vec::new());
         for decoded in batch {
             let Some((aggregate, day)) = &decoded.item.0 else { continue };
+            parents.push(decoded.trace.as_ref().map(|t| t.traceparent.clone()));
+            states.push(decoded.trace.as_ref().and_then(|t| t.tracestate.clone()));
             let key = aggregate.bucket.as_ref().and_then(|b| b.key.as_ref()).expect("checked in decode");
             columns.push(key, *day);
             versions.push(aggregate.version as i64);
@@ -78,12 +82,15 @@ impl Handler for OutboxWriter {
         // Due at once, or at the next multiple of the cadence.
         sqlx::query(
             "INSERT INTO billing_outbox
-                (provider_tenant_id, consumer_tenant_id, application, unit, day, version, message, record_key, next_attempt_at)
+                (provider_tenant_id, consumer_tenant_id, application, unit, day, version, message, record_key,
+                 next_attempt_at, traceparent, tracestate)
              SELECT k.p, k.c, k.a, k.u, k.day, k.version, k.message, k.record_key,
                     CASE WHEN $9 = 0 THEN now()
-                         ELSE to_timestamp(ceil(extract(epoch FROM now())::float8 / $9) * $9) END
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::date[], $6::int8[], $7::bytea[], $8::text[])
-                  AS k(p, c, a, u, day, version, message, record_key)
+                         ELSE to_timestamp(ceil(extract(epoch FROM now())::float8 / $9) * $9) END,
+                    k.traceparent, k.tracestate
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::date[], $6::int8[], $7::bytea[], $8::text[],
+                         $10::text[], $11::text[])
+                  AS k(p, c, a, u, day, version, message, record_key, traceparent, tracestate)
              ON CONFLICT DO NOTHING",
         )
         .bind(&columns.providers)
@@ -95,6 +102,8 @@ impl Handler for OutboxWriter {
         .bind(&messages)
         .bind(&keys)
         .bind(self.cadence_seconds as f64)
+        .bind(&parents)
+        .bind(&states)
         .execute(&self.pool)
         .await?;
         self.wake.notify_one();
@@ -133,6 +142,8 @@ pub struct Claimed {
     pub version: i64,
     /// The oldest version this record covers (its own when it superseded none).
     pub covers_from: i64,
+    /// The trace context of the job whose batch made this version.
+    pub trace: Option<Carrier>,
 }
 
 type Bucket = (String, String, String, String, NaiveDate);
@@ -240,7 +251,7 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Result<V
         [newest.4, all.4].concat(),
         [newest.5, all.5].concat(),
     );
-    type Row = (String, Vec<u8>, String, i32, bool, i64, Option<i64>);
+    type Row = (String, Vec<u8>, String, i32, bool, i64, Option<i64>, Option<String>, Option<String>);
     let rows: Vec<Row> = sqlx::query_as(
         "UPDATE billing_outbox o
          SET leased_until = now() + make_interval(secs => $8), covers_from = least(o.covers_from, k.covers_from)
@@ -248,7 +259,8 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Result<V
               AS k(p, c, a, u, d, version, covers_from)
          WHERE (o.provider_tenant_id, o.consumer_tenant_id, o.application, o.unit, o.day, o.version)
              = (k.p, k.c, k.a, k.u, k.d, k.version)
-         RETURNING o.record_key, o.message, o.state, o.attempts, o.failure_reported, o.version, o.covers_from",
+         RETURNING o.record_key, o.message, o.state, o.attempts, o.failure_reported, o.version, o.covers_from,
+                   o.traceparent, o.tracestate",
     )
     .bind(&p)
     .bind(&c)
@@ -263,14 +275,18 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Result<V
     tx.commit().await?;
     Ok(rows
         .into_iter()
-        .map(|(record_key, message, state, attempts, failure_reported, version, covers_from)| Claimed {
-            record_key,
-            message,
-            state,
-            attempts,
-            failure_reported,
-            version,
-            covers_from: covers_from.unwrap_or(version),
+        .map(|(record_key, message, state, attempts, failure_reported, version, covers_from, parent, state_)| {
+            let trace = parent.map(|traceparent| Carrier { traceparent, tracestate: state_ });
+            Claimed {
+                record_key,
+                message,
+                state,
+                attempts,
+                failure_reported,
+                version,
+                covers_from: covers_from.unwrap_or(version),
+                trace,
+            }
         })
         .collect())
 }

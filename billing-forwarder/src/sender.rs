@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uts_common::domain::AggregationFunction;
 use uts_common::proto::{v1, Message};
+use uts_common::trace::{self, KeyValue, SpanKind};
 
 use crate::config::Config;
 use crate::history;
@@ -179,6 +180,26 @@ impl Sender {
         if let Some(token) = &self.config.billing_token {
             request = request.bearer_auth(token);
         }
+        // The send joins the trace of the job whose batch made the version; the billing system
+        // gets the context in its headers (the stored one when this process exports no spans).
+        let span = trace::Span::start(
+            "send billing record".into(),
+            SpanKind::Client,
+            row.trace.as_ref(),
+            vec![KeyValue::new("uts.billing.record_key", row.record_key.clone())],
+        );
+        let carried = span.as_ref().map_or_else(|| row.trace.clone(), trace::Span::carrier);
+        for (name, value) in carried.iter().flat_map(trace::Carrier::headers) {
+            request = request.header(name, value);
+        }
+        let answer = self.answer(request).await;
+        if let (Some(span), Answer::Retry(reason) | Answer::Rejected(reason)) = (&span, &answer) {
+            span.fail(reason);
+        }
+        answer
+    }
+
+    async fn answer(&self, request: reqwest::RequestBuilder) -> Answer {
         match request.send().await {
             Ok(response) if response.status() == reqwest::StatusCode::ACCEPTED => Answer::Accepted,
             Ok(response) if response.status().is_success() => Answer::Received,

@@ -166,6 +166,6 @@ impl Application {
 
 /// Builds and runs the receiver (the binary's entry point).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    telemetry::init(&config.telemetry);
+    telemetry::init(&config.telemetry, "billing-receiver");
     Application::build(config).await?.run_until_stopped(shutdown).await
 }

@@ -200,12 +200,20 @@ impl Default for HttpArgs {
     }
 }
 
-/// Logging.
+/// Logging and traces.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TelemetryArgs {
     /// Log format: `text` for people, `json` for log collectors. The filter comes from RUST_LOG.
     #[arg(long = "log-format", env = "UTS_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+    /// OTLP/HTTP endpoint (base URL, e.g. `http://collector:4318`) to export traces to; traces
+    /// are off without it (or with it empty).
+    #[arg(long = "otlp-endpoint", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Share of the traces starting in this process that are sampled (0 to 1); a trace that
+    /// arrives with a message or request keeps its sampling decision.
+    #[arg(long = "trace-sample-ratio", env = "UTS_TRACE_SAMPLE_RATIO", default_value_t = 1.0)]
+    pub trace_sample_ratio: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

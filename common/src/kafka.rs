@@ -14,10 +14,11 @@ use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message as _;
+use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use crate::config::{KafkaArgs, Topics};
+use crate::trace::Carrier;
 
 /// The base client configuration of every producer, consumer and admin client: brokers, TLS and
 /// SASL settings, then the operator's extra properties.
@@ -288,7 +289,41 @@ pub async fn check_reachable(producer: &DurableProducer, timeout: Duration) -> R
         .unwrap_or(Err(KafkaError::Canceled))
 }
 
-/// Produces one message and waits for the brokers' acknowledgement (or the bounded timeout).
+/// One message to produce, with the trace context of the work it comes from (see [`crate::trace`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    pub topic: &'a str,
+    pub key: &'a [u8],
+    pub payload: &'a [u8],
+    pub trace: Option<&'a Carrier>,
+}
+
+impl<'a> Outgoing<'a> {
+    pub fn new(topic: &'a str, key: &'a [u8], payload: &'a [u8], trace: Option<&'a Carrier>) -> Self {
+        Outgoing { topic, key, payload, trace }
+    }
+
+    fn record(&self) -> FutureRecord<'a, [u8], [u8]> {
+        let record = FutureRecord::to(self.topic).key(self.key).payload(self.payload);
+        match self.trace {
+            None => record,
+            Some(trace) => record.headers(
+                trace
+                    .headers()
+                    .fold(OwnedHeaders::new(), |h, (key, value)| h.insert(Header { key, value: Some(value) })),
+            ),
+        }
+    }
+}
+
+/// The trace context a consumed message carries in its headers.
+pub fn trace_of(message: &impl rdkafka::Message) -> Option<Carrier> {
+    let headers = message.headers()?;
+    Carrier::read(headers.iter().filter_map(|h| Some((h.key, h.value?))))
+}
+
+/// Produces one message without a trace context and waits for the brokers' acknowledgement (or
+/// the bounded timeout).
 pub async fn produce_durably(
     producer: &DurableProducer,
     topic: &str,
@@ -296,26 +331,35 @@ pub async fn produce_durably(
     payload: &[u8],
     timeout: Duration,
 ) -> Result<(), KafkaError> {
-    let record = FutureRecord::to(topic).key(key).payload(payload);
+    produce_one(producer, Outgoing::new(topic, key, payload, None), timeout).await
+}
+
+/// Produces one message and waits for the brokers' acknowledgement (or the bounded timeout).
+pub async fn produce_one(
+    producer: &DurableProducer,
+    message: Outgoing<'_>,
+    timeout: Duration,
+) -> Result<(), KafkaError> {
+    let record = message.record();
     // The queue timeout covers a full local queue; the delivery itself is bounded by
     // message.timeout.ms. Both stay below the caller's patience.
     producer.send(record, rdkafka::util::Timeout::After(timeout)).await.map(|_| ()).map_err(|(err, _)| err)
 }
 
-/// Produces `messages` (topic, key, payload) in the given order and waits until the brokers
+/// Produces `messages` in the given order and waits until the brokers
 /// acknowledged every one. Each message is enqueued before the next (a full local queue is
 /// waited out, never skipped), so the messages to one partition keep their order: the producer
 /// is idempotent, so neither its retries nor concurrency reorder them. Cheaper than one
 /// [`produce_durably`] future per message, and ordered where a set of those futures is not.
 pub async fn produce_all_durably(
     producer: &DurableProducer,
-    messages: &[(&str, &[u8], &[u8])],
+    messages: &[Outgoing<'_>],
     timeout: Duration,
 ) -> Result<(), KafkaError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut deliveries = Vec::with_capacity(messages.len());
-    for &(topic, key, payload) in messages {
-        let mut record = FutureRecord::to(topic).key(key).payload(payload);
+    for message in messages {
+        let mut record = message.record();
         loop {
             match producer.send_result(record) {
                 Ok(delivery) => {

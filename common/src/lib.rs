@@ -25,6 +25,7 @@ pub mod tenants;
 pub mod testing;
 pub mod throttle;
 pub mod tokens;
+pub mod trace;
 
 pub use uts_proto as proto;
 

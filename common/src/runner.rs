@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::KafkaArgs;
 use crate::kafka::{self, DurableProducer};
 use crate::proto::{v1, Message};
+use crate::trace;
 
 /// Most messages of a batch unless `--consumer-max-batch` or the stage says otherwise.
 pub const DEFAULT_MAX_BATCH: u32 = 256;
@@ -62,6 +63,9 @@ pub struct Decoded<T> {
     pub origin: Origin,
     pub key: Option<Vec<u8>>,
     pub item: T,
+    /// The trace context to send on with what this message produces: the context of this
+    /// stage's span for it, or the one it arrived with when this process exports no spans.
+    pub trace: Option<crate::trace::Carrier>,
     /// Position of the raw message in the runner's batch, for the dead-letter topic should the
     /// handler reject it (the raw messages are kept, not copied).
     raw: usize,
@@ -229,6 +233,7 @@ impl Runner {
                     .record(age_ms as f64 / 1000.0);
             }
             let mut batch = Vec::with_capacity(messages.len());
+            let mut spans = Vec::new();
             let mut origins = Vec::with_capacity(messages.len());
             for (raw, message) in messages.iter().enumerate() {
                 let message = match message {
@@ -241,16 +246,28 @@ impl Runner {
                     }
                 };
                 let origin = origin_of(&message);
+                let mut trace = kafka::trace_of(message);
+                let span = trace::consumer_span(&origin, message.key(), trace.as_ref());
+                if let Some(span) = &span {
+                    trace = span.carrier();
+                }
                 match handler.decode(message.topic(), message.key(), message.payload()) {
-                    Ok(item) => batch.push(Decoded {
-                        origin: origin.clone(),
-                        key: message.key().map(<[u8]>::to_vec),
-                        item,
-                        raw,
-                    }),
+                    Ok(item) => {
+                        batch.push(Decoded {
+                            origin: origin.clone(),
+                            key: message.key().map(<[u8]>::to_vec),
+                            item,
+                            trace,
+                            raw,
+                        });
+                        spans.push(span);
+                    }
                     Err(reason) => {
+                        if let Some(span) = &span {
+                            span.fail(&reason);
+                        }
                         let (key, payload) = (message.key(), message.payload().unwrap_or_default());
-                        if !self.dead_letter(&origin, key, payload, &reason, shutdown).await {
+                        if !self.dead_letter(&origin, key, payload, trace.as_ref(), &reason, shutdown).await {
                             // Shutting down before the dead letter was written: do not commit.
                             return Ok(());
                         }
@@ -265,8 +282,12 @@ impl Runner {
                 for Rejected { position, reason } in rejected {
                     let Some(decoded) = batch.get(position) else { continue };
                     let Some(Ok(message)) = messages.get(decoded.raw) else { continue };
+                    if let Some(Some(span)) = spans.get(position) {
+                        span.fail(&reason);
+                    }
                     let (key, payload) = (message.key(), message.payload().unwrap_or_default());
-                    if !self.dead_letter(&decoded.origin, key, payload, &reason, shutdown).await {
+                    let trace = decoded.trace.as_ref();
+                    if !self.dead_letter(&decoded.origin, key, payload, trace, &reason, shutdown).await {
                         return Ok(());
                     }
                 }
@@ -289,6 +310,8 @@ impl Runner {
                     );
                 }
             }
+            // The messages' spans end with their batch.
+            drop(spans);
             metrics::counter!("uts_stage_messages_total", "stage" => self.name).increment(origins.len() as u64);
             self.liveness.batch_done();
         }
@@ -338,6 +361,7 @@ impl Runner {
         origin: &Origin,
         key: Option<&[u8]>,
         payload: &[u8],
+        trace: Option<&trace::Carrier>,
         reason: &str,
         shutdown: &CancellationToken,
     ) -> bool {
@@ -364,9 +388,8 @@ impl Runner {
         let key = key.unwrap_or_default();
         let mut backoff = MIN_BACKOFF;
         loop {
-            match kafka::produce_durably(&self.producer, &self.dead_letter_topic, key, &payload, self.produce_timeout)
-                .await
-            {
+            let letter = kafka::Outgoing::new(&self.dead_letter_topic, key, &payload, trace);
+            match kafka::produce_one(&self.producer, letter, self.produce_timeout).await {
                 Ok(()) => return true,
                 Err(err) => tracing::warn!(%err, "writing a dead letter failed; retrying"),
             }

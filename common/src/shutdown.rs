@@ -15,7 +15,10 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let config = C::parse();
-    match run(config, on_signal()).await {
+    let result = run(config, on_signal()).await;
+    // The batch exporter waits on its own thread; not on a runtime worker.
+    let _ = tokio::task::spawn_blocking(crate::trace::shutdown).await;
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("{name} failed: {err:#}");

@@ -1,4 +1,4 @@
-//! One init function for logs and metrics.
+//! One init function for logs, metrics and traces.
 
 use std::sync::OnceLock;
 
@@ -10,9 +10,10 @@ use crate::config::{LogFormat, TelemetryArgs};
 /// Buckets for every `*_seconds` histogram: from 0.5 ms to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-/// Installs the tracing subscriber (filter from `RUST_LOG`, default `info`) and the Prometheus
-/// metrics recorder. Safe to call more than once (tests build several apps in one process).
-pub fn init(args: &TelemetryArgs) -> PrometheusHandle {
+/// Installs the tracing subscriber (filter from `RUST_LOG`, default `info`), the Prometheus
+/// metrics recorder and, with an OTLP endpoint, the span exporter of `service`. Safe to call
+/// more than once (tests build several apps in one process).
+pub fn init(args: &TelemetryArgs, service: &'static str) -> PrometheusHandle {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -22,6 +23,12 @@ pub fn init(args: &TelemetryArgs) -> PrometheusHandle {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    // Empty is off too (compose passes an unset variable on as empty).
+    if let Some(endpoint) = args.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
+        if let Err(err) = crate::trace::init(endpoint, service, args.trace_sample_ratio.clamp(0.0, 1.0)) {
+            tracing::error!(error = format!("{err:#}"), "traces are off");
+        }
+    }
     metrics_handle()
 }
 
@@ -55,11 +62,12 @@ pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// HTTP middleware: counts requests by method, route and status and times them, as
-/// `uts_<service>_http_requests_total` and `uts_<service>_http_request_duration_seconds`.
+/// `uts_<service>_http_requests_total` and `uts_<service>_http_request_duration_seconds`, and
+/// with traces on makes the request's server span ([`crate::trace::server_span`]).
 /// Use with `axum::middleware::from_fn_with_state("gateway", record_http_request)`.
 pub async fn record_http_request(
     axum::extract::State(service): axum::extract::State<&'static str>,
-    request: axum::extract::Request,
+    mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let route = request
@@ -68,7 +76,17 @@ pub async fn record_http_request(
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().as_str().to_owned();
     let started = std::time::Instant::now();
+    let span = crate::trace::server_span(&mut request, &route);
     let response = next.run(request).await;
+    if let Some(span) = &span {
+        span.set_attribute(crate::trace::KeyValue::new(
+            "http.response.status_code",
+            i64::from(response.status().as_u16()),
+        ));
+        if response.status().is_server_error() {
+            span.fail(response.status().as_str());
+        }
+    }
     let status = response.status().as_u16().to_string();
     metrics::counter!(format!("uts_{service}_http_requests_total"), "method" => method, "route" => route.clone(), "status" => status)
         .increment(1);

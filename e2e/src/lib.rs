@@ -81,9 +81,14 @@ impl Pipeline {
 
     async fn start_inner(pool: PgPool, callbacks: bool, kafka_flags: &[String]) -> Self {
         // Stage logs (RUST_LOG) show in the output of a failing test.
-        uts_common::telemetry::init(&uts_common::config::TelemetryArgs {
-            log_format: uts_common::config::LogFormat::Text,
-        });
+        uts_common::telemetry::init(
+            &uts_common::config::TelemetryArgs {
+                log_format: uts_common::config::LogFormat::Text,
+                otlp_endpoint: None,
+                trace_sample_ratio: 1.0,
+            },
+            "e2e",
+        );
         let kafka = if kafka_flags.is_empty() {
             isolated_kafka(3).await
         } else {

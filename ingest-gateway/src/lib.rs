@@ -147,7 +147,7 @@ impl Application {
 
 /// Builds and runs the gateway with its own pool (the binary's entry point).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    telemetry::init(&config.telemetry);
+    telemetry::init(&config.telemetry, "ingest-gateway");
     let pool = uts_common::db::connect(&config.database).await?;
     Application::build(config, pool).await?.run_until_stopped(shutdown).await
 }

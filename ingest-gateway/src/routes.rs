@@ -142,14 +142,11 @@ async fn accept(
     }
     let message = to_message(&principal, &job, origin, key, batch);
     let started = Instant::now();
-    let produced = kafka::produce_durably(
-        &state.producer,
-        &state.jobs_topic,
-        job.job_id.as_bytes(),
-        &message.encode_to_vec(),
-        state.produce_timeout,
-    )
-    .await;
+    // The request's context (its server span's, see uts_common::trace) goes on with the job.
+    let trace = uts_common::trace::of_headers(headers);
+    let payload = message.encode_to_vec();
+    let outgoing = kafka::Outgoing::new(&state.jobs_topic, job.job_id.as_bytes(), &payload, trace.as_ref());
+    let produced = kafka::produce_one(&state.producer, outgoing, state.produce_timeout).await;
     metrics::histogram!("uts_gateway_kafka_produce_duration_seconds").record(started.elapsed().as_secs_f64());
     if let Err(err) = produced {
         if matches!(

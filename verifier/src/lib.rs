@@ -37,9 +37,10 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use uts_common::admin;
 use uts_common::config::{AdminArgs, DatabaseArgs, KafkaArgs, RetentionArgs, TelemetryArgs};
-use uts_common::kafka::{self, DurableProducer};
+use uts_common::kafka::{self, DurableProducer, Outgoing};
 use uts_common::proto::{v1, Message};
 use uts_common::runner::{decode_proto, Decoded, Handler, Rejected, Runner};
+use uts_common::trace::Carrier;
 
 use crate::catalog::Catalog;
 use crate::decide::{aggregation_key_text, judge};
@@ -198,15 +199,14 @@ impl Handler for Verifier {
         // Jobs are independent (nothing downstream depends on the order of two jobs), so the
         // batch is verified in chunks at once: each chunk's statement and its wait for the
         // brokers overlap the others'. The offsets are stored when every chunk succeeded.
-        let jobs: Vec<&v1::UsageJob> = batch.iter().map(|d| &d.item).collect();
         let mut chunks = Vec::new();
-        for chunk in jobs.chunks(CHUNK) {
+        for chunk in batch.chunks(CHUNK) {
             chunks.push(self.verify(chunk));
         }
         for result in futures::future::join_all(chunks).await {
             result?;
         }
-        let usages: u64 = jobs.iter().map(|j| u64::from(j.usages_count)).sum();
+        let usages: u64 = batch.iter().map(|d| u64::from(d.item.usages_count)).sum();
         metrics::counter!("uts_verifier_usages_total").increment(usages);
         Ok(Vec::new())
     }
@@ -217,21 +217,27 @@ impl Handler for Verifier {
 const CHUNK: usize = 64;
 
 impl Verifier {
-    /// Decides (or finds the stored decision of) `jobs` and produces the outcome.
-    async fn verify(&self, jobs: &[&v1::UsageJob]) -> anyhow::Result<()> {
-        let decisions = self.decisions(jobs).await?;
+    /// Decides (or finds the stored decision of) `jobs` and produces the outcome, each job's
+    /// messages with its trace context.
+    async fn verify(&self, chunk: &[Decoded<v1::UsageJob>]) -> anyhow::Result<()> {
+        let jobs: Vec<&v1::UsageJob> = chunk.iter().map(|d| &d.item).collect();
+        let traces: HashMap<&str, &Carrier> =
+            chunk.iter().filter_map(|d| Some((d.item.job_id.as_str(), d.trace.as_ref()?))).collect();
+        let decisions = self.decisions(&jobs).await?;
         let mut sends = Vec::new();
         for decision in decisions.values() {
+            let trace = traces.get(decision.status.job_id.as_str()).copied();
             for verified in &decision.batches {
                 let key = verified.key.as_ref().map(aggregation_key_text).unwrap_or_default();
-                sends.push((self.verified_topic.as_str(), key, verified.encode_to_vec()));
+                sends.push((self.verified_topic.as_str(), key, verified.encode_to_vec(), trace));
             }
-            sends.push((self.status_topic.as_str(), decision.status.job_id.clone(), decision.status.encode_to_vec()));
+            let status = decision.status.encode_to_vec();
+            sends.push((self.status_topic.as_str(), decision.status.job_id.clone(), status, trace));
         }
-        let mut messages: Vec<(&str, &[u8], &[u8])> = Vec::with_capacity(sends.len());
-        for (topic, key, payload) in &sends {
-            messages.push((topic, key.as_bytes(), payload));
-        }
+        let messages: Vec<Outgoing<'_>> = sends
+            .iter()
+            .map(|(topic, key, payload, trace)| Outgoing::new(topic, key.as_bytes(), payload, *trace))
+            .collect();
         kafka::produce_all_durably(&self.producer, &messages, self.produce_timeout)
             .await
             .context("producing verified usages and status events")
@@ -273,7 +279,7 @@ pub async fn run_with_pool(config: Config, pool: PgPool, shutdown: CancellationT
 
 /// The binary's entry point.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    uts_common::telemetry::init(&config.telemetry);
+    uts_common::telemetry::init(&config.telemetry, "verifier");
     let pool = uts_common::db::connect(&config.database).await?;
     run_with_pool(config, pool, shutdown).await
 }

@@ -57,6 +57,12 @@ app.kubernetes.io/component: {{ .stage }}
   value: {{ .Values.logFormat | quote }}
 - name: RUST_LOG
   value: {{ .Values.rustLog | quote }}
+{{- with .Values.telemetry.otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+- name: UTS_TRACE_SAMPLE_RATIO
+  value: {{ $.Values.telemetry.traceSampleRatio | quote }}
+{{- end }}
 {{- end -}}
 
 {{/* The settings of the processes that verify tokens (gateway, query service). */}}

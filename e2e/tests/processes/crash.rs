@@ -11,8 +11,6 @@
 //! versions in strictly increasing order, the last one carrying the exact value and count.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::TcpListener;
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,7 +21,6 @@ use clap::Parser;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use uts_common::auth::mint_hs256;
 use uts_common::domain::TenantType;
@@ -31,7 +28,8 @@ use uts_common::proto::{v1, Message};
 use uts_common::tenants::{self, Tenant};
 use uts_common::testing::{isolated_kafka, read_topic_to_end};
 
-const SECRET: &str = "crash-test-secret-0123456789abcdef";
+use super::stages::{environment, free_port, Stage, SECRET};
+
 const USAGES_PER_JOB: usize = 100;
 /// Clients posting at once; each waits [`PACE`] between its jobs, so the load lasts as long as
 /// the kills need (it stops when the last kill is done) without flooding the debug binaries.
@@ -42,56 +40,6 @@ const MAX_JOBS: usize = 900;
 /// Victims in order (indexes into the stages): every stage at least twice, the aggregators
 /// (2 and 3, one consumer group) four times.
 const SCHEDULE: [usize; 12] = [1, 2, 5, 4, 0, 3, 1, 2, 5, 4, 2, 0];
-
-fn binary(name: &str) -> PathBuf {
-    // target/<profile>/deps/crash-… → target/<profile>/<name>
-    let dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
-    let path = dir.join(name);
-    assert!(path.exists(), "{} is missing: build the binaries first (cargo build --workspace --bins)", path.display());
-    path
-}
-
-struct Stage {
-    name: &'static str,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-    child: Option<Child>,
-    kills: usize,
-}
-
-impl Stage {
-    fn spawn(&mut self) {
-        let mut command = Command::new(binary(self.name));
-        command.args(&self.args).envs(self.env.iter().cloned()).kill_on_drop(true);
-        self.child = Some(command.spawn().unwrap());
-    }
-
-    async fn kill_and_restart(&mut self) {
-        let mut child = self.child.take().unwrap();
-        child.start_kill().unwrap(); // SIGKILL
-        child.wait().await.unwrap();
-        self.kills += 1;
-        self.spawn();
-    }
-
-    async fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-        }
-    }
-}
-
-fn database_url(pool: &PgPool) -> String {
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    let database = pool.connect_options().get_database().unwrap().to_owned();
-    let (prefix, _) = base.rsplit_once('/').unwrap();
-    format!("{prefix}/{database}")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// Job `j`: 100 usages of `op` with exact values, a fifth of them dated yesterday.
 fn job_body(j: usize) -> (Value, Vec<(NaiveDate, Decimal)>) {
@@ -220,29 +168,7 @@ async fn killed_and_restarted_stages_neither_lose_nor_double_a_usage(pool: PgPoo
 
     let port = free_port();
     let query_port = free_port();
-    let env = vec![
-        ("UTS_KAFKA_BROKERS".to_owned(), kafka.brokers.clone()),
-        ("UTS_TOPIC_PREFIX".to_owned(), kafka.topic_prefix.clone()),
-        // The broker's smallest session: a killed consumer's partitions move on after 6 s.
-        ("UTS_KAFKA_PROPERTIES".to_owned(), "session.timeout.ms=6000".to_owned()),
-        ("DATABASE_URL".to_owned(), database_url(&pool)),
-        ("UTS_JWT_HS256_SECRET".to_owned(), SECRET.to_owned()),
-        ("UTS_ADMIN_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
-        ("UTS_DATABASE_MAX_CONNECTIONS".to_owned(), "4".to_owned()),
-        ("RUST_LOG".to_owned(), "error".to_owned()),
-        ("UTS_VERIFIER_GROUP".to_owned(), format!("v-{}", kafka.topic_prefix)),
-        ("UTS_AGGREGATOR_GROUP".to_owned(), format!("a-{}", kafka.topic_prefix)),
-        ("UTS_BILLING_FORWARDER_GROUP".to_owned(), format!("b-{}", kafka.topic_prefix)),
-        ("UTS_QUERY_GROUP".to_owned(), format!("q-{}", kafka.topic_prefix)),
-        ("UTS_BILLING_URL".to_owned(), billing_url.clone()),
-        ("UTS_BILLING_RECEIPTS_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
-        ("UTS_BILLING_SEND_INTERVAL_MS".to_owned(), "100".to_owned()),
-        ("UTS_BILLING_RETRY_BASE_MS".to_owned(), "200".to_owned()),
-        ("UTS_BILLING_REQUEST_TIMEOUT_MS".to_owned(), "2000".to_owned()),
-        ("UTS_CATALOG_REFRESH_MS".to_owned(), "500".to_owned()),
-        // The test reads every job back: hundreds of GETs in a few seconds.
-        ("UTS_QUERY_RATE_LIMIT_PER_SECOND".to_owned(), "0".to_owned()),
-    ];
+    let env = environment(&kafka, &pool, &billing_url);
     let stage = |name: &'static str, args: Vec<String>| Stage { name, args, env: env.clone(), child: None, kills: 0 };
     let mut stages = vec![
         stage("ingest-gateway", vec![format!("--listen-addr=127.0.0.1:{port}")]),

@@ -1,0 +1,88 @@
+//! Stage processes for the tests that run the real binaries.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+
+use sqlx::PgPool;
+use tokio::process::{Child, Command};
+use uts_common::config::KafkaArgs;
+
+pub const SECRET: &str = "crash-test-secret-0123456789abcdef";
+
+pub fn binary(name: &str) -> PathBuf {
+    // target/<profile>/deps/processes-… → target/<profile>/<name>
+    let dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: build the binaries first (cargo build --workspace --bins)", path.display());
+    path
+}
+
+pub struct Stage {
+    pub name: &'static str,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub child: Option<Child>,
+    pub kills: usize,
+}
+
+impl Stage {
+    pub fn spawn(&mut self) {
+        let mut command = Command::new(binary(self.name));
+        command.args(&self.args).envs(self.env.iter().cloned()).kill_on_drop(true);
+        self.child = Some(command.spawn().unwrap());
+    }
+
+    pub async fn kill_and_restart(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.start_kill().unwrap(); // SIGKILL
+        child.wait().await.unwrap();
+        self.kills += 1;
+        self.spawn();
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+}
+
+pub fn database_url(pool: &PgPool) -> String {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let database = pool.connect_options().get_database().unwrap().to_owned();
+    let (prefix, _) = base.rsplit_once('/').unwrap();
+    format!("{prefix}/{database}")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The environment of every stage process: the test's topics, database and billing receiver,
+/// quick retries and rounds, errors-only logs.
+pub fn environment(kafka: &KafkaArgs, pool: &PgPool, billing_url: &str) -> Vec<(String, String)> {
+    vec![
+        ("UTS_KAFKA_BROKERS".to_owned(), kafka.brokers.clone()),
+        ("UTS_TOPIC_PREFIX".to_owned(), kafka.topic_prefix.clone()),
+        // The broker's smallest session: a killed consumer's partitions move on after 6 s.
+        ("UTS_KAFKA_PROPERTIES".to_owned(), "session.timeout.ms=6000".to_owned()),
+        ("DATABASE_URL".to_owned(), database_url(pool)),
+        ("UTS_JWT_HS256_SECRET".to_owned(), SECRET.to_owned()),
+        ("UTS_ADMIN_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
+        ("UTS_DATABASE_MAX_CONNECTIONS".to_owned(), "4".to_owned()),
+        ("RUST_LOG".to_owned(), "error".to_owned()),
+        ("UTS_VERIFIER_GROUP".to_owned(), format!("v-{}", kafka.topic_prefix)),
+        ("UTS_AGGREGATOR_GROUP".to_owned(), format!("a-{}", kafka.topic_prefix)),
+        ("UTS_BILLING_FORWARDER_GROUP".to_owned(), format!("b-{}", kafka.topic_prefix)),
+        ("UTS_QUERY_GROUP".to_owned(), format!("q-{}", kafka.topic_prefix)),
+        ("UTS_BILLING_URL".to_owned(), billing_url.to_owned()),
+        ("UTS_BILLING_RECEIPTS_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
+        ("UTS_BILLING_SEND_INTERVAL_MS".to_owned(), "100".to_owned()),
+        ("UTS_BILLING_RETRY_BASE_MS".to_owned(), "200".to_owned()),
+        ("UTS_BILLING_REQUEST_TIMEOUT_MS".to_owned(), "2000".to_owned()),
+        ("UTS_CATALOG_REFRESH_MS".to_owned(), "500".to_owned()),
+        // The test reads every job back: hundreds of GETs in a few seconds.
+        ("UTS_QUERY_RATE_LIMIT_PER_SECOND".to_owned(), "0".to_owned()),
+    ]
+}
