@@ -245,7 +245,7 @@ impl Runner {
                         continue;
                     }
                 };
-                let origin = origin_of(&message);
+                let origin = origin_of(message);
                 let mut trace = kafka::trace_of(message);
                 let span = trace::consumer_span(&origin, message.key(), trace.as_ref());
                 if let Some(span) = &span {

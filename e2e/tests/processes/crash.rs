@@ -17,18 +17,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{Days, NaiveDate, SecondsFormat, Utc};
-use clap::Parser;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
 use uts_common::auth::mint_hs256;
-use uts_common::domain::TenantType;
 use uts_common::proto::{v1, Message};
-use uts_common::tenants::{self, Tenant};
 use uts_common::testing::{isolated_kafka, read_topic_to_end};
 
-use super::stages::{environment, free_port, Stage, SECRET};
+use super::stages::{billing_receiver, environment, free_port, seed, Stage, SECRET};
 
 const USAGES_PER_JOB: usize = 100;
 /// Clients posting at once; each waits [`PACE`] between its jobs, so the load lasts as long as
@@ -145,26 +141,8 @@ fn in_flight(victim: &str, now: &Progress, since: &Progress) -> bool {
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn killed_and_restarted_stages_neither_lose_nor_double_a_usage(pool: PgPool) {
     let kafka = isolated_kafka(4).await;
-    for (id, kind) in [("op", TenantType::Operator), ("prov", TenantType::Developer)] {
-        tenants::upsert(&pool, &Tenant { tenant_id: id.into(), tenant_type: kind, operator_tenant_id: None })
-            .await
-            .unwrap();
-    }
-    sqlx::query("INSERT INTO rules (application, unit, owner_tenant_id, billing_enabled) VALUES ('app', 'crash-unit', 'prov', true)")
-        .execute(&pool)
-        .await
-        .unwrap();
-
-    let receiver_shutdown = CancellationToken::new();
-    let receiver = billing_receiver::Application::build(billing_receiver::Config::parse_from([
-        "billing-receiver",
-        "--listen-addr=127.0.0.1:0",
-        "--admin-addr=127.0.0.1:0",
-    ]))
-    .await
-    .unwrap();
-    let billing_url = format!("http://{}/billing/v1/records", receiver.local_addr());
-    tokio::spawn(receiver.run_until_stopped(receiver_shutdown.clone()));
+    seed(&pool, "crash-unit").await;
+    let (billing_url, receiver_shutdown) = billing_receiver().await;
 
     let port = free_port();
     let query_port = free_port();

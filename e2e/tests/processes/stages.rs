@@ -3,9 +3,13 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 
+use clap::Parser;
 use sqlx::PgPool;
 use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
 use uts_common::config::KafkaArgs;
+use uts_common::domain::TenantType;
+use uts_common::tenants::{self, Tenant};
 
 pub const SECRET: &str = "crash-test-secret-0123456789abcdef";
 
@@ -85,4 +89,36 @@ pub fn environment(kafka: &KafkaArgs, pool: &PgPool, billing_url: &str) -> Vec<(
         // The test reads every job back: hundreds of GETs in a few seconds.
         ("UTS_QUERY_RATE_LIMIT_PER_SECOND".to_owned(), "0".to_owned()),
     ]
+}
+
+/// Tenants `op` (operator, the submitter) and `prov` (developer), and `prov`'s billed rule for
+/// (`app`, `unit`).
+pub async fn seed(pool: &PgPool, unit: &str) {
+    for (id, kind) in [("op", TenantType::Operator), ("prov", TenantType::Developer)] {
+        tenants::upsert(pool, &Tenant { tenant_id: id.into(), tenant_type: kind, operator_tenant_id: None })
+            .await
+            .unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO rules (application, unit, owner_tenant_id, billing_enabled) VALUES ('app', $1, 'prov', true)",
+    )
+    .bind(unit)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// The reference billing receiver, in the test's process: its records URL and its stop token.
+pub async fn billing_receiver() -> (String, CancellationToken) {
+    let shutdown = CancellationToken::new();
+    let receiver = billing_receiver::Application::build(billing_receiver::Config::parse_from([
+        "billing-receiver",
+        "--listen-addr=127.0.0.1:0",
+        "--admin-addr=127.0.0.1:0",
+    ]))
+    .await
+    .unwrap();
+    let url = format!("http://{}/billing/v1/records", receiver.local_addr());
+    tokio::spawn(receiver.run_until_stopped(shutdown.clone()));
+    (url, shutdown)
 }

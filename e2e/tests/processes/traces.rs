@@ -15,19 +15,15 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::post;
 use chrono::{SecondsFormat, Utc};
-use clap::Parser;
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use prost::Message as _;
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
 use uts_common::auth::mint_hs256;
-use uts_common::domain::TenantType;
-use uts_common::tenants::{self, Tenant};
 use uts_common::testing::isolated_kafka;
 
-use super::stages::{environment, free_port, Stage, SECRET};
+use super::stages::{billing_receiver, environment, free_port, seed, Stage, SECRET};
 
 /// A span as the collector received it.
 #[derive(Debug, Clone)]
@@ -100,15 +96,7 @@ fn one_usage(days_ago: u64) -> Value {
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn one_jobs_trace_crosses_every_process(pool: PgPool) {
     let kafka = isolated_kafka(2).await;
-    for (id, kind) in [("op", TenantType::Operator), ("prov", TenantType::Developer)] {
-        tenants::upsert(&pool, &Tenant { tenant_id: id.into(), tenant_type: kind, operator_tenant_id: None })
-            .await
-            .unwrap();
-    }
-    sqlx::query("INSERT INTO rules (application, unit, owner_tenant_id, billing_enabled) VALUES ('app', 'trace-unit', 'prov', true)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    seed(&pool, "trace-unit").await;
 
     let spans: Spans = Arc::default();
     let collector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -116,16 +104,7 @@ async fn one_jobs_trace_crosses_every_process(pool: PgPool) {
     let app = axum::Router::new().route("/v1/traces", post(export)).with_state(spans.clone());
     tokio::spawn(async move { axum::serve(collector, app).await });
 
-    let receiver_shutdown = CancellationToken::new();
-    let receiver = billing_receiver::Application::build(billing_receiver::Config::parse_from([
-        "billing-receiver",
-        "--listen-addr=127.0.0.1:0",
-        "--admin-addr=127.0.0.1:0",
-    ]))
-    .await
-    .unwrap();
-    let billing_url = format!("http://{}/billing/v1/records", receiver.local_addr());
-    tokio::spawn(receiver.run_until_stopped(receiver_shutdown.clone()));
+    let (billing_url, receiver_shutdown) = billing_receiver().await;
 
     let (port, query_port) = (free_port(), free_port());
     let mut env = environment(&kafka, &pool, &billing_url);
