@@ -180,7 +180,7 @@ impl Producer {
             rows
         {
             // The record's events join the trace of the job whose batch made the version.
-            let trace = parent.map(|traceparent| Carrier { traceparent, tracestate });
+            let trace = Carrier::from_columns(parent, tracestate);
             let mut aggregates = covered_by.remove(&key).unwrap_or_default();
             aggregates.push(v1::DailyAggregate::decode(message.as_slice()).context("decoding an outbox message")?);
             let record = RecordState {

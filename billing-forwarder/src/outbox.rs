@@ -276,7 +276,7 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> sqlx::Result<V
     Ok(rows
         .into_iter()
         .map(|(record_key, message, state, attempts, failure_reported, version, covers_from, parent, state_)| {
-            let trace = parent.map(|traceparent| Carrier { traceparent, tracestate: state_ });
+            let trace = Carrier::from_columns(parent, state_);
             Claimed {
                 record_key,
                 message,

@@ -65,6 +65,11 @@ impl Carrier {
         Carrier::of(&carrier.context())
     }
 
+    /// A context kept in two columns (`traceparent`, `tracestate`), as the billing outbox does.
+    pub fn from_columns(traceparent: Option<String>, tracestate: Option<String>) -> Option<Self> {
+        traceparent.map(|traceparent| Carrier { traceparent, tracestate })
+    }
+
     /// The `(name, value)` headers to send.
     pub fn headers(&self) -> impl Iterator<Item = (&'static str, &str)> {
         std::iter::once((TRACEPARENT, self.traceparent.as_str()))
