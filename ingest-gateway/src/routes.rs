@@ -138,7 +138,10 @@ async fn accept(
 
     if state.kafka_health.is_down() {
         metrics::counter!("uts_gateway_kafka_produce_failures_total").increment(1);
-        return Err(ApiError::service_unavailable("Kafka is unavailable; nothing was accepted, retry later", 1));
+        return Err(ApiError::service_unavailable(
+            "Kafka is unavailable; nothing was accepted, retry later",
+            state.kafka_health.retry_after_seconds(),
+        ));
     }
     let message = to_message(&principal, &job, origin, key, batch);
     let started = Instant::now();
@@ -156,7 +159,9 @@ async fn accept(
             state.kafka_health.mark_down();
         }
         metrics::counter!("uts_gateway_kafka_produce_failures_total").increment(1);
-        return Err(unavailable("Kafka", &err));
+        let mut refused = unavailable("Kafka", &err);
+        refused.retry_after = Some(state.kafka_health.retry_after_seconds());
+        return Err(refused);
     }
     metrics::counter!("uts_gateway_usages_accepted_total").increment(u64::from(job.usages_count));
     metrics::counter!("uts_gateway_jobs_accepted_total").increment(1);
