@@ -9,8 +9,8 @@
 #           and
 #             eval "$(deploy/local/infra.sh up)"
 #           work. A second `up` with everything running is a fast no-op.
-#   down    stop Kafka and PostgreSQL, and the TLS-only pair of secure.sh (data is kept under
-#           $UTS_LOCAL_DIR).
+#   down    stop Kafka and PostgreSQL, the TLS-only pair of secure.sh, the three-node Kafka
+#           cluster and the PostgreSQL of the fault tests (data is kept under $UTS_LOCAL_DIR).
 #   status  show both; exits 0 only if both are running, 3 otherwise.
 #   env     print the export lines without starting anything.
 #
@@ -53,6 +53,10 @@ cmd_down() {
   local rc=0
   # The TLS-only pair of the TLS/SASL test, when the tests started it.
   "$HERE/secure.sh" down || rc=1
+  # What the fault tests start (e2e/tests/processes/faults.rs), when they ran.
+  [[ ! -d "$UTS_LOCAL_DIR/cluster" ]] || "$HERE/kafka.sh" cluster down || rc=1
+  [[ ! -d "$UTS_LOCAL_DIR/faults" ]] || env -u UTS_PG_DIR UTS_LOCAL_DIR="$UTS_LOCAL_DIR/faults" UTS_PG_PORT=55632 \
+    "$HERE/postgres.sh" stop || rc=1
   "$HERE/kafka.sh" stop || rc=1
   "$HERE/postgres.sh" stop || rc=1
   return "$rc"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Local, project-private PostgreSQL cluster (Debian's server binaries, no Docker, no systemd).
 #
-# Usage: deploy/local/postgres.sh start|stop|restart|status|psql [psql args...]
+# Usage: deploy/local/postgres.sh start|stop|crash|restart|status|psql [psql args...]
 #
 # How it works:
 #   * Server binaries: the newest /usr/lib/postgresql/<ver>/bin; if there is none, `apt-get install
@@ -22,6 +22,8 @@
 #     throwaway databases) and database `uts` owned by it. Idempotent.
 #   * `start` returns once a real query over TCP as uts succeeds (deadline PG_START_TIMEOUT, 60 s).
 #   * `stop` = pg_ctl stop -m fast (falls back to -m immediate after PG_STOP_TIMEOUT, 60 s).
+#   * `crash` = pg_ctl stop -m immediate: every backend killed, no checkpoint, crash recovery on
+#     the next start (the fault tests).
 #   * `status` exits 0 when the server is running, 3 when it is not.
 set -euo pipefail
 
@@ -297,6 +299,7 @@ cmd_start() {
 }
 
 cmd_stop() {
+  local mode="${1:-fast}"
   lock
   PG_BINDIR="$(find_bindir)"
   if [[ -z "$PG_BINDIR" ]]; then
@@ -308,8 +311,8 @@ cmd_stop() {
     log_info "PostgreSQL is not running ($PGDATA_DIR)"
     return 0
   fi
-  log_info "stopping PostgreSQL ($PGDATA_DIR) with pg_ctl stop -m fast"
-  if ! as_pg "$PG_BINDIR/pg_ctl" -D "$PGDATA_DIR" -m fast -w -t "$PG_STOP_TIMEOUT" -s stop 9>&-; then
+  log_info "stopping PostgreSQL ($PGDATA_DIR) with pg_ctl stop -m $mode"
+  if ! as_pg "$PG_BINDIR/pg_ctl" -D "$PGDATA_DIR" -m "$mode" -w -t "$PG_STOP_TIMEOUT" -s stop 9>&-; then
     log_warn "fast shutdown did not finish within ${PG_STOP_TIMEOUT}s; using -m immediate"
     as_pg "$PG_BINDIR/pg_ctl" -D "$PGDATA_DIR" -m immediate -w -t 30 -s stop 9>&- ||
       die "could not stop PostgreSQL ($PGDATA_DIR)"
@@ -339,6 +342,7 @@ cmd_status() {
 case "${1:-}" in
   start) cmd_start ;;
   stop) cmd_stop ;;
+  crash) cmd_stop immediate ;;
   restart)
     cmd_stop
     exec 9>&-

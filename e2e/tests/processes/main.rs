@@ -1,7 +1,11 @@
 //! The tests that run every stage as a real process (the binaries of `cargo build --bins`):
-//! the SIGKILL crash test and the trace that follows one job across the processes. One test
-//! binary for both.
+//! the SIGKILL crash test, the infrastructure faults (a replicated Kafka cluster losing brokers,
+//! PostgreSQL restarting) and the trace that follows one job across the processes. One test
+//! binary for all of them; the load and the oracle are shared.
 
 mod crash;
+mod faults;
+mod load;
+mod oracle;
 mod stages;
 mod traces;

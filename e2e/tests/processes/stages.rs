@@ -44,6 +44,11 @@ impl Stage {
         self.spawn();
     }
 
+    /// How it ended, if it did (a stage must survive its dependencies' faults).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|child| child.try_wait().unwrap())
+    }
+
     pub async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.start_kill();
@@ -65,13 +70,13 @@ pub fn free_port() -> u16 {
 
 /// The environment of every stage process: the test's topics, database and billing receiver,
 /// quick retries and rounds, errors-only logs.
-pub fn environment(kafka: &KafkaArgs, pool: &PgPool, billing_url: &str) -> Vec<(String, String)> {
+pub fn environment(kafka: &KafkaArgs, database_url: &str, billing_url: &str) -> Vec<(String, String)> {
     vec![
         ("UTS_KAFKA_BROKERS".to_owned(), kafka.brokers.clone()),
         ("UTS_TOPIC_PREFIX".to_owned(), kafka.topic_prefix.clone()),
         // The broker's smallest session: a killed consumer's partitions move on after 6 s.
         ("UTS_KAFKA_PROPERTIES".to_owned(), "session.timeout.ms=6000".to_owned()),
-        ("DATABASE_URL".to_owned(), database_url(pool)),
+        ("DATABASE_URL".to_owned(), database_url.to_owned()),
         ("UTS_JWT_HS256_SECRET".to_owned(), SECRET.to_owned()),
         ("UTS_ADMIN_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
         ("UTS_DATABASE_MAX_CONNECTIONS".to_owned(), "4".to_owned()),

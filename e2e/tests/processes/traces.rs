@@ -23,7 +23,7 @@ use sqlx::PgPool;
 use uts_common::auth::mint_hs256;
 use uts_common::testing::isolated_kafka;
 
-use super::stages::{billing_receiver, environment, free_port, seed, Stage, SECRET};
+use super::stages::{billing_receiver, database_url, environment, free_port, seed, Stage, SECRET};
 
 /// A span as the collector received it.
 #[derive(Debug, Clone)]
@@ -107,7 +107,7 @@ async fn one_jobs_trace_crosses_every_process(pool: PgPool) {
     let (billing_url, receiver_shutdown) = billing_receiver().await;
 
     let (port, query_port) = (free_port(), free_port());
-    let mut env = environment(&kafka, &pool, &billing_url);
+    let mut env = environment(&kafka, &database_url(&pool), &billing_url);
     env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), collector_url));
     // Export every 100 ms instead of 5 s.
     env.push(("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()));
