@@ -64,6 +64,59 @@ pub struct PipelineArgs {
     /// Application and unit prefix of the load (rules for it must exist).
     #[arg(long, default_value = "bench-app")]
     pub application: String,
+
+    /// Soak: a line a minute instead of a line a second (every process's RSS, every stage's
+    /// largest lag in that minute), then whether memory stayed flat after the warm-up minutes
+    /// and the lags bounded.
+    #[arg(long)]
+    pub soak: bool,
+}
+
+/// Minutes of a soak that are warm-up: caches, pools and librdkafka's queues fill.
+const WARM_UP_MINUTES: usize = 2;
+
+/// One minute of a soak.
+struct Minute {
+    accepted: u64,
+    completed: u64,
+    rss: BTreeMap<String, u64>,
+    max_lag: BTreeMap<String, u64>,
+}
+
+/// The soak's verdict: per process, RSS at the end of the warm-up and the most after it (flat:
+/// within 10 %); per stage, the largest lag in the first and in the last third after the
+/// warm-up (bounded: the last no more than twice the first, or below 10 s of load).
+fn soak_verdict(minutes: &[Minute], messages_per_second: u64) {
+    if minutes.len() <= WARM_UP_MINUTES + 1 {
+        println!("  soak: too short for a verdict ({} minutes, {WARM_UP_MINUTES} of warm-up)", minutes.len());
+        return;
+    }
+    let after = &minutes[WARM_UP_MINUTES..];
+    let reference = &minutes[WARM_UP_MINUTES - 1].rss;
+    let mut flat = true;
+    let mut lines = Vec::new();
+    for (name, base) in reference {
+        let most = after.iter().filter_map(|m| m.rss.get(name)).max().copied().unwrap_or(0);
+        let growth = (most as f64 / (*base).max(1) as f64 - 1.0) * 100.0;
+        flat &= growth <= 10.0;
+        lines.push(format!("{name} {base} -> at most {most} MB ({growth:+.0} %)"));
+    }
+    println!("  soak memory after warm-up: {}: {}", lines.join(", "), if flat { "FLAT" } else { "GROWING" });
+    let third = (after.len() / 3).max(1);
+    let (first, last) = (&after[..third], &after[after.len() - third..]);
+    let mut bounded = true;
+    let mut lines = Vec::new();
+    for name in minutes[0].max_lag.keys() {
+        let most = |ms: &[Minute]| ms.iter().filter_map(|m| m.max_lag.get(name)).max().copied().unwrap_or(0);
+        let (early, late) = (most(first), most(last));
+        bounded &= late <= (2 * early).max(10 * messages_per_second);
+        lines.push(format!("{name} {early} -> {late}"));
+    }
+    println!(
+        "  soak lag (largest in the first third -> in the last third after warm-up, messages): {}: {}",
+        lines.join(", "),
+        if bounded { "BOUNDED" } else { "GROWING" }
+    );
 }
 
 /// The JSON body of a load job: 200 usages for `tenant` of one unit, split where the unit's
@@ -388,6 +441,10 @@ pub async fn run(
     );
     let mut peak_rss: BTreeMap<String, u64> = BTreeMap::new();
     let mut max_lag: BTreeMap<String, u64> = BTreeMap::new();
+    let mut minutes: Vec<Minute> = Vec::new();
+    let mut minute_lag: BTreeMap<String, u64> = BTreeMap::new();
+    let mut minute_start = (0u64, 0u64);
+    let mut next_minute = Duration::from_secs(60);
     let mut previous = (0u64, Counts::default());
     let mut load_end: Option<(Duration, u64, Counts)> = None;
     let mut agg_at_quarter = None;
@@ -412,6 +469,8 @@ pub async fn run(
             if let Some(v) = value {
                 let entry = max_lag.entry(name.clone()).or_default();
                 *entry = (*entry).max(v);
+                let entry = minute_lag.entry(name.clone()).or_default();
+                *entry = (*entry).max(v);
             }
             lags.push(value.map_or("-".to_owned(), |v| v.to_string()));
         }
@@ -425,19 +484,43 @@ pub async fn run(
             rss.push(value.map_or("-".to_owned(), |v| v.to_string()));
         }
         let verified = c.verified_usages;
-        println!(
-            "{:>5} {:>10} {:>10} {:>10} {:>10} | {:>9} {:>9} {:>9} | lag {} | RSS MB {}",
-            elapsed.as_secs(),
-            now_accepted - previous.0,
-            verified.saturating_sub(previous.1.verified_usages),
-            c.aggregated_usages.saturating_sub(previous.1.aggregated_usages),
-            c.completed_usages.saturating_sub(previous.1.completed_usages),
-            now_accepted.saturating_sub(verified),
-            verified.saturating_sub(c.aggregated_usages),
-            c.aggregated_usages.saturating_sub(c.completed_usages),
-            lags.join("/"),
-            rss.join("/")
-        );
+        if args.soak && load_end.is_none() && elapsed >= next_minute {
+            next_minute += Duration::from_secs(60);
+            let minute = Minute {
+                accepted: now_accepted - minute_start.0,
+                completed: c.completed_usages.saturating_sub(minute_start.1),
+                rss: watch.iter().filter_map(|(n, pid)| rss_mb(pid).map(|v| (n.clone(), v))).collect(),
+                max_lag: std::mem::take(&mut minute_lag),
+            };
+            println!(
+                "minute {:>3}: accepted {:>7.0}/s completed {:>7.0}/s | backlog ver/agg/bill {}/{}/{} | max lag {} | RSS MB {}",
+                minutes.len() + 1,
+                minute.accepted as f64 / 60.0,
+                minute.completed as f64 / 60.0,
+                now_accepted.saturating_sub(verified),
+                verified.saturating_sub(c.aggregated_usages),
+                c.aggregated_usages.saturating_sub(c.completed_usages),
+                minute.max_lag.iter().map(|(n, v)| format!("{n} {v}")).collect::<Vec<_>>().join(", "),
+                minute.rss.iter().map(|(n, v)| format!("{n} {v}")).collect::<Vec<_>>().join(", ")
+            );
+            minute_start = (now_accepted, c.completed_usages);
+            minutes.push(minute);
+        }
+        if !args.soak || load_end.is_some() {
+            println!(
+                "{:>5} {:>10} {:>10} {:>10} {:>10} | {:>9} {:>9} {:>9} | lag {} | RSS MB {}",
+                elapsed.as_secs(),
+                now_accepted - previous.0,
+                verified.saturating_sub(previous.1.verified_usages),
+                c.aggregated_usages.saturating_sub(previous.1.aggregated_usages),
+                c.completed_usages.saturating_sub(previous.1.completed_usages),
+                now_accepted.saturating_sub(verified),
+                verified.saturating_sub(c.aggregated_usages),
+                c.aggregated_usages.saturating_sub(c.completed_usages),
+                lags.join("/"),
+                rss.join("/")
+            );
+        }
         previous = (now_accepted, c);
         if agg_at_quarter.is_none() && elapsed >= Duration::from_secs(seconds / 4) {
             agg_at_quarter = Some((elapsed, c.aggregated_usages));
@@ -535,5 +618,8 @@ pub async fn run(
         "  max consumer lag (messages): {}",
         max_lag.iter().map(|(n, v)| format!("{n} {v}")).collect::<Vec<_>>().join(", ")
     );
+    if args.soak {
+        soak_verdict(&minutes, args.rate.max(1));
+    }
     Ok(())
 }

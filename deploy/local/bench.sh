@@ -20,6 +20,11 @@
 #     (the one address's forwarding cost); UTS_BENCH_AGGREGATOR_ARGS adds flags to the
 #     aggregator (e.g. a --kafka-property to try); each phase's database is dropped after it
 #     (UTS_BENCH_KEEP_DB=1 keeps them).
+#  4. soak (UTS_BENCH_PHASES=soak, instead of the others): the pipeline phase, hot shape, for
+#     UTS_BENCH_SOAK_SECONDS (600) at UTS_BENCH_RATE jobs/s, by default 80 % of the sustained
+#     maximum, measured first (60 s unbounded: the rate the aggregator kept up during the load);
+#     a line a minute with every process's RSS and every stage's largest lag, then whether memory
+#     stayed flat (within 10 % after two warm-up minutes) and the lags bounded.
 #
 #   deploy/local/bench.sh [uts-bench flags, e.g. --seconds 20 --concurrency 64]
 set -euo pipefail
@@ -69,7 +74,7 @@ start() {
   wait_until 60 0.3 ready || die "bench $name did not become ready (see $UTS_LOCAL_DIR/run/bench-$name-$prefix.log)"
 }
 
-if [[ "${UTS_BENCH_PHASES:-all}" != pipeline ]]; then
+if [[ "${UTS_BENCH_PHASES:-all}" != pipeline && "${UTS_BENCH_PHASES:-all}" != soak ]]; then
 start ingest-gateway 18096 uts-bench --listen-addr 127.0.0.1:18095 --database-max-connections 4
 echo "== throughput: the gateway alone =="
 UTS_TOPIC_PREFIX=uts-bench "$bin/uts-bench" --gateway-url http://127.0.0.1:18095 \
@@ -144,6 +149,20 @@ pipeline_phase() {
 }
 
 [[ "${UTS_BENCH_PHASES:-all}" != http ]] || exit 0
+if [[ "${UTS_BENCH_PHASES:-all}" == soak ]]; then
+  rate="${UTS_BENCH_RATE:-}"
+  if [[ -z "$rate" ]]; then
+    echo "== soak, first the sustained maximum: 60 s unbounded =="
+    pipeline_phase hot 0 --seconds 60 | tee "$UTS_LOCAL_DIR/run/soak-maximum.txt"
+    per_second="$(sed -n 's/.*aggregated during the load (from [0-9]* s to its end): \([0-9]*\) usages\/s.*/\1/p' \
+      "$UTS_LOCAL_DIR/run/soak-maximum.txt")"
+    [[ -n "$per_second" ]] || die "no sustained rate in $UTS_LOCAL_DIR/run/soak-maximum.txt"
+    rate=$((per_second * 8 / 10 / 200)) # 200 usages a job
+    echo "== soak: sustained maximum $per_second usages/s; 80 %: $rate jobs/s =="
+  fi
+  pipeline_phase hot "$rate" --seconds "${UTS_BENCH_SOAK_SECONDS:-600}" --soak "$@"
+  exit 0
+fi
 pipeline_seconds="${UTS_BENCH_PIPELINE_SECONDS:-60}"
 for shape in ${UTS_BENCH_SHAPES:-hot spread}; do
   pipeline_phase "$shape" "${UTS_BENCH_RATE:-0}" --seconds "$pipeline_seconds"
