@@ -64,13 +64,13 @@ pub fn kafka_and_database(producer: Option<crate::kafka::DurableProducer>, pool:
 }
 
 /// `check`, and also not ready when the consumer loop has stopped or a batch has been in hand
-/// longer than [`crate::runner::BATCH_STALL`] (stuck): a stage that consumes nothing is not
-/// ready, whatever its dependencies say.
+/// longer than the liveness's stall (`--consumer-stall-seconds`, stuck): a stage that consumes
+/// nothing is not ready, whatever its dependencies say.
 pub fn with_consumer(check: ReadinessCheck, liveness: Arc<crate::runner::Liveness>) -> ReadinessCheck {
     Arc::new(move || {
         let (check, liveness) = (check.clone(), liveness.clone());
         Box::pin(async move {
-            liveness.check(crate::runner::BATCH_STALL)?;
+            liveness.check(liveness.stall)?;
             check().await
         })
     })

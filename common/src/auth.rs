@@ -278,14 +278,21 @@ impl Authenticator {
             let mut validation = Validation::new(header.alg);
             validation.leeway = self.leeway;
             validation.validate_nbf = true;
-            validation.set_required_spec_claims(&["exp"]);
+            // A configured issuer or audience is required, not only compared when present
+            // (jsonwebtoken checks only the claims it is told are required for presence).
+            let mut required = vec!["exp"];
             match &self.audience {
-                Some(aud) => validation.set_audience(&[aud]),
+                Some(aud) => {
+                    validation.set_audience(&[aud]);
+                    required.push("aud");
+                }
                 None => validation.validate_aud = false,
             }
             if let Some(iss) = &self.issuer {
                 validation.set_issuer(&[iss]);
+                required.push("iss");
             }
+            validation.set_required_spec_claims(&required);
             match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
                 Ok(data) => return Ok(principal_of(data.claims)?),
                 Err(err) => last_error = Some(err),
@@ -302,9 +309,18 @@ fn refusal_reason(last_error: Option<&jsonwebtoken::errors::Error>) -> &'static 
         Some(ErrorKind::ImmatureSignature) => "the bearer token is not valid yet",
         Some(ErrorKind::InvalidIssuer) => "the bearer token has the wrong issuer",
         Some(ErrorKind::InvalidAudience) => "the bearer token has the wrong audience",
-        Some(ErrorKind::MissingRequiredClaim(_)) => "the bearer token lacks the exp claim",
+        Some(ErrorKind::MissingRequiredClaim(claim)) => match claim.as_str() {
+            "iss" => "the bearer token lacks the iss claim",
+            "aud" => "the bearer token lacks the aud claim",
+            _ => "the bearer token lacks the exp claim",
+        },
         Some(ErrorKind::InvalidSignature) => "the bearer token's signature is invalid",
         None => "the bearer token is signed with an algorithm or key this service does not accept",
+        // The claims are read into `Claims` (whose `exp` is required) before jsonwebtoken checks
+        // which claims are present.
+        Some(ErrorKind::Json(err)) if err.to_string().contains("missing field `exp`") => {
+            "the bearer token lacks the exp claim"
+        }
         Some(_) => "the bearer token is invalid",
     }
 }
@@ -589,6 +605,65 @@ mod tests {
             let err = auth.verify(&token).unwrap_err();
             assert_eq!((err.status.as_u16(), err.code), (401, "unauthorized"), "{tenant:?} {user:?}");
         }
+    }
+
+    /// `iss` and `aud` are required and must match when configured, ignored otherwise; `nbf`
+    /// is checked whenever present (README's settings, the module's header).
+    #[test]
+    fn issuer_audience_and_not_before_are_checked_as_documented() {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let signed = |claims: &serde_json::Value| {
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(SECRET.as_bytes()))
+                .unwrap()
+        };
+        let claims = |changes: &[(&str, serde_json::Value)]| {
+            let mut claims = serde_json::json!({"ten": "acme", "scope": "uts.usages.read", "sub": "svc",
+                "exp": now + 60, "iss": "https://idp.example", "aud": "uts"});
+            for (name, value) in changes {
+                if value.is_null() {
+                    claims.as_object_mut().unwrap().remove(*name);
+                } else {
+                    claims[*name] = value.clone();
+                }
+            }
+            signed(&claims)
+        };
+        let configured = Authenticator::from_args(&AuthArgs {
+            hs256_secret: Some(SECRET.to_owned()),
+            issuer: Some("https://idp.example".to_owned()),
+            audience: Some("uts".to_owned()),
+            leeway_seconds: 0,
+            ..AuthArgs::default()
+        })
+        .unwrap();
+        let refusal = |auth: &Authenticator, token: String| {
+            let err = auth.verify(&token).expect_err("refused");
+            assert_eq!((err.status.as_u16(), err.code), (401, "unauthorized"));
+            err.message
+        };
+        use serde_json::json;
+        assert_eq!(configured.verify(&claims(&[])).unwrap().tenant, "acme");
+        assert!(configured.verify(&claims(&[("aud", json!(["other", "uts"]))])).is_ok());
+        assert!(configured.verify(&claims(&[("nbf", json!(now - 10))])).is_ok());
+        let cases = [
+            (vec![("iss", json!("https://evil.example"))], "the bearer token has the wrong issuer"),
+            (vec![("iss", json!(null))], "the bearer token lacks the iss claim"),
+            (vec![("aud", json!("other"))], "the bearer token has the wrong audience"),
+            (vec![("aud", json!(null))], "the bearer token lacks the aud claim"),
+            (vec![("nbf", json!(now + 120))], "the bearer token is not valid yet"),
+            (vec![("exp", json!(null))], "the bearer token lacks the exp claim"),
+        ];
+        for (changes, message) in &cases {
+            let answer = configured.verify(&claims(changes)).map_err(|err| err.message);
+            assert_eq!(answer.err().as_deref(), Some(*message), "{changes:?}");
+        }
+        // Not configured: any issuer and audience (or none) pass; nbf is still checked.
+        let open = authenticator();
+        for changes in [vec![("iss", json!("https://any.example")), ("aud", json!("any"))], vec![("iss", json!(null))]]
+        {
+            assert!(open.verify(&claims(&changes)).is_ok(), "{changes:?}");
+        }
+        assert_eq!(refusal(&open, claims(&[("nbf", json!(now + 120))])), "the bearer token is not valid yet");
     }
 
     fn fixture(name: &str) -> std::path::PathBuf {

@@ -92,6 +92,12 @@ pub struct KafkaArgs {
     /// librdkafka's default is 1 GB). A full queue makes a produce wait, never drops.
     #[arg(long = "kafka-producer-queue-kbytes", env = "UTS_KAFKA_PRODUCER_QUEUE_KBYTES", default_value_t = 16384)]
     pub producer_queue_kbytes: u32,
+
+    /// Seconds one consumer batch may be in hand (handled, retried) before `/readyz` calls the
+    /// stage stuck and answers 503.
+    #[arg(long = "consumer-stall-seconds", env = "UTS_CONSUMER_STALL_SECONDS", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub consumer_stall_seconds: u64,
 }
 
 /// Without the SASL password.

@@ -42,6 +42,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let request_timeout = Duration::from_millis(limits.request_timeout_ms);
     let header_timeout = Duration::from_millis(limits.header_timeout_ms);
+    metrics::counter!("uts_http_request_timeouts_total").increment(0);
     let app = app
         .layer(middleware::from_fn(refuse_control_characters))
         .layer(middleware::from_fn_with_state(request_timeout, deadline))

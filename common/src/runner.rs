@@ -103,19 +103,25 @@ pub fn decode_proto<M: Message + Default>(payload: Option<&[u8]>) -> Result<M, S
 }
 
 /// How long one batch may be in hand (handled, retried) before `/readyz` calls the consumer
-/// stuck.
+/// stuck, unless `--consumer-stall-seconds` says otherwise.
 pub const BATCH_STALL: Duration = Duration::from_secs(120);
 
 /// What `/readyz` knows of a runner: whether its loop still runs and since when the batch in
 /// hand (if any) is being handled. Waiting for messages is fine: there may be nothing to do.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Liveness {
     /// Unix milliseconds when the batch in hand was taken; 0 while waiting for messages.
     batch_since_ms: AtomicI64,
     stopped: AtomicBool,
+    /// How long a batch may be in hand before the consumer counts as stuck.
+    pub stall: Duration,
 }
 
 impl Liveness {
+    pub fn new(stall: Duration) -> Self {
+        Self { batch_since_ms: AtomicI64::new(0), stopped: AtomicBool::new(false), stall }
+    }
+
     fn batch_taken(&self) {
         self.batch_since_ms.store(Utc::now().timestamp_millis().max(1), Relaxed);
     }
@@ -181,7 +187,7 @@ impl Runner {
             produce_timeout: args.produce_timeout(),
             name,
             max_batch: args.max_batch(DEFAULT_MAX_BATCH),
-            liveness: Default::default(),
+            liveness: std::sync::Arc::new(Liveness::new(Duration::from_secs(args.consumer_stall_seconds))),
         })
     }
 
@@ -424,7 +430,7 @@ mod liveness_tests {
 
     #[test]
     fn a_consumer_is_live_while_waiting_or_briefly_busy_and_not_once_stuck_or_stopped() {
-        let liveness = Liveness::default();
+        let liveness = Liveness::new(BATCH_STALL);
         assert_eq!(liveness.check(BATCH_STALL), Ok(()), "waiting for messages");
         liveness.batch_taken();
         assert_eq!(liveness.check(BATCH_STALL), Ok(()), "a batch just taken");

@@ -38,11 +38,18 @@ pub async fn stopping_the_rest<T>(
 ) -> anyhow::Result<T> {
     let result = task.await;
     if !shutdown.is_cancelled() {
-        match &result {
-            Ok(_) => tracing::error!(task = what, "ended outside a shutdown; stopping the process"),
-            Err(err) => tracing::error!(task = what, error = format!("{err:#}"), "failed; stopping the process"),
-        }
         shutdown.cancel();
+        return match result {
+            Ok(_) => {
+                tracing::error!(task = what, "ended outside a shutdown; stopping the process");
+                // Not a success: the process must exit non-zero so that it is restarted.
+                Err(anyhow::anyhow!("{what} ended outside a shutdown"))
+            }
+            Err(err) => {
+                tracing::error!(task = what, error = format!("{err:#}"), "failed; stopping the process");
+                Err(err.context(format!("{what} stopped")))
+            }
+        };
     }
     result.map_err(|err| err.context(format!("{what} stopped")))
 }
@@ -100,8 +107,16 @@ mod tests {
         assert!(shutdown.is_cancelled(), "the other tasks are told to stop");
         assert_eq!(format!("{err:#}"), "the consumer stopped: broken");
 
+        // A task that ends "well" outside a shutdown is a failure too: the process exits
+        // non-zero, so that whatever supervises it restarts it.
         let shutdown = CancellationToken::new();
-        stopping_the_rest("the sender", shutdown.clone(), async { Ok(()) }).await.unwrap();
+        let err = stopping_the_rest("the sender", shutdown.clone(), async { Ok(()) }).await.unwrap_err();
         assert!(shutdown.is_cancelled(), "even a task that ends well outside a shutdown stops the rest");
+        assert_eq!(err.to_string(), "the sender ended outside a shutdown");
+
+        // During a shutdown, ending is what it should do.
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        stopping_the_rest("the sender", shutdown.clone(), async { Ok(()) }).await.unwrap();
     }
 }

@@ -488,12 +488,13 @@ async fn a_job_runs_end_to_end_over_tls_and_sasl_with_plaintext_closed() {
     sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&server).await.ok();
 }
 
-/// Every query of the Grafana dashboard (`deploy/grafana/uts-dashboard.json`) names a metric the
-/// services really export: after a billed job (receipt by callback), a token request and reads
-/// through the one address, the Prometheus registry of this process — every stage runs in it —
-/// holds each one (histograms with their `_bucket` series).
+/// Every query of the Grafana dashboard (`deploy/grafana/uts-dashboard.json`) and every metric
+/// `docs/architecture.md` names is one the services really export: after a billed job (receipt
+/// by callback), a token request and reads through the one address, the Prometheus registry of
+/// this process — every stage runs in it — holds each one (histograms with their `_bucket`
+/// series). And every metric exported then is named in the document.
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
-async fn every_dashboard_query_names_a_metric_the_services_export(pool: PgPool) {
+async fn every_dashboard_query_and_documented_metric_names_a_metric_the_services_export(pool: PgPool) {
     let pipeline = Pipeline::start_with_receipts_by_callback(pool.clone()).await;
     rule(&pool, "dash-unit", "SUM", true).await;
     let id = pipeline.post_job("op", &job("op", "user", "app", &[("1", "dash-unit", now_text())])).await;
@@ -526,9 +527,20 @@ async fn every_dashboard_query_names_a_metric_the_services_export(pool: PgPool) 
                 .collect::<Vec<_>>()
         })
         .collect();
+    assert!(names.len() >= 15, "{names:?}");
+    let architecture = include_str!("../../docs/architecture.md");
+    let documented: Vec<String> = architecture
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|quoted| quoted.starts_with("uts_") && quoted.ends_with(|c: char| c.is_ascii_lowercase() || c == '}'))
+        .map(|quoted| quoted.split('{').next().unwrap().to_owned())
+        .filter(|name| name.ends_with("_total") || name.ends_with("_seconds") || name.ends_with("_messages"))
+        .collect();
+    assert!(documented.len() >= 20, "{documented:?}");
+    names.extend(documented.iter().cloned());
     names.sort();
     names.dedup();
-    assert!(names.len() >= 15, "{names:?}");
     // The lag gauges come from librdkafka's statistics, every 5 s: poll for them.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -536,15 +548,100 @@ async fn every_dashboard_query_names_a_metric_the_services_export(pool: PgPool) 
         let missing: Vec<&String> = names
             .iter()
             .filter(|name| {
-                !exported
-                    .lines()
-                    .any(|line| line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} ")))
+                // A histogram is exported as its _bucket, _sum and _count series.
+                !exported.lines().any(|line| {
+                    ["{", " ", "_bucket{", "_sum{", "_sum ", "_count{", "_count "]
+                        .iter()
+                        .any(|end| line.starts_with(&format!("{name}{end}")))
+                })
             })
             .collect();
         if missing.is_empty() {
+            let mut undocumented: Vec<&str> = exported
+                .lines()
+                .filter(|line| line.starts_with("uts_"))
+                .map(|line| line.split(['{', ' ']).next().unwrap())
+                .map(|name| ["_bucket", "_sum", "_count"].iter().fold(name, |n, s| n.strip_suffix(s).unwrap_or(n)))
+                .filter(|name| !documented.iter().any(|d| d == name))
+                .collect();
+            undocumented.dedup();
+            assert!(undocumented.is_empty(), "exported, but not in docs/architecture.md: {undocumented:?}");
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the dashboard queries metrics nobody exports: {missing:?}");
+        assert!(std::time::Instant::now() < deadline, "metrics queried or documented that nobody exports: {missing:?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// The `utsctl` binary beside the test binaries (`cargo build --bins`).
+fn utsctl() -> std::path::PathBuf {
+    let dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
+    let path = dir.join("utsctl");
+    assert!(path.exists(), "{} is missing: build the binaries first (cargo build --workspace --bins)", path.display());
+    path
+}
+
+/// The dead letters on the pipeline's topic, decoded.
+async fn dead_letters(pipeline: &Pipeline) -> Vec<uts_common::proto::v1::DeadLetter> {
+    use uts_common::proto::Message;
+    let topic = pipeline.kafka.topics().dead_letter;
+    uts_common::testing::read_topic_to_end(&pipeline.kafka, &topic, Duration::from_secs(20))
+        .await
+        .into_iter()
+        .map(|(_, payload)| uts_common::proto::v1::DeadLetter::decode(payload.as_slice()).unwrap())
+        .collect()
+}
+
+/// Replaying a dead letter that is still bad is safe, as the architecture document says: the
+/// verifier sets it aside again with the same reason, and the pipeline goes on (a good job
+/// posted after it completes).
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn a_replayed_dead_letter_that_is_still_bad_is_set_aside_again(pool: PgPool) {
+    let pipeline = Pipeline::start(pool.clone()).await;
+    rule(&pool, "dl-unit", "SUM", true).await;
+    let topics = pipeline.kafka.topics();
+    let (producer, _) = uts_common::kafka::durable_producer(&pipeline.kafka).unwrap();
+    uts_common::kafka::produce_durably(&producer, &topics.usage_jobs, b"bad-1", b"\xff\xffnot protobuf", WAIT)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let first = loop {
+        if let Some(letter) = dead_letters(&pipeline).await.into_iter().next() {
+            break letter;
+        }
+        assert!(std::time::Instant::now() < deadline, "the bad message was never dead-lettered");
+    };
+    assert_eq!(first.original_key, b"bad-1");
+
+    let output = std::process::Command::new(utsctl())
+        .args(["dead-letters", "--replay", &first.source_topic])
+        .args(["--partition", &first.partition.to_string(), "--offset", &first.offset.to_string()])
+        .env("UTS_KAFKA_BROKERS", &pipeline.kafka.brokers)
+        .env("UTS_TOPIC_PREFIX", &pipeline.kafka.topic_prefix)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    // Both consumers of the jobs topic (the verifier and the query service) set the original
+    // aside, and the replay again: two letters each, with the same reason.
+    let deadline = std::time::Instant::now() + WAIT;
+    let letters = loop {
+        let letters = dead_letters(&pipeline).await;
+        if letters.len() >= 4 {
+            break letters;
+        }
+        assert!(std::time::Instant::now() < deadline, "the replayed message was not set aside again: {letters:?}");
+    };
+    assert_eq!(letters.len(), 4, "{letters:?}");
+    for stage in [uts_common::proto::v1::Stage::Verifier, uts_common::proto::v1::Stage::QueryService] {
+        let of_stage: Vec<_> = letters.iter().filter(|l| l.stage == stage as i32).collect();
+        assert_eq!(of_stage.len(), 2, "{stage:?}: {letters:?}");
+        let (original, again) = (of_stage[0], of_stage[1]);
+        assert_eq!(again.original_key, b"bad-1");
+        assert_eq!(again.original_value, original.original_value);
+        assert_eq!(again.reason, original.reason, "{stage:?}");
+        assert_ne!(again.offset, original.offset, "the replay is a new message of the source topic");
+    }
+
+    let id = pipeline.post_job("op", &job("op", "user", "app", &[("1", "dl-unit", now_text())])).await;
+    pipeline.wait_for_job_status("op", &id, "COMPLETED", WAIT).await;
 }

@@ -277,6 +277,101 @@ async fn the_same_idempotency_key_returns_the_same_job(pool: PgPool) {
     assert!(jobs.iter().all(|j| j.idempotency_key.starts_with("order-4")));
 }
 
+/// Ten requests with one key at once (a client whose retries overtake each other): one job,
+/// every answer its id, exactly one of them the original; a request without a key claims
+/// nothing in PostgreSQL.
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn concurrent_requests_with_one_key_are_one_job(pool: PgPool) {
+    let gateway = TestGateway::start(pool.clone(), &[]).await;
+    let token = TestGateway::token("acme", WRITE);
+    let requests = (0..10).map(|_| {
+        let request = gateway
+            .client
+            .post(gateway.url("/usagesJobs"))
+            .bearer_auth(&token)
+            .header("Idempotency-Key", "burst-1")
+            .json(&batch("acme", 2));
+        async move {
+            let response = request.send().await.unwrap();
+            let replayed = response.headers().contains_key("idempotent-replayed");
+            (response.status(), replayed, response.json::<Value>().await.unwrap())
+        }
+    });
+    let answers = futures::future::join_all(requests).await;
+    assert!(answers.iter().all(|(status, _, _)| *status == StatusCode::ACCEPTED), "{answers:?}");
+    let ids: std::collections::BTreeSet<&str> = answers.iter().map(|(_, _, a)| a["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 1, "one key, one job: {ids:?}");
+    assert_eq!(answers.iter().filter(|(_, replayed, _)| !replayed).count(), 1, "exactly one original answer");
+    let id = *ids.iter().next().unwrap();
+    let jobs = gateway.read_jobs();
+    assert!(!jobs.is_empty() && jobs.iter().all(|j| j.job_id == id), "Kafka holds only that job's id");
+
+    let claims = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM idempotency_keys").fetch_one(&pool).await.unwrap()
+    };
+    assert_eq!(claims().await, 1);
+    let without = gateway.post_jobs(&token, &batch("acme", 2)).await;
+    assert_eq!(without.status(), StatusCode::ACCEPTED);
+    assert_eq!(claims().await, 1, "a request without Idempotency-Key claimed a key");
+}
+
+/// The documented order of the checks (401 → 403 scope → 429 → 403 tenant type → 415 → 400
+/// `Idempotency-Key` → 413 → 400 body): a request that fails several gets the first one's
+/// answer, and nothing is produced.
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn a_request_failing_several_checks_gets_the_first_ones_answer(pool: PgPool) {
+    let gateway =
+        TestGateway::start(pool, &["--max-body-bytes=2000", "--rate-limit-per-second=1", "--rate-limit-burst=1"]).await;
+    let send = |token: &str, content_type: &str, key: &str, body: Vec<u8>| {
+        gateway
+            .client
+            .post(gateway.url("/usagesJobs"))
+            .bearer_auth(token)
+            .header("content-type", content_type)
+            .header("Idempotency-Key", key)
+            .body(body)
+            .send()
+    };
+    let oversize = vec![b'x'; 3000];
+    let (acme, read_only) = (TestGateway::token("acme", WRITE), TestGateway::token("acme", &["uts.usages.read"]));
+    let cases: [(&str, &str, &str, Vec<u8>, u16, &str); 6] = [
+        ("not-a-jwt", "text/plain", "bad key", oversize.clone(), 401, "unauthorized"),
+        (&read_only, "text/plain", "bad key", oversize.clone(), 403, "forbidden"),
+        (&acme, "text/plain", "bad key", oversize.clone(), 415, "unsupportedMediaType"),
+        (&acme, "application/json", "bad key", oversize.clone(), 400, "invalidParameter"),
+        (&acme, "application/json", "good-key", oversize.clone(), 413, "payloadTooLarge"),
+        (&acme, "application/json", "good-key-2", b"{not json".to_vec(), 400, "invalidRequestBodyProperty"),
+    ];
+    for (token, content_type, key, body, status, code) in cases {
+        // One tenant, one token a second: each case waits for acme's bucket to refill first.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let response = loop {
+            let response = send(token, content_type, key, body.clone()).await.unwrap();
+            if response.status() != StatusCode::TOO_MANY_REQUESTS {
+                break response;
+            }
+            assert!(std::time::Instant::now() < deadline, "acme's bucket never refilled");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await; // the bucket's refill
+        };
+        let (got, got_code, message) = error_of(response).await;
+        assert_eq!(
+            (got.as_u16(), got_code.as_str()),
+            (status, format!("mdsp.core.generic.{code}").as_str()),
+            "{message}"
+        );
+    }
+    // The throttle comes before the tenant-type check and after the scope check: a customer
+    // tenant (it may not submit) spends its one token on a 403, then gets 429, even with the
+    // wrong content type; without the write scope it still gets 403.
+    let buyer = TestGateway::token("buyer", WRITE);
+    let (first, _, _) = error_of(send(&buyer, "application/json", "k1", b"{}".to_vec()).await.unwrap()).await;
+    let (second, _, _) = error_of(send(&buyer, "text/plain", "bad key", oversize.clone()).await.unwrap()).await;
+    let buyer_read = TestGateway::token("buyer", &["uts.usages.read"]);
+    let (third, _, _) = error_of(send(&buyer_read, "text/plain", "bad key", oversize).await.unwrap()).await;
+    assert_eq!([first, second, third], [StatusCode::FORBIDDEN, StatusCode::TOO_MANY_REQUESTS, StatusCode::FORBIDDEN]);
+    assert!(gateway.read_jobs().is_empty(), "a refused request reached Kafka");
+}
+
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn the_legacy_endpoint_goes_through_the_same_pipeline(pool: PgPool) {
     let gateway = TestGateway::start(pool, &[]).await;
@@ -388,4 +483,62 @@ async fn a_wrong_method_or_an_unreachable_query_service_is_answered_in_the_mdsp_
         assert!(message.contains("query service is unavailable"), "{message}");
         assert!(started.elapsed() < std::time::Duration::from_secs(3), "{path}: {:?}", started.elapsed());
     }
+}
+
+/// The HTTP limits of the real gateway (`uts_common::http::serve`), over raw TCP: a client that
+/// never finishes its headers is disconnected after the header timeout; a body that never
+/// arrives is answered 503 at the request timeout; beyond the connection limit a connection
+/// waits until another one closes.
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn the_http_limits_hold_on_the_real_gateway(pool: PgPool) {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    let timed =
+        TestGateway::start(pool.clone(), &["--http-header-timeout-ms=300", "--http-request-timeout-ms=700"]).await;
+    let token = TestGateway::token("acme", WRITE);
+    // Headers never finished: the connection is closed, with or without a word.
+    let mut slow = TcpStream::connect(timed.addr).await.unwrap();
+    slow.write_all(b"POST /api/usagetransparency/v3/usagesJobs HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let started = Instant::now();
+    let mut buffer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buffer)).await;
+    assert!(read.is_ok(), "a client that never finished its headers still held its connection after 5 s");
+    assert!(started.elapsed() >= Duration::from_millis(250), "closed before the header timeout");
+    // A declared body that never comes: 503 at the request timeout.
+    let mut stalled = TcpStream::connect(timed.addr).await.unwrap();
+    let head = format!(
+        "POST /api/usagetransparency/v3/usagesJobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"users\":"
+    );
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut answer = vec![0; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stalled.read(&mut answer)).await.expect("no answer").unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("did not complete within 700 ms"), "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(600), "answered before the request timeout");
+    timed.stop().await;
+
+    let limited = TestGateway::start(pool, &["--http-max-connections=2"]).await;
+    let (first, _second) =
+        (TcpStream::connect(limited.addr).await.unwrap(), TcpStream::connect(limited.addr).await.unwrap());
+    let mut third = TcpStream::connect(limited.addr).await.unwrap();
+    // Answered by the gateway itself (401), not forwarded to the (absent) query service.
+    let unauthenticated =
+        b"POST /api/usagetransparency/v3/usagesJobs HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    third.write_all(unauthenticated).await.unwrap();
+    let mut answer = Vec::new();
+    let waiting = tokio::time::timeout(Duration::from_secs(1), third.read_to_end(&mut answer)).await;
+    assert!(waiting.is_err(), "a third connection was served beyond the limit of 2: {answer:?}");
+    drop(first);
+    tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut answer))
+        .await
+        .expect("the third connection was not served once another closed")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    limited.stop().await;
 }

@@ -100,6 +100,8 @@ impl Application {
         let auth = Authenticator::load(&config.auth, pool.clone()).await.context("loading token verification keys")?;
         let throttle = uts_common::throttle::Throttle::new(config.rate_limit_per_second, config.rate_limit_burst);
         let tokens = token_service::TokenIssuer::new(config.token_ttl_seconds);
+        // At 0 from the start: "none expired" is not "no data".
+        metrics::counter!("uts_query_list_wait_expired_total").increment(0);
         let topics = config.kafka.topics();
         let runner = uts_common::runner::Runner::new(
             &config.kafka,

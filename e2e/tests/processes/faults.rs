@@ -2,8 +2,9 @@
 //! every stage (real processes), brokers of a replicated Kafka cluster are SIGKILLed and come
 //! back, and PostgreSQL shuts down immediately (no checkpoint, every backend killed) and
 //! restarts. Nobody restarts a stage: each must ride the fault out by itself. At the end the
-//! pipeline must hold exactly what the gateway acknowledged ([`oracle::check`]), and every stage
-//! must still be running.
+//! pipeline must hold exactly what the gateway acknowledged ([`oracle::check`]), every stage
+//! must still be running, and each must exit 0 on SIGTERM within 30 s. While PostgreSQL is
+//! down, what needs it answers 503 `serviceUnavailable` with `Retry-After`.
 //!
 //! Both start infrastructure of their own with the scripts of `deploy/local/` (the three-node
 //! cluster of `kafka.sh cluster`, a PostgreSQL on port 55632 in `.local/faults`), so the shared
@@ -15,14 +16,17 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use reqwest::StatusCode;
+use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
+use uts_common::auth::mint_hs256;
 use uts_common::config::KafkaArgs;
 use uts_common::testing::{isolated_kafka, isolated_kafka_on};
 
-use super::load::{Clients, UNIT};
+use super::load::{job_body, Clients, UNIT};
 use super::oracle::{self, progress, Pipeline, Progress};
-use super::stages::{billing_receiver, database_url, environment, free_port, seed, Stage};
+use super::stages::{billing_receiver, database_url, environment, free_port, seed, Stage, SECRET};
 
 const CLIENTS: usize = 3;
 const PACE: Duration = Duration::from_millis(200);
@@ -90,11 +94,64 @@ impl Stages {
         self.stages.iter_mut().filter_map(|s| s.exited().map(|status| format!("{} {status}", s.name))).collect()
     }
 
-    async fn stop(&mut self) {
+    /// SIGTERM to every stage: each must finish what it has in hand and exit 0 within 30 s.
+    async fn terminate(&mut self) -> Vec<String> {
+        let mut failures = Vec::new();
         for stage in &mut self.stages {
-            stage.stop().await;
+            match stage.terminate(Duration::from_secs(30)).await {
+                Some(status) if status.success() => {}
+                Some(status) => failures.push(format!("{} exited {status} on SIGTERM", stage.name)),
+                None => failures.push(format!("{} still ran 30 s after SIGTERM", stage.name)),
+            }
+        }
+        failures
+    }
+}
+
+/// While PostgreSQL is down, what needs it answers 503 `serviceUnavailable` with `Retry-After`
+/// (never 500, never a hang): a POST with an `Idempotency-Key` (its claim), the job listing and
+/// the admin API. The answers that were not.
+async fn answers_while_postgresql_is_down(stages: &Stages) -> Vec<String> {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
+    let token = |scope: &str| mint_hs256(SECRET, "op", "faults", &[scope], 600).unwrap();
+    let (gateway, query) = (
+        format!("http://127.0.0.1:{}/api/usagetransparency/v3", stages.port),
+        format!("http://127.0.0.1:{}/api/usagetransparency/v3", stages.query_port),
+    );
+    let mut wrong = Vec::new();
+    for attempt in 0..2 {
+        let requests = [
+            (
+                "POST /usagesJobs with a key",
+                client
+                    .post(format!("{gateway}/usagesJobs"))
+                    .bearer_auth(token("uts.usages.write"))
+                    .header("Idempotency-Key", format!("while-down-{attempt}"))
+                    .json(&job_body(MAX_JOBS + attempt).0),
+            ),
+            ("GET /usagesJobs", client.get(format!("{query}/usagesJobs")).bearer_auth(token("uts.usages.read"))),
+            ("GET /admin/tenants", client.get(format!("{query}/admin/tenants")).bearer_auth(token("uts.admin"))),
+        ];
+        for (name, request) in requests {
+            let started = Instant::now();
+            let answer = match request.send().await {
+                Ok(response) => {
+                    let (status, retry_after) = (response.status(), response.headers().contains_key("retry-after"));
+                    let body: Value = response.json().await.unwrap_or_default();
+                    if status == StatusCode::SERVICE_UNAVAILABLE
+                        && retry_after
+                        && body["errors"][0]["code"] == "mdsp.core.generic.serviceUnavailable"
+                    {
+                        continue;
+                    }
+                    format!("{status} {body}")
+                }
+                Err(err) => format!("no answer: {err}"),
+            };
+            wrong.push(format!("{name} (attempt {attempt}, after {:?}): {answer}", started.elapsed()));
         }
     }
+    wrong
 }
 
 /// Waits until `moved` holds for the stages' progress (read errors, while PostgreSQL is down,
@@ -229,10 +286,11 @@ async fn brokers_of_a_replicated_cluster_die_under_load_and_no_acknowledged_usag
         killed.join("; "),
         report.summary()
     );
-    stages.stop().await;
+    let unclean = stages.terminate().await;
     receiver_shutdown.cancel();
     assert!(exited.is_empty(), "stages exited: {exited:?}");
     report.assert_exact();
+    assert!(unclean.is_empty(), "{unclean:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -283,6 +341,7 @@ async fn postgresql_crashing_under_load_loses_and_doubles_nothing_and_every_stag
 
     let mut seen = until(&pool, &clients, "before the first crash", Duration::from_secs(120), |p| p.billed > 0).await;
     let mut crashes = Vec::new();
+    let mut while_down = Vec::new();
     for round in 0..2 {
         // The second crash when the aggregator has work in hand (decided, not yet applied).
         if round == 1 {
@@ -299,6 +358,9 @@ async fn postgresql_crashing_under_load_loses_and_doubles_nothing_and_every_stag
         while clients.retries() == refused {
             assert!(Instant::now() < deadline, "no POST was refused while PostgreSQL was down");
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if round == 0 {
+            while_down = answers_while_postgresql_is_down(&stages).await;
         }
         script("postgres.sh", &["start"], &pg).await;
         let back = Instant::now();
@@ -321,12 +383,14 @@ async fn postgresql_crashing_under_load_loses_and_doubles_nothing_and_every_stag
         crashes.join("; "),
         report.summary()
     );
-    stages.stop().await;
+    let unclean = stages.terminate().await;
     receiver_shutdown.cancel();
     pool.close().await;
     let admin = PgPool::connect(&format!("{server}/uts")).await.unwrap();
     sqlx::query(&format!("DROP DATABASE {database} WITH (FORCE)")).execute(&admin).await.unwrap();
     assert!(exited.is_empty(), "stages exited: {exited:?}");
+    assert!(while_down.is_empty(), "answers while PostgreSQL was down: {while_down:#?}");
     report.assert_exact();
     assert!(retries > 0, "PostgreSQL was down, yet no client had to retry");
+    assert!(unclean.is_empty(), "{unclean:?}");
 }

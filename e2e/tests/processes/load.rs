@@ -21,7 +21,7 @@ pub const USAGES_PER_JOB: usize = 100;
 pub const UNIT: &str = "crash-unit";
 
 /// Job `j`: 100 usages of `op` with exact values, a fifth of them dated yesterday.
-fn job_body(j: usize) -> (Value, Vec<(NaiveDate, Decimal)>) {
+pub fn job_body(j: usize) -> (Value, Vec<(NaiveDate, Decimal)>) {
     let now = Utc::now();
     let yesterday = now.checked_sub_days(Days::new(1)).unwrap();
     let mut usages = Vec::new();

@@ -49,6 +49,23 @@ impl Stage {
         self.child.as_mut().and_then(|child| child.try_wait().unwrap())
     }
 
+    /// SIGTERM, then waits up to `patience` for it to exit: its exit status, or `None` if it
+    /// was still running (then it is killed).
+    pub async fn terminate(&mut self, patience: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let pid = child.id()?.to_string();
+        let sent = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success(), "kill -TERM {pid}");
+        match tokio::time::timeout(patience, child.wait()).await {
+            Ok(status) => Some(status.unwrap()),
+            Err(_) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                None
+            }
+        }
+    }
+
     pub async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.start_kill();
