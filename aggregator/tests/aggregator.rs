@@ -60,7 +60,6 @@ fn batch(
                 index: i as u32,
                 value: (*value).into(),
                 datetime: Some(to_timestamp(*at)),
-                ..Default::default()
             })
             .collect(),
         received_at: Some(to_timestamp(Utc::now())),

@@ -388,7 +388,9 @@ async fn histories_left_pending_by_a_crash_are_produced_and_fold_right(pool: PgP
 async fn a_record_superseded_after_its_lease_ran_out_hands_on_what_it_covered(pool: PgPool) {
     let args = isolated_kafka(1).await;
     let (url, receiver) = start_receiver(&[]).await;
-    let rows: [(i64, &str, Option<i64>, Option<i64>, &str); 3] = [
+    // (version, state, covered_by, covers_from, job)
+    type Row<'a> = (i64, &'a str, Option<i64>, Option<i64>, &'a str);
+    let rows: [Row; 3] = [
         (1, "superseded", Some(2), None, "job-v1"),
         (2, "pending", None, Some(1), "job-v2"),
         (3, "pending", None, None, "job-v3"),

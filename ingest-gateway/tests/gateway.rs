@@ -334,7 +334,9 @@ async fn a_request_failing_several_checks_gets_the_first_ones_answer(pool: PgPoo
     };
     let oversize = vec![b'x'; 3000];
     let (acme, read_only) = (TestGateway::token("acme", WRITE), TestGateway::token("acme", &["uts.usages.read"]));
-    let cases: [(&str, &str, &str, Vec<u8>, u16, &str); 6] = [
+    // (token, content type, Idempotency-Key, body, status, code)
+    type Case<'a> = (&'a str, &'a str, &'a str, Vec<u8>, u16, &'a str);
+    let cases: [Case; 6] = [
         ("not-a-jwt", "text/plain", "bad key", oversize.clone(), 401, "unauthorized"),
         (&read_only, "text/plain", "bad key", oversize.clone(), 403, "forbidden"),
         (&acme, "text/plain", "bad key", oversize.clone(), 415, "unsupportedMediaType"),

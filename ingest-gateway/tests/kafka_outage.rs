@@ -138,20 +138,21 @@ async fn a_broker_killed_under_load_means_503_within_two_seconds(pool: PgPool) {
         client.await.unwrap();
     }
 
-    let answers = answers.lock().unwrap();
-    let in_hand_or_later: Vec<&Answered> = answers.iter().filter(|a| a.answered > killing).collect();
-    let slowest = in_hand_or_later.iter().map(|a| a.answered - a.sent.max(killing)).max().unwrap();
-    let refused = in_hand_or_later.iter().filter(|a| a.status == StatusCode::SERVICE_UNAVAILABLE).count();
-    println!(
+    {
+        let answers = answers.lock().unwrap();
+        let in_hand_or_later: Vec<&Answered> = answers.iter().filter(|a| a.answered > killing).collect();
+        let slowest = in_hand_or_later.iter().map(|a| a.answered - a.sent.max(killing)).max().unwrap();
+        let refused = in_hand_or_later.iter().filter(|a| a.status == StatusCode::SERVICE_UNAVAILABLE).count();
+        println!(
         "{} POSTs in hand at the kill or sent after it: {refused} answered 503, the slowest {slowest:?} after the kill",
         in_hand_or_later.len()
     );
-    assert!(slowest < Duration::from_secs(2), "a POST waited {slowest:?} after the broker was killed");
-    for answer in answers.iter().filter(|a| a.sent > killed) {
-        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "a POST sent after the kill was accepted");
-        let retry_after: u64 = answer.retry_after.as_deref().expect("Retry-After on a 503").parse().unwrap();
-        assert!((1..=5).contains(&retry_after), "Retry-After: {retry_after}");
+        assert!(slowest < Duration::from_secs(2), "a POST waited {slowest:?} after the broker was killed");
+        for answer in answers.iter().filter(|a| a.sent > killed) {
+            assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "a POST sent after the kill was accepted");
+            let retry_after: u64 = answer.retry_after.as_deref().expect("Retry-After on a 503").parse().unwrap();
+            assert!((1..=5).contains(&retry_after), "Retry-After: {retry_after}");
+        }
     }
-    drop(answers);
     Arc::try_unwrap(gateway).ok().expect("the clients are done").stop().await;
 }

@@ -146,11 +146,19 @@ impl Verifier {
     }
 }
 
+/// A stored decision: the job id, its verdicts, or (the earlier form) the whole decision.
+#[derive(sqlx::FromRow)]
+struct StoredDecision {
+    job_id: String,
+    verdicts: Option<Vec<u8>>,
+    decision: Option<Vec<u8>>,
+}
+
 /// The stored decisions of `jobs`, rebuilt from their verdicts (or read whole, when stored in
 /// the earlier form).
 async fn load_decisions(pool: &PgPool, jobs: &[&v1::UsageJob]) -> anyhow::Result<HashMap<String, Decision>> {
     let ids: Vec<&str> = jobs.iter().map(|j| j.job_id.as_str()).collect();
-    let rows: Vec<(String, Option<Vec<u8>>, Option<Vec<u8>>)> =
+    let rows: Vec<StoredDecision> =
         sqlx::query_as("SELECT job_id, verdicts, decision FROM verifier_decisions WHERE job_id = ANY($1)")
             .bind(&ids)
             .fetch_all(pool)
@@ -158,7 +166,7 @@ async fn load_decisions(pool: &PgPool, jobs: &[&v1::UsageJob]) -> anyhow::Result
             .context("reading stored decisions")?;
     let by_id: HashMap<&str, &v1::UsageJob> = jobs.iter().map(|j| (j.job_id.as_str(), *j)).collect();
     let mut decisions = HashMap::with_capacity(rows.len());
-    for (id, verdicts, decision) in rows {
+    for StoredDecision { job_id: id, verdicts, decision } in rows {
         let decision = match (verdicts, decision) {
             (Some(bytes), _) => {
                 let verdicts = v1::VerifierVerdicts::decode(bytes.as_slice()).context("decoding stored verdicts")?;
