@@ -44,6 +44,18 @@ pub fn metrics_handle() -> PrometheusHandle {
             let handle = recorder.handle();
             // Fails only if another recorder was installed first; metrics then go there.
             let _ = metrics::set_global_recorder(recorder);
+            // Histogram samples wait in a buffer until a render or an upkeep folds them into
+            // the buckets: unscraped, the buffer grew without bound (the soak benchmark saw the
+            // gateway, which it did not scrape, go from 35 to 65 MB in 10 minutes; alone under
+            // full load, 21 to 108 MB in 4 minutes). An upkeep every 5 s bounds it.
+            let upkeep = handle.clone();
+            let spawned = std::thread::Builder::new().name("metrics-upkeep".to_owned()).spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_secs(5)); // a periodic job, not a wait for a result
+                upkeep.run_upkeep();
+            });
+            if let Err(err) = spawned {
+                tracing::warn!(%err, "could not start the metrics upkeep thread; histograms fold only when scraped");
+            }
             handle
         })
         .clone()
