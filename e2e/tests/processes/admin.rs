@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use uts_common::auth::mint_hs256;
 use uts_common::testing::isolated_kafka;
 
-use super::stages::{billing_receiver, database_url, environment, free_port, seed, Stage, SECRET};
+use super::stages::{billing_receiver, database_url, environment, seed, Stages, SECRET};
 
 const UNIT: &str = "admin-unit";
 
@@ -69,18 +69,8 @@ async fn a_rule_changed_through_the_admin_api_applies_to_the_next_jobs_within_se
     let (billing_url, receiver_shutdown) = billing_receiver().await;
     let mut env = environment(&kafka, &database_url(&pool), &billing_url);
     env.retain(|(name, _)| name != "UTS_CATALOG_REFRESH_MS"); // the default refresh
-    let (port, query_port) = (free_port(), free_port());
-    let stage = |name: &'static str, args: Vec<String>| Stage { name, args, env: env.clone(), child: None, kills: 0 };
-    let mut stages = vec![
-        stage("ingest-gateway", vec![format!("--listen-addr=127.0.0.1:{port}")]),
-        stage("verifier", vec![]),
-        stage("aggregator", vec![]),
-        stage("billing-forwarder", vec![]),
-        stage("query-service", vec![format!("--listen-addr=127.0.0.1:{query_port}")]),
-    ];
-    for stage in &mut stages {
-        stage.spawn();
-    }
+    let mut stages = Stages::start(&env, &[]);
+    let (port, query_port) = (stages.port, stages.query_port);
     let api = Api {
         client: reqwest::Client::new(),
         gateway: format!("http://127.0.0.1:{port}/api/usagetransparency/v3"),
@@ -112,9 +102,7 @@ async fn a_rule_changed_through_the_admin_api_applies_to_the_next_jobs_within_se
     }
     let applied = changed.elapsed();
     println!("admin change applied after {applied:?} ({completed_after} jobs completed under the old rule)");
-    for stage in &mut stages {
-        stage.stop().await;
-    }
+    stages.stop().await;
     receiver_shutdown.cancel();
     assert!(applied < Duration::from_secs(10), "the change took {applied:?} to reach the verifier");
 }

@@ -19,7 +19,7 @@ use uts_common::testing::isolated_kafka;
 
 use super::load::{Clients, UNIT};
 use super::oracle::{self, progress, Pipeline, Progress};
-use super::stages::{billing_receiver, database_url, environment, free_port, seed, Stage};
+use super::stages::{billing_receiver, database_url, environment, seed, Stages};
 
 /// Clients posting at once; each waits [`PACE`] between its jobs, so the load lasts as long as
 /// the kills need (it stops when the last kill is done) without flooding the debug binaries.
@@ -27,9 +27,10 @@ const CLIENTS: usize = 4;
 const PACE: Duration = Duration::from_millis(200);
 /// Upper bound of the load, whatever the kills wait for (below the API's 1000-job window).
 const MAX_JOBS: usize = 900;
-/// Victims in order (indexes into the stages): every stage at least twice, the aggregators
-/// (2 and 3, one consumer group) four times.
-const SCHEDULE: [usize; 12] = [1, 2, 5, 4, 0, 3, 1, 2, 5, 4, 2, 0];
+/// Victims in order (indexes into the stages: gateway, verifier, aggregator, forwarder, query
+/// service, the second aggregator): every stage at least twice, the aggregators (2 and 5, one
+/// consumer group) four times.
+const SCHEDULE: [usize; 12] = [1, 2, 4, 3, 0, 5, 1, 2, 4, 3, 2, 0];
 
 /// Whether killing `victim` now hits it with work in hand: it made progress since it (or its
 /// group's other member) was last restarted, and work it has not finished is waiting for it.
@@ -50,21 +51,9 @@ async fn killed_and_restarted_stages_neither_lose_nor_double_a_usage(pool: PgPoo
     seed(&pool, UNIT).await;
     let (billing_url, receiver_shutdown) = billing_receiver().await;
 
-    let port = free_port();
-    let query_port = free_port();
     let env = environment(&kafka, &database_url(&pool), &billing_url);
-    let stage = |name: &'static str, args: Vec<String>| Stage { name, args, env: env.clone(), child: None, kills: 0 };
-    let mut stages = vec![
-        stage("ingest-gateway", vec![format!("--listen-addr=127.0.0.1:{port}")]),
-        stage("verifier", vec![]),
-        stage("aggregator", vec![]),
-        stage("aggregator", vec![]),
-        stage("billing-forwarder", vec![]),
-        stage("query-service", vec![format!("--listen-addr=127.0.0.1:{query_port}")]),
-    ];
-    for stage in &mut stages {
-        stage.spawn();
-    }
+    let mut processes = Stages::start(&env, &[("aggregator", vec![])]);
+    let (port, query_port, stages) = (processes.port, processes.query_port, &mut processes.stages);
 
     // Load: CLIENTS clients posting distinct jobs, each retried with its key until accepted,
     // until the last kill is done; job 0 is posted once more at the end with the same key.
@@ -145,9 +134,7 @@ async fn killed_and_restarted_stages_neither_lose_nor_double_a_usage(pool: PgPoo
     for line in &observed {
         println!("  killed {line}");
     }
-    for stage in &mut stages {
-        stage.stop().await;
-    }
+    processes.stop().await;
     receiver_shutdown.cancel();
     report.assert_exact();
     assert!(retries > 0, "the gateway was killed mid-load, yet no client had to retry");

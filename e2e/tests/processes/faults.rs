@@ -26,7 +26,7 @@ use uts_common::testing::{isolated_kafka, isolated_kafka_on};
 
 use super::load::{job_body, Clients, UNIT};
 use super::oracle::{self, progress, Pipeline, Progress};
-use super::stages::{billing_receiver, database_url, environment, free_port, seed, Stage, SECRET};
+use super::stages::{billing_receiver, database_url, environment, seed, Stages, SECRET};
 
 const CLIENTS: usize = 3;
 const PACE: Duration = Duration::from_millis(200);
@@ -61,51 +61,6 @@ async fn script(name: &str, args: &[&str], env: &[(&str, String)]) -> String {
         .unwrap();
     assert!(output.status.success(), "{name} {args:?} failed");
     String::from_utf8(output.stdout).unwrap()
-}
-
-/// The stages of one pipeline, one process each, on `kafka` and `database_url`.
-struct Stages {
-    stages: Vec<Stage>,
-    port: u16,
-    query_port: u16,
-}
-
-impl Stages {
-    fn start(kafka: &KafkaArgs, database_url: &str, billing_url: &str) -> Self {
-        let (port, query_port) = (free_port(), free_port());
-        let env = environment(kafka, database_url, billing_url);
-        let stage =
-            |name: &'static str, args: Vec<String>| Stage { name, args, env: env.clone(), child: None, kills: 0 };
-        let mut stages = vec![
-            stage("ingest-gateway", vec![format!("--listen-addr=127.0.0.1:{port}")]),
-            stage("verifier", vec![]),
-            stage("aggregator", vec![]),
-            stage("billing-forwarder", vec![]),
-            stage("query-service", vec![format!("--listen-addr=127.0.0.1:{query_port}")]),
-        ];
-        for stage in &mut stages {
-            stage.spawn();
-        }
-        Self { stages, port, query_port }
-    }
-
-    /// Stages that exited (none may: a fault of a dependency is ridden out, not fatal).
-    fn exited(&mut self) -> Vec<String> {
-        self.stages.iter_mut().filter_map(|s| s.exited().map(|status| format!("{} {status}", s.name))).collect()
-    }
-
-    /// SIGTERM to every stage: each must finish what it has in hand and exit 0 within 30 s.
-    async fn terminate(&mut self) -> Vec<String> {
-        let mut failures = Vec::new();
-        for stage in &mut self.stages {
-            match stage.terminate(Duration::from_secs(30)).await {
-                Some(status) if status.success() => {}
-                Some(status) => failures.push(format!("{} exited {status} on SIGTERM", stage.name)),
-                None => failures.push(format!("{} still ran 30 s after SIGTERM", stage.name)),
-            }
-        }
-        failures
-    }
 }
 
 /// While PostgreSQL is down, what needs it answers 503 `serviceUnavailable` with `Retry-After`
@@ -183,6 +138,31 @@ async fn moved_on(pool: &PgPool, clients: &Clients, what: &str, since: Progress)
     .await
 }
 
+/// Stops the load (after [`STRIDE`] more jobs), compares the end state with the oracle, prints
+/// the test's line and sends SIGTERM to every stage: the report, the clients' retries, the
+/// stages that had exited before, and those that did not exit 0 on SIGTERM within 30 s.
+async fn conclude(
+    test: &str,
+    events: &[String],
+    clients: Clients,
+    stages: &mut Stages,
+    pipeline: &Pipeline<'_>,
+) -> (oracle::Report, u64, Vec<String>, Vec<String>) {
+    let started = clients.started;
+    let (accepted, retries) = clients.finish(STRIDE).await;
+    let report = oracle::check(pipeline, &accepted, started).await;
+    let exited = stages.exited();
+    println!(
+        "{test}: {} usages in {} jobs acknowledged after {retries} client retries; {}; {}",
+        report.total,
+        accepted.len(),
+        events.join("; "),
+        report.summary()
+    );
+    let unclean = stages.terminate().await;
+    (report, retries, exited, unclean)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Kafka: a three-broker cluster losing its busiest leader, then another.
 
@@ -252,7 +232,7 @@ async fn brokers_of_a_replicated_cluster_die_under_load_and_no_acknowledged_usag
     let kafka = isolated_kafka_on(4, &[format!("--kafka-brokers={brokers}"), "--topic-replication=3".to_owned()]).await;
     seed(&pool, UNIT).await;
     let (billing_url, receiver_shutdown) = billing_receiver().await;
-    let mut stages = Stages::start(&kafka, &database_url(&pool), &billing_url);
+    let mut stages = Stages::start(&environment(&kafka, &database_url(&pool), &billing_url), &[]);
     let clients = Clients::start(stages.port, CLIENTS, PACE, MAX_JOBS);
 
     let mut seen = until(&pool, &clients, "before the first kill", Duration::from_secs(120), |p| p.billed > 0).await;
@@ -269,24 +249,13 @@ async fn brokers_of_a_replicated_cluster_die_under_load_and_no_acknowledged_usag
         until_in_sync(&kafka).await;
         seen = moved_on(&pool, &clients, &format!("after broker {node} came back"), seen).await;
         killed.push(format!(
-            "round {round}: broker {node} killed, {STRIDE} jobs billed without it within {carried_on:?}"
+            "round {round}: broker {node} killed, {STRIDE} jobs accepted and records billed without it within {carried_on:?}"
         ));
         previous = Some(victim);
     }
 
-    let started = clients.started;
-    let (accepted, retries) = clients.finish(STRIDE).await;
     let pipeline = Pipeline { pool: &pool, kafka: &kafka, query_port: stages.query_port, billing_url: &billing_url };
-    let report = oracle::check(&pipeline, &accepted, started).await;
-    let exited = stages.exited();
-    println!(
-        "cluster test: {} usages in {} jobs acknowledged after {retries} client retries; {}; {}",
-        report.total,
-        accepted.len(),
-        killed.join("; "),
-        report.summary()
-    );
-    let unclean = stages.terminate().await;
+    let (report, _, exited, unclean) = conclude("cluster test", &killed, clients, &mut stages, &pipeline).await;
     receiver_shutdown.cancel();
     assert!(exited.is_empty(), "stages exited: {exited:?}");
     report.assert_exact();
@@ -336,7 +305,7 @@ async fn postgresql_crashing_under_load_loses_and_doubles_nothing_and_every_stag
     let kafka = isolated_kafka(4).await;
     seed(&pool, UNIT).await;
     let (billing_url, receiver_shutdown) = billing_receiver().await;
-    let mut stages = Stages::start(&kafka, &url, &billing_url);
+    let mut stages = Stages::start(&environment(&kafka, &url, &billing_url), &[]);
     let clients = Clients::start(stages.port, CLIENTS, PACE, MAX_JOBS);
 
     let mut seen = until(&pool, &clients, "before the first crash", Duration::from_secs(120), |p| p.billed > 0).await;
@@ -371,19 +340,9 @@ async fn postgresql_crashing_under_load_loses_and_doubles_nothing_and_every_stag
         ));
     }
 
-    let started = clients.started;
-    let (accepted, retries) = clients.finish(STRIDE).await;
     let pipeline = Pipeline { pool: &pool, kafka: &kafka, query_port: stages.query_port, billing_url: &billing_url };
-    let report = oracle::check(&pipeline, &accepted, started).await;
-    let exited = stages.exited();
-    println!(
-        "PostgreSQL test: {} usages in {} jobs acknowledged after {retries} client retries; {}; {}",
-        report.total,
-        accepted.len(),
-        crashes.join("; "),
-        report.summary()
-    );
-    let unclean = stages.terminate().await;
+    let (report, retries, exited, unclean) =
+        conclude("PostgreSQL test", &crashes, clients, &mut stages, &pipeline).await;
     receiver_shutdown.cancel();
     pool.close().await;
     let admin = PgPool::connect(&format!("{server}/uts")).await.unwrap();

@@ -144,3 +144,61 @@ pub async fn billing_receiver() -> (String, CancellationToken) {
     tokio::spawn(receiver.run_until_stopped(shutdown.clone()));
     (url, shutdown)
 }
+
+/// One process each of the gateway (its reads forwarded to the query service: the one
+/// address), the verifier, the aggregator, the billing-forwarder and the query service, then
+/// those of `more` (name, flags), all with `env`.
+pub struct Stages {
+    pub stages: Vec<Stage>,
+    /// The gateway's and the query service's listening ports.
+    pub port: u16,
+    pub query_port: u16,
+}
+
+impl Stages {
+    pub fn start(env: &[(String, String)], more: &[(&'static str, Vec<String>)]) -> Self {
+        let (port, query_port) = (free_port(), free_port());
+        let stage =
+            |name: &'static str, args: Vec<String>| Stage { name, args, env: env.to_vec(), child: None, kills: 0 };
+        let gateway = vec![
+            format!("--listen-addr=127.0.0.1:{port}"),
+            format!("--query-service-url=http://127.0.0.1:{query_port}"),
+        ];
+        let mut stages = vec![
+            stage("ingest-gateway", gateway),
+            stage("verifier", vec![]),
+            stage("aggregator", vec![]),
+            stage("billing-forwarder", vec![]),
+            stage("query-service", vec![format!("--listen-addr=127.0.0.1:{query_port}")]),
+        ];
+        stages.extend(more.iter().map(|(name, args)| stage(name, args.clone())));
+        for stage in &mut stages {
+            stage.spawn();
+        }
+        Self { stages, port, query_port }
+    }
+
+    /// Stages that exited (none may: a fault of a dependency is ridden out, not fatal).
+    pub fn exited(&mut self) -> Vec<String> {
+        self.stages.iter_mut().filter_map(|s| s.exited().map(|status| format!("{} {status}", s.name))).collect()
+    }
+
+    /// SIGTERM to every stage: each must finish what it has in hand and exit 0 within 30 s.
+    pub async fn terminate(&mut self) -> Vec<String> {
+        let mut failures = Vec::new();
+        for stage in &mut self.stages {
+            match stage.terminate(std::time::Duration::from_secs(30)).await {
+                Some(status) if status.success() => {}
+                Some(status) => failures.push(format!("{} exited {status} on SIGTERM", stage.name)),
+                None => failures.push(format!("{} still ran 30 s after SIGTERM", stage.name)),
+            }
+        }
+        failures
+    }
+
+    pub async fn stop(&mut self) {
+        for stage in &mut self.stages {
+            stage.stop().await;
+        }
+    }
+}

@@ -23,7 +23,7 @@ use sqlx::PgPool;
 use uts_common::auth::mint_hs256;
 use uts_common::testing::isolated_kafka;
 
-use super::stages::{billing_receiver, database_url, environment, free_port, seed, Stage, SECRET};
+use super::stages::{billing_receiver, database_url, environment, seed, Stages, SECRET};
 
 /// A span as the collector received it.
 #[derive(Debug, Clone)]
@@ -106,28 +106,12 @@ async fn one_jobs_trace_crosses_every_process(pool: PgPool) {
 
     let (billing_url, receiver_shutdown) = billing_receiver().await;
 
-    let (port, query_port) = (free_port(), free_port());
     let mut env = environment(&kafka, &database_url(&pool), &billing_url);
     env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), collector_url));
     // Export every 100 ms instead of 5 s.
     env.push(("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()));
-    let stage = |name: &'static str, args: Vec<String>| Stage { name, args, env: env.clone(), child: None, kills: 0 };
-    let mut stages = vec![
-        stage(
-            "ingest-gateway",
-            vec![
-                format!("--listen-addr=127.0.0.1:{port}"),
-                format!("--query-service-url=http://127.0.0.1:{query_port}"),
-            ],
-        ),
-        stage("verifier", vec![]),
-        stage("aggregator", vec![]),
-        stage("billing-forwarder", vec![]),
-        stage("query-service", vec![format!("--listen-addr=127.0.0.1:{query_port}")]),
-    ];
-    for stage in &mut stages {
-        stage.spawn();
-    }
+    let mut stages = Stages::start(&env, &[]);
+    let port = stages.port;
 
     let api = format!("http://127.0.0.1:{port}/api/usagetransparency/v3");
     let token = mint_hs256(SECRET, "op", "trace", &["uts.usages.write", "uts.usages.read"], 3600).unwrap();
@@ -215,9 +199,7 @@ async fn one_jobs_trace_crosses_every_process(pool: PgPool) {
     assert_eq!(verifier.trace_id, gateway.trace_id);
 
     receiver_shutdown.cancel();
-    for stage in &mut stages {
-        stage.stop().await;
-    }
+    stages.stop().await;
 }
 
 /// The spans of one job's trace, stage by stage.
