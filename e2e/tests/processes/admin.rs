@@ -1,7 +1,8 @@
 //! An administrator's change reaches the stages within seconds, end to end (the architecture
 //! document's claim): a rule created and then tightened through the admin API of the real query
 //! service (not by SQL), applied by a verifier process with the default catalog refresh (2 s)
-//! to the jobs posted after it.
+//! to the jobs posted after it. And `UTS_REQUIRE_RULE` end to end: a unit without a rule fails
+//! verification until its rule is created through the admin API.
 
 use std::time::{Duration, Instant};
 
@@ -62,20 +63,48 @@ impl Api {
     }
 }
 
-#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
-async fn a_rule_changed_through_the_admin_api_applies_to_the_next_jobs_within_seconds(pool: PgPool) {
+/// Every stage a real process with the default catalog refresh (and `extra` environment), and
+/// the API client for it.
+async fn start(pool: &PgPool, extra: &[(&str, &str)]) -> (Stages, Api, tokio_util::sync::CancellationToken) {
     let kafka = isolated_kafka(2).await;
-    seed(&pool, "another-unit").await; // the tenants (and a rule of another unit)
+    seed(pool, "another-unit").await; // the tenants (and a rule of another unit)
     let (billing_url, receiver_shutdown) = billing_receiver().await;
-    let mut env = environment(&kafka, &database_url(&pool), &billing_url);
+    let mut env = environment(&kafka, &database_url(pool), &billing_url);
     env.retain(|(name, _)| name != "UTS_CATALOG_REFRESH_MS"); // the default refresh
-    let mut stages = Stages::start(&env, &[]);
+    env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    let stages = Stages::start(&env, &[]);
     let (port, query_port) = (stages.port, stages.query_port);
     let api = Api {
         client: reqwest::Client::new(),
         gateway: format!("http://127.0.0.1:{port}/api/usagetransparency/v3"),
         query: format!("http://127.0.0.1:{query_port}/api/usagetransparency/v3"),
     };
+    (stages, api, receiver_shutdown)
+}
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn with_require_rule_a_unit_without_a_rule_fails_until_its_rule_is_created_through_the_admin_api(pool: PgPool) {
+    let (mut stages, api, receiver_shutdown) = start(&pool, &[("UTS_REQUIRE_RULE", "true")]).await;
+    let before = api.job_status(5).await;
+    let admin = mint_hs256(SECRET, "op", "operator", &["uts.admin"], 600).unwrap();
+    let rule = json!({"application": "app", "unit": UNIT, "ownerTenantId": "prov", "billingEnabled": true});
+    let (status, created) =
+        api.send(|c| c.post(format!("{}/admin/rules", api.query)).bearer_auth(&admin).json(&rule)).await;
+    assert_eq!(status, 201, "{created}");
+    let created_at = Instant::now();
+    let mut after = api.job_status(5).await;
+    while after != "COMPLETED" && created_at.elapsed() < Duration::from_secs(30) {
+        after = api.job_status(5).await;
+    }
+    stages.stop().await;
+    receiver_shutdown.cancel();
+    assert_eq!(before, "ERRORS", "a usage of a unit without a rule passed with UTS_REQUIRE_RULE");
+    assert_eq!(after, "COMPLETED", "the rule created through the admin API never applied");
+}
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn a_rule_changed_through_the_admin_api_applies_to_the_next_jobs_within_seconds(pool: PgPool) {
+    let (mut stages, api, receiver_shutdown) = start(&pool, &[]).await;
     let admin = mint_hs256(SECRET, "op", "operator", &["uts.admin"], 600).unwrap();
     let rule =
         json!({"application": "app", "unit": UNIT, "ownerTenantId": "prov", "billingEnabled": true, "maxValue": 10});
