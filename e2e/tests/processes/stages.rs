@@ -81,8 +81,33 @@ pub fn database_url(pool: &PgPool) -> String {
     format!("{prefix}/{database}")
 }
 
+/// Ports the stages of these tests listen on: below the kernel's ephemeral range, so that no
+/// client socket (of this or any process) can be given one between [`free_port`]'s check and
+/// the stage's own bind. Binding port 0 and dropping the listener had exactly that race.
+const STAGE_PORTS: std::ops::Range<u16> = 20_000..30_000;
+
+/// A free port of [`STAGE_PORTS`] for a stage process to listen on; each at most once per test
+/// process (a counter from a random start, so that two test processes rarely meet).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::OnceLock;
+    static NEXT: OnceLock<AtomicU32> = OnceLock::new();
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    if let [low, high] = ephemeral.split_whitespace().filter_map(|p| p.parse::<u16>().ok()).collect::<Vec<_>>()[..] {
+        assert!(
+            high < STAGE_PORTS.start || low >= STAGE_PORTS.end,
+            "the ephemeral port range {low}-{high} overlaps the stage ports {STAGE_PORTS:?}"
+        );
+    }
+    let next = NEXT.get_or_init(|| AtomicU32::new(uuid::Uuid::new_v4().as_u128() as u32));
+    let size = u32::from(STAGE_PORTS.end - STAGE_PORTS.start);
+    for _ in 0..size {
+        let port = STAGE_PORTS.start + (next.fetch_add(1, Ordering::Relaxed) % size) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {STAGE_PORTS:?}");
 }
 
 /// The environment of every stage process: the test's topics, database and billing receiver,
