@@ -210,9 +210,19 @@ impl Runner {
     /// when shutdown interrupts a retry.
     async fn consume<H: Handler>(&self, handler: &H, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let mut stream = self.consumer.stream();
+        // A fatal error (e.g. this member fenced by another with the same group.instance.id)
+        // leaves the consumer alive and useless: it delivers nothing, for ever. Checked every
+        // second, it ends the loop with an error, so the process exits non-zero.
+        let mut fatal_check = tokio::time::interval(Duration::from_secs(1));
         loop {
             let first = tokio::select! {
                 () = shutdown.cancelled() => break,
+                _ = fatal_check.tick() => {
+                    if let Some((code, reason)) = self.consumer.client().fatal_error() {
+                        anyhow::bail!("the Kafka consumer hit a fatal error ({code:?}): {reason}");
+                    }
+                    continue;
+                }
                 next = stream.next() => next,
             };
             let Some(first) = first else { break };

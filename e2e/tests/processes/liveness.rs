@@ -130,3 +130,49 @@ async fn a_stuck_verifier_turns_unready_and_its_partitions_move_mid_batch_withou
     assert!(twice > 0, "no message was handled by both verifiers: the first one's batch did not move");
     report.assert_exact();
 }
+
+/// A consumer task that fails makes its process exit non-zero, instead of living on with nothing
+/// consumed: two verifiers with one static `group.instance.id` (a copy-paste an operator can
+/// make), the second one fences the first, whose consumer is then fatally failed (it would
+/// deliver nothing, for ever). The first must exit non-zero by itself; the second carries the
+/// load; the end state equals the oracle.
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+#[ignore = "runs six stage processes; deploy/local/test.sh runs it after the other tests, one at a time"]
+async fn a_verifier_whose_consumer_is_fenced_exits_non_zero_and_the_other_carries_on(pool: PgPool) {
+    let kafka = isolated_kafka(4).await;
+    seed(&pool, UNIT).await;
+    let (billing_url, receiver_shutdown) = billing_receiver().await;
+    let mut env = environment(&kafka, &database_url(&pool), &billing_url);
+    env.retain(|(name, _)| name != "UTS_KAFKA_PROPERTIES");
+    // Consumers of other groups may share the id: it is unique per group.
+    env.push(("UTS_KAFKA_PROPERTIES".into(), "session.timeout.ms=6000,group.instance.id=the-verifier".into()));
+    let mut stages = super::stages::Stages::start(&env, &[]);
+    let clients = Clients::start(stages.port, 2, Duration::from_millis(200), 900);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while progress(&pool, clients.accepted()).await.unwrap().billed == 0 {
+        assert!(Instant::now() < deadline, "nothing billed before the second verifier");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut second = Stage { name: "verifier", args: vec![], env: env.clone(), child: None, kills: 0 };
+    second.spawn();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = stages.stages[1].exited() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the fenced verifier still runs after 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let started = clients.started;
+    let (accepted, _) = clients.finish(10).await;
+    let pipeline = Pipeline { pool: &pool, kafka: &kafka, query_port: stages.query_port, billing_url: &billing_url };
+    let report = oracle::check(&pipeline, &accepted, started).await;
+    let second_exited = second.exited();
+    println!("fencing test: the first verifier exited with {status}; {} jobs; {}", accepted.len(), report.summary());
+    stages.stop().await;
+    second.stop().await;
+    receiver_shutdown.cancel();
+    assert!(!status.success(), "the fenced verifier exited 0");
+    assert!(second_exited.is_none(), "the second verifier exited: {second_exited:?}");
+    report.assert_exact();
+}
