@@ -461,21 +461,34 @@ async fn a_job_is_readable_right_after_its_acknowledgement(pool: PgPool) {
         }
         quick = if sent.elapsed() < Duration::from_millis(1500) { quick + 1 } else { 0 };
     }
-    let id = uts_common::domain::JobId::new().as_str().to_owned();
-    let path = format!("/usagesJobs/{id}");
     // The job reaches the topic 200 ms after the GET was sent, as when the projection lags. The
     // producer is connected beforehand: making one (metadata, producer id) took over a second on a
-    // loaded machine, and that is not what is measured here.
+    // loaded machine, and that is not what is measured here. Up to three jobs: under CI's full
+    // load the projection once took longer than the GET's 2 s wait (it answered 404 after
+    // waiting); an attempt may miss that way, but one must be read, and a miss must have waited.
     let (producer, _) = kafka::durable_producer(&service.0.kafka).unwrap();
     kafka::check_reachable(&producer, Duration::from_secs(10)).await.unwrap();
-    let late = async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let payload = job(&id, "acme").encode_to_vec();
-        let topic = service.0.kafka.topics().usage_jobs;
-        kafka::produce_durably(&producer, &topic, id.as_bytes(), &payload, Duration::from_secs(10)).await.unwrap();
+    let mut misses = Vec::new();
+    let (id, path, body) = loop {
+        let id = uts_common::domain::JobId::new().as_str().to_owned();
+        let path = format!("/usagesJobs/{id}");
+        let late = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let payload = job(&id, "acme").encode_to_vec();
+            let topic = service.0.kafka.topics().usage_jobs;
+            kafka::produce_durably(&producer, &topic, id.as_bytes(), &payload, Duration::from_secs(10)).await.unwrap();
+        };
+        let asked = Instant::now();
+        let ((status, body), ()) = tokio::join!(service.get("acme", &path), late);
+        if status == StatusCode::OK {
+            break (id, path, body);
+        }
+        let waited = asked.elapsed();
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        assert!(waited >= Duration::from_millis(1500), "a 404 for a fresh id after only {waited:?}: no wait");
+        misses.push(waited);
+        assert!(misses.len() < 3, "a job produced 200 ms after its GET was never read: {misses:?}");
     };
-    let ((status, body), ()) = tokio::join!(service.get("acme", &path), late);
-    assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["id"], id.as_str());
 
     for (tenant, path) in [
