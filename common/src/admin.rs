@@ -70,7 +70,7 @@ pub fn with_consumer(check: ReadinessCheck, liveness: Arc<crate::runner::Livenes
     Arc::new(move || {
         let (check, liveness) = (check.clone(), liveness.clone());
         Box::pin(async move {
-            liveness.check(liveness.stall)?;
+            liveness.check()?;
             check().await
         })
     })

@@ -114,7 +114,7 @@ pub struct Liveness {
     batch_since_ms: AtomicI64,
     stopped: AtomicBool,
     /// How long a batch may be in hand before the consumer counts as stuck.
-    pub stall: Duration,
+    stall: Duration,
 }
 
 impl Liveness {
@@ -134,8 +134,10 @@ impl Liveness {
         self.stopped.store(true, Relaxed);
     }
 
-    /// `Err(reason)` when the loop has stopped or one batch has been in hand longer than `stall`.
-    pub fn check(&self, stall: Duration) -> Result<(), String> {
+    /// `Err(reason)` when the loop has stopped or one batch has been in hand longer than its
+    /// stall limit.
+    pub fn check(&self) -> Result<(), String> {
+        let stall = self.stall;
         if self.stopped.load(Relaxed) {
             return Err("the consumer loop has stopped".into());
         }
@@ -441,14 +443,14 @@ mod liveness_tests {
     #[test]
     fn a_consumer_is_live_while_waiting_or_briefly_busy_and_not_once_stuck_or_stopped() {
         let liveness = Liveness::new(BATCH_STALL);
-        assert_eq!(liveness.check(BATCH_STALL), Ok(()), "waiting for messages");
+        assert_eq!(liveness.check(), Ok(()), "waiting for messages");
         liveness.batch_taken();
-        assert_eq!(liveness.check(BATCH_STALL), Ok(()), "a batch just taken");
+        assert_eq!(liveness.check(), Ok(()), "a batch just taken");
         liveness.batch_since_ms.store(Utc::now().timestamp_millis() - 121_000, Relaxed);
-        assert_eq!(liveness.check(BATCH_STALL), Err("one consumer batch has been in hand for 121 s".into()));
+        assert_eq!(liveness.check(), Err("one consumer batch has been in hand for 121 s".into()));
         liveness.batch_done();
-        assert_eq!(liveness.check(BATCH_STALL), Ok(()));
+        assert_eq!(liveness.check(), Ok(()));
         liveness.stopped();
-        assert_eq!(liveness.check(BATCH_STALL), Err("the consumer loop has stopped".into()));
+        assert_eq!(liveness.check(), Err("the consumer loop has stopped".into()));
     }
 }

@@ -119,7 +119,7 @@ async fn accept(
         let hash = idempotency::request_hash(route, &bytes);
         let claim = idempotency::claim(&state.pool, &principal.tenant, key, &hash, &job, state.idempotency_window)
             .await
-            .map_err(|err| unavailable("PostgreSQL", &err))?;
+            .map_err(|err| unavailable("PostgreSQL", &err, 1))?;
         match claim {
             Claim::New => {}
             // Re-produce under the original id: the first attempt may never have reached Kafka.
@@ -159,9 +159,7 @@ async fn accept(
             state.kafka_health.mark_down();
         }
         metrics::counter!("uts_gateway_kafka_produce_failures_total").increment(1);
-        let mut refused = unavailable("Kafka", &err);
-        refused.retry_after = Some(state.kafka_health.retry_after_seconds());
-        return Err(refused);
+        return Err(unavailable("Kafka", &err, state.kafka_health.retry_after_seconds()));
     }
     metrics::counter!("uts_gateway_usages_accepted_total").increment(u64::from(job.usages_count));
     metrics::counter!("uts_gateway_jobs_accepted_total").increment(1);
@@ -189,7 +187,7 @@ fn to_message(
 
 /// Only developer and operator tenants may submit usages (DESIGN.md §3).
 async fn check_submitter(state: &AppState, principal: &Principal) -> Result<(), ApiError> {
-    let tenant = state.tenants.get(&principal.tenant).await.map_err(|err| unavailable("PostgreSQL", &err))?;
+    let tenant = state.tenants.get(&principal.tenant).await.map_err(|err| unavailable("PostgreSQL", &err, 1))?;
     match tenant {
         Some(tenant) if tenant.tenant_type.may_submit_usages() => Ok(()),
         Some(tenant) => Err(ApiError::forbidden(format!(
@@ -204,7 +202,10 @@ async fn check_submitter(state: &AppState, principal: &Principal) -> Result<(), 
     }
 }
 
-fn unavailable(dependency: &str, err: &dyn std::fmt::Display) -> ApiError {
+fn unavailable(dependency: &str, err: &dyn std::fmt::Display, retry_after_seconds: u64) -> ApiError {
     tracing::warn!(%err, dependency, "dependency unavailable; request refused with 503");
-    ApiError::service_unavailable(format!("{dependency} is unavailable; nothing was accepted, retry later"), 1)
+    ApiError::service_unavailable(
+        format!("{dependency} is unavailable; nothing was accepted, retry later"),
+        retry_after_seconds,
+    )
 }

@@ -23,6 +23,19 @@ use super::load::{Clients, UNIT};
 use super::oracle::{self, progress, Pipeline};
 use super::stages::{billing_receiver, database_url, environment, free_port, seed, Stage};
 
+/// The stages' environment with `properties` as their librdkafka overrides.
+fn with_kafka_properties(
+    kafka: &uts_common::config::KafkaArgs,
+    pool: &PgPool,
+    billing_url: &str,
+    properties: &str,
+) -> Vec<(String, String)> {
+    let mut env = environment(kafka, &database_url(pool), billing_url);
+    env.retain(|(name, _)| name != "UTS_KAFKA_PROPERTIES");
+    env.push(("UTS_KAFKA_PROPERTIES".into(), properties.into()));
+    env
+}
+
 /// `/readyz` of the admin listener on `port`: its status and body.
 async fn readyz(port: u16) -> Option<(u16, String)> {
     let response = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await.ok()?;
@@ -60,9 +73,7 @@ async fn a_stuck_verifier_turns_unready_and_its_partitions_move_mid_batch_withou
     let kafka = isolated_kafka(4).await;
     seed(&pool, UNIT).await;
     let (billing_url, receiver_shutdown) = billing_receiver().await;
-    let mut env = environment(&kafka, &database_url(&pool), &billing_url);
-    env.retain(|(name, _)| name != "UTS_KAFKA_PROPERTIES");
-    env.push(("UTS_KAFKA_PROPERTIES".into(), "session.timeout.ms=6000,max.poll.interval.ms=8000".into()));
+    let env = with_kafka_properties(&kafka, &pool, &billing_url, "session.timeout.ms=6000,max.poll.interval.ms=8000");
     let (port, query_port, first_admin, second_admin) = (free_port(), free_port(), free_port(), free_port());
     let stage = |name: &'static str, args: Vec<String>| Stage { name, args, env: env.clone(), child: None, kills: 0 };
     let verifier = |admin: u16| {
@@ -142,10 +153,9 @@ async fn a_verifier_whose_consumer_is_fenced_exits_non_zero_and_the_other_carrie
     let kafka = isolated_kafka(4).await;
     seed(&pool, UNIT).await;
     let (billing_url, receiver_shutdown) = billing_receiver().await;
-    let mut env = environment(&kafka, &database_url(&pool), &billing_url);
-    env.retain(|(name, _)| name != "UTS_KAFKA_PROPERTIES");
     // Consumers of other groups may share the id: it is unique per group.
-    env.push(("UTS_KAFKA_PROPERTIES".into(), "session.timeout.ms=6000,group.instance.id=the-verifier".into()));
+    let env =
+        with_kafka_properties(&kafka, &pool, &billing_url, "session.timeout.ms=6000,group.instance.id=the-verifier");
     let mut stages = super::stages::Stages::start(&env, &[]);
     let clients = Clients::start(stages.port, 2, Duration::from_millis(200), 900);
     let deadline = Instant::now() + Duration::from_secs(60);
