@@ -14,9 +14,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use axum::body::Body;
+use axum::body::HttpBody as _;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::uri::{Authority, Scheme, Uri};
+use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -49,7 +51,10 @@ impl Upstream {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
+        // Idle connections are let go well before the query service's header timeout (10 s by
+        // default) closes them from its side: a request sent on a connection the server is
+        // closing at that moment fails (seen once under schemathesis as a 503).
+        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE).build(connector);
         Ok(Self { client, scheme, authority, prefix: uri.path().trim_end_matches('/').to_owned() })
     }
 
@@ -62,6 +67,9 @@ impl Upstream {
             .build()
     }
 }
+
+/// How long an idle connection to the query service is kept for reuse.
+const POOL_IDLE: Duration = Duration::from_secs(4);
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 7] = [
@@ -115,19 +123,47 @@ pub(crate) async fn forward(State(state): State<Arc<AppState>>, request: Request
     }
     parts.headers.remove(header::HOST);
     parts.uri = target;
-    match upstream.client.request(Request::from_parts(parts, body)).await {
+    // A read without a body can be sent again: once more on a fresh connection when a pooled
+    // one failed under it (the server closed it as the request left). Nothing else is retried.
+    let again = (matches!(parts.method, Method::GET | Method::HEAD) && body.size_hint().exact() == Some(0))
+        .then(|| (parts.method.clone(), parts.uri.clone(), parts.version, parts.headers.clone()));
+    let mut answer = upstream.client.request(Request::from_parts(parts, body)).await;
+    if let (Err(err), Some((method, uri, version, headers))) = (&answer, again) {
+        if !err.is_connect() {
+            tracing::debug!(err = %error_chain(err), "a pooled connection failed under a read; sent once more");
+            let mut retry = Request::new(Body::empty());
+            *retry.method_mut() = method;
+            *retry.uri_mut() = uri;
+            *retry.version_mut() = version;
+            *retry.headers_mut() = headers;
+            answer = upstream.client.request(retry).await;
+        }
+    }
+    match answer {
         Ok(answer) => {
             let (mut parts, body) = answer.into_parts();
             drop_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, Body::new(body))
         }
         Err(err) => {
-            tracing::warn!(%err, "forwarding to the query service failed; answered 503");
+            tracing::warn!(err = %error_chain(&err), "forwarding to the query service failed; answered 503");
             metrics::counter!("uts_gateway_forward_failures_total").increment(1);
             ApiError::service_unavailable("the query service is unavailable; nothing was changed, retry later", 1)
                 .into_response()
         }
     }
+}
+
+/// An error with its causes ("client error (SendRequest): connection closed before …").
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]

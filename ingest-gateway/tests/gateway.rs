@@ -487,6 +487,60 @@ async fn a_wrong_method_or_an_unreachable_query_service_is_answered_in_the_mdsp_
     }
 }
 
+/// A kept-alive connection to the query service that the server closes as the next request
+/// arrives (its idle timeout firing at that moment; seen once as a 503 under schemathesis): a
+/// read is sent once more on a fresh connection and answered, never a 503.
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn a_read_on_a_pooled_connection_the_query_service_closes_is_sent_again(pool: PgPool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // An upstream that answers the first request of each connection and keeps it alive, then
+    // reads the next request's headers and closes without an answer.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = listener.local_addr().unwrap();
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 8192];
+                let mut seen = Vec::new();
+                let mut answered = false;
+                loop {
+                    let Ok(n) = stream.read(&mut buffer).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buffer[..n]);
+                    if !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        continue;
+                    }
+                    if answered {
+                        return; // closes under the second request
+                    }
+                    seen.clear();
+                    answered = true;
+                    let body = r#"{"ok":true}"#;
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    stream.write_all(answer.as_bytes()).await.unwrap();
+                }
+            });
+        }
+    });
+    let upstream = format!("--query-service-url=http://{upstream_addr}");
+    let gateway = TestGateway::start(pool, &[upstream.as_str()]).await;
+    for round in 0..3 {
+        let response = gateway.client.get(gateway.url("/usagesJobs")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "round {round}: {:?}", response.text().await);
+    }
+    // Each retry needed a new connection: the first request's, then one per later round.
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
+
 /// The HTTP limits of the real gateway (`uts_common::http::serve`), over raw TCP: a client that
 /// never finishes its headers is disconnected after the header timeout; a body that never
 /// arrives is answered 503 at the request timeout; beyond the connection limit a connection
