@@ -84,6 +84,11 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
 
+    /// 409: the body's `property` collides with a resource that exists (a duplicate name).
+    pub fn conflict(property: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message).with_parameter("property", property)
+    }
+
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }

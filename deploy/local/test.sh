@@ -17,6 +17,17 @@ done
 # The official Node client, at the version pinned in its lock file (e2e/tests/pipeline.rs runs it).
 (cd "$root/e2e/official-client" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) ||
   die "npm ci in e2e/official-client failed"
+# schemathesis, pinned with everything it pulls in, in a virtualenv of its own (e2e/tests/openapi.rs
+# drives it against the running service through UTS_SCHEMATHESIS).
+st_venv="${XDG_CACHE_HOME:-$HOME/.cache}/uts-tools/schemathesis"
+if ! cmp -s "$root/e2e/schemathesis/requirements.txt" "$st_venv/requirements.txt"; then
+  rm -rf "$st_venv"
+  python3 -m venv "$st_venv" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$st_venv"; }
+  log_info "installing schemathesis (e2e/schemathesis/requirements.txt) from PyPI into $st_venv"
+  "$st_venv/bin/pip" install -q -r "$root/e2e/schemathesis/requirements.txt" || die "installing schemathesis failed"
+  cp "$root/e2e/schemathesis/requirements.txt" "$st_venv/requirements.txt"
+fi
+export UTS_SCHEMATHESIS="$st_venv/bin/st"
 # The compose check reads YAML.
 python3 -c 'import yaml' 2>/dev/null || apt_install python3-yaml
 "$dir/infra.sh" up >/dev/null

@@ -16,6 +16,14 @@ fn assert_names(error: &ErrorAnswer, code: &str, name: &str) {
     assert!(error.message.starts_with(name), "{error:?}");
 }
 
+/// 409 `conflict` naming the property that collides with an existing resource.
+fn assert_conflict(error: &ErrorAnswer, name: &str) {
+    assert_eq!(error.status, StatusCode::CONFLICT, "{error:?}");
+    assert_eq!(error.code, "conflict", "{error:?}");
+    assert_eq!(error.names.as_deref(), Some(name), "{error:?}");
+    assert!(error.message.starts_with(name), "{error:?}");
+}
+
 fn rule(application: &str, unit: &str, owner: &str) -> Value {
     json!({"application": application, "unit": unit, "ownerTenantId": owner})
 }
@@ -290,12 +298,12 @@ async fn a_rule_round_trip_keeps_exact_values_and_counts_versions(pool: PgPool) 
 }
 
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
-async fn a_second_rule_for_the_same_application_and_unit_is_refused_naming_unit(pool: PgPool) {
+async fn a_second_rule_for_the_same_application_and_unit_is_a_conflict_naming_unit(pool: PgPool) {
     let service = TestQueryService::start(pool).await;
     service.tenant("acme", "operator", None).await;
     let first = service.expect(Method::POST, "/rules", Some(rule("monitor", "kWh", "acme")), StatusCode::CREATED).await;
     let error = error_of(service.call(Method::POST, "/rules", Some(rule("monitor", "kWh", "acme"))).await).await;
-    assert_names(&error, "invalidRequestBodyProperty", "unit");
+    assert_conflict(&error, "unit");
     assert!(error.message.contains(first["ruleId"].as_str().unwrap()), "names the existing rule: {error:?}");
 
     // The same through an update that moves another rule onto (monitor, kWh).
@@ -303,7 +311,7 @@ async fn a_second_rule_for_the_same_application_and_unit_is_refused_naming_unit(
         service.expect(Method::POST, "/rules", Some(rule("monitor", "MWh", "acme")), StatusCode::CREATED).await;
     let path = format!("/rules/{}", second["ruleId"].as_str().unwrap());
     let error = error_of(service.call(Method::PUT, &path, Some(rule("monitor", "kWh", "acme"))).await).await;
-    assert_names(&error, "invalidRequestBodyProperty", "unit");
+    assert_conflict(&error, "unit");
     let unchanged = service.expect(Method::GET, &path, None, StatusCode::OK).await;
     assert_eq!((unchanged["unit"].clone(), unchanged["version"].clone()), (json!("MWh"), json!(1)));
 }
@@ -544,7 +552,7 @@ async fn kpi_validation_names_the_field(pool: PgPool) {
     service.expect(Method::POST, "/kpis", Some(kpi("asset-count", "assetmonitor", "acme")), StatusCode::CREATED).await;
     let error =
         error_of(service.call(Method::POST, "/kpis", Some(kpi("asset-count", "assetmonitor", "acme"))).await).await;
-    assert_names(&error, "invalidRequestBodyProperty", "name");
+    assert_conflict(&error, "name");
     for (query, name) in [("/kpis?size=0", "size"), ("/kpis?unit=x", "unit")] {
         let error = error_of(service.call(Method::GET, query, None).await).await;
         assert_names(&error, "invalidParameter", name);

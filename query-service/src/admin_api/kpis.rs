@@ -211,9 +211,8 @@ fn bind<'q>(
         .bind(spec.unit_conversion_factor)
 }
 
-/// Maps a failed INSERT or UPDATE: a name already used in the application is 400 naming `name`
-/// (the generic error list has no conflict code), an owner that vanished 400 naming
-/// `ownerTenantId`.
+/// Maps a failed INSERT or UPDATE: a name already used in the application is 409 `conflict`
+/// naming `name`, an owner that vanished 400 naming `ownerTenantId`.
 async fn write_error(pool: &PgPool, err: sqlx::Error, spec: &KpiSpec) -> ApiError {
     if violates(&err, UNIQUE_APPLICATION_NAME) {
         let existing: Option<Uuid> = sqlx::query_scalar("SELECT kpi_id FROM kpis WHERE application = $1 AND name = $2")
@@ -223,10 +222,10 @@ async fn write_error(pool: &PgPool, err: sqlx::Error, spec: &KpiSpec) -> ApiErro
             .await
             .unwrap_or(None);
         let id = existing.map_or_else(String::new, |id| format!(" ({id})"));
-        return ApiError::invalid_body_property(
+        return ApiError::conflict(
             "name",
-            format_args!(
-                "{} is already the name of a KPI of application {}{id}; KPI names are unique per application",
+            format!(
+                "name {} is already the name of a KPI of application {}{id}; KPI names are unique per application",
                 spec.name, spec.application
             ),
         );

@@ -17,7 +17,7 @@
 //! header). Checks run in the gateway's order, so a caller learns the most basic problem first:
 //! authentication (401), scope (403), content type (415), body size (413, at most
 //! [`MAX_BODY_BYTES`]), JSON syntax, then each property (400 naming it), then what needs the
-//! database (an owner that must exist, a duplicate). Unknown or malformed ids in the path are
+//! database (an owner that must exist: 400; a duplicate name: 409 `conflict`). Unknown or malformed ids in the path are
 //! 404 `noMatch`; query parameters are 400 `invalidParameter` naming the parameter; an empty
 //! query parameter (`?unit=`) counts as absent. Lists are ordered by their natural key and paged
 //! with `page` (0-based) and `size` (1–1000, default 20).

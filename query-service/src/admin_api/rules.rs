@@ -181,8 +181,8 @@ fn bind<'q>(
         .bind(spec.max_future_minutes)
 }
 
-/// Maps a failed INSERT or UPDATE: a duplicate (application, unit) is 400 naming `unit` (the
-/// generic error list has no conflict code), an owner that vanished 400 naming `ownerTenantId`.
+/// Maps a failed INSERT or UPDATE: a duplicate (application, unit) is 409 `conflict` naming
+/// `unit`, an owner that vanished 400 naming `ownerTenantId`.
 async fn write_error(pool: &PgPool, err: sqlx::Error, spec: &RuleSpec) -> ApiError {
     if violates(&err, UNIQUE_APPLICATION_UNIT) {
         let existing: Option<Uuid> =
@@ -193,10 +193,10 @@ async fn write_error(pool: &PgPool, err: sqlx::Error, spec: &RuleSpec) -> ApiErr
                 .await
                 .unwrap_or(None);
         let id = existing.map_or_else(String::new, |id| format!(" ({id})"));
-        return ApiError::invalid_body_property(
+        return ApiError::conflict(
             "unit",
-            format_args!(
-                "{} of application {} already has a rule{id}; at most one rule exists per (application, unit)",
+            format!(
+                "unit {} of application {} already has a rule{id}; at most one rule exists per (application, unit)",
                 spec.unit, spec.application
             ),
         );
