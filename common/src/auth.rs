@@ -31,12 +31,17 @@ pub enum Scope {
     UsagesWrite,
     UsagesRead,
     AggregatesRead,
+    /// The service operator's: every tenant, rule, KPI, client and key.
     Admin,
+    /// A provider's: the rules and KPIs it owns, its own tenant and its IoT tenants'
+    /// provisioning (`query-service/src/admin_api`).
+    ProviderAdmin,
 }
 
 impl Scope {
     pub const SUPER_USER: &'static str = "uts.su";
-    pub const ALL: [Scope; 4] = [Scope::UsagesWrite, Scope::UsagesRead, Scope::AggregatesRead, Scope::Admin];
+    pub const ALL: [Scope; 5] =
+        [Scope::UsagesWrite, Scope::UsagesRead, Scope::AggregatesRead, Scope::Admin, Scope::ProviderAdmin];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -44,6 +49,7 @@ impl Scope {
             Scope::UsagesRead => "uts.usages.read",
             Scope::AggregatesRead => "uts.aggregates.read",
             Scope::Admin => "uts.admin",
+            Scope::ProviderAdmin => "uts.provider.admin",
         }
     }
 }

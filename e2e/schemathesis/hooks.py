@@ -42,15 +42,16 @@ def _exact(value):
 
 def _usages(body):
     """The usage objects of a POST /usagesJobs or POST /usages body."""
-    for user in body.get("users") or []:
-        for resource in (user.get("resources") or []) if isinstance(user, dict) else []:
-            for usage in (resource.get("usages") or []) if isinstance(resource, dict) else []:
-                if isinstance(usage, dict):
-                    yield usage
-    for entry in body.get("UTSUsageData") or []:
-        for usage in (entry.get("UsageData") or []) if isinstance(entry, dict) else []:
-            if isinstance(usage, dict):
-                yield usage
+
+    def items(container, key):
+        value = container.get(key) if isinstance(container, dict) else None
+        return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+    for user in items(body, "users"):
+        for resource in items(user, "resources"):
+            yield from items(resource, "usages")
+    for entry in items(body, "UTSUsageData"):
+        yield from items(entry, "UsageData")
 
 
 @schemathesis.hook

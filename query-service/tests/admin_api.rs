@@ -562,6 +562,127 @@ async fn kpi_validation_names_the_field(pool: PgPool) {
 // ---------------------------------------------------------------------------------------------
 // Authentication and authorisation
 
+/// `uts.provider.admin`: provider A manages its own rules and KPIs and its IoT tenants'
+/// provisioning, and can neither read nor change provider B's (what it does not own is 404, as
+/// if it did not exist; what only the operator may do is 403); the operator can do everything.
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn a_provider_administers_only_what_it_owns(pool: PgPool) {
+    let service = TestQueryService::start(pool).await;
+    service.tenant("prov-a", "operator", None).await;
+    service.tenant("prov-b", "operator", None).await;
+    service.tenant("plant-a", "iot", Some("prov-a")).await;
+    service.tenant("plant-b", "iot", Some("prov-b")).await;
+    let a = TestQueryService::token("prov-a", &["uts.provider.admin"]);
+    let b_rule =
+        service.expect(Method::POST, "/rules", Some(rule("b-app", "b-unit", "prov-b")), StatusCode::CREATED).await;
+    let b_kpi = service.expect(Method::POST, "/kpis", Some(kpi("b-kpi", "b-app", "prov-b")), StatusCode::CREATED).await;
+    let (b_rule_path, b_kpi_path) = (
+        format!("/rules/{}", b_rule["ruleId"].as_str().unwrap()),
+        format!("/kpis/{}", b_kpi["kpiId"].as_str().unwrap()),
+    );
+    let as_a = |method: Method, path: String, body: Option<Value>| {
+        let (service, a) = (&service, &a);
+        async move {
+            let response = service.call_as(a, method.clone(), &path, body).await;
+            let status = response.status();
+            let text = response.text().await.unwrap();
+            (status, serde_json::from_str::<Value>(&text).unwrap_or(Value::Null), format!("{method} {path}: {text}"))
+        }
+    };
+
+    // A's own: create, read, list, update, delete.
+    let (status, a_rule, what) = as_a(Method::POST, "/rules".into(), Some(rule("a-app", "a-unit", "prov-a"))).await;
+    assert_eq!(status, StatusCode::CREATED, "{what}");
+    let a_rule_path = format!("/rules/{}", a_rule["ruleId"].as_str().unwrap());
+    let (status, a_kpi, what) = as_a(Method::POST, "/kpis".into(), Some(kpi("a-kpi", "a-app", "prov-a"))).await;
+    assert_eq!(status, StatusCode::CREATED, "{what}");
+    let a_kpi_path = format!("/kpis/{}", a_kpi["kpiId"].as_str().unwrap());
+    let (status, _, what) = as_a(Method::GET, a_rule_path.clone(), None).await;
+    assert_eq!(status, StatusCode::OK, "{what}");
+    let mut changed = rule("a-app", "a-unit", "prov-a");
+    changed["billingEnabled"] = json!(true);
+    let (status, updated, what) = as_a(Method::PUT, a_rule_path.clone(), Some(changed)).await;
+    assert_eq!((status, updated["version"].clone()), (StatusCode::OK, json!(2)), "{what}");
+    let (status, list, what) = as_a(Method::GET, "/rules".into(), None).await;
+    assert_eq!(status, StatusCode::OK, "{what}");
+    let owners: Vec<&str> =
+        list["rules"].as_array().unwrap().iter().map(|r| r["ownerTenantId"].as_str().unwrap()).collect();
+    assert_eq!((owners, list["page"]["totalElements"].clone()), (vec!["prov-a"], json!(1)), "{what}");
+    let (_, list, what) = as_a(Method::GET, "/rules?ownerTenantId=prov-b".into(), None).await;
+    assert_eq!(list["page"]["totalElements"], json!(0), "{what}");
+    let (_, list, what) = as_a(Method::GET, "/kpis".into(), None).await;
+    let names: Vec<&str> = list["kpis"].as_array().unwrap().iter().map(|k| k["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["a-kpi"], "{what}");
+
+    // B's: invisible (404) to read, change or delete, and nothing changed.
+    for path in [&b_rule_path, &b_kpi_path] {
+        let (status, _, what) = as_a(Method::GET, path.clone(), None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{what}");
+        let (status, _, what) = as_a(Method::DELETE, path.clone(), None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{what}");
+    }
+    let (status, _, what) = as_a(Method::PUT, b_rule_path.clone(), Some(rule("b-app", "b-unit", "prov-a"))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{what}");
+    let (status, _, what) = as_a(Method::PUT, b_kpi_path.clone(), Some(kpi("b-kpi", "b-app", "prov-a"))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{what}");
+    assert_eq!(service.expect(Method::GET, &b_rule_path, None, StatusCode::OK).await["version"], json!(1));
+    assert_eq!(service.expect(Method::GET, &b_kpi_path, None, StatusCode::OK).await["version"], json!(1));
+
+    // Nothing in B's name or in B's application (403), and a duplicate does not name B's rule.
+    let (status, _, what) = as_a(Method::POST, "/rules".into(), Some(rule("a-app", "other", "prov-b"))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{what}");
+    let (status, _, what) = as_a(Method::POST, "/rules".into(), Some(rule("b-app", "b-unit-2", "prov-a"))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{what}");
+    let (status, _, what) = as_a(Method::POST, "/kpis".into(), Some(kpi("a-kpi-2", "b-app", "prov-a"))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{what}");
+    let (status, _, what) = as_a(Method::PUT, a_kpi_path.clone(), Some(kpi("a-kpi", "a-app", "prov-b"))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{what}");
+    let (status, _, what) = as_a(Method::PUT, a_rule_path.clone(), Some(rule("b-app", "a-unit", "prov-a"))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{what}");
+    let (status, _, what) = as_a(Method::POST, "/rules".into(), Some(rule("a-app", "a-unit", "prov-a"))).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{what}");
+
+    // Tenants: A sees itself and its IoT tenant, provisions only that one, changes no tenant.
+    let (_, list, what) = as_a(Method::GET, "/tenants".into(), None).await;
+    let ids: Vec<&str> = list["tenants"].as_array().unwrap().iter().map(|t| t["tenantId"].as_str().unwrap()).collect();
+    assert_eq!(ids, vec!["plant-a", "prov-a"], "{what}");
+    for (path, expected) in [
+        ("/tenants/prov-a", StatusCode::OK),
+        ("/tenants/plant-a", StatusCode::OK),
+        ("/tenants/prov-b", StatusCode::NOT_FOUND),
+        ("/tenants/plant-b", StatusCode::NOT_FOUND),
+        ("/tenants/plant-b/applications", StatusCode::NOT_FOUND),
+        ("/tenants/plant-a/applications", StatusCode::OK),
+    ] {
+        let (status, _, what) = as_a(Method::GET, path.into(), None).await;
+        assert_eq!(status, expected, "{what}");
+    }
+    let (status, _, what) = as_a(Method::PUT, "/tenants/plant-a/applications/a-app".into(), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{what}");
+    let (status, _, what) = as_a(Method::PUT, "/tenants/plant-b/applications/a-app".into(), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{what}");
+    let (status, _, what) = as_a(Method::DELETE, "/tenants/plant-b/applications/b-app".into(), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{what}");
+    let (status, _, what) = as_a(Method::PUT, "/tenants/prov-a".into(), Some(json!({"tenantType": "developer"}))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{what}");
+    for path in ["/clients", "/signingKeys"] {
+        let (status, _, what) = as_a(Method::GET, path.into(), None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{what}");
+    }
+
+    // The operator sees and changes everyone's.
+    let all = service.expect(Method::GET, "/rules", None, StatusCode::OK).await;
+    assert_eq!(all["page"]["totalElements"], json!(2));
+    service.expect(Method::PUT, &a_rule_path, Some(rule("a-app", "a-unit", "prov-a")), StatusCode::OK).await;
+    service.expect(Method::DELETE, &b_kpi_path, None, StatusCode::NO_CONTENT).await;
+    service.expect(Method::PUT, "/tenants/plant-b/applications/b-app", None, StatusCode::CREATED).await;
+    // A's own deletions work.
+    let (status, _, what) = as_a(Method::DELETE, a_kpi_path, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{what}");
+    let (status, _, what) = as_a(Method::DELETE, a_rule_path, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{what}");
+}
+
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn authentication_and_authorisation_matrix(pool: PgPool) {
     let service = TestQueryService::start(pool).await;
@@ -594,7 +715,7 @@ async fn authentication_and_authorisation_matrix(pool: PgPool) {
         }
         let error = error_of(service.call_as(&every_other_scope, method.clone(), path, body.clone()).await).await;
         assert_eq!((error.status, error.code.as_str()), (StatusCode::FORBIDDEN, "forbidden"), "wrong scope: {what}");
-        assert!(error.message.contains("uts.admin"), "{error:?}");
+        assert!(error.message.contains("uts.admin") && error.message.contains("uts.provider.admin"), "{error:?}");
     }
     // Authentication comes before anything else: a bad body or id is not even looked at.
     let error = error_of(service.call_as(&every_other_scope, Method::POST, "/rules", Some(json!({}))).await).await;

@@ -16,6 +16,7 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -27,8 +28,8 @@ use uuid::Uuid;
 
 use super::body::{self, Object};
 use super::{
-    check_owner, count_change, path_uuid, read_object, serialize_datetime, spellings, storage_error, violates,
-    PageInfo, Params, BASE_PATH,
+    check_application_free, check_owner, count_change, path_uuid, read_object, serialize_datetime, spellings,
+    storage_error, violates, Caller, PageInfo, Params, BASE_PATH,
 };
 use crate::AppState;
 
@@ -163,12 +164,15 @@ fn parse_kpi(object: &Object) -> Result<KpiSpec, ApiError> {
 /// `POST /kpis`: 201 with the KPI and its `Location`.
 pub(super) async fn create(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     request_body: Body,
 ) -> Result<Response, ApiError> {
     let object = read_object(&headers, request_body).await?;
     body::check_absent(&object, "kpiId")?;
     let spec = parse_kpi(&object)?;
+    caller.check_owns("ownerTenantId", &spec.owner_tenant_id)?;
+    check_application_free(&state.pool, &caller, &spec.application).await?;
     check_owner(&state.pool, "ownerTenantId", &spec.owner_tenant_id).await?;
     let inserted = bind(
         sqlx::query_as::<_, KpiOut>(&format!(
@@ -183,7 +187,7 @@ pub(super) async fn create(
     .await;
     let kpi = match inserted {
         Ok(kpi) => kpi,
-        Err(err) => return Err(write_error(&state.pool, err, &spec).await),
+        Err(err) => return Err(write_error(&state.pool, err, &spec, &caller).await),
     };
     count_change("kpi", "create");
     let mut response = (StatusCode::CREATED, Json(&kpi)).into_response();
@@ -213,11 +217,14 @@ fn bind<'q>(
 
 /// Maps a failed INSERT or UPDATE: a name already used in the application is 409 `conflict`
 /// naming `name`, an owner that vanished 400 naming `ownerTenantId`.
-async fn write_error(pool: &PgPool, err: sqlx::Error, spec: &KpiSpec) -> ApiError {
+async fn write_error(pool: &PgPool, err: sqlx::Error, spec: &KpiSpec, caller: &Caller) -> ApiError {
     if violates(&err, UNIQUE_APPLICATION_NAME) {
-        let existing: Option<Uuid> = sqlx::query_scalar("SELECT kpi_id FROM kpis WHERE application = $1 AND name = $2")
-            .bind(&spec.application)
-            .bind(&spec.name)
+        let existing: Option<Uuid> = sqlx::query_scalar(
+            "SELECT kpi_id FROM kpis WHERE application = $1 AND name = $2 AND ($3::text IS NULL OR owner_tenant_id = $3)",
+        )
+        .bind(&spec.application)
+        .bind(&spec.name)
+        .bind(caller.owner())
             .fetch_optional(pool)
             .await
             .unwrap_or(None);
@@ -242,20 +249,25 @@ async fn write_error(pool: &PgPool, err: sqlx::Error, spec: &KpiSpec) -> ApiErro
 /// `GET /kpis/{kpiId}`.
 pub(super) async fn get(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<KpiOut>, ApiError> {
     let kpi_id = path_uuid(path, "KPI")?;
-    let kpi: Option<KpiOut> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM kpis WHERE kpi_id = $1"))
-        .bind(kpi_id)
-        .fetch_optional(&state.pool)
-        .await
-        .map_err(storage_error)?;
+    let kpi: Option<KpiOut> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM kpis WHERE kpi_id = $1 AND ($2::text IS NULL OR owner_tenant_id = $2)"
+    ))
+    .bind(kpi_id)
+    .bind(caller.owner())
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(storage_error)?;
     kpi.map(Json).ok_or_else(|| unknown_kpi(kpi_id))
 }
 
 /// `PUT /kpis/{kpiId}`: replaces the KPI, `version` + 1.
 pub(super) async fn update(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     request_body: Body,
@@ -264,9 +276,11 @@ pub(super) async fn update(
     let object = read_object(&headers, request_body).await?;
     body::check_matches_path(&object, "kpiId", &kpi_id.to_string())?;
     let spec = parse_kpi(&object)?;
-    if !kpi_exists(&state.pool, kpi_id).await? {
+    if !kpi_exists(&state.pool, kpi_id, &caller).await? {
         return Err(unknown_kpi(kpi_id));
     }
+    caller.check_owns("ownerTenantId", &spec.owner_tenant_id)?;
+    check_application_free(&state.pool, &caller, &spec.application).await?;
     check_owner(&state.pool, "ownerTenantId", &spec.owner_tenant_id).await?;
     let updated = bind(
         sqlx::query_as::<_, KpiOut>(&format!(
@@ -274,12 +288,13 @@ pub(super) async fn update(
                     unit = $5, owner_tenant_id = $6, aggregation_function_daily = $7,
                     aggregation_function_monthly = $8, pre_fill = $9, unit_conversion_factor = $10,
                     version = version + 1, updated_at = now()
-             WHERE kpi_id = $11
+             WHERE kpi_id = $11 AND ($12::text IS NULL OR owner_tenant_id = $12)
              RETURNING {COLUMNS}"
         )),
         &spec,
     )
     .bind(kpi_id)
+    .bind(caller.owner())
     .fetch_optional(&state.pool)
     .await;
     match updated {
@@ -289,18 +304,20 @@ pub(super) async fn update(
         }
         // Deleted between the check and the update.
         Ok(None) => Err(unknown_kpi(kpi_id)),
-        Err(err) => Err(write_error(&state.pool, err, &spec).await),
+        Err(err) => Err(write_error(&state.pool, err, &spec, &caller).await),
     }
 }
 
 /// `DELETE /kpis/{kpiId}`: 204.
 pub(super) async fn delete(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let kpi_id = path_uuid(path, "KPI")?;
-    let deleted = sqlx::query("DELETE FROM kpis WHERE kpi_id = $1")
+    let deleted = sqlx::query("DELETE FROM kpis WHERE kpi_id = $1 AND ($2::text IS NULL OR owner_tenant_id = $2)")
         .bind(kpi_id)
+        .bind(caller.owner())
         .execute(&state.pool)
         .await
         .map_err(storage_error)?
@@ -321,21 +338,25 @@ pub(super) struct KpiPage {
 /// `GET /kpis?application=&page=&size=`, ordered by (application, name).
 pub(super) async fn list(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<KpiPage>, ApiError> {
     let params = Params::parse(query, &["application", "page", "size"])?;
     let paging = params.paging()?;
     let application = params.get("application");
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM kpis WHERE ($1::text IS NULL OR application = $1)")
+    // A provider lists its own KPIs only.
+    const FILTER: &str = "($1::text IS NULL OR application = $1) AND ($2::text IS NULL OR owner_tenant_id = $2)";
+    let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM kpis WHERE {FILTER}"))
         .bind(application)
+        .bind(caller.owner())
         .fetch_one(&state.pool)
         .await
         .map_err(storage_error)?;
     let kpis: Vec<KpiOut> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM kpis WHERE ($1::text IS NULL OR application = $1)
-         ORDER BY application, name LIMIT $2 OFFSET $3"
+        "SELECT {COLUMNS} FROM kpis WHERE {FILTER} ORDER BY application, name LIMIT $3 OFFSET $4"
     ))
     .bind(application)
+    .bind(caller.owner())
     .bind(paging.limit())
     .bind(paging.offset())
     .fetch_all(&state.pool)
@@ -344,12 +365,16 @@ pub(super) async fn list(
     Ok(Json(KpiPage { kpis, page: paging.info(total) }))
 }
 
-async fn kpi_exists(pool: &PgPool, kpi_id: Uuid) -> Result<bool, ApiError> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM kpis WHERE kpi_id = $1)")
-        .bind(kpi_id)
-        .fetch_one(pool)
-        .await
-        .map_err(storage_error)
+/// Whether the resource exists and the caller may see it.
+async fn kpi_exists(pool: &PgPool, kpi_id: Uuid, caller: &Caller) -> Result<bool, ApiError> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM kpis WHERE kpi_id = $1 AND ($2::text IS NULL OR owner_tenant_id = $2))",
+    )
+    .bind(kpi_id)
+    .bind(caller.owner())
+    .fetch_one(pool)
+    .await
+    .map_err(storage_error)
 }
 
 fn unknown_kpi(kpi_id: Uuid) -> ApiError {

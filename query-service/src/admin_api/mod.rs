@@ -1,5 +1,5 @@
 //! The admin API (ours, DESIGN.md §3): tenants, application provisioning, rules and KPIs under
-//! `/api/usagetransparency/v3/admin`, for tokens with the scope `uts.admin` (or `uts.su`).
+//! `/api/usagetransparency/v3/admin`, for tokens with the scope `uts.admin` or `uts.provider.admin` (or `uts.su`).
 //!
 //! | endpoint | answer |
 //! |---|---|
@@ -13,8 +13,12 @@
 //! | `POST /clients`, `GET`/`DELETE /clients/{clientId}`, `POST /clients/{clientId}/secret`, `GET /clients?tenantId=` | the token service's clients ([`clients`]) |
 //! | `GET`/`POST /signingKeys` | its signing keys, and their rotation |
 //!
-//! Admin data is global: the scope belongs to whoever operates the service (see the crate
-//! header). Checks run in the gateway's order, so a caller learns the most basic problem first:
+//! Two scopes ([`Caller`]): `uts.admin` belongs to whoever operates the service and covers
+//! everything; `uts.provider.admin` lets a provider tenant manage the rules and KPIs it owns
+//! (creating them in its own name, in applications no other owner has rules or KPIs in), read
+//! its own tenant and its IoT tenants and provision their applications. Tenants, clients and
+//! signing keys are changed only by the operator (403 for a provider); what a provider does not
+//! own answers 404, as if it did not exist. Checks run in the gateway's order, so a caller learns the most basic problem first:
 //! authentication (401), scope (403), content type (415), body size (413, at most
 //! [`MAX_BODY_BYTES`]), JSON syntax, then each property (400 naming it), then what needs the
 //! database (an owner that must exist: 400; a duplicate name: 409 `conflict`). Unknown or malformed ids in the path are
@@ -74,20 +78,115 @@ pub(crate) fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/rules/{rule_id}", get(rules::get).put(rules::update).delete(rules::delete))
         .route("/kpis", get(kpis::list).post(kpis::create))
         .route("/kpis/{kpi_id}", get(kpis::get).put(kpis::update).delete(kpis::delete))
-        .route("/clients", get(clients::list).post(clients::create))
-        .route("/clients/{client_id}", get(clients::get).delete(clients::revoke))
-        .route("/clients/{client_id}/secret", axum::routing::post(clients::rotate_secret))
-        .route("/signingKeys", get(clients::list_keys).post(clients::rotate_key))
+        .merge(
+            // The token service's clients and keys are the operator's alone.
+            Router::new()
+                .route("/clients", get(clients::list).post(clients::create))
+                .route("/clients/{client_id}", get(clients::get).delete(clients::revoke))
+                .route("/clients/{client_id}/secret", axum::routing::post(clients::rotate_secret))
+                .route("/signingKeys", get(clients::list_keys).post(clients::rotate_key))
+                .route_layer(middleware::from_fn(operator_only)),
+        )
         // A route layer: runs only for matched routes, before any extractor, so an
         // unauthenticated caller learns nothing from path or body validation.
         .route_layer(middleware::from_fn_with_state(state, require_admin))
 }
 
-/// 401 without a valid token, 403 without `uts.admin` (or `uts.su`).
-async fn require_admin(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Result<Response, ApiError> {
+/// 401 without a valid token, 403 without `uts.admin` or `uts.provider.admin` (or `uts.su`);
+/// the handlers get the [`Caller`].
+async fn require_admin(
+    State(state): State<Arc<AppState>>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let principal = state.auth.authenticate(request.headers()).await?;
-    principal.require(Scope::Admin)?;
+    let caller = if principal.has_scope(Scope::Admin) {
+        Caller::Operator
+    } else if principal.has_scope(Scope::ProviderAdmin) {
+        Caller::Provider(principal.tenant)
+    } else {
+        return Err(ApiError::forbidden(format!(
+            "the token lacks the scope {} (or {} for a provider's own rules and KPIs) required by this operation",
+            Scope::Admin.as_str(),
+            Scope::ProviderAdmin.as_str()
+        )));
+    };
+    request.extensions_mut().insert(caller);
     Ok(next.run(request).await)
+}
+
+/// 403 for a provider (after [`require_admin`], which puts the caller in the request).
+async fn operator_only(request: Request, next: Next) -> Result<Response, ApiError> {
+    match request.extensions().get::<Caller>() {
+        Some(caller) => caller.require_operator()?,
+        None => return Err(ApiError::internal("operator_only runs without require_admin")),
+    }
+    Ok(next.run(request).await)
+}
+
+/// Who administers: the service's operator (`uts.admin`: everything), or a provider
+/// (`uts.provider.admin`: the rules and KPIs it owns, its own tenant and its IoT tenants).
+/// What a provider may not see answers as if it did not exist (404, never "forbidden", so ids
+/// and names cannot be probed); what only the operator may do is 403.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Caller {
+    Operator,
+    Provider(String),
+}
+
+impl Caller {
+    /// The owner a provider is confined to; `None` for the operator.
+    pub(crate) fn owner(&self) -> Option<&str> {
+        match self {
+            Caller::Operator => None,
+            Caller::Provider(tenant) => Some(tenant),
+        }
+    }
+
+    /// 403 for a provider.
+    pub(crate) fn require_operator(&self) -> Result<(), ApiError> {
+        match self {
+            Caller::Operator => Ok(()),
+            Caller::Provider(_) => Err(ApiError::forbidden(format!(
+                "only the service operator ({}) may do this; {} covers a provider's own rules and KPIs",
+                Scope::Admin.as_str(),
+                Scope::ProviderAdmin.as_str()
+            ))),
+        }
+    }
+
+    /// 403 naming `property` when a provider names an owner other than itself.
+    pub(crate) fn check_owns(&self, property: &str, owner: &str) -> Result<(), ApiError> {
+        match self.owner() {
+            Some(own) if own != owner => Err(ApiError::forbidden(format!(
+                "{property} must be your own tenant ({own}): a provider administers only what it owns"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// 403 when a provider would put a rule or KPI into an application another owner already has
+/// rules or KPIs in: an application belongs to the owner of its first rule or KPI (the
+/// operator can still do anything).
+async fn check_application_free(pool: &PgPool, caller: &Caller, application: &str) -> Result<(), ApiError> {
+    let Some(own) = caller.owner() else { return Ok(()) };
+    let taken: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM rules WHERE application = $1 AND owner_tenant_id <> $2)
+             OR EXISTS (SELECT 1 FROM kpis WHERE application = $1 AND owner_tenant_id <> $2)",
+    )
+    .bind(application)
+    .bind(own)
+    .fetch_one(pool)
+    .await
+    .map_err(storage_error)?;
+    if taken {
+        Err(ApiError::forbidden(format!(
+            "application {application} belongs to another provider: its rules and KPIs have another owner"
+        )))
+    } else {
+        Ok(())
+    }
 }
 
 /// Reads a JSON object body: 415 unless the content type is JSON, 413 beyond

@@ -13,6 +13,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -21,7 +22,7 @@ use uts_common::domain::MAX_NAME_LEN;
 use uts_common::error::ApiError;
 
 use super::body::name_problem;
-use super::{count_change, path_segments, serialize_datetime, storage_error};
+use super::{count_change, path_segments, serialize_datetime, storage_error, Caller};
 use crate::AppState;
 
 /// One provisioned application as answered.
@@ -38,9 +39,11 @@ pub(super) struct Provisioned {
 /// already was.
 pub(super) async fn put(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let (tenant_id, application) = path_segments(path, "path")?;
+    check_visible(&state.pool, &caller, &tenant_id).await?;
     if let Some(problem) = name_problem(&application, MAX_NAME_LEN) {
         return Err(ApiError::invalid_parameter("application", problem));
     }
@@ -96,9 +99,11 @@ pub(super) async fn put(
 /// provisioned.
 pub(super) async fn delete(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let (tenant_id, application) = path_segments(path, "path")?;
+    check_visible(&state.pool, &caller, &tenant_id).await?;
     let deleted = sqlx::query("DELETE FROM provisioning WHERE tenant_id = $1 AND application = $2")
         .bind(&tenant_id)
         .bind(&application)
@@ -122,9 +127,11 @@ pub(super) struct Applications {
 /// has a handful of applications.
 pub(super) async fn list(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Applications>, ApiError> {
     let tenant_id = path_segments(path, "tenantId")?;
+    check_visible(&state.pool, &caller, &tenant_id).await?;
     if !tenant_exists(&state.pool, &tenant_id).await? {
         return Err(unknown_tenant(&tenant_id));
     }
@@ -144,6 +151,24 @@ async fn tenant_exists(pool: &PgPool, tenant_id: &str) -> Result<bool, ApiError>
         .fetch_one(pool)
         .await
         .map_err(storage_error)
+}
+
+/// A provider provisions only its IoT tenants (those naming it as their operator); any other
+/// tenant answers as unknown. Nothing to check for the service operator.
+async fn check_visible(pool: &PgPool, caller: &Caller, tenant_id: &str) -> Result<(), ApiError> {
+    let Some(own) = caller.owner() else { return Ok(()) };
+    let visible: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1 AND operator_tenant_id = $2)")
+            .bind(tenant_id)
+            .bind(own)
+            .fetch_one(pool)
+            .await
+            .map_err(storage_error)?;
+    if visible {
+        Ok(())
+    } else {
+        Err(unknown_tenant(tenant_id))
+    }
 }
 
 fn unknown_tenant(tenant_id: &str) -> ApiError {

@@ -13,6 +13,7 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -24,8 +25,8 @@ use uuid::Uuid;
 
 use super::body::{self, Object};
 use super::{
-    check_owner, count_change, path_uuid, read_object, serialize_datetime, spellings, storage_error, violates,
-    PageInfo, Params, BASE_PATH,
+    check_application_free, check_owner, count_change, path_uuid, read_object, serialize_datetime, spellings,
+    storage_error, violates, Caller, PageInfo, Params, BASE_PATH,
 };
 use crate::AppState;
 
@@ -131,12 +132,15 @@ fn parse_rule(object: &Object) -> Result<RuleSpec, ApiError> {
 /// `POST /rules`: 201 with the rule and its `Location`.
 pub(super) async fn create(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     request_body: Body,
 ) -> Result<Response, ApiError> {
     let object = read_object(&headers, request_body).await?;
     body::check_absent(&object, "ruleId")?;
     let spec = parse_rule(&object)?;
+    caller.check_owns("ownerTenantId", &spec.owner_tenant_id)?;
+    check_application_free(&state.pool, &caller, &spec.application).await?;
     check_owner(&state.pool, "ownerTenantId", &spec.owner_tenant_id).await?;
     let inserted = bind(
         sqlx::query_as::<_, RuleOut>(&format!(
@@ -151,7 +155,7 @@ pub(super) async fn create(
     .await;
     let rule = match inserted {
         Ok(rule) => rule,
-        Err(err) => return Err(write_error(&state.pool, err, &spec).await),
+        Err(err) => return Err(write_error(&state.pool, err, &spec, &caller).await),
     };
     count_change("rule", "create");
     let mut response = (StatusCode::CREATED, Json(&rule)).into_response();
@@ -183,15 +187,18 @@ fn bind<'q>(
 
 /// Maps a failed INSERT or UPDATE: a duplicate (application, unit) is 409 `conflict` naming
 /// `unit`, an owner that vanished 400 naming `ownerTenantId`.
-async fn write_error(pool: &PgPool, err: sqlx::Error, spec: &RuleSpec) -> ApiError {
+async fn write_error(pool: &PgPool, err: sqlx::Error, spec: &RuleSpec, caller: &Caller) -> ApiError {
     if violates(&err, UNIQUE_APPLICATION_UNIT) {
-        let existing: Option<Uuid> =
-            sqlx::query_scalar("SELECT rule_id FROM rules WHERE application = $1 AND unit = $2")
-                .bind(&spec.application)
-                .bind(&spec.unit)
-                .fetch_optional(pool)
-                .await
-                .unwrap_or(None);
+        let existing: Option<Uuid> = sqlx::query_scalar(
+            "SELECT rule_id FROM rules WHERE application = $1 AND unit = $2
+                   AND ($3::text IS NULL OR owner_tenant_id = $3)",
+        )
+        .bind(&spec.application)
+        .bind(&spec.unit)
+        .bind(caller.owner())
+        .fetch_optional(pool)
+        .await
+        .unwrap_or(None);
         let id = existing.map_or_else(String::new, |id| format!(" ({id})"));
         return ApiError::conflict(
             "unit",
@@ -213,20 +220,25 @@ async fn write_error(pool: &PgPool, err: sqlx::Error, spec: &RuleSpec) -> ApiErr
 /// `GET /rules/{ruleId}`.
 pub(super) async fn get(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<RuleOut>, ApiError> {
     let rule_id = path_uuid(path, "rule")?;
-    let rule: Option<RuleOut> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM rules WHERE rule_id = $1"))
-        .bind(rule_id)
-        .fetch_optional(&state.pool)
-        .await
-        .map_err(storage_error)?;
+    let rule: Option<RuleOut> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM rules WHERE rule_id = $1 AND ($2::text IS NULL OR owner_tenant_id = $2)"
+    ))
+    .bind(rule_id)
+    .bind(caller.owner())
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(storage_error)?;
     rule.map(Json).ok_or_else(|| unknown_rule(rule_id))
 }
 
 /// `PUT /rules/{ruleId}`: replaces the rule, `version` + 1.
 pub(super) async fn update(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     request_body: Body,
@@ -235,9 +247,11 @@ pub(super) async fn update(
     let object = read_object(&headers, request_body).await?;
     body::check_matches_path(&object, "ruleId", &rule_id.to_string())?;
     let spec = parse_rule(&object)?;
-    if !rule_exists(&state.pool, rule_id).await? {
+    if !rule_exists(&state.pool, rule_id, &caller).await? {
         return Err(unknown_rule(rule_id));
     }
+    caller.check_owns("ownerTenantId", &spec.owner_tenant_id)?;
+    check_application_free(&state.pool, &caller, &spec.application).await?;
     check_owner(&state.pool, "ownerTenantId", &spec.owner_tenant_id).await?;
     let updated = bind(
         sqlx::query_as::<_, RuleOut>(&format!(
@@ -245,12 +259,13 @@ pub(super) async fn update(
                     aggregation_function = $5, billing_enabled = $6, min_value = $7, max_value = $8,
                     integers_only = $9, allowed_user_types = $10, max_age_days = $11, max_future_minutes = $12,
                     version = version + 1, updated_at = now()
-             WHERE rule_id = $13
+             WHERE rule_id = $13 AND ($14::text IS NULL OR owner_tenant_id = $14)
              RETURNING {COLUMNS}"
         )),
         &spec,
     )
     .bind(rule_id)
+    .bind(caller.owner())
     .fetch_optional(&state.pool)
     .await;
     match updated {
@@ -260,7 +275,7 @@ pub(super) async fn update(
         }
         // Deleted between the check and the update.
         Ok(None) => Err(unknown_rule(rule_id)),
-        Err(err) => Err(write_error(&state.pool, err, &spec).await),
+        Err(err) => Err(write_error(&state.pool, err, &spec, &caller).await),
     }
 }
 
@@ -268,11 +283,13 @@ pub(super) async fn update(
 /// against a rule from the verifier's next refresh on (NOVERIFICATION).
 pub(super) async fn delete(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let rule_id = path_uuid(path, "rule")?;
-    let deleted = sqlx::query("DELETE FROM rules WHERE rule_id = $1")
+    let deleted = sqlx::query("DELETE FROM rules WHERE rule_id = $1 AND ($2::text IS NULL OR owner_tenant_id = $2)")
         .bind(rule_id)
+        .bind(caller.owner())
         .execute(&state.pool)
         .await
         .map_err(storage_error)?
@@ -293,26 +310,30 @@ pub(super) struct RulePage {
 /// `GET /rules?application=&unit=&ownerTenantId=&page=&size=`, ordered by (application, unit).
 pub(super) async fn list(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<RulePage>, ApiError> {
     let params = Params::parse(query, &["application", "unit", "ownerTenantId", "page", "size"])?;
     let paging = params.paging()?;
     let (application, unit, owner) = (params.get("application"), params.get("unit"), params.get("ownerTenantId"));
+    // A provider lists its own rules only ($4).
     const FILTER: &str = "($1::text IS NULL OR application = $1) AND ($2::text IS NULL OR unit = $2)
-                          AND ($3::text IS NULL OR owner_tenant_id = $3)";
+                          AND ($3::text IS NULL OR owner_tenant_id = $3) AND ($4::text IS NULL OR owner_tenant_id = $4)";
     let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM rules WHERE {FILTER}"))
         .bind(application)
         .bind(unit)
         .bind(owner)
+        .bind(caller.owner())
         .fetch_one(&state.pool)
         .await
         .map_err(storage_error)?;
     let rules: Vec<RuleOut> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM rules WHERE {FILTER} ORDER BY application, unit LIMIT $4 OFFSET $5"
+        "SELECT {COLUMNS} FROM rules WHERE {FILTER} ORDER BY application, unit LIMIT $5 OFFSET $6"
     ))
     .bind(application)
     .bind(unit)
     .bind(owner)
+    .bind(caller.owner())
     .bind(paging.limit())
     .bind(paging.offset())
     .fetch_all(&state.pool)
@@ -321,12 +342,16 @@ pub(super) async fn list(
     Ok(Json(RulePage { rules, page: paging.info(total) }))
 }
 
-async fn rule_exists(pool: &PgPool, rule_id: Uuid) -> Result<bool, ApiError> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM rules WHERE rule_id = $1)")
-        .bind(rule_id)
-        .fetch_one(pool)
-        .await
-        .map_err(storage_error)
+/// Whether the resource exists and the caller may see it.
+async fn rule_exists(pool: &PgPool, rule_id: Uuid, caller: &Caller) -> Result<bool, ApiError> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM rules WHERE rule_id = $1 AND ($2::text IS NULL OR owner_tenant_id = $2))",
+    )
+    .bind(rule_id)
+    .bind(caller.owner())
+    .fetch_one(pool)
+    .await
+    .map_err(storage_error)
 }
 
 fn unknown_rule(rule_id: Uuid) -> ApiError {

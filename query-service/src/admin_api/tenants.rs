@@ -13,6 +13,7 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -21,7 +22,9 @@ use uts_common::domain::TenantType;
 use uts_common::error::ApiError;
 
 use super::body::{self, name_problem, Object, MAX_TENANT_ID_LEN};
-use super::{count_change, path_segments, read_object, serialize_datetime, spellings, storage_error, PageInfo, Params};
+use super::{
+    count_change, path_segments, read_object, serialize_datetime, spellings, storage_error, Caller, PageInfo, Params,
+};
 use crate::AppState;
 
 /// A tenant as answered.
@@ -82,10 +85,12 @@ fn parse_tenant(tenant_id: &str, object: &Object) -> Result<TenantSpec, ApiError
 /// `PUT /tenants/{tenantId}`: 201 when created, 200 when replaced.
 pub(super) async fn put(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     request_body: Body,
 ) -> Result<Response, ApiError> {
+    caller.require_operator()?;
     let tenant_id = path_segments(path, "tenantId")?;
     if let Some(problem) = name_problem(&tenant_id, MAX_TENANT_ID_LEN) {
         return Err(ApiError::invalid_parameter("tenantId", problem));
@@ -236,13 +241,17 @@ async fn check_type_change(
 }
 
 /// `GET /tenants/{tenantId}`.
+/// A provider sees its own tenant and its IoT tenants.
 pub(super) async fn get(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<TenantOut>, ApiError> {
     let tenant_id = path_segments(path, "tenantId")?;
-    let tenant: Option<TenantOut> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM tenants WHERE tenant_id = $1"))
+    let tenant: Option<TenantOut> =
+        sqlx::query_as(&format!("SELECT {COLUMNS} FROM tenants WHERE tenant_id = $1 AND ($2::text IS NULL OR tenant_id = $2 OR operator_tenant_id = $2)"))
         .bind(&tenant_id)
+        .bind(caller.owner())
         .fetch_optional(&state.pool)
         .await
         .map_err(storage_error)?;
@@ -258,6 +267,7 @@ pub(super) struct TenantPage {
 /// `GET /tenants?type=&page=&size=`, ordered by tenant id.
 pub(super) async fn list(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<TenantPage>, ApiError> {
     let params = Params::parse(query, &["type", "page", "size"])?;
@@ -275,21 +285,23 @@ pub(super) async fn list(
         .transpose()?
         .map(TenantType::as_str);
 
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants WHERE ($1::text IS NULL OR tenant_type = $1)")
+    const FILTER: &str =
+        "($1::text IS NULL OR tenant_type = $1) AND ($2::text IS NULL OR tenant_id = $2 OR operator_tenant_id = $2)";
+    let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM tenants WHERE {FILTER}"))
         .bind(tenant_type)
+        .bind(caller.owner())
         .fetch_one(&state.pool)
         .await
         .map_err(storage_error)?;
-    let tenants: Vec<TenantOut> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM tenants WHERE ($1::text IS NULL OR tenant_type = $1)
-         ORDER BY tenant_id LIMIT $2 OFFSET $3"
-    ))
-    .bind(tenant_type)
-    .bind(paging.limit())
-    .bind(paging.offset())
-    .fetch_all(&state.pool)
-    .await
-    .map_err(storage_error)?;
+    let tenants: Vec<TenantOut> =
+        sqlx::query_as(&format!("SELECT {COLUMNS} FROM tenants WHERE {FILTER} ORDER BY tenant_id LIMIT $3 OFFSET $4"))
+            .bind(tenant_type)
+            .bind(caller.owner())
+            .bind(paging.limit())
+            .bind(paging.offset())
+            .fetch_all(&state.pool)
+            .await
+            .map_err(storage_error)?;
     Ok(Json(TenantPage { tenants, page: paging.info(total) }))
 }
 
