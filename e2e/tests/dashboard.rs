@@ -1,7 +1,8 @@
 //! The dashboard in a real browser: Debian's headless Chromium driven over WebDriver
 //! (chromedriver, started here), against the whole pipeline. The page must show a job posted by
 //! the test, follow its status on screen to COMPLETED, show its usage summary and the monthly KPI
-//! with its daily chart, and never show another tenant's job.
+//! with its daily chart, never show another tenant's job, and show a provider administrator its
+//! own rules and KPIs only.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -230,6 +231,40 @@ async fn the_dashboard_follows_a_job_to_completed_and_shows_only_the_tenants_own
     let consumers = browser.text_until("#kpi-consumers tbody", |t| t.contains("op")).await;
     assert_eq!(consumers.split_whitespace().collect::<Vec<_>>(), ["op", "6.5", "prov", "1"]);
     browser.screenshot("dashboard-kpi-provider").await;
+    // A reader has no Rules & KPIs tab.
+    assert!(!browser.client.find(Locator::Css("#tab-admin")).await.unwrap().is_displayed().await.unwrap());
+
+    // prov as a provider administrator: its own rules and KPIs (one with a name that is markup,
+    // shown as text), none of op's.
+    sqlx::query(
+        "INSERT INTO rules (application, unit, owner_tenant_id) VALUES ('app', '<b>bold</b>', 'prov'), ('op-app', 'op-unit', 'op')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO kpis (name, display_name, application, application_display_name, unit, owner_tenant_id)
+         VALUES ('op-kpi', 'Op KPI', 'op-app', 'Op App', 'op-unit', 'op')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let provider_admin =
+        mint_hs256(SECRET, "prov", "dashboard@example.com", &["uts.usages.read", "uts.provider.admin"], 600).unwrap();
+    browser.click("#sign-out").await;
+    browser.fill("#token-input", &provider_admin).await;
+    browser.click("#sign-in-form button[type=submit]").await;
+    browser.click("#tab-admin").await;
+    browser.text_until("#admin-scope", |t| t.contains("owned by prov")).await;
+    let rules = browser.text_until("#rules-table tbody", |t| t.contains("dash-unit")).await;
+    assert!(rules.contains("<b>bold</b>"), "markup shown as text: {rules}");
+    assert_eq!(browser.count("#rules-table tbody b").await, 0, "markup rendered as an element");
+    assert!(!rules.contains("op-unit"), "op's rule on prov's page: {rules}");
+    assert_eq!(browser.count("#rules-table tbody tr").await, 2);
+    let kpis = browser.text_until("#admin-kpis-table tbody", |t| t.contains("dash-kpi")).await;
+    assert!(!kpis.contains("op-kpi"), "op's KPI on prov's page: {kpis}");
+    assert_eq!(browser.count("#admin-kpis-table tbody tr").await, 1);
+    browser.screenshot("dashboard-provider-admin").await;
 
     browser.client.close().await.unwrap();
 }

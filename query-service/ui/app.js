@@ -80,6 +80,7 @@ function signIn(jwt) {
   $("session-tenant").textContent = claim.ten ?? "?";
   $("session-expiry").textContent = claim.exp ? `until ${new Date(claim.exp * 1000).toISOString().slice(0, 16).replace("T", " ")} UTC` : "";
   $("session").hidden = false;
+  $("tab-admin").hidden = !mayAdminister(claim);
   $("sign-in-view").hidden = true;
   $("app-view").hidden = false;
   notice(null);
@@ -93,6 +94,10 @@ function signOut(message) {
   // Nothing of the previous tenant survives: no selected job, first page.
   selectedJob = null;
   jobsState.page = 0;
+  rulesState.page = 0;
+  adminKpisState.page = 0;
+  $("rules-table").tBodies[0].replaceChildren();
+  $("admin-kpis-table").tBodies[0].replaceChildren();
   $("kpi-result").hidden = true;
   $("session").hidden = true;
   $("app-view").hidden = true;
@@ -364,19 +369,94 @@ function chart(days, caption) {
   $("chart-caption").textContent = caption;
 }
 
+// ---- rules and KPIs (admin) -------------------------------------------------------------------
+
+const rulesState = { page: 0 };
+const adminKpisState = { page: 0 };
+const ADMIN_SCOPES = ["uts.admin", "uts.provider.admin", "uts.su"];
+
+/** The token's scopes (a list, or one space-separated string). */
+function scopesOf(claim) {
+  return Array.isArray(claim.scope) ? claim.scope : String(claim.scope ?? "").split(" ");
+}
+
+/** Whether the token may read the admin API (display only: the API decides). */
+function mayAdminister(claim) {
+  return scopesOf(claim).some((scope) => ADMIN_SCOPES.includes(scope));
+}
+
+function yesNo(value) {
+  return value ? "yes" : "no";
+}
+
+/** The rules and KPIs the token may see: a provider's own, or all of them for the operator. */
+async function loadAdmin() {
+  const claim = claims(token);
+  const scopes = scopesOf(claim);
+  $("admin-scope").textContent = scopes.includes("uts.admin") || scopes.includes("uts.su")
+    ? "Every provider's rules and KPIs (service operator)."
+    : `The rules and KPIs owned by ${claim.ten ?? "?"}.`;
+  try {
+    const [rules, kpis] = await Promise.all([
+      api("/admin/rules", { page: rulesState.page, size: 20 }),
+      api("/admin/kpis", { page: adminKpisState.page, size: 20 }),
+    ]);
+    const ruleRows = rules.rules.map((rule) =>
+      el(
+        "tr",
+        { "data-rule-id": rule.ruleId },
+        el("td", {}, rule.application),
+        el("td", {}, rule.unit),
+        el("td", {}, rule.ownerTenantId),
+        el("td", {}, yesNo(rule.active)),
+        el("td", {}, rule.aggregationFunction),
+        el("td", {}, yesNo(rule.billingEnabled)),
+        el("td", { class: "num" }, rule.minValue ?? ""),
+        el("td", { class: "num" }, rule.maxValue ?? ""),
+        el("td", {}, rule.version),
+      ),
+    );
+    $("rules-table").tBodies[0].replaceChildren(...ruleRows);
+    $("rules-empty").hidden = ruleRows.length > 0;
+    showPage("rules-pager", rules.page);
+    const kpiRows = kpis.kpis.map((kpi) =>
+      el(
+        "tr",
+        { "data-kpi-id": kpi.kpiId },
+        el("td", {}, kpi.name),
+        el("td", {}, kpi.application),
+        el("td", {}, kpi.unit),
+        el("td", {}, kpi.ownerTenantId),
+        el("td", {}, kpi.aggregationFunctionDaily),
+        el("td", {}, kpi.aggregationFunctionMonthly),
+        el("td", {}, kpi.preFill),
+        el("td", { class: "num" }, kpi.unitConversionFactor),
+        el("td", {}, kpi.version),
+      ),
+    );
+    $("admin-kpis-table").tBodies[0].replaceChildren(...kpiRows);
+    $("admin-kpis-empty").hidden = kpiRows.length > 0;
+    showPage("admin-kpis-pager", kpis.page);
+    notice(null);
+  } catch (err) {
+    if (err.status !== 401) notice(`Rules and KPIs: ${err.message}`);
+  }
+}
+
 // ---- tabs and start-up -------------------------------------------------------------------------
 
 function showTab(name) {
-  $("tab-jobs").setAttribute("aria-selected", String(name === "jobs"));
-  $("tab-kpis").setAttribute("aria-selected", String(name === "kpis"));
-  $("jobs-view").hidden = name !== "jobs";
-  $("kpis-view").hidden = name !== "kpis";
+  for (const tab of ["jobs", "kpis", "admin"]) {
+    $(`tab-${tab}`).setAttribute("aria-selected", String(name === tab));
+    $(`${tab}-view`).hidden = name !== tab;
+  }
   if (name === "jobs") {
     loadJobs();
     startRefresh();
   } else {
     stopRefresh();
-    loadKpiChoices();
+    if (name === "kpis") loadKpiChoices();
+    else loadAdmin();
   }
 }
 
@@ -394,6 +474,7 @@ function start() {
   $("sign-out").addEventListener("click", () => signOut(null));
   $("tab-jobs").addEventListener("click", () => showTab("jobs"));
   $("tab-kpis").addEventListener("click", () => showTab("kpis"));
+  $("tab-admin").addEventListener("click", () => showTab("admin"));
   $("jobs-filter").addEventListener("submit", (event) => {
     event.preventDefault();
     jobsState.page = 0;
@@ -407,6 +488,8 @@ function start() {
   pager("jobs-pager", jobsState, loadJobs);
   pager("summary-pager", summaryState, loadJob);
   pager("errors-pager", errorsState, loadJob);
+  pager("rules-pager", rulesState, loadAdmin);
+  pager("admin-kpis-pager", adminKpisState, loadAdmin);
   $("error-class").addEventListener("change", () => {
     errorsState.page = 0;
     loadJob();
