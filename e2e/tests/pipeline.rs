@@ -645,3 +645,166 @@ async fn a_replayed_dead_letter_that_is_still_bad_is_set_aside_again(pool: PgPoo
     let id = pipeline.post_job("op", &job("op", "user", "app", &[("1", "dl-unit", now_text())])).await;
     pipeline.wait_for_job_status("op", &id, "COMPLETED", WAIT).await;
 }
+
+/// Runs `utsctl` with `args` and `env`; (succeeded, stdout, stderr).
+async fn run_utsctl(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut command = tokio::process::Command::new(utsctl());
+    command.args(args).env("RUST_BACKTRACE", "0");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = tokio::time::timeout(Duration::from_secs(120), command.output())
+        .await
+        .unwrap_or_else(|_| panic!("utsctl {args:?} ran for 2 minutes"))
+        .unwrap();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (output.status.success(), text(&output.stdout), text(&output.stderr))
+}
+
+/// Every `utsctl` command does what its help says, against the running pipeline and the test's
+/// own database and topics: `migrate`, `topics`, `token`, `tenant` (the admin API's checks:
+/// what `PUT /admin/tenants` refuses it refuses, with the same words, storing nothing), `status`,
+/// `jobs follow`/`errors`, `clients create|list|rotate-secret|revoke`, `signing-keys
+/// list|rotate`. (`send` and `dead-letters` have tests of their own.)
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn every_utsctl_command_does_what_it_says(pool: PgPool) {
+    let pipeline = Pipeline::start(pool.clone()).await;
+    let base = pipeline.base();
+    let database: String = sqlx::query_scalar("SELECT current_database()").fetch_one(&pool).await.unwrap();
+    let mut url = reqwest::Url::parse(&std::env::var("DATABASE_URL").expect("DATABASE_URL")).unwrap();
+    url.set_path(&database);
+    let db = [("DATABASE_URL", url.as_str())];
+    let brokers = pipeline.kafka.brokers.clone();
+
+    // migrate: nothing left to apply on a migrated database, and nothing changes.
+    let applied = || sqlx::query_scalar::<_, i64>("SELECT count(*) FROM _sqlx_migrations").fetch_one(&pool);
+    let before = applied().await.unwrap();
+    let (ok, out, err) = run_utsctl(&["migrate"], &db).await;
+    assert!(ok && out.contains("migrations applied"), "{out}{err}");
+    assert_eq!(applied().await.unwrap(), before);
+
+    // topics: the five topics under a new prefix exist afterwards.
+    let prefix = format!("{}-ctl", pipeline.kafka.topic_prefix);
+    let (ok, out, err) = run_utsctl(&["topics", "--topic-prefix", &prefix], &[("UTS_KAFKA_BROKERS", &brokers)]).await;
+    assert!(ok && out.starts_with("topics ready:"), "{out}{err}");
+    let consumer: rdkafka::consumer::BaseConsumer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    let metadata = rdkafka::consumer::Consumer::fetch_metadata(&consumer, None, Duration::from_secs(10)).unwrap();
+    let existing: Vec<&str> = metadata.topics().iter().map(|topic| topic.name()).collect();
+    for suffix in ["usage-jobs", "usages.verified", "aggregates", "status", "dead-letter"] {
+        assert!(existing.contains(&format!("{prefix}.{suffix}").as_str()), "{prefix}.{suffix} missing");
+    }
+
+    // token: the gateway accepts what it prints.
+    let (ok, out, err) = run_utsctl(
+        &["token", "--tenant", "op", "--scopes", "uts.usages.write,uts.usages.read"],
+        &[("UTS_JWT_HS256_SECRET", uts_e2e::SECRET)],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let token = out.trim().to_owned();
+    let listed = pipeline.client.get(format!("{base}/api/usagetransparency/v3/usagesJobs")).bearer_auth(&token).send();
+    assert_eq!(listed.await.unwrap().status(), reqwest::StatusCode::OK);
+
+    // tenant: registered and replaced; refused with the admin API's words, nothing stored.
+    let (ok, out, err) = run_utsctl(&["tenant", "--id", "ctl-plant", "--type", "iot", "--operator", "op"], &db).await;
+    assert!(ok && out.contains("tenant ctl-plant registered as iot"), "{out}{err}");
+    let (ok, out, err) = run_utsctl(
+        &["tenant", "--id", "ctl-plant", "--type", "iot", "--operator", "op", "--display-name", "Plant"],
+        &db,
+    )
+    .await;
+    assert!(ok && out.contains("tenant ctl-plant replaced as iot"), "{out}{err}");
+    let stored: (String, Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT tenant_type, operator_tenant_id, display_name FROM tenants WHERE tenant_id = 'ctl-plant'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(stored, ("iot".into(), Some("op".into()), Some("Plant".into())));
+    for (args, words) in [
+        (vec!["--id", "ctl-bad", "--type", "iot"], "operatorTenantId is required"),
+        (
+            vec!["--id", "ctl-bad", "--type", "iot", "--operator", "prov"],
+            "must name an operator tenant; prov is a developer tenant",
+        ),
+        (
+            vec!["--id", "ctl-bad", "--type", "iot", "--operator", "nobody"],
+            "operatorTenantId names no registered tenant",
+        ),
+        (vec!["--id", "ctl-bad", "--type", "developer", "--operator", "op"], "operatorTenantId must be left out"),
+        (vec!["--id", "ctl\u{1}bad", "--type", "developer"], "tenantId must not contain control characters"),
+        (vec!["--id", "op", "--type", "developer"], "cannot change from operator while it operates IoT tenants"),
+    ] {
+        let (ok, out, err) = run_utsctl(&[&["tenant"][..], &args].concat(), &db).await;
+        assert!(!ok && err.contains(words), "{args:?}: {out}{err}");
+    }
+    let bad: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants WHERE tenant_id LIKE 'ctl%bad'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(bad, 0);
+    let op_type: String =
+        sqlx::query_scalar("SELECT tenant_type FROM tenants WHERE tenant_id = 'op'").fetch_one(&pool).await.unwrap();
+    assert_eq!(op_type, "operator");
+
+    // status and jobs: a completed job and one with an error, as the API shows them.
+    let now = now_text();
+    let good = pipeline.post_job("op", &job("plant", "user", "app", &[("1.5", "ctl-unit", now.clone())])).await;
+    let failing = pipeline.post_job("op", &job("buyer", "user", "app", &[("1", "ctl-unit", now)])).await;
+    let (ok, out, err) =
+        run_utsctl(&["jobs", "follow", &good, "--url", &base, "--token", &token, "--timeout-seconds", "90"], &[]).await;
+    assert!(ok && out.contains("COMPLETED: 1 app/ctl-unit AGGREGATED"), "{out}{err}");
+    let (ok, out, err) =
+        run_utsctl(&["jobs", "follow", &failing, "--url", &base, "--token", &token, "--timeout-seconds", "90"], &[])
+            .await;
+    assert!(ok && out.contains("ERRORS"), "{out}{err}");
+    let (ok, out, err) = run_utsctl(&["jobs", "errors", &failing, "--url", &base, "--token", &token], &[]).await;
+    assert!(ok && out.contains("mdsp.uts.verification.tenantNotAllowed") && out.contains("1 error(s)"), "{out}{err}");
+    let kafka = [("UTS_KAFKA_BROKERS", brokers.as_str()), ("UTS_TOPIC_PREFIX", pipeline.kafka.topic_prefix.as_str())];
+    let (ok, out, err) = run_utsctl(&["status", "--job", &good], &kafka).await;
+    assert!(ok && out.contains(&format!("job {good}")) && out.contains("app / ctl-unit: 1 AGGREGATED"), "{out}{err}");
+
+    // clients: a secret that gets tokens, a rotation that ends the old one, a revocation.
+    let token_with = |secret: String| {
+        let request = pipeline
+            .client
+            .post(format!("{base}/oauth/token"))
+            .basic_auth("ctl-client", Some(secret))
+            .form(&[("grant_type", "client_credentials")]);
+        async move { request.send().await.unwrap().status() }
+    };
+    let secret_of = |out: &str| {
+        out.lines().find_map(|line| line.strip_prefix("client_secret=")).unwrap_or_else(|| panic!("{out}")).to_owned()
+    };
+    let (ok, out, err) =
+        run_utsctl(&["clients", "create", "--id", "ctl-client", "--tenant", "op", "--scopes", "uts.usages.read"], &db)
+            .await;
+    assert!(ok && out.contains("created ctl-client  tenant op  scopes uts.usages.read"), "{out}{err}");
+    let first = secret_of(&out);
+    assert_eq!(token_with(first.clone()).await, reqwest::StatusCode::OK);
+    let (ok, out, err) = run_utsctl(&["clients", "list", "--tenant", "op"], &db).await;
+    assert!(ok && out.contains("ctl-client  tenant op") && out.contains("1 client(s)"), "{out}{err}");
+    let (ok, out, err) = run_utsctl(&["clients", "rotate-secret", "--id", "ctl-client"], &db).await;
+    assert!(ok, "{out}{err}");
+    let second = secret_of(&out);
+    assert_eq!(token_with(first).await, reqwest::StatusCode::UNAUTHORIZED);
+    assert_eq!(token_with(second.clone()).await, reqwest::StatusCode::OK);
+    let (ok, out, err) = run_utsctl(&["clients", "revoke", "--id", "ctl-client"], &db).await;
+    assert!(ok && out.contains("revoked ctl-client"), "{out}{err}");
+    assert_eq!(token_with(second).await, reqwest::StatusCode::UNAUTHORIZED);
+
+    // signing-keys: a rotation puts a new current key first, the old one still accepted.
+    let (ok, before, err) = run_utsctl(&["signing-keys", "list"], &db).await;
+    assert!(ok && before.lines().next().is_some_and(|line| line.ends_with("current")), "{before}{err}");
+    let (ok, out, err) = run_utsctl(&["signing-keys", "rotate"], &db).await;
+    assert!(ok, "{out}{err}");
+    let (ok, after, err) = run_utsctl(&["signing-keys", "list"], &db).await;
+    assert!(ok, "{err}");
+    let kid =
+        |list: &str, at: usize| list.lines().nth(at).and_then(|line| line.split_whitespace().next()).map(str::to_owned);
+    assert_ne!(kid(&after, 0), kid(&before, 0), "{after}");
+    assert!(after.lines().next().unwrap().ends_with("current"), "{after}");
+    assert_eq!(kid(&after, 1), kid(&before, 0), "the old key stays listed: {after}");
+    assert!(after.lines().nth(1).unwrap().contains("accepted until"), "{after}");
+}

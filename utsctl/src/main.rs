@@ -77,7 +77,7 @@ enum Command {
         #[arg(long)]
         offset: Option<i64>,
     },
-    /// Register or update a tenant.
+    /// Register or replace a tenant, with the checks of PUT /admin/tenants/{tenantId}.
     Tenant {
         #[command(flatten)]
         database: DatabaseArgs,
@@ -90,6 +90,9 @@ enum Command {
         /// The operator of an IoT tenant.
         #[arg(long)]
         operator: Option<String>,
+        /// A name to show.
+        #[arg(long)]
+        display_name: Option<String>,
     },
     /// Post usages from an NDJSON or CSV file (or stdin) as jobs of at most 200, follow them to
     /// a settled status and print a summary; sending the same input twice counts it once.
@@ -287,13 +290,17 @@ async fn main() -> anyhow::Result<()> {
                 println!("{} dead letter(s) in {}", letters.len(), args.topics().dead_letter);
             }
         },
-        Command::Tenant { database, id, tenant_type, operator } => {
+        Command::Tenant { database, id, tenant_type, operator, display_name } => {
             let tenant_type: TenantType =
                 tenant_type.parse().ok().context("--type must be developer, operator, iot or customer")?;
+            let spec = tenants::TenantSpec { tenant_type, operator_tenant_id: operator, display_name };
+            // The same checks as the admin API's, before any connection is made.
+            tenants::check(&id, &spec).map_err(|err| anyhow::anyhow!("tenant refused: {err}"))?;
             let pool = db::connect(&database).await?;
-            let tenant = tenants::Tenant { tenant_id: id, tenant_type, operator_tenant_id: operator };
-            tenants::upsert(&pool, &tenant).await.context("saving the tenant")?;
-            println!("tenant {} registered as {}", tenant.tenant_id, tenant.tenant_type.as_str());
+            let (tenant, written) =
+                tenants::register(&pool, &id, &spec).await.map_err(|err| anyhow::anyhow!("tenant refused: {err}"))?;
+            let verb = if written == tenants::Written::Created { "registered" } else { "replaced" };
+            println!("tenant {} {verb} as {}", tenant.tenant_id, tenant.tenant_type);
         }
         Command::Send(args) => send::run(args).await?,
         Command::Jobs { action: JobsAction::Follow { id, timeout_seconds, api } } => {

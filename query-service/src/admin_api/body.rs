@@ -12,8 +12,7 @@ use serde_json::{Map, Value};
 use uts_common::domain::{parse_decimal, InvalidDecimal, MAX_NAME_LEN};
 use uts_common::error::ApiError;
 
-/// Longest tenant id (the `tenants.tenant_id` check).
-pub const MAX_TENANT_ID_LEN: usize = 128;
+pub use uts_common::tenants::MAX_TENANT_ID_LEN;
 
 /// A request body's top-level object.
 pub type Object = Map<String, Value>;

@@ -1,10 +1,9 @@
 //! `PUT`/`GET /tenants/{tenantId}` and `GET /tenants`.
 //!
-//! A tenant is created or replaced as a whole. Two invariants span rows and are checked here,
-//! under row locks, because the schema cannot: an IoT tenant's operator is an operator tenant
-//! (so an operator with IoT tenants cannot change its type), and only IoT tenants have
-//! provisioned applications (so an IoT tenant with provisioned applications cannot change its
-//! type). Tenants are never deleted: rules, KPIs, aggregates and jobs refer to them.
+//! A tenant is created or replaced as a whole by the one validated tenant write,
+//! `uts_common::tenants::register` (shared with `utsctl tenant`; it checks the invariants that
+//! span rows under row locks). Tenants are never deleted: rules, KPIs, aggregates and jobs refer
+//! to them.
 
 use std::sync::Arc;
 
@@ -17,9 +16,9 @@ use axum::Extension;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgPool, Postgres, Transaction};
 use uts_common::domain::TenantType;
 use uts_common::error::ApiError;
+use uts_common::tenants::{self, TenantRefused, TenantRow, TenantSpec, Written};
 
 use super::body::{self, name_problem, Object, MAX_TENANT_ID_LEN};
 use super::{
@@ -41,45 +40,40 @@ pub(super) struct TenantOut {
     updated_at: DateTime<Utc>,
 }
 
-const COLUMNS: &str = "tenant_id, tenant_type, operator_tenant_id, display_name, created_at, updated_at";
+const COLUMNS: &str = tenants::TENANT_COLUMNS;
 
-/// The validated body of `PUT /tenants/{tenantId}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct TenantSpec {
-    tenant_type: TenantType,
-    /// Present exactly for IoT tenants.
-    operator_tenant_id: Option<String>,
-    display_name: Option<String>,
+impl From<TenantRow> for TenantOut {
+    fn from(row: TenantRow) -> Self {
+        let TenantRow { tenant_id, tenant_type, operator_tenant_id, display_name, created_at, updated_at } = row;
+        Self { tenant_id, tenant_type, operator_tenant_id, display_name, created_at, updated_at }
+    }
 }
 
 const PROPERTIES: &[&str] = &["tenantId", "tenantType", "operatorTenantId", "displayName"];
 const READ_ONLY: &[&str] = &["createdAt", "updatedAt"];
 
-/// Checks a body on its own (what needs the database comes later).
+/// Reads a body into the tenant write's spec and checks it on its own (what needs the database
+/// comes in [`tenants::register`]).
 fn parse_tenant(tenant_id: &str, object: &Object) -> Result<TenantSpec, ApiError> {
     body::check_properties(object, PROPERTIES, READ_ONLY)?;
     body::check_matches_path(object, "tenantId", tenant_id)?;
     let types = spellings(&TenantType::ALL, TenantType::as_str);
     let tenant_type: TenantType = body::required_choice(object, "tenantType", &types)?;
     let operator_tenant_id = body::optional_tenant_id(object, "operatorTenantId")?;
-    match (tenant_type, &operator_tenant_id) {
-        (TenantType::Iot, None) => return Err(ApiError::missing_body_property("operatorTenantId")),
-        (TenantType::Iot, Some(operator)) if operator == tenant_id => {
-            return Err(ApiError::invalid_body_property("operatorTenantId", "must not be the tenant itself"))
-        }
-        (TenantType::Iot, Some(_)) | (_, None) => {}
-        (_, Some(_)) => {
-            return Err(ApiError::invalid_body_property(
-                "operatorTenantId",
-                format_args!(
-                    "must be left out: only iot tenants have an operator, not {} tenants",
-                    tenant_type.as_str()
-                ),
-            ))
-        }
-    }
     let display_name = body::optional_name(object, "displayName")?;
-    Ok(TenantSpec { tenant_type, operator_tenant_id, display_name })
+    let spec = TenantSpec { tenant_type, operator_tenant_id, display_name };
+    tenants::check(tenant_id, &spec).map_err(refused)?;
+    Ok(spec)
+}
+
+/// The API's answer to a refused tenant write: 400 naming the property, 503/500 for storage.
+fn refused(err: TenantRefused) -> ApiError {
+    match err {
+        TenantRefused::Invalid { property, problem } => ApiError::invalid_body_property(property, problem),
+        TenantRefused::Missing(property) => ApiError::missing_body_property(property),
+        TenantRefused::Storage(err) => storage_error(err),
+        err @ TenantRefused::Contended(_) => ApiError::internal(err),
+    }
 }
 
 /// `PUT /tenants/{tenantId}`: 201 when created, 200 when replaced.
@@ -97,7 +91,7 @@ pub(super) async fn put(
     }
     let object = read_object(&headers, request_body).await?;
     let spec = parse_tenant(&tenant_id, &object)?;
-    let (tenant, written) = store(&state.pool, &tenant_id, &spec).await?;
+    let (tenant, written) = tenants::register(&state.pool, &tenant_id, &spec).await.map_err(refused)?;
     let status = match written {
         Written::Created => {
             count_change("tenant", "create");
@@ -108,136 +102,7 @@ pub(super) async fn put(
             StatusCode::OK
         }
     };
-    Ok((status, Json(tenant)).into_response())
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Written {
-    Created,
-    Replaced,
-}
-
-/// Creates or replaces the tenant in one transaction.
-async fn store(pool: &PgPool, tenant_id: &str, spec: &TenantSpec) -> Result<(TenantOut, Written), ApiError> {
-    // A concurrent create of the same new tenant makes our insert do nothing; the retry then
-    // finds the row and replaces it.
-    for _ in 0..3 {
-        let mut tx = pool.begin().await.map_err(storage_error)?;
-        // Lock the tenant and its operator in id order (no deadlock between two calls that lock
-        // the same pair): a concurrent type change of the operator waits for us, or we see it.
-        let mut ids = vec![tenant_id.to_owned()];
-        ids.extend(spec.operator_tenant_id.clone());
-        let locked: Vec<(String, String)> = sqlx::query_as(
-            "SELECT tenant_id, tenant_type FROM tenants WHERE tenant_id = ANY($1) ORDER BY tenant_id FOR UPDATE",
-        )
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(storage_error)?;
-        let type_of = |id: &str| locked.iter().find(|(locked_id, _)| locked_id == id).map(|(_, kind)| kind.as_str());
-
-        if let Some(operator) = &spec.operator_tenant_id {
-            match type_of(operator) {
-                Some("operator") => {}
-                Some(kind) => {
-                    return Err(ApiError::invalid_body_property(
-                        "operatorTenantId",
-                        format_args!("must name an operator tenant; {operator} is a {kind} tenant"),
-                    ))
-                }
-                None => {
-                    return Err(ApiError::invalid_body_property(
-                        "operatorTenantId",
-                        format_args!("names no registered tenant ({operator})"),
-                    ))
-                }
-            }
-        }
-
-        match type_of(tenant_id) {
-            Some(current) => {
-                check_type_change(&mut tx, tenant_id, current, spec.tenant_type).await?;
-                let tenant: TenantOut = sqlx::query_as(&format!(
-                    "UPDATE tenants SET tenant_type = $2, operator_tenant_id = $3, display_name = $4, updated_at = now()
-                     WHERE tenant_id = $1 RETURNING {COLUMNS}"
-                ))
-                .bind(tenant_id)
-                .bind(spec.tenant_type.as_str())
-                .bind(&spec.operator_tenant_id)
-                .bind(&spec.display_name)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(storage_error)?;
-                tx.commit().await.map_err(storage_error)?;
-                return Ok((tenant, Written::Replaced));
-            }
-            None => {
-                let inserted: Option<TenantOut> = sqlx::query_as(&format!(
-                    "INSERT INTO tenants (tenant_id, tenant_type, operator_tenant_id, display_name)
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id) DO NOTHING RETURNING {COLUMNS}"
-                ))
-                .bind(tenant_id)
-                .bind(spec.tenant_type.as_str())
-                .bind(&spec.operator_tenant_id)
-                .bind(&spec.display_name)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(storage_error)?;
-                if let Some(tenant) = inserted {
-                    tx.commit().await.map_err(storage_error)?;
-                    return Ok((tenant, Written::Created));
-                }
-            }
-        }
-    }
-    Err(ApiError::internal(format_args!("tenant {tenant_id} kept changing concurrently; gave up after 3 attempts")))
-}
-
-/// An operator with IoT tenants stays an operator; an IoT tenant with provisioned applications
-/// stays an IoT tenant. The tenant's row is locked, so neither list can grow meanwhile.
-async fn check_type_change(
-    tx: &mut Transaction<'_, Postgres>,
-    tenant_id: &str,
-    current: &str,
-    new: TenantType,
-) -> Result<(), ApiError> {
-    if current == "operator" && new != TenantType::Operator {
-        let operated: Vec<String> = sqlx::query_scalar(
-            "SELECT tenant_id FROM tenants WHERE operator_tenant_id = $1 ORDER BY tenant_id LIMIT 5",
-        )
-        .bind(tenant_id)
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(storage_error)?;
-        if !operated.is_empty() {
-            return Err(ApiError::invalid_body_property(
-                "tenantType",
-                format_args!(
-                    "cannot change from operator while it operates IoT tenants ({}); move them to another operator first",
-                    operated.join(", ")
-                ),
-            ));
-        }
-    }
-    if current == "iot" && new != TenantType::Iot {
-        let provisioned: Vec<String> = sqlx::query_scalar(
-            "SELECT application FROM provisioning WHERE tenant_id = $1 ORDER BY application LIMIT 5",
-        )
-        .bind(tenant_id)
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(storage_error)?;
-        if !provisioned.is_empty() {
-            return Err(ApiError::invalid_body_property(
-                "tenantType",
-                format_args!(
-                    "cannot change from iot while applications are provisioned to it ({}); remove them first",
-                    provisioned.join(", ")
-                ),
-            ));
-        }
-    }
-    Ok(())
+    Ok((status, Json(TenantOut::from(tenant))).into_response())
 }
 
 /// `GET /tenants/{tenantId}`.
