@@ -1,6 +1,7 @@
 //! The dashboard in a real browser: Debian's headless Chromium driven over WebDriver
 //! (chromedriver, started here), against the whole pipeline. The page must show a job posted by
-//! the test, follow its status on screen to COMPLETED, show its usage summary and the monthly KPI
+//! the test, follow its status on screen to COMPLETED, pick up a job posted while it is open,
+//! show a job's errors, filter and page the list, keep markup as text, show its usage summary and the monthly KPI
 //! with its daily chart, never show another tenant's job, and show a provider administrator its
 //! own rules and KPIs only.
 
@@ -167,6 +168,14 @@ async fn the_dashboard_follows_a_job_to_completed_and_shows_only_the_tenants_own
     // The page and every API call it makes go through the one address (the gateway).
     let base = format!("http://{}", pipeline.gateway);
 
+    // The page is served with its Content-Security-Policy: own scripts, styles and requests
+    // only, no framing.
+    let page = pipeline.client.get(format!("{base}/ui/")).send().await.unwrap();
+    let policy = page.headers().get("content-security-policy").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    for directive in ["default-src 'none'", "script-src 'self'", "connect-src 'self'", "frame-ancestors 'none'"] {
+        assert!(policy.contains(directive), "{directive} missing from {policy:?}");
+    }
+
     // A bad token is refused with the API's message, and the page stays at sign-in.
     browser.client.goto(&format!("{base}/")).await.unwrap();
     browser.fill("#token-input", "not-a-token").await;
@@ -195,6 +204,65 @@ async fn the_dashboard_follows_a_job_to_completed_and_shows_only_the_tenants_own
     browser.screenshot("dashboard-job").await;
     browser.click("#job-close").await;
     assert!(!browser.client.find(Locator::Css("#job-detail")).await.unwrap().is_displayed().await.unwrap());
+
+    // The page follows new jobs by itself (the list refreshes every 2 s): a job posted now, with
+    // the page open, appears and reaches its final status on screen without a reload. Its usage
+    // fails verification (buyer is a customer tenant), and its application is markup: the errors
+    // panel shows the error, the summary shows the markup as text.
+    let hostile = "<img src=x onerror=alert(1)>";
+    let now = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
+    let failing = pipeline
+        .post_job(
+            "op",
+            &json!({"users":[{"tenantId": "buyer", "userId": "someone", "resources":[{"application": hostile,
+                "resource": "a1", "usages": [{"value": 1, "unit": "dash-unit", "datetime": now}]}]}]}),
+        )
+        .await;
+    browser.show_day_of(&pipeline, "op", &failing).await;
+    let failing_row = format!("tr[data-job-id='{failing}']");
+    browser.text_until(&format!("{failing_row} .job-status"), |t| t == "ERRORS").await;
+    browser.click(&format!("{failing_row} button")).await;
+    let summary = browser.text_until("#summary-table tbody tr", |t| t.contains("VERIFICATIONFAILED")).await;
+    assert!(summary.contains(hostile), "markup shown as text: {summary}");
+    assert_eq!(browser.count("#job-detail img").await, 0, "markup rendered as an element");
+    let errors = browser.text_until("#errors-table tbody", |t| t.contains("tenantNotAllowed")).await;
+    assert_eq!(browser.count("#errors-table tbody tr").await, 1, "{errors}");
+    // The errors panel's class filter: no billing error, the validation error again.
+    browser.client.find(Locator::Css("#error-class")).await.unwrap().select_by_value("billing").await.unwrap();
+    browser.text_until("#errors-pager .pager-text", |t| t.contains("(0 in all)")).await;
+    assert!(browser.client.find(Locator::Css("#errors-empty")).await.unwrap().is_displayed().await.unwrap());
+    browser.client.find(Locator::Css("#error-class")).await.unwrap().select_by_value("validation").await.unwrap();
+    browser.text_until("#errors-table tbody", |t| t.contains("tenantNotAllowed")).await;
+    browser.click("#job-close").await;
+
+    // Filters: an application no job has shows none; the job's application shows only it.
+    browser.fill("#filter-application", "no-such-app").await;
+    browser.click("#jobs-filter button[type=submit]").await;
+    browser.text_until("#jobs-pager .pager-text", |t| t.contains("(0 in all)")).await;
+    assert!(browser.client.find(Locator::Css("#jobs-empty")).await.unwrap().is_displayed().await.unwrap());
+    browser.fill("#filter-application", hostile).await;
+    browser.click("#jobs-filter button[type=submit]").await;
+    browser.text_until("#jobs-pager .pager-text", |t| t.contains("(1 in all)")).await;
+    assert_eq!(browser.count(&format!("#jobs-table {failing_row}")).await, 1);
+    browser.fill("#filter-application", "").await;
+
+    // Paging: 12 jobs at 10 a page are two pages, the second holding the 2 oldest.
+    // (Another unit: the KPI checked below counts dash-unit only.)
+    let mut paged = job("op", &["1"]);
+    paged["users"][0]["resources"][0]["usages"][0]["unit"] = json!("page-unit");
+    for _ in 0..10 {
+        pipeline.post_job("op", &paged).await;
+    }
+    browser.client.find(Locator::Css("#filter-size")).await.unwrap().select_by_label("10").await.unwrap();
+    browser.click("#jobs-filter button[type=submit]").await;
+    browser.text_until("#jobs-pager .pager-text", |t| t == "Page 1 of 2 (12 in all)").await;
+    assert_eq!(browser.count("#jobs-table tbody tr").await, 10);
+    browser.click("#jobs-pager button[data-step='1']").await;
+    browser.text_until("#jobs-pager .pager-text", |t| t == "Page 2 of 2 (12 in all)").await;
+    assert_eq!(browser.count("#jobs-table tbody tr").await, 2);
+    assert_eq!(browser.count(&format!("tr[data-job-id='{own}']")).await, 1, "the oldest job is on the last page");
+    browser.click("#jobs-pager button[data-step='-1']").await;
+    browser.text_until("#jobs-pager .pager-text", |t| t.starts_with("Page 1 of 2")).await;
 
     // Monthly KPI as consumer: 6.5, and today's bar in the chart carries the day's value. The
     // list offers prov's KPI (op has usages of it); typed in by hand here.
