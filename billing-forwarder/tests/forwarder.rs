@@ -324,6 +324,92 @@ async fn a_receipt_by_callback_completes_a_record_answered_202(pool: PgPool) {
     receiver.cancel();
 }
 
+/// A receipt that overtakes the forwarder's own handling of the 202: the billing system POSTs the
+/// receipt and only answers the record (202) once the receipt was taken. The row stays
+/// `received` with the billing system's record id (the update after the send never downgrades
+/// it), and the record's events are "sent" and "received", each once, folding to RECEIVED.
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn a_receipt_that_overtakes_the_202_leaves_the_record_received(pool: PgPool) {
+    const TOKEN: &str = "receipts-test-token-0123456789";
+    let args = isolated_kafka(1).await;
+    let receipts_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let receipts = format!("http://{}/billing/v1/receipts", receipts_listener.local_addr().unwrap());
+    // The billing system: receipt first, then the 202.
+    let billing = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let billing_url = format!("http://{}/billing/v1/records", billing.local_addr().unwrap());
+    let taken = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u16>::new()));
+    let app = {
+        let (receipts, taken) = (receipts.clone(), taken.clone());
+        axum::Router::new().route(
+            "/billing/v1/records",
+            axum::routing::post(move |headers: axum::http::HeaderMap| {
+                let (receipts, taken) = (receipts.clone(), taken.clone());
+                async move {
+                    let key =
+                        headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+                    let answer = reqwest::Client::new()
+                        .post(&receipts)
+                        .bearer_auth(TOKEN)
+                        .json(&serde_json::json!({"idempotencyKey": key, "recordId": "early-1"}))
+                        .send()
+                        .await
+                        .unwrap();
+                    taken.lock().unwrap().push(answer.status().as_u16());
+                    axum::http::StatusCode::ACCEPTED
+                }
+            }),
+        )
+    };
+    tokio::spawn(async move { axum::serve(billing, app).await.unwrap() });
+    let forwarder = start_forwarder_on(
+        &args,
+        pool.clone(),
+        &billing_url,
+        receipts_listener,
+        &[&format!("--receipts-token={TOKEN}")],
+    );
+    produce(&args, &[aggregate("u", 1, "2", true, &[("job-early", 2)])]).await;
+
+    let statuses = distinct(events(&read_topic(&args, &args.topics().status, 2, WAIT).await));
+    assert_eq!(taken.lock().unwrap().first(), Some(&200), "the receipt was taken before the 202");
+    let ids: Vec<&str> = statuses.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(
+        ids.iter().any(|id| id.ends_with(":1:sent")) && ids.iter().any(|id| id.ends_with(":1:received")),
+        "{ids:?}"
+    );
+    // What the projection folds: 2 usages AGGREGATED → SENT → RECEIVED, whatever the order.
+    use v1::UsageStatus as S;
+    let mut counts = std::collections::BTreeMap::<i32, i64>::new();
+    for transition in statuses.iter().flat_map(|e| &e.transitions) {
+        *counts.entry(transition.from).or_default() -= i64::from(transition.count);
+        *counts.entry(transition.to).or_default() += i64::from(transition.count);
+    }
+    counts.retain(|_, n| *n != 0);
+    assert_eq!(
+        counts,
+        [(S::Aggregated as i32, -2), (S::Receivedforbilling as i32, 2)].into_iter().collect(),
+        "{statuses:?}"
+    );
+    // The forwarder has handled its 202 by now (its "sent" event is out); the row was not
+    // downgraded to `sent`, and the billing system's id stays.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let row: (String, Option<String>, bool) =
+            sqlx::query_as("SELECT state, record_id, NOT events_pending FROM billing_outbox")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if row.2 {
+            assert_eq!((row.0.as_str(), row.1.as_deref()), ("received", Some("early-1")));
+            break;
+        }
+        assert!(Instant::now() < deadline, "the sender never settled the row: {row:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    forwarder.cancel();
+}
+
 /// The crash windows: the forwarder died after writing a row's new state and before producing
 /// its events. The next forwarder produces the pending history, and what the jobs end with is
 /// right (folded as the projection folds).
