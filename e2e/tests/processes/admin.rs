@@ -72,7 +72,7 @@ async fn start(pool: &PgPool, extra: &[(&str, &str)]) -> (Stages, Api, tokio_uti
     let mut env = environment(&kafka, &database_url(pool), &billing_url);
     env.retain(|(name, _)| name != "UTS_CATALOG_REFRESH_MS"); // the default refresh
     env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-    let stages = Stages::start(&env, &[]);
+    let stages = Stages::start(&env, &[]).await;
     let (port, query_port) = (stages.port, stages.query_port);
     let api = Api {
         client: reqwest::Client::new(),

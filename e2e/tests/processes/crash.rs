@@ -5,7 +5,8 @@
 //! every daily aggregate must equal the exact value computed from what the gateway
 //! acknowledged, also once the pipeline is quiet; every usage must have reached its final
 //! status: no usage lost, none counted twice, client retries with the same Idempotency-Key
-//! included (and the clients must have had to retry). The query service is killed too:
+//! included (and the clients must have had to retry: a killed gateway stays down until one of them
+//! found it gone). The query service is killed too:
 //! afterwards every job must read COMPLETED over HTTP with exactly its usages, each
 //! RECEIVEDFORBILLING once. What billing received is compared with the oracle too: per bucket,
 //! versions in strictly increasing order, the last one carrying the exact value and count.
@@ -52,7 +53,7 @@ async fn killed_and_restarted_stages_neither_lose_nor_double_a_usage(pool: PgPoo
     let (billing_url, receiver_shutdown) = billing_receiver().await;
 
     let env = environment(&kafka, &database_url(&pool), &billing_url);
-    let mut processes = Stages::start(&env, &[("aggregator", vec![])]);
+    let mut processes = Stages::start(&env, &[("aggregator", vec![])]).await;
     let (port, query_port, stages) = (processes.port, processes.query_port, &mut processes.stages);
 
     // Load: CLIENTS clients posting distinct jobs, each retried with its key until accepted,
@@ -111,7 +112,20 @@ async fn killed_and_restarted_stages_neither_lose_nor_double_a_usage(pool: PgPoo
             assert!(Instant::now() < deadline, "{name} never had work in hand to be killed with: {now:?}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
-        stages[victim].kill_and_restart().await;
+        if name == "ingest-gateway" {
+            // Down until a client has found it gone (a POST refused or cut off), so that the
+            // clients' retries are part of what the oracle checks, whatever the timing.
+            let before = clients.retries();
+            stages[victim].kill().await;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while clients.retries() == before {
+                assert!(Instant::now() < deadline, "no client noticed the gateway was gone");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            stages[victim].spawn();
+        } else {
+            stages[victim].kill_and_restart().await;
+        }
         observed.push(format!("{name} at {at_kill:?}"));
         since.insert(name, progress(&pool, clients.accepted()).await.unwrap());
     }

@@ -232,7 +232,7 @@ async fn brokers_of_a_replicated_cluster_die_under_load_and_no_acknowledged_usag
     let kafka = isolated_kafka_on(4, &[format!("--kafka-brokers={brokers}"), "--topic-replication=3".to_owned()]).await;
     seed(&pool, UNIT).await;
     let (billing_url, receiver_shutdown) = billing_receiver().await;
-    let mut stages = Stages::start(&environment(&kafka, &database_url(&pool), &billing_url), &[]);
+    let mut stages = Stages::start(&environment(&kafka, &database_url(&pool), &billing_url), &[]).await;
     let clients = Clients::start(stages.port, CLIENTS, PACE, MAX_JOBS);
 
     let mut seen = until(&pool, &clients, "before the first kill", Duration::from_secs(120), |p| p.billed > 0).await;
@@ -305,7 +305,7 @@ async fn postgresql_crashing_under_load_loses_and_doubles_nothing_and_every_stag
     let kafka = isolated_kafka(4).await;
     seed(&pool, UNIT).await;
     let (billing_url, receiver_shutdown) = billing_receiver().await;
-    let mut stages = Stages::start(&environment(&kafka, &url, &billing_url), &[]);
+    let mut stages = Stages::start(&environment(&kafka, &url, &billing_url), &[]).await;
     let clients = Clients::start(stages.port, CLIENTS, PACE, MAX_JOBS);
 
     let mut seen = until(&pool, &clients, "before the first crash", Duration::from_secs(120), |p| p.billed > 0).await;

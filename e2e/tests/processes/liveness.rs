@@ -21,7 +21,7 @@ use uts_common::testing::isolated_kafka;
 
 use super::load::{Clients, UNIT};
 use super::oracle::{self, progress, Pipeline};
-use super::stages::{billing_receiver, database_url, environment, free_port, seed, Stage};
+use super::stages::{billing_receiver, database_url, environment, free_port, seed, until_ready, Stage};
 
 /// The stages' environment with `properties` as their librdkafka overrides.
 fn with_kafka_properties(
@@ -34,25 +34,6 @@ fn with_kafka_properties(
     env.retain(|(name, _)| name != "UTS_KAFKA_PROPERTIES");
     env.push(("UTS_KAFKA_PROPERTIES".into(), properties.into()));
     env
-}
-
-/// `/readyz` of the admin listener on `port`: its status and body.
-async fn readyz(port: u16) -> Option<(u16, String)> {
-    let response = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await.ok()?;
-    Some((response.status().as_u16(), response.text().await.unwrap_or_default()))
-}
-
-async fn until_ready(port: u16, what: &str, ready: bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some((status, body)) = readyz(port).await {
-            if (status == 200) == ready {
-                return body;
-            }
-        }
-        assert!(Instant::now() < deadline, "{what}: /readyz never answered {}", if ready { 200 } else { 503 });
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The sum of the stage's series of counter `name` (whose labels contain `labels`) from its
@@ -75,7 +56,7 @@ async fn a_stuck_verifier_turns_unready_and_its_partitions_move_mid_batch_withou
     let (billing_url, receiver_shutdown) = billing_receiver().await;
     let env = with_kafka_properties(&kafka, &pool, &billing_url, "session.timeout.ms=6000,max.poll.interval.ms=8000");
     let (port, query_port, first_admin, second_admin) = (free_port(), free_port(), free_port(), free_port());
-    let stage = |name: &'static str, args: Vec<String>| Stage { name, args, env: env.clone(), child: None, kills: 0 };
+    let stage = |name: &'static str, args: Vec<String>| Stage::new(name, args, &env);
     let verifier = |admin: u16| {
         stage("verifier", vec![format!("--admin-addr=127.0.0.1:{admin}"), "--consumer-stall-seconds=3".to_owned()])
     };
@@ -156,14 +137,14 @@ async fn a_verifier_whose_consumer_is_fenced_exits_non_zero_and_the_other_carrie
     // Consumers of other groups may share the id: it is unique per group.
     let env =
         with_kafka_properties(&kafka, &pool, &billing_url, "session.timeout.ms=6000,group.instance.id=the-verifier");
-    let mut stages = super::stages::Stages::start(&env, &[]);
+    let mut stages = super::stages::Stages::start(&env, &[]).await;
     let clients = Clients::start(stages.port, 2, Duration::from_millis(200), 900);
     let deadline = Instant::now() + Duration::from_secs(60);
     while progress(&pool, clients.accepted()).await.unwrap().billed == 0 {
         assert!(Instant::now() < deadline, "nothing billed before the second verifier");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut second = Stage { name: "verifier", args: vec![], env: env.clone(), child: None, kills: 0 };
+    let mut second = Stage::new("verifier", vec![], &env);
     second.spawn();
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {

@@ -24,23 +24,42 @@ pub fn binary(name: &str) -> PathBuf {
 pub struct Stage {
     pub name: &'static str,
     pub args: Vec<String>,
+    /// The admin listener's port (`/readyz`, `/metrics`).
+    pub admin_port: u16,
     pub env: Vec<(String, String)>,
     pub child: Option<Child>,
     pub kills: usize,
 }
 
 impl Stage {
+    /// A stage (not started yet) with `args` and `env`; its admin listener gets a port of its
+    /// own unless `args` name one (`--admin-addr=127.0.0.1:PORT`).
+    pub fn new(name: &'static str, mut args: Vec<String>, env: &[(String, String)]) -> Self {
+        let given = args.iter().find_map(|arg| arg.strip_prefix("--admin-addr=127.0.0.1:")?.parse().ok());
+        let admin_port = given.unwrap_or_else(|| {
+            let port = free_port();
+            args.push(format!("--admin-addr=127.0.0.1:{port}"));
+            port
+        });
+        Self { name, args, admin_port, env: env.to_vec(), child: None, kills: 0 }
+    }
+
     pub fn spawn(&mut self) {
         let mut command = Command::new(binary(self.name));
         command.args(&self.args).envs(self.env.iter().cloned()).kill_on_drop(true);
         self.child = Some(command.spawn().unwrap());
     }
 
-    pub async fn kill_and_restart(&mut self) {
+    /// SIGKILL, and waits until it is gone.
+    pub async fn kill(&mut self) {
         let mut child = self.child.take().unwrap();
-        child.start_kill().unwrap(); // SIGKILL
+        child.start_kill().unwrap();
         child.wait().await.unwrap();
         self.kills += 1;
+    }
+
+    pub async fn kill_and_restart(&mut self) {
+        self.kill().await;
         self.spawn();
     }
 
@@ -172,7 +191,7 @@ pub async fn billing_receiver() -> (String, CancellationToken) {
 
 /// One process each of the gateway (its reads forwarded to the query service: the one
 /// address), the verifier, the aggregator, the billing-forwarder and the query service, then
-/// those of `more` (name, flags), all with `env`.
+/// those of `more` (name, flags), all with `env`, each with an admin port of its own.
 pub struct Stages {
     pub stages: Vec<Stage>,
     /// The gateway's and the query service's listening ports.
@@ -181,10 +200,11 @@ pub struct Stages {
 }
 
 impl Stages {
-    pub fn start(env: &[(String, String)], more: &[(&'static str, Vec<String>)]) -> Self {
+    /// Starts them and waits until every one answers `/readyz` with 200, so that a test's load
+    /// meets a pipeline that is up, not one still joining its consumer groups.
+    pub async fn start(env: &[(String, String)], more: &[(&'static str, Vec<String>)]) -> Self {
         let (port, query_port) = (free_port(), free_port());
-        let stage =
-            |name: &'static str, args: Vec<String>| Stage { name, args, env: env.to_vec(), child: None, kills: 0 };
+        let stage = |name: &'static str, args: Vec<String>| Stage::new(name, args, env);
         let gateway = vec![
             format!("--listen-addr=127.0.0.1:{port}"),
             format!("--query-service-url=http://127.0.0.1:{query_port}"),
@@ -199,6 +219,9 @@ impl Stages {
         stages.extend(more.iter().map(|(name, args)| stage(name, args.clone())));
         for stage in &mut stages {
             stage.spawn();
+        }
+        for stage in &stages {
+            until_ready(stage.admin_port, stage.name, true).await;
         }
         Self { stages, port, query_port }
     }
@@ -225,5 +248,29 @@ impl Stages {
         for stage in &mut self.stages {
             stage.stop().await;
         }
+    }
+}
+
+/// `/readyz` of the admin listener on `port`: its status and body.
+pub async fn readyz(port: u16) -> Option<(u16, String)> {
+    let response = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await.ok()?;
+    Some((response.status().as_u16(), response.text().await.unwrap_or_default()))
+}
+
+/// Waits (90 s at most) until `/readyz` on `port` answers 200 (`ready`) or not; its last body.
+pub async fn until_ready(port: u16, what: &str, ready: bool) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        if let Some((status, body)) = readyz(port).await {
+            if (status == 200) == ready {
+                return body;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: /readyz never answered {}",
+            if ready { 200 } else { 503 }
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }

@@ -110,7 +110,7 @@ async fn one_jobs_trace_crosses_every_process(pool: PgPool) {
     env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), collector_url));
     // Export every 100 ms instead of 5 s.
     env.push(("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()));
-    let mut stages = Stages::start(&env, &[]);
+    let mut stages = Stages::start(&env, &[]).await;
     let port = stages.port;
 
     let api = format!("http://127.0.0.1:{port}/api/usagetransparency/v3");
