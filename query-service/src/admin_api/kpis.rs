@@ -8,7 +8,6 @@
 //! KPI and increments `version`. `unitConversionFactor` is an exact decimal > 0, answered as a
 //! string.
 
-use std::str::FromStr;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -31,38 +30,8 @@ use super::{
     check_application_free, check_owner, count_change, path_uuid, read_object, serialize_datetime, spellings,
     storage_error, violates, Caller, PageInfo, Params, BASE_PATH,
 };
+use crate::month::PreFill;
 use crate::AppState;
-
-/// What a day without usages counts as when a month is folded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum PreFill {
-    /// As 0.
-    #[default]
-    Zero,
-    /// Not at all: the day is skipped.
-    None,
-    /// As the previous day's value.
-    Last,
-}
-
-impl PreFill {
-    pub const ALL: [PreFill; 3] = [PreFill::Zero, PreFill::None, PreFill::Last];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PreFill::Zero => "ZERO",
-            PreFill::None => "NONE",
-            PreFill::Last => "LAST",
-        }
-    }
-}
-
-impl FromStr for PreFill {
-    type Err = ();
-    fn from_str(text: &str) -> Result<Self, ()> {
-        PreFill::ALL.into_iter().find(|p| p.as_str() == text).ok_or(())
-    }
-}
 
 /// A KPI as answered.
 #[derive(Debug, Serialize, sqlx::FromRow)]
