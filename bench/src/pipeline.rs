@@ -14,6 +14,11 @@ use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use tokio::sync::Mutex;
 
+mod measure;
+mod soak;
+use measure::*;
+use soak::*;
+
 /// The usages of one load job.
 const USAGES_PER_JOB: u64 = 200;
 
@@ -72,53 +77,6 @@ pub struct PipelineArgs {
     pub soak: bool,
 }
 
-/// Minutes of a soak that are warm-up: caches, pools and librdkafka's queues fill.
-const WARM_UP_MINUTES: usize = 2;
-
-/// One minute of a soak.
-struct Minute {
-    accepted: u64,
-    completed: u64,
-    rss: BTreeMap<String, u64>,
-    max_lag: BTreeMap<String, u64>,
-}
-
-/// The soak's verdict: per process, RSS at the end of the warm-up and the most after it (flat:
-/// within 10 %); per stage, the largest lag in the first and in the last third after the
-/// warm-up (bounded: the last no more than twice the first, or below 10 s of load).
-fn soak_verdict(minutes: &[Minute], messages_per_second: u64) {
-    if minutes.len() <= WARM_UP_MINUTES + 1 {
-        println!("  soak: too short for a verdict ({} minutes, {WARM_UP_MINUTES} of warm-up)", minutes.len());
-        return;
-    }
-    let after = &minutes[WARM_UP_MINUTES..];
-    let reference = &minutes[WARM_UP_MINUTES - 1].rss;
-    let mut flat = true;
-    let mut lines = Vec::new();
-    for (name, base) in reference {
-        let most = after.iter().filter_map(|m| m.rss.get(name)).max().copied().unwrap_or(0);
-        let growth = (most as f64 / (*base).max(1) as f64 - 1.0) * 100.0;
-        flat &= growth <= 10.0;
-        lines.push(format!("{name} {base} -> at most {most} MB ({growth:+.0} %)"));
-    }
-    println!("  soak memory after warm-up: {}: {}", lines.join(", "), if flat { "FLAT" } else { "GROWING" });
-    let third = (after.len() / 3).max(1);
-    let (first, last) = (&after[..third], &after[after.len() - third..]);
-    let mut bounded = true;
-    let mut lines = Vec::new();
-    for name in minutes[0].max_lag.keys() {
-        let most = |ms: &[Minute]| ms.iter().filter_map(|m| m.max_lag.get(name)).max().copied().unwrap_or(0);
-        let (early, late) = (most(first), most(last));
-        bounded &= late <= (2 * early).max(10 * messages_per_second);
-        lines.push(format!("{name} {early} -> {late}"));
-    }
-    println!(
-        "  soak lag (largest in the first third -> in the last third after warm-up, messages): {}: {}",
-        lines.join(", "),
-        if bounded { "BOUNDED" } else { "GROWING" }
-    );
-}
-
 /// The JSON body of a load job: 200 usages for `tenant` of one unit, split where the unit's
 /// name goes, so a body for any unit is one concatenation.
 struct Template {
@@ -168,160 +126,6 @@ fn unit_of(shape: Shape, buckets: usize, n: u64) -> String {
         Shape::Hot => "bench-unit".to_owned(),
         Shape::Spread => format!("bench-unit-{}", n % buckets.max(1) as u64),
     }
-}
-
-/// Usage counts read from the stages' counters (summed over every metrics endpoint), probes
-/// included: `uts_verifier_usages_total`, `uts_aggregator_usages_total` and
-/// `uts_query_final_usages_total`. Counters, not table scans: the benchmark must not load
-/// PostgreSQL itself (counting the tables every second cost a tenth of its time).
-#[derive(Debug, Clone, Copy, Default)]
-struct Counts {
-    verified_usages: u64,
-    aggregated_usages: u64,
-    completed_usages: u64,
-}
-
-impl Counts {
-    fn add(&mut self, text: &str) {
-        self.verified_usages += counter(text, "uts_verifier_usages_total");
-        self.aggregated_usages += counter(text, "uts_aggregator_usages_total");
-        self.completed_usages += counter(text, "uts_query_final_usages_total");
-    }
-}
-
-/// Sum of the samples of `name` in a Prometheus text exposition.
-fn counter(text: &str, name: &str) -> u64 {
-    counter_f64(text, name) as u64
-}
-
-fn counter_f64(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{')))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-fn rss_mb(pid: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb / 1024)
-}
-
-/// A metrics endpoint's text.
-async fn scrape(client: &reqwest::Client, url: &str) -> Option<String> {
-    client.get(url).timeout(Duration::from_secs(1)).send().await.ok()?.text().await.ok()
-}
-
-fn pairs(list: &[String]) -> anyhow::Result<Vec<(String, String)>> {
-    list.iter()
-        .map(|p| {
-            p.split_once('=')
-                .map(|(a, b)| (a.to_owned(), b.to_owned()))
-                .with_context(|| format!("{p:?} is not name=value"))
-        })
-        .collect()
-}
-
-/// Probe latencies in microseconds.
-struct Probes {
-    visible: Histogram<u64>,
-    aggregated: Histogram<u64>,
-    completed: Histogram<u64>,
-    lost: u64,
-    /// Probes accepted: their usages count in the stages' counters too.
-    posted: u64,
-    /// (seconds into the run when posted, POST→COMPLETED ms) of every completed probe, to
-    /// tell a slow start from a stall in the middle of the load.
-    timeline: Vec<(f64, u64)>,
-    /// Probe GETs that did not answer 200, by status (or "error"), and the slowest GET.
-    refusals: BTreeMap<String, u64>,
-    slowest_get: Duration,
-    /// Probes not started because MAX_PROBES_IN_FLIGHT were still being followed.
-    skipped: u64,
-}
-
-impl Probes {
-    fn new() -> Self {
-        let h = || Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap();
-        Self {
-            visible: h(),
-            aggregated: h(),
-            completed: h(),
-            lost: 0,
-            posted: 0,
-            timeline: Vec::new(),
-            refusals: BTreeMap::new(),
-            slowest_get: Duration::ZERO,
-            skipped: 0,
-        }
-    }
-}
-
-/// One probe: POST a one-usage job, then follow it on the query service until COMPLETED.
-async fn probe(
-    client: reqwest::Client,
-    post_url: String,
-    query_url: String,
-    token: String,
-    tenant: String,
-    probes: Arc<Mutex<Probes>>,
-    started: Instant,
-) {
-    let body = serde_json::json!({"users":[{"tenantId": tenant, "resources":[{"application":"probe","resource":"r",
-        "usages":[{"value": 1, "unit": "probe-unit", "datetime": chrono::Utc::now().to_rfc3339()}]}]}]});
-    let Ok(answer) = client.post(&post_url).bearer_auth(&token).json(&body).send().await else { return };
-    if answer.status() != reqwest::StatusCode::ACCEPTED {
-        return;
-    }
-    let acknowledged = Instant::now();
-    probes.lock().await.posted += 1;
-    let Ok(answer) = answer.json::<serde_json::Value>().await else { return };
-    let id = answer["id"].as_str().unwrap_or_default().to_owned();
-    let get_url = format!("{}/api/usagetransparency/v3/usagesJobs/{id}", query_url.trim_end_matches('/'));
-    let (mut visible, mut aggregated) = (false, false);
-    while acknowledged.elapsed() < Duration::from_secs(300) {
-        let asked = Instant::now();
-        let answer = client.get(&get_url).bearer_auth(&token).send().await;
-        {
-            let mut p = probes.lock().await;
-            p.slowest_get = p.slowest_get.max(asked.elapsed());
-            let refusal = match &answer {
-                Ok(r) if r.status() == reqwest::StatusCode::OK => None,
-                Ok(r) => Some(r.status().as_u16().to_string()),
-                Err(_) => Some("error".to_owned()),
-            };
-            if let Some(refusal) = refusal {
-                *p.refusals.entry(refusal).or_default() += 1;
-            }
-        }
-        if let Ok(response) = answer {
-            if response.status() == reqwest::StatusCode::OK {
-                let job: serde_json::Value = response.json().await.unwrap_or_default();
-                let elapsed = acknowledged.elapsed().as_micros() as u64;
-                let mut p = probes.lock().await;
-                if !visible {
-                    visible = true;
-                    p.visible.saturating_record(elapsed);
-                }
-                let status = job["usagesSummary"][0]["processStatus"].as_str().unwrap_or_default();
-                if !aggregated && matches!(status, "AGGREGATED" | "SENTFORBILLING" | "RECEIVEDFORBILLING") {
-                    aggregated = true;
-                    p.aggregated.saturating_record(elapsed);
-                }
-                if job["status"] == "COMPLETED" {
-                    p.completed.saturating_record(elapsed);
-                    p.timeline.push(((acknowledged - started).as_secs_f64(), elapsed / 1000));
-                    return;
-                }
-            }
-        }
-        tokio::time::sleep(PROBE_POLL).await;
-    }
-    probes.lock().await.lost += 1;
-}
-
-fn ms(h: &Histogram<u64>, q: f64) -> f64 {
-    h.value_at_quantile(q) as f64 / 1000.0
 }
 
 /// Runs the end-to-end benchmark; `gateway_url`, `query_url` as for the other phases.

@@ -1,4 +1,3 @@
-
 use super::*;
 
 fn rows(text: &str) -> Vec<Row> {
