@@ -205,17 +205,10 @@ impl Pipeline {
 
     /// Creates a client of the token service for `tenant` through the admin API; its secret.
     pub async fn create_client(&self, id: &str, tenant: &str, scopes: &[&str]) -> String {
-        let created: serde_json::Value = self
-            .client
-            .post(format!("{}/api/usagetransparency/v3/admin/clients", self.base()))
-            .bearer_auth(Self::admin_token())
-            .json(&serde_json::json!({"clientId": id, "tenantId": tenant, "scopes": scopes}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = serde_json::json!({"clientId": id, "tenantId": tenant, "scopes": scopes});
+        let url = format!("{}/api/usagetransparency/v3/admin/clients", self.base());
+        let response = self.client.post(url).bearer_auth(Self::admin_token()).json(&body).send().await.unwrap();
+        let created: serde_json::Value = response.json().await.unwrap();
         created["clientSecret"].as_str().unwrap_or_else(|| panic!("no client created: {created}")).to_owned()
     }
 

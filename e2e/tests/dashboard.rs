@@ -99,16 +99,7 @@ impl Browser {
     /// The list shows one day, today by default; a job received before midnight is on the day
     /// before, so the filter is set to the job's day whenever they differ.
     async fn show_day_of(&self, pipeline: &Pipeline, tenant: &str, job_id: &str) {
-        let job: Value = pipeline
-            .client
-            .get(format!("{}/usagesJobs/{job_id}", pipeline.query_api))
-            .bearer_auth(reader(tenant))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let job = pipeline.get_json(&format!("/api/usagetransparency/v3/usagesJobs/{job_id}"), &reader(tenant)).await;
         let day = job["time"].as_str().unwrap()[..10].to_owned();
         let script = "const input = document.getElementById('filter-date');
                       if (input.value !== arguments[0]) { input.value = arguments[0]; document.getElementById('jobs-filter').requestSubmit(); }";
