@@ -24,6 +24,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use uts_common::error::ApiError;
+use uts_common::telemetry::error_chain;
 
 use crate::AppState;
 
@@ -152,18 +153,6 @@ pub(crate) async fn forward(State(state): State<Arc<AppState>>, request: Request
                 .into_response()
         }
     }
-}
-
-/// An error with its causes ("client error (SendRequest): connection closed before …").
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
