@@ -19,7 +19,7 @@ use uts_common::auth::Scope;
 use uts_common::domain::{format_datetime, JobId, JobStatus};
 use uts_common::error::ApiError;
 
-use crate::admin_api::{storage_error, PageInfo, Params};
+use crate::request::{authorize, storage_error, Listing, Page, PageInfo, Params};
 use crate::AppState;
 
 /// How many of a tenant's most recent jobs can be queried (the original's limit).
@@ -56,13 +56,6 @@ struct JobJson {
     usages_count: i64,
 }
 
-/// `GET /usagesJobs`: keys in the original's order.
-#[derive(Debug, Serialize)]
-struct JobList {
-    jobs: Vec<JobJson>,
-    page: PageInfo,
-}
-
 /// `GET /usagesJobs/{id}`: keys in the original's order.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -75,8 +68,8 @@ struct JobSummary {
     page: PageInfo,
 }
 
-/// One error of `GET /usagesJobs/{id}/errors`.
-#[derive(Debug, Serialize)]
+/// One error of `GET /usagesJobs/{id}/errors`, as stored.
+#[derive(Debug, Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 struct ErrorJson {
     code: String,
@@ -86,12 +79,6 @@ struct ErrorJson {
     error_type: String,
     info: String,
     error_data: Value,
-}
-
-#[derive(Debug, Serialize)]
-struct ErrorList {
-    errors: Vec<ErrorJson>,
-    page: PageInfo,
 }
 
 #[derive(Debug, Serialize)]
@@ -114,10 +101,10 @@ fn visible_jobs() -> String {
 
 /// The status columns of a job: accepted, failed and terminal counts.
 const STATUS_COLUMNS: &str = "
-    coalesce((SELECT sum(accepted) FROM job_status_counts c WHERE c.job_id = v.job_id), 0)::bigint,
+    coalesce((SELECT sum(accepted) FROM job_status_counts c WHERE c.job_id = v.job_id), 0)::bigint AS accepted,
     coalesce((SELECT sum(verificationfailed + failedtosendforbilling) FROM job_status_counts c
-              WHERE c.job_id = v.job_id), 0)::bigint,
-    coalesce((SELECT usages_count FROM job_terminal_counts t WHERE t.job_id = v.job_id), 0)::bigint";
+              WHERE c.job_id = v.job_id), 0)::bigint AS failed,
+    coalesce((SELECT usages_count FROM job_terminal_counts t WHERE t.job_id = v.job_id), 0)::bigint AS terminal";
 
 /// A job's non-zero counts as (application, unit, status, n) rows, from its one row per
 /// (application, unit) (`$1`: the job id).
@@ -128,26 +115,36 @@ const STATUS_ROWS: &str = "job_status_counts c CROSS JOIN LATERAL (VALUES
         ('RECEIVEDFORBILLING', c.receivedforbilling)) AS s(status, n)
     WHERE c.job_id = $1 AND s.n <> 0";
 
-type JobRow = (String, DateTime<Utc>, i32, i64, i64, i64);
+/// A job and its status counts ([`STATUS_COLUMNS`]).
+#[derive(Debug, sqlx::FromRow)]
+struct JobRow {
+    job_id: String,
+    received_at: DateTime<Utc>,
+    usages_count: i32,
+    accepted: i64,
+    failed: i64,
+    terminal: i64,
+}
 
-/// A job row plus the total of the listing (a window function).
-type ListedJobRow = (String, DateTime<Utc>, i32, i64, i64, i64, i64);
-
-fn job_json((id, received_at, usages_count, accepted, failed, terminal): JobRow) -> JobJson {
-    let usages_count = i64::from(usages_count);
-    JobJson {
-        id,
-        time: format_datetime(received_at),
-        status: job_status(usages_count, accepted, failed, terminal).as_str(),
-        usages_count,
+impl From<JobRow> for JobJson {
+    fn from(row: JobRow) -> Self {
+        let usages_count = i64::from(row.usages_count);
+        JobJson {
+            id: row.job_id,
+            time: format_datetime(row.received_at),
+            status: job_status(usages_count, row.accepted, row.failed, row.terminal).as_str(),
+            usages_count,
+        }
     }
 }
 
-async fn principal_tenant(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
-    let principal = state.auth.authenticate(headers).await?;
-    principal.require(Scope::UsagesRead)?;
-    state.throttle(&principal.tenant)?;
-    Ok(principal.tenant)
+/// One (application, unit, status) count of a job ([`STATUS_ROWS`]).
+#[derive(Debug, sqlx::FromRow)]
+struct SummaryRow {
+    application: String,
+    unit: String,
+    status: String,
+    n: i32,
 }
 
 /// `date`: yyyy-mm-dd, or a full RFC 3339 timestamp (as the original's SDK sends), taken as its
@@ -166,8 +163,8 @@ async fn list_jobs(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Result<Json<JobList>, ApiError> {
-    let tenant = principal_tenant(&state, &headers).await?;
+) -> Result<Json<Page<JobJson>>, ApiError> {
+    let tenant = authorize(&state, &headers, Scope::UsagesRead).await?;
     let params = Params::parse(query, &["date", "tenant", "application", "unit", "page", "size"])?;
     let paging = params.paging_or(10)?;
     let day = parse_date(params.get("date"))?;
@@ -183,65 +180,23 @@ async fn list_jobs(
                     WHERE ($3::text IS NULL OR k.tenant_id = $3) AND ($4::text IS NULL OR k.application = $4)
                       AND ($5::text IS NULL OR k.unit = $5)
                     GROUP BY k.job_id";
-    let visible = visible_jobs();
-    let sql = format!(
-        "{visible}, matching AS ({matching})
-         SELECT v.job_id, v.received_at, CASE WHEN $6 THEN m.n::int ELSE v.usages_count END, {STATUS_COLUMNS},
-                count(*) OVER ()
-         FROM visible v LEFT JOIN matching m ON m.job_id = v.job_id
-         WHERE (v.received_at AT TIME ZONE 'UTC')::date = $2 AND (NOT $6 OR m.job_id IS NOT NULL)
-         ORDER BY v.received_at DESC, v.job_id DESC
-         LIMIT $7 OFFSET $8"
+    let listing = Listing::new(
+        "visible v LEFT JOIN matching m ON m.job_id = v.job_id
+         WHERE (v.received_at AT TIME ZONE 'UTC')::date = $2 AND (NOT $6 OR m.job_id IS NOT NULL)",
+    )
+    .with(format!("{}, matching AS ({matching})", visible_jobs()))
+    .bind(&tenant)
+    .bind(day)
+    .bind(filter_tenant)
+    .bind(application)
+    .bind(unit)
+    .bind(filtered);
+    let columns = format!(
+        "v.job_id, v.received_at, CASE WHEN $6 THEN m.n::int ELSE v.usages_count END AS usages_count, {STATUS_COLUMNS}"
     );
-    let rows: Vec<ListedJobRow> = sqlx::query_as(&sql)
-        .bind(&tenant)
-        .bind(day)
-        .bind(filter_tenant)
-        .bind(application)
-        .bind(unit)
-        .bind(filtered)
-        .bind(paging.limit())
-        .bind(paging.offset())
-        .fetch_all(&state.pool)
-        .await
-        .map_err(storage_error)?;
-    let total = match rows.first() {
-        Some(row) => row.6,
-        // An empty page past the end still needs the total.
-        None => count_jobs(&state, &tenant, day, filter_tenant, application, unit, filtered).await?,
-    };
-    let jobs: Vec<JobJson> = rows.into_iter().map(|r| job_json((r.0, r.1, r.2, r.3, r.4, r.5))).collect();
-    Ok(Json(JobList { jobs, page: paging.info(total) }))
-}
-
-async fn count_jobs(
-    state: &AppState,
-    tenant: &str,
-    day: NaiveDate,
-    filter_tenant: Option<&str>,
-    application: Option<&str>,
-    unit: Option<&str>,
-    filtered: bool,
-) -> Result<i64, ApiError> {
-    let visible = visible_jobs();
-    let sql = format!(
-        "{visible}
-         SELECT count(*) FROM visible v
-         WHERE (v.received_at AT TIME ZONE 'UTC')::date = $2
-           AND (NOT $6 OR EXISTS (SELECT 1 FROM job_usage_keys k WHERE k.job_id = v.job_id
-                AND ($3::text IS NULL OR k.tenant_id = $3) AND ($4::text IS NULL OR k.application = $4)
-                AND ($5::text IS NULL OR k.unit = $5)))"
-    );
-    sqlx::query_scalar(&sql)
-        .bind(tenant)
-        .bind(day)
-        .bind(filter_tenant)
-        .bind(application)
-        .bind(unit)
-        .bind(filtered)
-        .fetch_one(&state.pool)
-        .await
-        .map_err(storage_error)
+    let (rows, total) =
+        listing.fetch_page::<JobRow>(&state.pool, &columns, "v.received_at DESC, v.job_id DESC", paging).await?;
+    Ok(Json(Page::new("jobs", rows.into_iter().map(JobJson::from).collect(), paging.info(total))))
 }
 
 /// The job if the caller may see it.
@@ -265,7 +220,7 @@ async fn visible_job(state: &AppState, tenant: &str, id: &str) -> Result<JobJson
     let lookup = || async {
         let row: Option<JobRow> =
             sqlx::query_as(&sql).bind(tenant).bind(id).fetch_optional(&state.pool).await.map_err(storage_error)?;
-        Ok::<_, ApiError>(row.map(job_json))
+        Ok::<_, ApiError>(row.map(JobJson::from))
     };
     let missing = || ApiError::no_match(format!("no usages job with id {id}"));
     if let Some(job) = lookup().await? {
@@ -308,36 +263,22 @@ async fn get_job(
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<JobSummary>, ApiError> {
-    let tenant = principal_tenant(&state, &headers).await?;
+    let tenant = authorize(&state, &headers, Scope::UsagesRead).await?;
     let id = job_id(path)?;
     let params = Params::parse(query, &["page", "size"])?;
     let paging = params.paging_or(200)?;
     let job = visible_job(&state, &tenant, &id).await?;
-    let rows: Vec<(String, String, String, i32, i64)> = sqlx::query_as(&format!(
-        "SELECT application, unit, status, n, count(*) OVER () FROM {STATUS_ROWS}
-             ORDER BY application, unit, status LIMIT $2 OFFSET $3"
-    ))
-    .bind(&id)
-    .bind(paging.limit())
-    .bind(paging.offset())
-    .fetch_all(&state.pool)
-    .await
-    .map_err(storage_error)?;
-    let total = match rows.first() {
-        Some(row) => row.4,
-        None => sqlx::query_scalar(&format!("SELECT count(*) FROM {STATUS_ROWS}"))
-            .bind(&id)
-            .fetch_one(&state.pool)
-            .await
-            .map_err(storage_error)?,
-    };
+    let listing = Listing::new(STATUS_ROWS).bind(&id);
+    let (rows, total) = listing
+        .fetch_page::<SummaryRow>(&state.pool, "application, unit, status, n", "application, unit, status", paging)
+        .await?;
     let summary: Vec<SummaryJson> = rows
         .into_iter()
-        .map(|(application, unit, status, count, _)| SummaryJson {
-            application,
-            unit,
-            usages_count: i64::from(count),
-            process_status: status,
+        .map(|row| SummaryJson {
+            application: row.application,
+            unit: row.unit,
+            usages_count: i64::from(row.n),
+            process_status: row.status,
         })
         .collect();
     Ok(Json(JobSummary {
@@ -355,8 +296,8 @@ async fn get_errors(
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Result<Json<ErrorList>, ApiError> {
-    let tenant = principal_tenant(&state, &headers).await?;
+) -> Result<Json<Page<ErrorJson>>, ApiError> {
+    let tenant = authorize(&state, &headers, Scope::UsagesRead).await?;
     let id = job_id(path)?;
     let params = Params::parse(query, &["errorClass", "page", "size"])?;
     let paging = params.paging_or(10)?;
@@ -368,43 +309,12 @@ async fn get_errors(
         Some(_) => return Err(ApiError::invalid_parameter("errorClass", "must be one of validation, billing, other")),
     };
     visible_job(&state, &tenant, &id).await?;
-    type ErrorRow = (String, String, Value, String, String, String, Value, i64);
-    let rows: Vec<ErrorRow> = sqlx::query_as(
-        "SELECT code, message, message_parameters, logref, error_type, info, error_data, count(*) OVER ()
-         FROM job_errors WHERE job_id = $1 AND ($2::text IS NULL OR error_type = $2)
-         ORDER BY event_id, position LIMIT $3 OFFSET $4",
-    )
-    .bind(&id)
-    .bind(error_type)
-    .bind(paging.limit())
-    .bind(paging.offset())
-    .fetch_all(&state.pool)
-    .await
-    .map_err(storage_error)?;
-    let total = match rows.first() {
-        Some(row) => row.7,
-        None => sqlx::query_scalar(
-            "SELECT count(*) FROM job_errors WHERE job_id = $1 AND ($2::text IS NULL OR error_type = $2)",
-        )
+    let listing = Listing::new("job_errors WHERE job_id = $1 AND ($2::text IS NULL OR error_type = $2)")
         .bind(&id)
-        .bind(error_type)
-        .fetch_one(&state.pool)
-        .await
-        .map_err(storage_error)?,
-    };
-    let errors = rows
-        .into_iter()
-        .map(|(code, message, message_parameters, logref, error_type, info, error_data, _)| ErrorJson {
-            code,
-            message,
-            message_parameters,
-            logref,
-            error_type,
-            info,
-            error_data,
-        })
-        .collect();
-    Ok(Json(ErrorList { errors, page: paging.info(total) }))
+        .bind(error_type);
+    let columns = "code, message, message_parameters, logref, error_type, info, error_data";
+    let (errors, total) = listing.fetch_page(&state.pool, columns, "event_id, position", paging).await?;
+    Ok(Json(Page::new("errors", errors, paging.info(total))))
 }
 
 #[cfg(test)]

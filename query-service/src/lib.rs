@@ -36,6 +36,7 @@ pub mod jobs_api;
 pub mod month;
 pub mod monthly_api;
 pub mod projection;
+mod request;
 mod routes;
 pub mod token_service;
 

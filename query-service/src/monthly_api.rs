@@ -28,8 +28,8 @@ use uts_common::auth::Scope;
 use uts_common::domain::AggregationFunction;
 use uts_common::error::ApiError;
 
-use crate::admin_api::{storage_error, PageInfo, Params};
 use crate::month::{convert, daily_values, monthly_value, Day, OutOfRange, PreFill};
+use crate::request::{authorize, storage_error, PageInfo, Params};
 use crate::AppState;
 
 mod kpis;
@@ -141,9 +141,23 @@ struct Kpi {
     factor: Decimal,
 }
 
+/// A KPI as stored.
+#[derive(sqlx::FromRow)]
+struct KpiRow {
+    name: String,
+    display_name: String,
+    application: String,
+    application_display_name: String,
+    unit: String,
+    owner_tenant_id: String,
+    aggregation_function_daily: String,
+    aggregation_function_monthly: String,
+    pre_fill: String,
+    unit_conversion_factor: Decimal,
+}
+
 async fn load_kpi(state: &AppState, application: &str, name: &str, provider: &str) -> Result<Kpi, ApiError> {
-    type Row = (String, String, String, String, String, String, String, String, String, Decimal);
-    let row: Option<Row> = sqlx::query_as(
+    let row: Option<KpiRow> = sqlx::query_as(
         "SELECT name, display_name, application, application_display_name, unit, owner_tenant_id,
                 aggregation_function_daily, aggregation_function_monthly, pre_fill, unit_conversion_factor
          FROM kpis WHERE application = $1 AND name = $2 AND owner_tenant_id = $3",
@@ -154,20 +168,19 @@ async fn load_kpi(state: &AppState, application: &str, name: &str, provider: &st
     .fetch_optional(&state.pool)
     .await
     .map_err(storage_error)?;
-    let (name, display_name, application, application_display_name, unit, owner, daily, monthly, pre_fill, factor) =
-        row.ok_or_else(|| no_such_kpi(name, application, provider))?;
+    let row = row.ok_or_else(|| no_such_kpi(name, application, provider))?;
     Ok(Kpi {
-        name,
-        display_name,
-        application,
-        application_display_name,
-        unit,
-        owner,
-        daily: AggregationFunction::from_str(&daily).unwrap_or_default(),
-        monthly: AggregationFunction::from_str(&monthly).unwrap_or_default(),
-        pre_fill: pre_fill.parse().unwrap_or_default(),
-        pre_fill_text: pre_fill,
-        factor,
+        name: row.name,
+        display_name: row.display_name,
+        application: row.application,
+        application_display_name: row.application_display_name,
+        unit: row.unit,
+        owner: row.owner_tenant_id,
+        daily: AggregationFunction::from_str(&row.aggregation_function_daily).unwrap_or_default(),
+        monthly: AggregationFunction::from_str(&row.aggregation_function_monthly).unwrap_or_default(),
+        pre_fill: row.pre_fill.parse().unwrap_or_default(),
+        pre_fill_text: row.pre_fill,
+        factor: row.unit_conversion_factor,
     })
 }
 
@@ -191,6 +204,18 @@ async fn has_usages_under(state: &AppState, kpi: &Kpi, consumer: &str) -> Result
     .map_err(storage_error)
 }
 
+/// One consumer's day of a series, as stored.
+#[derive(sqlx::FromRow)]
+struct DayRow {
+    consumer_tenant_id: String,
+    day: NaiveDate,
+    usages_count: i64,
+    sum_value: Decimal,
+    min_value: Decimal,
+    max_value: Decimal,
+    last_value: Decimal,
+}
+
 async fn load_days(
     state: &AppState,
     kpi: &Kpi,
@@ -198,8 +223,7 @@ async fn load_days(
     from: NaiveDate,
     until: NaiveDate,
 ) -> Result<BTreeMap<String, BTreeMap<NaiveDate, Day>>, ApiError> {
-    type Row = (String, NaiveDate, i64, Decimal, Decimal, Decimal, Decimal);
-    let rows: Vec<Row> = sqlx::query_as(
+    let rows: Vec<DayRow> = sqlx::query_as(
         "SELECT consumer_tenant_id, day, usages_count, sum_value, min_value, max_value, last_value
          FROM daily_aggregates
          WHERE provider_tenant_id = $1 AND application = $2 AND unit = $3 AND day BETWEEN $4 AND $5
@@ -215,8 +239,15 @@ async fn load_days(
     .await
     .map_err(storage_error)?;
     let mut out: BTreeMap<String, BTreeMap<NaiveDate, Day>> = BTreeMap::new();
-    for (consumer, day, count, sum, min, max, last) in rows {
-        out.entry(consumer).or_default().insert(day, Day { count, sum, min, max, last });
+    for row in rows {
+        let day = Day {
+            count: row.usages_count,
+            sum: row.sum_value,
+            min: row.min_value,
+            max: row.max_value,
+            last: row.last_value,
+        };
+        out.entry(row.consumer_tenant_id).or_default().insert(row.day, day);
     }
     Ok(out)
 }
@@ -314,19 +345,12 @@ struct ProviderUsage<'a> {
     page: PageInfo,
 }
 
-async fn caller(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
-    let principal = state.auth.authenticate(headers).await?;
-    principal.require(Scope::AggregatesRead)?;
-    state.throttle(&principal.tenant)?;
-    Ok(principal.tenant)
-}
-
 async fn consumer_usage(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let consumer = caller(&state, &headers).await?;
+    let consumer = authorize(&state, &headers, Scope::AggregatesRead).await?;
     let params = Params::parse(query, &["month", "year", "provider", "application", "KPIName", "includeDailyValues"])?;
     let month = parse_month(required(&params, "month")?)?;
     let year = parse_year(required(&params, "year")?)?;
@@ -363,7 +387,7 @@ async fn provider_usage(
     headers: HeaderMap,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let provider = caller(&state, &headers).await?;
+    let provider = authorize(&state, &headers, Scope::AggregatesRead).await?;
     let params = Params::parse(
         query,
         &["month", "year", "consumer", "application", "KPIName", "page", "size", "includeDailyValues"],

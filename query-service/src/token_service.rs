@@ -314,7 +314,7 @@ async fn sign(state: &AppState, client: &tokens::Client, scopes: &[String]) -> R
 }
 
 async fn accepted(state: &AppState) -> Result<Vec<tokens::PublicKey>, uts_common::error::ApiError> {
-    tokens::accepted_keys(&state.pool).await.map_err(crate::admin_api::storage_error)
+    tokens::accepted_keys(&state.pool).await.map_err(crate::request::storage_error)
 }
 
 /// `GET /token_keys`.

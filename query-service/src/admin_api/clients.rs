@@ -27,7 +27,8 @@ use uts_common::error::ApiError;
 use uts_common::tokens::{self, Client, ClientError, ClientSpec};
 
 use super::body;
-use super::{count_change, read_object, serialize_datetime, storage_error, PageInfo, Params};
+use super::{count_change, read_object};
+use crate::request::{serialize_datetime, storage_error, Page, Params};
 use crate::AppState;
 
 /// A client as answered.
@@ -72,12 +73,6 @@ fn serialize_optional_datetime<S: serde::Serializer>(
         Some(dt) => serialize_datetime(dt, serializer),
         None => serializer.serialize_none(),
     }
-}
-
-#[derive(Debug, Serialize)]
-pub(super) struct ClientPage {
-    clients: Vec<ClientOut>,
-    page: PageInfo,
 }
 
 const PROPERTIES: &[&str] = &["clientId", "tenantId", "scopes", "description"];
@@ -167,14 +162,14 @@ pub(super) async fn get(
 pub(super) async fn list(
     State(state): State<Arc<AppState>>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Result<Json<ClientPage>, ApiError> {
+) -> Result<Json<Page<ClientOut>>, ApiError> {
     let params = Params::parse(query, &["tenantId", "page", "size"])?;
     let paging = params.paging()?;
     let (clients, total) = tokens::list_clients(&state.pool, params.get("tenantId"), paging.limit(), paging.offset())
         .await
         .map_err(storage_error)?;
     let clients = clients.into_iter().map(|client| ClientOut::new(client, None)).collect();
-    Ok(Json(ClientPage { clients, page: paging.info(total) }))
+    Ok(Json(Page::new("clients", clients, paging.info(total))))
 }
 
 /// `POST /clients/{clientId}/secret`: a new secret.

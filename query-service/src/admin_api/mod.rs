@@ -29,6 +29,7 @@
 mod body;
 mod clients;
 mod kpis;
+mod owned;
 mod provisioning;
 mod rules;
 mod tenants;
@@ -36,20 +37,19 @@ mod tenants;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::PgPool;
 use uts_common::auth::Scope;
-use uts_common::domain::format_datetime;
 use uts_common::error::ApiError;
 
+use self::kpis::Kpis;
+use self::rules::Rules;
+use crate::request::storage_error;
 use crate::AppState;
 
 /// Where the admin API lives.
@@ -57,12 +57,6 @@ pub const BASE_PATH: &str = "/api/usagetransparency/v3/admin";
 
 /// Largest accepted request body (larger → 413). An admin resource is well under 1 KiB.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
-
-/// Largest `size` of a page.
-pub const MAX_PAGE_SIZE: u32 = 1000;
-
-/// `size` when the request does not give one.
-pub const DEFAULT_PAGE_SIZE: u32 = 20;
 
 /// The admin routes, relative to [`BASE_PATH`]. Every one of them requires the admin scope.
 pub(crate) fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
@@ -74,10 +68,10 @@ pub(crate) fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
             "/tenants/{tenant_id}/applications/{application}",
             axum::routing::put(provisioning::put).delete(provisioning::delete),
         )
-        .route("/rules", get(rules::list).post(rules::create))
-        .route("/rules/{rule_id}", get(rules::get).put(rules::update).delete(rules::delete))
-        .route("/kpis", get(kpis::list).post(kpis::create))
-        .route("/kpis/{kpi_id}", get(kpis::get).put(kpis::update).delete(kpis::delete))
+        .route("/rules", get(owned::list::<Rules>).post(owned::create::<Rules>))
+        .route("/rules/{rule_id}", get(owned::get::<Rules>).put(owned::update::<Rules>).delete(owned::delete::<Rules>))
+        .route("/kpis", get(owned::list::<Kpis>).post(owned::create::<Kpis>))
+        .route("/kpis/{kpi_id}", get(owned::get::<Kpis>).put(owned::update::<Kpis>).delete(owned::delete::<Kpis>))
         .merge(
             // The token service's clients and keys are the operator's alone.
             Router::new()
@@ -197,125 +191,6 @@ async fn read_object(headers: &HeaderMap, body: Body) -> Result<body::Object, Ap
     body::parse_object(&bytes)
 }
 
-/// A path segment, or 400 naming it when it cannot be decoded.
-fn path_segments<T>(path: Result<Path<T>, PathRejection>, name: &str) -> Result<T, ApiError> {
-    path.map(|Path(value)| value)
-        .map_err(|err| ApiError::invalid_parameter(name, format_args!("could not be read from the path: {err}")))
-}
-
-/// A uuid id from the path; anything else cannot name an existing resource, so it is 404.
-fn path_uuid(path: Result<Path<String>, PathRejection>, what: &str) -> Result<uuid::Uuid, ApiError> {
-    let text = path.map_err(|_| ApiError::no_match(format!("no {what} with this id")))?.0;
-    uuid::Uuid::try_parse(&text).map_err(|_| ApiError::no_match(format!("no {what} with id {text}")))
-}
-
-/// The query parameters of a list request.
-#[derive(Debug, Default)]
-pub(crate) struct Params(Vec<(String, String)>);
-
-impl Params {
-    /// Refuses parameters outside `known` and parameters given twice; drops empty values.
-    pub(crate) fn parse(
-        query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-        known: &[&str],
-    ) -> Result<Self, ApiError> {
-        let Query(pairs) = query
-            .map_err(|err| ApiError::invalid_parameter("query string", format_args!("could not be decoded: {err}")))?;
-        let mut kept: Vec<(String, String)> = Vec::with_capacity(pairs.len());
-        for (name, value) in pairs {
-            if !known.contains(&name.as_str()) {
-                return Err(ApiError::invalid_parameter(
-                    &name,
-                    format_args!("is not a parameter of this list (known: {})", known.join(", ")),
-                ));
-            }
-            if kept.iter().any(|(seen, _)| *seen == name) {
-                return Err(ApiError::invalid_parameter(&name, "must be given at most once"));
-            }
-            if !value.is_empty() {
-                kept.push((name, value));
-            }
-        }
-        Ok(Self(kept))
-    }
-
-    pub(crate) fn get(&self, name: &str) -> Option<&str> {
-        self.0.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
-    }
-
-    /// `page` (0-based) and `size`.
-    fn paging(&self) -> Result<Paging, ApiError> {
-        self.paging_or(DEFAULT_PAGE_SIZE)
-    }
-
-    /// `page` (0-based) and `size`, `default_size` when absent.
-    pub(crate) fn paging_or(&self, default_size: u32) -> Result<Paging, ApiError> {
-        let page = match self.get("page") {
-            None => 0,
-            Some(text) => text
-                .parse::<u32>()
-                .map_err(|_| ApiError::invalid_parameter("page", "must be a whole number of at least 0"))?,
-        };
-        let size = match self.get("size") {
-            None => default_size,
-            Some(text) => {
-                text.parse::<u32>().ok().filter(|size| (1..=MAX_PAGE_SIZE).contains(size)).ok_or_else(|| {
-                    ApiError::invalid_parameter(
-                        "size",
-                        format_args!("must be a whole number from 1 to {MAX_PAGE_SIZE}"),
-                    )
-                })?
-            }
-        };
-        Ok(Paging { page, size })
-    }
-}
-
-/// Which slice of a list to answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Paging {
-    pub(crate) page: u32,
-    pub(crate) size: u32,
-}
-
-impl Paging {
-    pub(crate) fn limit(self) -> i64 {
-        i64::from(self.size)
-    }
-
-    /// At most (2^32 - 1) * 1000: fits an i64.
-    pub(crate) fn offset(self) -> i64 {
-        i64::from(self.page) * i64::from(self.size)
-    }
-
-    pub(crate) fn info(self, total_elements: i64) -> PageInfo {
-        let size = i64::from(self.size);
-        PageInfo { number: self.page, size: self.size, total_elements, total_pages: (total_elements + size - 1) / size }
-    }
-}
-
-/// `page` of a list answer (DESIGN.md §3).
-#[derive(Debug, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct PageInfo {
-    number: u32,
-    size: u32,
-    total_elements: i64,
-    total_pages: i64,
-}
-
-/// A database failure: 503 when PostgreSQL cannot be reached, else 500 (the cause is logged
-/// under the response's `logref`, never sent).
-pub(crate) fn storage_error(err: sqlx::Error) -> ApiError {
-    match err {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-            tracing::warn!(%err, "PostgreSQL unavailable; request refused with 503");
-            ApiError::service_unavailable("PostgreSQL is unavailable; nothing was changed, retry later", 1)
-        }
-        err => ApiError::internal(format_args!("PostgreSQL: {err}")),
-    }
-}
-
 /// Is `err` a violation of the constraint `name`?
 fn violates(err: &sqlx::Error, name: &str) -> bool {
     err.as_database_error().and_then(|db| db.constraint()) == Some(name)
@@ -324,11 +199,6 @@ fn violates(err: &sqlx::Error, name: &str) -> bool {
 /// Counts changes made through the admin API.
 fn count_change(resource: &'static str, action: &'static str) {
     metrics::counter!("uts_query_admin_changes_total", "resource" => resource, "action" => action).increment(1);
-}
-
-/// The API spellings of an enum's values, for "must be one of …" messages.
-fn spellings<T: Copy>(all: &[T], as_str: fn(T) -> &'static str) -> Vec<&'static str> {
-    all.iter().map(|value| as_str(*value)).collect()
 }
 
 /// 400 naming `property` unless the tenant `owner` is registered. Tenants are never deleted,
@@ -343,59 +213,5 @@ async fn check_owner(pool: &PgPool, property: &str, owner: &str) -> Result<(), A
         Ok(())
     } else {
         Err(ApiError::invalid_body_property(property, format_args!("names no registered tenant ({owner})")))
-    }
-}
-
-/// Datetimes as the API renders them: RFC 3339, UTC, milliseconds.
-fn serialize_datetime<S: serde::Serializer>(dt: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&format_datetime(*dt))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn params(pairs: &[(&str, &str)], known: &[&str]) -> Result<Params, ApiError> {
-        let pairs = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        Params::parse(Ok(Query(pairs)), known)
-    }
-
-    #[test]
-    fn paging_defaults_and_limits() {
-        let known = ["page", "size", "unit"];
-        assert_eq!(params(&[], &known).unwrap().paging().unwrap(), Paging { page: 0, size: 20 });
-        assert_eq!(
-            params(&[("page", "3"), ("size", "1000")], &known).unwrap().paging().unwrap(),
-            Paging { page: 3, size: 1000 }
-        );
-        assert_eq!(
-            params(&[("page", ""), ("size", "")], &known).unwrap().paging().unwrap(),
-            Paging { page: 0, size: 20 }
-        );
-        for (name, value) in [("size", "0"), ("size", "1001"), ("size", "x"), ("page", "-1"), ("page", "1.5")] {
-            let err = params(&[(name, value)], &known).unwrap().paging().unwrap_err();
-            assert_eq!(err.full_code(), "mdsp.core.generic.invalidParameter");
-            assert!(err.message.starts_with(name), "{}", err.message);
-        }
-    }
-
-    #[test]
-    fn unknown_and_repeated_parameters_are_refused() {
-        let known = ["page", "size", "unit"];
-        assert!(params(&[("units", "x")], &known).unwrap_err().message.starts_with("units is not a parameter"));
-        assert_eq!(
-            params(&[("unit", "a"), ("unit", "b")], &known).unwrap_err().message,
-            "unit must be given at most once"
-        );
-        assert_eq!(params(&[("unit", "")], &known).unwrap().get("unit"), None);
-    }
-
-    #[test]
-    fn page_info_counts_partial_pages() {
-        let paging = Paging { page: 2, size: 10 };
-        assert_eq!(paging.offset(), 20);
-        assert_eq!(paging.info(21), PageInfo { number: 2, size: 10, total_elements: 21, total_pages: 3 });
-        assert_eq!(paging.info(0).total_pages, 0);
-        assert_eq!(Paging { page: u32::MAX, size: MAX_PAGE_SIZE }.offset(), 4_294_967_295_000);
     }
 }

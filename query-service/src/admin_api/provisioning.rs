@@ -22,7 +22,8 @@ use uts_common::domain::MAX_NAME_LEN;
 use uts_common::error::ApiError;
 
 use super::body::name_problem;
-use super::{count_change, path_segments, serialize_datetime, storage_error, Caller};
+use super::{count_change, Caller};
+use crate::request::{path_segments, serialize_datetime, storage_error};
 use crate::AppState;
 
 /// One provisioned application as answered.

@@ -21,9 +21,8 @@ use uts_common::error::ApiError;
 use uts_common::tenants::{self, TenantRefused, TenantRow, TenantSpec, Written};
 
 use super::body::{self, name_problem, Object, MAX_TENANT_ID_LEN};
-use super::{
-    count_change, path_segments, read_object, serialize_datetime, spellings, storage_error, Caller, PageInfo, Params,
-};
+use super::{count_change, read_object, Caller};
+use crate::request::{path_segments, serialize_datetime, spellings, storage_error, Listing, Page, Params};
 use crate::AppState;
 
 /// A tenant as answered.
@@ -123,18 +122,12 @@ pub(super) async fn get(
     tenant.map(Json).ok_or_else(|| ApiError::no_match(format!("tenant {tenant_id} is not registered")))
 }
 
-#[derive(Debug, Serialize)]
-pub(super) struct TenantPage {
-    tenants: Vec<TenantOut>,
-    page: PageInfo,
-}
-
 /// `GET /tenants?type=&page=&size=`, ordered by tenant id.
 pub(super) async fn list(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Result<Json<TenantPage>, ApiError> {
+) -> Result<Json<Page<TenantOut>>, ApiError> {
     let params = Params::parse(query, &["type", "page", "size"])?;
     let paging = params.paging()?;
     let tenant_type = params
@@ -150,24 +143,14 @@ pub(super) async fn list(
         .transpose()?
         .map(TenantType::as_str);
 
-    const FILTER: &str =
-        "($1::text IS NULL OR tenant_type = $1) AND ($2::text IS NULL OR tenant_id = $2 OR operator_tenant_id = $2)";
-    let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM tenants WHERE {FILTER}"))
-        .bind(tenant_type)
-        .bind(caller.owner())
-        .fetch_one(&state.pool)
-        .await
-        .map_err(storage_error)?;
-    let tenants: Vec<TenantOut> =
-        sqlx::query_as(&format!("SELECT {COLUMNS} FROM tenants WHERE {FILTER} ORDER BY tenant_id LIMIT $3 OFFSET $4"))
-            .bind(tenant_type)
-            .bind(caller.owner())
-            .bind(paging.limit())
-            .bind(paging.offset())
-            .fetch_all(&state.pool)
-            .await
-            .map_err(storage_error)?;
-    Ok(Json(TenantPage { tenants, page: paging.info(total) }))
+    let listing = Listing::new(
+        "tenants WHERE ($1::text IS NULL OR tenant_type = $1)
+                   AND ($2::text IS NULL OR tenant_id = $2 OR operator_tenant_id = $2)",
+    )
+    .bind(tenant_type)
+    .bind(caller.owner().map(str::to_owned));
+    let (tenants, total) = listing.fetch_page(&state.pool, COLUMNS, "tenant_id", paging).await?;
+    Ok(Json(Page::new("tenants", tenants, paging.info(total))))
 }
 
 #[cfg(test)]
