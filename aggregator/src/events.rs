@@ -39,7 +39,7 @@ pub(crate) fn aggregate_messages(
             updated_at: Some(to_timestamp(rows[0].applied_at)),
             rule_id: item.message.rule_id.clone(),
         };
-        messages.push((bucket_key_text(&key, &day), message.encode_to_vec(), deciding));
+        messages.push((wire::bucket_text(&key, &day), message.encode_to_vec(), deciding));
     }
     messages
 }
@@ -88,7 +88,7 @@ pub(crate) fn rejection_event(batch: &[Decoded<Batch>], rejected: &Rejected) -> 
 
 /// `aggregator:<job id>:<aggregation key>`: the one event id of a (job, key) batch.
 fn event_id(item: &Batch) -> String {
-    format!("aggregator:{}:{}", item.message.job_id, key_text(&item.key))
+    wire::aggregator_event_id(&item.message.job_id, &key_text(&item.key))
 }
 
 /// The transition of a (job, key) batch's usages from their verification status to `to`,

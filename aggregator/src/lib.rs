@@ -45,7 +45,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uts_common::admin;
 use uts_common::config::{AdminArgs, DatabaseArgs, KafkaArgs, RetentionArgs, TelemetryArgs};
-use uts_common::domain::{from_timestamp, to_timestamp, AggregationFunction, UsageStatus};
+use uts_common::domain::{from_timestamp, to_timestamp, wire, AggregationFunction, UsageStatus};
 use uts_common::kafka::{self, DurableProducer, Outgoing};
 use uts_common::proto::{v1, Message};
 use uts_common::runner::{decode_proto, Decoded, Handler, Rejected, Runner};
@@ -105,13 +105,8 @@ pub struct Aggregator {
     produce_timeout: Duration,
 }
 
-/// The Kafka key of a bucket.
-pub fn bucket_key_text(key: &v1::AggregationKey, day: &str) -> String {
-    format!("{}/{}/{}/{}/{day}", key.provider_tenant, key.consumer_tenant, key.application, key.unit)
-}
-
 fn key_text(key: &KeyId) -> String {
-    format!("{}/{}/{}/{}", key.provider, key.consumer, key.application, key.unit)
+    wire::key_text(&key.provider, &key.consumer, &key.application, &key.unit)
 }
 
 fn key_proto(key: &KeyId) -> v1::AggregationKey {

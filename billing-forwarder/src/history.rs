@@ -12,20 +12,12 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use uts_common::domain::UsageStatus;
+use uts_common::domain::{wire, UsageStatus};
 use uts_common::kafka::{self, DurableProducer, Outgoing};
 use uts_common::proto::{v1, Message};
 use uts_common::trace::Carrier;
 
-/// `<provider>/<consumer>/<application>/<unit>/<day>`: a bucket in record keys and event ids.
-pub fn bucket_text(key: &v1::AggregationKey, day: chrono::NaiveDate) -> String {
-    format!("{}/{}/{}/{}/{day}", key.provider_tenant, key.consumer_tenant, key.application, key.unit)
-}
-
-/// The Idempotency-Key of a bucket version's record, which a receipt names it by.
-pub fn record_key(bucket_text: &str, version: i64) -> String {
-    format!("{bucket_text}:{version}")
-}
+pub use uts_common::domain::wire::{bucket_text, record_key};
 
 /// The row of a record, as far as its history depends on it.
 #[derive(Debug, Clone)]
@@ -49,7 +41,7 @@ fn contribution_event(
 ) -> v1::StatusEvent {
     let key = aggregate.bucket.as_ref().and_then(|b| b.key.clone()).unwrap_or_default();
     v1::StatusEvent {
-        event_id: format!("billing:{}:{bucket_text}:{}:{what}", contribution.job_id, aggregate.version),
+        event_id: wire::billing_event_id(&contribution.job_id, bucket_text, aggregate.version, what),
         job_id: contribution.job_id.clone(),
         submitter_tenant: String::new(),
         stage: v1::Stage::BillingForwarder as i32,
@@ -136,8 +128,20 @@ pub struct Producer {
     pub timeout: Duration,
 }
 
-const BUCKET_TEXT: &str =
-    "provider_tenant_id || '/' || consumer_tenant_id || '/' || application || '/' || unit || '/' || to_char(day, 'YYYY-MM-DD')";
+/// What [`Producer::produce`] reads of an outbox row.
+#[derive(sqlx::FromRow)]
+struct OutboxRow {
+    record_key: String,
+    message: Vec<u8>,
+    state: String,
+    failure_reported: bool,
+    last_error: Option<String>,
+    version: i64,
+    day: chrono::NaiveDate,
+    updated_at: DateTime<Utc>,
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+}
 
 impl Producer {
     /// Produces the histories of the records `keys` from their rows (and the rows they cover),
@@ -147,13 +151,11 @@ impl Producer {
         if keys.is_empty() {
             return Ok(());
         }
-        type Row =
-            (String, Vec<u8>, String, bool, Option<String>, i64, String, DateTime<Utc>, Option<String>, Option<String>);
-        let rows: Vec<Row> = sqlx::query_as(&format!(
-            "SELECT record_key, message, state, failure_reported, last_error, version, {BUCKET_TEXT}, updated_at,
+        let rows: Vec<OutboxRow> = sqlx::query_as(
+            "SELECT record_key, message, state, failure_reported, last_error, version, day, updated_at,
                     traceparent, tracestate
-             FROM billing_outbox WHERE record_key = ANY($1)"
-        ))
+             FROM billing_outbox WHERE record_key = ANY($1)",
+        )
         .bind(keys)
         .fetch_all(&self.pool)
         .await?;
@@ -176,23 +178,24 @@ impl Producer {
         }
         let mut events = Vec::new();
         let mut produced = Vec::with_capacity(rows.len());
-        for (key, message, state, failure_reported, last_error, version, bucket_text, updated_at, parent, tracestate) in
-            rows
-        {
+        for row in rows {
             // The record's events join the trace of the job whose batch made the version.
-            let trace = Carrier::from_columns(parent, tracestate);
-            let mut aggregates = covered_by.remove(&key).unwrap_or_default();
-            aggregates.push(v1::DailyAggregate::decode(message.as_slice()).context("decoding an outbox message")?);
+            let trace = Carrier::from_columns(row.traceparent, row.tracestate);
+            let own = v1::DailyAggregate::decode(row.message.as_slice()).context("decoding an outbox message")?;
+            let key = own.bucket.as_ref().and_then(|bucket| bucket.key.clone()).unwrap_or_default();
+            let bucket_text = bucket_text(&key, row.day);
+            let mut aggregates = covered_by.remove(&row.record_key).unwrap_or_default();
+            aggregates.push(own);
             let record = RecordState {
                 bucket_text: &bucket_text,
-                version,
-                state: &state,
-                failure_reported,
-                last_error: last_error.as_deref().unwrap_or_default(),
+                version: row.version,
+                state: &row.state,
+                failure_reported: row.failure_reported,
+                last_error: row.last_error.as_deref().unwrap_or_default(),
             };
             let history = history(&record, &aggregates).into_iter();
             events.extend(history.map(|e| (e.job_id.clone(), e.encode_to_vec(), trace.clone())));
-            produced.push((key, updated_at));
+            produced.push((row.record_key, row.updated_at));
         }
         let sends: Vec<Outgoing<'_>> = events
             .iter()

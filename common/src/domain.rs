@@ -8,6 +8,8 @@ use rust_decimal::Decimal;
 
 use crate::proto::v1;
 
+pub mod wire;
+
 /// At most this many usages in one POST (DESIGN.md §3).
 pub const MAX_USAGES_PER_REQUEST: usize = 200;
 

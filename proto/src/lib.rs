@@ -15,5 +15,7 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/uts.v1.rs"));
 }
 
+pub mod views;
+
 pub use prost::Message;
 pub use prost_types::Timestamp;

@@ -80,11 +80,8 @@ impl Violation {
 
 pub use crate::verdicts::{event_id, Decision};
 
-/// The Kafka key of a verified batch: its aggregation key. Only partitioning depends on it, so
-/// a separator that could appear in a name costs nothing but an uneven spread.
-pub fn aggregation_key_text(key: &v1::AggregationKey) -> String {
-    format!("{}/{}/{}/{}", key.provider_tenant, key.consumer_tenant, key.application, key.unit)
-}
+/// The Kafka key of a verified batch: its aggregation key.
+pub use uts_common::domain::wire::aggregation_key_text;
 
 /// Verifies every usage of `job` against `catalog`. `require_rule` makes usages without a rule
 /// fail instead of passing as NOVERIFICATION.

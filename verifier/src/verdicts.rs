@@ -24,9 +24,7 @@ impl Decision {
 
 /// The status event id of the verifier's step for a job: deterministic, so a redelivery is
 /// recognised by the projection.
-pub fn event_id(job_id: &str) -> String {
-    format!("verifier:{job_id}")
-}
+pub use uts_common::domain::wire::verifier_event_id as event_id;
 
 /// Where a usage sits in its job: (user index, resource index).
 type Place = (usize, usize);
