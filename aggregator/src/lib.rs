@@ -43,12 +43,11 @@ use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use uts_common::admin;
 use uts_common::config::{AdminArgs, DatabaseArgs, KafkaArgs, RetentionArgs, TelemetryArgs};
 use uts_common::domain::{from_timestamp, to_timestamp, wire, AggregationFunction, UsageStatus};
 use uts_common::kafka::{self, DurableProducer, Outgoing};
 use uts_common::proto::{v1, Message};
-use uts_common::runner::{decode_proto, Decoded, Handler, Rejected, Runner};
+use uts_common::runner::{decode_proto, Decoded, Handler, Rejected, Runner, StageParts};
 
 use crate::events::{aggregate_messages, rejection_event, status_events};
 use crate::fold::{Accumulators, Last};
@@ -413,22 +412,10 @@ pub async fn run_with_pool(config: Config, pool: PgPool, shutdown: CancellationT
         status_topic: topics.status,
         produce_timeout: config.kafka.produce_timeout(),
     };
-    let ready =
-        admin::with_consumer(admin::kafka_and_database(Some(producer.clone()), pool.clone()), runner.liveness.clone());
-    let (_, admin_task) =
-        admin::serve(config.admin.addr, uts_common::telemetry::metrics_handle(), ready, shutdown.clone()).await?;
     tracing::info!(group = %config.group, "aggregator consuming");
-    let pruner = uts_common::db::spawn_pruner(
-        pool,
-        uts_common::db::DedupTable::AggregateAppliedBatches,
-        config.retention.days,
-        shutdown.clone(),
-    );
-    let result =
-        uts_common::shutdown::stopping_the_rest("the consumer", shutdown.clone(), runner.run(handler, shutdown)).await;
-    let _ = admin_task.await;
-    pruner.abort();
-    result
+    let pruned = Some((uts_common::db::DedupTable::AggregateAppliedBatches, config.retention.days));
+    let parts = StageParts { pool, producer, admin: config.admin.addr, pruned };
+    runner.run_stage(handler, parts, shutdown).await
 }
 
 /// The binary's entry point.

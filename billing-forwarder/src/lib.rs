@@ -52,10 +52,9 @@ use anyhow::Context;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use uts_common::admin;
 use uts_common::kafka;
 use uts_common::proto::v1;
-use uts_common::runner::Runner;
+use uts_common::runner::{Runner, StageParts};
 
 pub use config::{Config, GROUP};
 
@@ -121,10 +120,6 @@ pub async fn run_with_receipts_listener(
         wake: wake.clone(),
         billing_down: AtomicBool::new(false),
     };
-    let ready =
-        admin::with_consumer(admin::kafka_and_database(Some(producer.clone()), pool.clone()), runner.liveness.clone());
-    let (_, admin_task) =
-        admin::serve(config.admin.addr, uts_common::telemetry::metrics_handle(), ready, shutdown.clone()).await?;
     if config.receipts_token.is_none() {
         tracing::info!("no --receipts-token: receipts by callback are refused; only synchronous receipts count");
     }
@@ -134,12 +129,12 @@ pub async fn run_with_receipts_listener(
         sender.run(shutdown_for_sender).await;
         Ok(())
     }));
-    let writer = outbox::OutboxWriter { pool, cadence_seconds: config.cadence_seconds, wake };
-    let result =
-        uts_common::shutdown::stopping_the_rest("the consumer", shutdown.clone(), runner.run(writer, shutdown)).await;
+    let writer = outbox::OutboxWriter { pool: pool.clone(), cadence_seconds: config.cadence_seconds, wake };
+    // The outbox has no dedup table of its own: its rows are the record of what was sent.
+    let parts = StageParts { pool, producer: producer.clone(), admin: config.admin.addr, pruned: None };
+    let result = runner.run_stage(writer, parts, shutdown).await;
     let _ = sending.await;
     let _ = receipts_task.await;
-    let _ = admin_task.await;
     result
 }
 

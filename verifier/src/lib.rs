@@ -35,11 +35,10 @@ use anyhow::Context;
 use sqlx::PgPool;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
-use uts_common::admin;
 use uts_common::config::{AdminArgs, DatabaseArgs, KafkaArgs, RetentionArgs, TelemetryArgs};
 use uts_common::kafka::{self, DurableProducer, Outgoing};
 use uts_common::proto::{v1, Message};
-use uts_common::runner::{decode_proto, Decoded, Handler, Rejected, Runner};
+use uts_common::runner::{decode_proto, Decoded, Handler, Rejected, Runner, StageParts};
 use uts_common::trace::Carrier;
 
 use crate::catalog::Catalog;
@@ -267,22 +266,10 @@ pub async fn run_with_pool(config: Config, pool: PgPool, shutdown: CancellationT
         refresh: Duration::from_millis(config.catalog_refresh_ms),
         catalog: Mutex::new(None),
     };
-    let ready =
-        admin::with_consumer(admin::kafka_and_database(Some(producer.clone()), pool.clone()), runner.liveness.clone());
-    let (_, admin_task) =
-        admin::serve(config.admin.addr, uts_common::telemetry::metrics_handle(), ready, shutdown.clone()).await?;
     tracing::info!(group = %config.group, require_rule = config.require_rule, "verifier consuming");
-    let pruner = uts_common::db::spawn_pruner(
-        pool,
-        uts_common::db::DedupTable::VerifierDecisions,
-        config.retention.days,
-        shutdown.clone(),
-    );
-    let result =
-        uts_common::shutdown::stopping_the_rest("the consumer", shutdown.clone(), runner.run(handler, shutdown)).await;
-    let _ = admin_task.await;
-    pruner.abort();
-    result
+    let pruned = Some((uts_common::db::DedupTable::VerifierDecisions, config.retention.days));
+    let parts = StageParts { pool, producer, admin: config.admin.addr, pruned };
+    runner.run_stage(handler, parts, shutdown).await
 }
 
 /// The binary's entry point.

@@ -1,0 +1,56 @@
+//! The host of a consumer stage: the one way the verifier, the aggregator and the
+//! billing-forwarder run their consumer with its admin listener and its dedup pruner.
+
+use std::net::SocketAddr;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use super::{Handler, Runner};
+use crate::db::DedupTable;
+use crate::kafka::DurableProducer;
+
+/// What a consumer stage runs beside its consumer.
+pub struct StageParts {
+    pub pool: PgPool,
+    /// Readiness checks Kafka through it.
+    pub producer: DurableProducer,
+    /// The admin listener (`/healthz`, `/readyz`, `/metrics`).
+    pub admin: SocketAddr,
+    /// The dedup table pruned after `retention_days`, if the stage has one.
+    pub pruned: Option<(DedupTable, u32)>,
+}
+
+impl Runner {
+    /// Serves the admin listener (ready while Kafka and PostgreSQL answer and this consumer is
+    /// live), prunes the dedup table, and runs the consumer with `handler` until `shutdown`. A
+    /// consumer that fails (or an admin listener that cannot bind) cancels `shutdown`, so every
+    /// other task of the process stops and the process exits non-zero.
+    pub async fn run_stage<H: Handler>(
+        self,
+        handler: H,
+        parts: StageParts,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let database = crate::admin::kafka_and_database(Some(parts.producer), parts.pool.clone());
+        let ready = crate::admin::with_consumer(database, self.liveness.clone());
+        let metrics = crate::telemetry::metrics_handle();
+        let admin_task = match crate::admin::serve(parts.admin, metrics, ready, shutdown.clone()).await {
+            Ok((_, task)) => task,
+            Err(err) => {
+                // The process's other tasks stop too.
+                shutdown.cancel();
+                return Err(err);
+            }
+        };
+        let pruner =
+            parts.pruned.map(|(table, days)| crate::db::spawn_pruner(parts.pool, table, days, shutdown.clone()));
+        let consuming = self.run(handler, shutdown.clone());
+        let result = crate::shutdown::stopping_the_rest("the consumer", shutdown, consuming).await;
+        let _ = admin_task.await;
+        if let Some(pruner) = pruner {
+            pruner.abort();
+        }
+        result
+    }
+}
