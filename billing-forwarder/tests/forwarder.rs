@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use uts_common::config::KafkaArgs;
 use uts_common::kafka;
 use uts_common::proto::{v1, Message};
-use uts_common::testing::{isolated_kafka, read_topic};
+use uts_testkit::{isolated_kafka, read_topic};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -135,7 +135,7 @@ async fn boards_until(
 ) -> std::collections::BTreeMap<String, uts_common::status::Board> {
     let deadline = Instant::now() + WAIT;
     loop {
-        let messages = uts_common::kafka::read_topic_to_end(args, &args.topics().status, WAIT).await;
+        let messages = uts_testkit::read_topic_to_end(args, &args.topics().status, WAIT).await.unwrap();
         let mut boards: std::collections::BTreeMap<String, uts_common::status::Board> = Default::default();
         for event in events(&messages) {
             boards.entry(event.job_id.clone()).or_default().apply(&event);
@@ -569,7 +569,7 @@ async fn two_forwarders_send_one_buckets_versions_in_increasing_order_only(pool:
     // Every job ends RECEIVEDFORBILLING with its 10 usages (folded as the projection folds).
     let deadline = Instant::now() + WAIT;
     let boards = loop {
-        let messages = uts_common::kafka::read_topic_to_end(&args, &args.topics().status, WAIT).await;
+        let messages = uts_testkit::read_topic_to_end(&args, &args.topics().status, WAIT).await.unwrap();
         let mut boards: std::collections::BTreeMap<String, uts_common::status::Board> = Default::default();
         let mut seen = std::collections::HashSet::new();
         for event in events(&messages) {

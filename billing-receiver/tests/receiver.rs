@@ -9,15 +9,14 @@ use billing_receiver::{Application, Config};
 use clap::Parser;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
+use uts_testkit::Served;
 
 struct TestReceiver {
     addr: SocketAddr,
     admin_addr: SocketAddr,
     client: reqwest::Client,
     token: Option<String>,
-    shutdown: CancellationToken,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    served: Served,
 }
 
 impl TestReceiver {
@@ -28,9 +27,8 @@ impl TestReceiver {
         let token = extra.iter().find_map(|arg| arg.strip_prefix("--token=")).map(str::to_owned);
         let app = Application::build(config).await.expect("building the receiver");
         let (addr, admin_addr) = (app.local_addr(), app.admin_addr());
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-        Self { addr, admin_addr, client: reqwest::Client::new(), token, shutdown, task: Some(task) }
+        let served = Served::spawn(|shutdown| app.run_until_stopped(shutdown));
+        Self { addr, admin_addr, client: reqwest::Client::new(), token, served }
     }
 
     fn url(&self, path: &str) -> String {
@@ -70,16 +68,7 @@ impl TestReceiver {
     }
 
     async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
-            task.await.unwrap().unwrap();
-        }
-    }
-}
-
-impl Drop for TestReceiver {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
+        self.served.stop().await;
     }
 }
 

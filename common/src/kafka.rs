@@ -409,30 +409,40 @@ pub async fn produce_all_durably(
 }
 
 /// Reads `topic` from the beginning up to the end it has at the time of the call (its high
-/// watermarks), or until `timeout`: (key, payload) pairs. For tools and tests, not stages.
-pub async fn read_topic_to_end(args: &KafkaArgs, topic: &str, timeout: Duration) -> Vec<(Vec<u8>, Vec<u8>)> {
+/// watermarks): (key, payload) pairs. An error when `timeout` passes first (never a partial
+/// answer that looks whole). For tools and tests, not stages.
+pub async fn read_topic_to_end(
+    args: &KafkaArgs,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let (config, topic) = (client_config(args).expect("a valid Kafka configuration"), topic.to_owned());
     tokio::task::spawn_blocking(move || read_to_end_blocking(config, &topic, timeout))
         .await
         .expect("the reading thread panicked")
 }
 
-fn read_to_end_blocking(mut config: ClientConfig, topic: &str, timeout: Duration) -> Vec<(Vec<u8>, Vec<u8>)> {
+fn read_to_end_blocking(
+    mut config: ClientConfig,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let consumer: rdkafka::consumer::BaseConsumer = config
         .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
         .set("enable.auto.commit", "false")
         .create()
-        .expect("creating a reader");
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("topic metadata");
-    let partitions = metadata.topics()[0].partitions().len() as i32;
+        .context("creating a reader")?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).context("reading topic metadata")?;
+    let partitions = metadata.topics().first().map_or(0, |t| t.partitions().len()) as i32;
     let mut assignment = rdkafka::TopicPartitionList::new();
     let mut ends = Vec::new();
     for partition in 0..partitions {
-        let (_, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)).expect("watermarks");
+        let (_, high) =
+            consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)).context("reading watermarks")?;
         ends.push(high);
-        assignment.add_partition_offset(topic, partition, rdkafka::Offset::Beginning).expect("assignment");
+        assignment.add_partition_offset(topic, partition, rdkafka::Offset::Beginning)?;
     }
-    consumer.assign(&assignment).expect("assigning partitions");
+    consumer.assign(&assignment).context("assigning partitions")?;
     let mut next: Vec<i64> = vec![0; ends.len()];
     let deadline = std::time::Instant::now() + timeout;
     let mut messages = Vec::new();
@@ -446,5 +456,9 @@ fn read_to_end_blocking(mut config: ClientConfig, topic: &str, timeout: Duration
             }
         }
     }
-    messages
+    let missing: i64 = next.iter().zip(&ends).map(|(n, end)| (end - n).max(0)).sum();
+    if missing > 0 {
+        anyhow::bail!("reading {topic} to its end timed out after {timeout:?}: {missing} offsets not reached");
+    }
+    Ok(messages)
 }

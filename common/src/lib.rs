@@ -22,7 +22,6 @@ pub mod shutdown;
 pub mod status;
 pub mod telemetry;
 pub mod tenants;
-pub mod testing;
 pub mod throttle;
 pub mod tokens;
 pub mod trace;

@@ -51,4 +51,4 @@ python3 deploy/check-compose.py "${CARGO_TARGET_DIR:-$root/target}/debug"
 bash deploy/helm/test.sh "${CARGO_TARGET_DIR:-$root/target}/debug"
 cargo test --workspace --all-targets
 # Same package selection as above, so nothing is rebuilt.
-cargo test --workspace --test kafka_outage --test processes -- --ignored --test-threads=1
+cargo test --workspace --test gateway --test processes -- --ignored --test-threads=1

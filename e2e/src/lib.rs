@@ -14,9 +14,9 @@ use uts_common::config::KafkaArgs;
 use uts_common::domain::TenantType;
 use uts_common::proto::{v1, Message};
 use uts_common::tenants::{self, Tenant};
-use uts_common::testing::{isolated_kafka, read_topic_to_end};
+use uts_testkit::{isolated_kafka, read_topic_to_end};
 
-pub const SECRET: &str = "e2e-test-secret-0123456789abcdef";
+pub use uts_testkit::SECRET;
 
 /// Bearer token of billing receipts by callback.
 const RECEIPTS_TOKEN: &str = "e2e-receipts-token-0123456789";
@@ -92,7 +92,7 @@ impl Pipeline {
         let kafka = if kafka_flags.is_empty() {
             isolated_kafka(3).await
         } else {
-            uts_common::testing::isolated_kafka_on(3, kafka_flags).await
+            uts_testkit::isolated_kafka_on(3, kafka_flags).await
         };
         let shutdown = CancellationToken::new();
         for (id, kind, operator) in [
@@ -245,7 +245,8 @@ impl Pipeline {
 
     /// The job's usage counts per (application, unit, status), folded from `uts.status`.
     pub async fn board(&self, job_id: &str) -> Board {
-        let messages = read_topic_to_end(&self.kafka, &self.kafka.topics().status, Duration::from_secs(20)).await;
+        let messages =
+            read_topic_to_end(&self.kafka, &self.kafka.topics().status, Duration::from_secs(20)).await.unwrap();
         let mut board = Board::default();
         for (key, payload) in messages {
             if key != job_id.as_bytes() {

@@ -585,8 +585,9 @@ fn utsctl() -> std::path::PathBuf {
 async fn dead_letters(pipeline: &Pipeline) -> Vec<uts_common::proto::v1::DeadLetter> {
     use uts_common::proto::Message;
     let topic = pipeline.kafka.topics().dead_letter;
-    uts_common::testing::read_topic_to_end(&pipeline.kafka, &topic, Duration::from_secs(20))
+    uts_testkit::read_topic_to_end(&pipeline.kafka, &topic, Duration::from_secs(20))
         .await
+        .unwrap()
         .into_iter()
         .map(|(_, payload)| uts_common::proto::v1::DeadLetter::decode(payload.as_slice()).unwrap())
         .collect()

@@ -35,7 +35,7 @@ pub fn describe(letter: &v1::DeadLetter) -> String {
 
 /// Every dead letter of the topic, oldest first per partition.
 pub async fn read(args: &KafkaArgs) -> anyhow::Result<Vec<v1::DeadLetter>> {
-    let messages = kafka::read_topic_to_end(args, &args.topics().dead_letter, Duration::from_secs(30)).await;
+    let messages = kafka::read_topic_to_end(args, &args.topics().dead_letter, Duration::from_secs(30)).await?;
     messages
         .iter()
         .map(|(_, payload)| v1::DeadLetter::decode(payload.as_slice()).context("decoding a dead letter"))

@@ -260,7 +260,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", auth::mint_hs256(&secret, &tenant, &user, &scopes, ttl_seconds)?);
         }
         Command::Status { kafka: args, job } => {
-            let messages = kafka::read_topic_to_end(&args, &args.topics().status, Duration::from_secs(30)).await;
+            let messages = kafka::read_topic_to_end(&args, &args.topics().status, Duration::from_secs(30)).await?;
             let mut board = Board::default();
             for (key, payload) in messages {
                 if key == job.as_bytes() {

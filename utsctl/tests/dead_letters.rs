@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use uts_common::kafka;
 use uts_common::proto::{v1, Message};
-use uts_common::testing::{isolated_kafka, read_topic};
+use uts_testkit::{isolated_kafka, read_topic};
 
 fn utsctl(kafka: &uts_common::config::KafkaArgs, args: &[&str]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_utsctl"))

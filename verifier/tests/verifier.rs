@@ -13,7 +13,7 @@ use uts_common::domain::{to_timestamp, TenantType};
 use uts_common::kafka;
 use uts_common::proto::{v1, Message};
 use uts_common::tenants::{self, Tenant};
-use uts_common::testing::{isolated_kafka, read_topic};
+use uts_testkit::{isolated_kafka, read_topic};
 
 const WAIT: Duration = Duration::from_secs(60);
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sqlx::PgPool;
-use uts_common::testing::isolated_kafka;
+use uts_testkit::isolated_kafka;
 
 use super::load::{Clients, UNIT};
 use super::oracle::{self, progress, Pipeline, Progress};

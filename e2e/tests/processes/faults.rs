@@ -22,7 +22,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use uts_common::auth::mint_hs256;
 use uts_common::config::KafkaArgs;
-use uts_common::testing::{isolated_kafka, isolated_kafka_on};
+use uts_testkit::{isolated_kafka, isolated_kafka_on};
 
 use super::load::{job_body, Clients, UNIT};
 use super::oracle::{self, progress, Pipeline, Progress};

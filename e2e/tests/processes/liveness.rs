@@ -17,7 +17,7 @@
 use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection, PgPool};
-use uts_common::testing::isolated_kafka;
+use uts_testkit::isolated_kafka;
 
 use super::load::{Clients, UNIT};
 use super::oracle::{self, progress, Pipeline};

@@ -16,7 +16,7 @@ use sqlx::PgPool;
 use uts_common::auth::mint_hs256;
 use uts_common::config::KafkaArgs;
 use uts_common::proto::{v1, Message};
-use uts_common::testing::read_topic_to_end;
+use uts_testkit::read_topic_to_end;
 
 use super::load::{Accepted, UNIT, USAGES_PER_JOB};
 use super::stages::SECRET;
@@ -145,7 +145,7 @@ pub async fn check(pipeline: &Pipeline<'_>, accepted: &BTreeMap<usize, Accepted>
     let kafka = pipeline.kafka;
     let deadline = Instant::now() + Duration::from_secs(180);
     let received = loop {
-        let messages = read_topic_to_end(kafka, &kafka.topics().status, Duration::from_secs(20)).await;
+        let messages = read_topic_to_end(kafka, &kafka.topics().status, Duration::from_secs(20)).await.unwrap();
         let mut boards: HashMap<Vec<u8>, uts_e2e::Board> = HashMap::new();
         for (key, payload) in messages {
             boards.entry(key).or_default().apply(&v1::StatusEvent::decode(payload.as_slice()).unwrap());

@@ -11,7 +11,7 @@ use uts_common::config::KafkaArgs;
 use uts_common::domain::TenantType;
 use uts_common::tenants::{self, Tenant};
 
-pub const SECRET: &str = "crash-test-secret-0123456789abcdef";
+pub use uts_testkit::SECRET;
 
 pub fn binary(name: &str) -> PathBuf {
     // target/<profile>/deps/processes-… → target/<profile>/<name>

@@ -21,7 +21,7 @@ use prost::Message as _;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use uts_common::auth::mint_hs256;
-use uts_common::testing::isolated_kafka;
+use uts_testkit::isolated_kafka;
 
 use super::stages::{billing_receiver, database_url, environment, seed, Stages, SECRET};
 

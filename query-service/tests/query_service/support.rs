@@ -1,8 +1,6 @@
 //! Test support: a real query service on port 0 against a fresh PostgreSQL database from
 //! `#[sqlx::test]`.
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 
 use clap::Parser;
@@ -10,11 +8,9 @@ use query_service::{Application, Config};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
-use uts_common::auth::mint_hs256;
 use uts_common::config::KafkaArgs;
-
-pub const SECRET: &str = "integration-test-secret-0123456789";
+use uts_testkit::Served;
+pub use uts_testkit::SECRET;
 
 pub const ADMIN: &[&str] = &["uts.admin"];
 
@@ -26,8 +22,7 @@ pub struct TestQueryService {
     pub client: reqwest::Client,
     /// An admin token of the operator running the service.
     pub admin: String,
-    shutdown: CancellationToken,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    served: Served,
 }
 
 impl TestQueryService {
@@ -38,7 +33,7 @@ impl TestQueryService {
 
     /// Its own (empty) topics and group: the projection must not touch the local stack's.
     pub async fn start_with(pool: PgPool, extra_args: &[&str]) -> Self {
-        let kafka = uts_common::testing::isolated_kafka(2).await;
+        let kafka = uts_testkit::isolated_kafka(2).await;
         let group = format!("query-{}", kafka.topic_prefix);
         Self::start_on(pool, kafka, &group, extra_args).await
     }
@@ -59,16 +54,14 @@ impl TestQueryService {
         let config = Config::parse_from(args);
         let app = Application::build(config, pool.clone()).await.expect("building the query service");
         let addr = app.local_addr();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        let served = Served::spawn(|shutdown| app.run_until_stopped(shutdown));
         Self {
             addr,
             pool,
             kafka,
             client: reqwest::Client::new(),
             admin: Self::token("service-operator", ADMIN),
-            shutdown,
-            task: Some(task),
+            served,
         }
     }
 
@@ -83,7 +76,7 @@ impl TestQueryService {
     }
 
     pub fn token(tenant: &str, scopes: &[&str]) -> String {
-        mint_hs256(SECRET, tenant, "admin@example.com", scopes, 600).unwrap()
+        uts_testkit::token(tenant, scopes)
     }
 
     /// Sends `body` (as JSON, when given) with the admin token.
@@ -123,16 +116,7 @@ impl TestQueryService {
     }
 
     pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
-            task.await.unwrap().unwrap();
-        }
-    }
-}
-
-impl Drop for TestQueryService {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
+        self.served.stop().await;
     }
 }
 

@@ -12,9 +12,7 @@ use uts_common::domain::to_timestamp;
 use uts_common::kafka;
 use uts_common::proto::{v1, Message};
 
-mod support;
-
-use support::{TestQueryService, SECRET};
+use crate::support::{TestQueryService, SECRET};
 
 /// The query service plus producers to its topics.
 struct Service(TestQueryService);
@@ -366,13 +364,9 @@ async fn poison_on_either_topic_goes_to_the_dead_letter_topic_and_projection_car
     service.produce(&service.0.kafka.topics().usage_jobs, "junk", v1::UsageJob::default().encode_to_vec()).await;
     service.job(&job("job-after-poison", "acme")).await;
     service.until("acme", "/usagesJobs/job-after-poison", |b| b["status"] == "ACCEPTED").await;
-    let letters = uts_common::testing::read_topic(
-        &service.0.kafka,
-        &service.0.kafka.topics().dead_letter,
-        2,
-        Duration::from_secs(30),
-    )
-    .await;
+    let letters =
+        uts_testkit::read_topic(&service.0.kafka, &service.0.kafka.topics().dead_letter, 2, Duration::from_secs(30))
+            .await;
     let letters: Vec<v1::DeadLetter> =
         letters.iter().map(|(_, p)| v1::DeadLetter::decode(p.as_slice()).unwrap()).collect();
     assert_eq!(letters.len(), 2);

@@ -1,35 +1,25 @@
 //! Test support: a real gateway on port 0 against the real Kafka (random topic prefix) and a
 //! fresh PostgreSQL database from `#[sqlx::test]`.
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
 use ingest_gateway::{Application, Config};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
-use uts_common::auth::mint_hs256;
+use uts_common::config::KafkaArgs;
 use uts_common::domain::TenantType;
 use uts_common::proto::{v1, Message};
 use uts_common::tenants::{self, Tenant};
-
-pub const SECRET: &str = "integration-test-secret-0123456789";
-
-pub fn brokers() -> String {
-    std::env::var("UTS_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".to_owned())
-}
+use uts_testkit::{brokers, Served};
+pub use uts_testkit::{eventually, SECRET};
 
 pub struct TestGateway {
     pub addr: SocketAddr,
     pub topic: String,
-    pub pool: PgPool,
+    pub kafka: KafkaArgs,
     pub client: reqwest::Client,
-    shutdown: CancellationToken,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    served: Served,
 }
 
 impl TestGateway {
@@ -64,12 +54,11 @@ impl TestGateway {
                 Tenant { tenant_id: id.into(), tenant_type: kind, operator_tenant_id: operator.map(Into::into) };
             tenants::upsert(&pool, &tenant).await.unwrap();
         }
-        let topic = config.kafka.topics().usage_jobs;
+        let (topic, kafka) = (config.kafka.topics().usage_jobs, config.kafka.clone());
         let app = Application::build(config, pool.clone()).await.expect("building the gateway");
         let addr = app.local_addr();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-        Self { addr, topic, pool, client: reqwest::Client::new(), shutdown, task: Some(task) }
+        let served = Served::spawn(|shutdown| app.run_until_stopped(shutdown));
+        Self { addr, topic, kafka, client: reqwest::Client::new(), served }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -77,7 +66,7 @@ impl TestGateway {
     }
 
     pub fn token(tenant: &str, scopes: &[&str]) -> String {
-        mint_hs256(SECRET, tenant, "tester@example.com", scopes, 600).unwrap()
+        uts_testkit::token(tenant, scopes)
     }
 
     pub async fn post_jobs(&self, token: &str, body: &serde_json::Value) -> reqwest::Response {
@@ -86,72 +75,13 @@ impl TestGateway {
 
     /// Every message of the jobs topic, read from the beginning of each partition up to its
     /// high watermark at the time of the call.
-    pub fn read_jobs(&self) -> Vec<v1::UsageJob> {
-        read_all(&self.topic)
+    pub async fn read_jobs(&self) -> Vec<v1::UsageJob> {
+        let messages = uts_testkit::read_topic_to_end(&self.kafka, &self.topic, Duration::from_secs(20)).await.unwrap();
+        messages.iter().map(|(_, payload)| v1::UsageJob::decode(payload.as_slice()).expect("a UsageJob")).collect()
     }
 
     pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
-            task.await.unwrap().unwrap();
-        }
-    }
-}
-
-impl Drop for TestGateway {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-/// Reads every message of `topic` up to the current high watermarks.
-pub fn read_all(topic: &str) -> Vec<v1::UsageJob> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
-    let partitions = metadata.topics()[0].partitions().len() as i32;
-    let mut assignment = TopicPartitionList::new();
-    let mut remaining = 0i64;
-    let mut ends = Vec::new();
-    for partition in 0..partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)).unwrap();
-        remaining += high - low;
-        ends.push(high);
-        assignment.add_partition_offset(topic, partition, Offset::Beginning).unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut jobs = Vec::new();
-    while remaining > 0 {
-        assert!(Instant::now() < deadline, "timed out reading {topic}: {remaining} messages missing");
-        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
-            let message = message.unwrap();
-            if message.offset() < ends[message.partition() as usize] {
-                remaining -= 1;
-                jobs.push(v1::UsageJob::decode(message.payload().unwrap()).unwrap());
-            }
-        }
-    }
-    jobs
-}
-
-/// Polls `check` until it returns `Some` or the deadline passes.
-pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "condition not reached within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.served.stop().await;
     }
 }
 

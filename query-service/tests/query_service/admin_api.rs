@@ -1,11 +1,9 @@
 //! The admin API end to end over HTTP, against the real PostgreSQL.
 
-mod support;
-
+use crate::support::{error_of, ErrorAnswer, TestQueryService};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use support::{error_of, ErrorAnswer, TestQueryService};
 
 /// Expects a 400 with `code` naming `name`, the message starting with `name`.
 #[track_caller]
@@ -698,7 +696,7 @@ async fn authentication_and_authorisation_matrix(pool: PgPool) {
         (Method::POST, "/kpis", Some(kpi("asset-count", "monitor", "acme"))),
     ];
     let forged = uts_common::auth::mint_hs256("some-other-secret-0123456789", "acme", "", &["uts.admin"], 600).unwrap();
-    let expired = uts_common::auth::mint_hs256(support::SECRET, "acme", "", &["uts.admin"], -3600).unwrap();
+    let expired = uts_common::auth::mint_hs256(crate::support::SECRET, "acme", "", &["uts.admin"], -3600).unwrap();
     let every_other_scope =
         TestQueryService::token("acme", &["uts.usages.write", "uts.usages.read", "uts.aggregates.read"]);
     for (method, path, body) in &endpoints {

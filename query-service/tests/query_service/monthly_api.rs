@@ -9,9 +9,7 @@ use uts_common::auth::mint_hs256;
 use uts_common::domain::TenantType;
 use uts_common::tenants::{self, Tenant};
 
-mod support;
-
-use support::{TestQueryService, SECRET};
+use crate::support::{TestQueryService, SECRET};
 
 async fn bucket(pool: &PgPool, consumer: &str, day: &str, values: &[&str]) {
     let values: Vec<Decimal> = values.iter().map(|v| v.parse().unwrap()).collect();

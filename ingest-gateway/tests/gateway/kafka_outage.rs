@@ -3,18 +3,16 @@
 //! killed under load answers every POST in hand or arriving within 2 s (the produce timeout is
 //! 5 s: the messages queued when the connection died are purged at once, not left to time out).
 
-mod support;
-
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::{eventually, seed_sample, TestGateway};
 use reqwest::StatusCode;
 use serde_json::Value;
 use sqlx::PgPool;
-use support::{eventually, seed_sample, TestGateway};
 
 fn kafka_script(action: &str) {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/kafka.sh");
@@ -75,7 +73,7 @@ async fn kafka_down_means_fast_503_and_kafka_back_means_202(pool: PgPool) {
     .await;
 
     // Only acknowledged jobs are in Kafka, both of them.
-    let mut ids: Vec<String> = gateway.read_jobs().into_iter().map(|j| j.job_id).collect();
+    let mut ids: Vec<String> = gateway.read_jobs().await.into_iter().map(|j| j.job_id).collect();
     ids.sort();
     ids.dedup();
     let mut expected = vec![before["id"].as_str().unwrap().to_owned(), after["id"].as_str().unwrap().to_owned()];

@@ -1,14 +1,76 @@
-//! Helpers for tests that run stages against the real Kafka (used by the stages' integration
-//! tests; small enough to ship in the library).
+//! The workspace's test kit: what the integration tests of every package share — the local
+//! Kafka and isolated topics on it, reading a topic (with a grace period, so an assertion on an
+//! exact count sees an extra message), the test token secret, polling with a deadline, and a
+//! served application that is stopped cleanly. A dev-dependency only: nothing here is in a
+//! production build.
 
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 
-use crate::config::KafkaArgs;
-use crate::kafka;
-pub use crate::kafka::read_topic_to_end;
+use tokio_util::sync::CancellationToken;
+use uts_common::config::KafkaArgs;
+use uts_common::kafka;
+pub use uts_common::kafka::read_topic_to_end;
+
+/// The HS256 secret the tests' services verify tokens with.
+pub const SECRET: &str = "integration-test-secret-0123456789";
+
+/// A token of `tenant` with `scopes`, signed with [`SECRET`], valid for ten minutes.
+pub fn token(tenant: &str, scopes: &[&str]) -> String {
+    uts_common::auth::mint_hs256(SECRET, tenant, "tester@example.com", scopes, 600).expect("minting a test token")
+}
+
+/// Polls `check` (every 50 ms) until it returns `Some`; panics when `timeout` passed first.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "condition not reached within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An application running on the test's runtime until [`Served::stop`] (or drop, which only
+/// cancels it).
+pub struct Served {
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Served {
+    /// Spawns `run(shutdown)`.
+    pub fn spawn<F, Fut>(run: F) -> Self
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run(shutdown.clone()));
+        Self { shutdown, task: Some(task) }
+    }
+
+    /// Cancels it and waits for it to finish; panics unless it stopped cleanly.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.expect("the application panicked").expect("the application failed");
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
 
 /// The brokers of the local test infrastructure (`UTS_KAFKA_BROKERS`, else 127.0.0.1:19092).
 pub fn brokers() -> String {

@@ -1,11 +1,9 @@
 //! The gateway end to end over HTTP, against the real Kafka and PostgreSQL.
 
-mod support;
-
+use crate::support::{batch, seed_sample, TestGateway};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use support::{batch, seed_sample, TestGateway};
 use uts_common::domain::from_timestamp;
 use uts_common::proto::v1;
 
@@ -32,7 +30,7 @@ async fn the_seed_sample_is_acknowledged_and_readable_from_kafka(pool: PgPool) {
     assert_eq!(answer["status"], "ACCEPTED");
     assert_eq!(answer["usagesCount"], 1);
 
-    let jobs = gateway.read_jobs();
+    let jobs = gateway.read_jobs().await;
     assert_eq!(jobs.len(), 1);
     let job = &jobs[0];
     assert_eq!(job.job_id, id);
@@ -75,7 +73,7 @@ async fn more_than_200_usages_are_refused_and_nothing_reaches_kafka(pool: PgPool
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let answer: Value = response.json().await.unwrap();
     assert_eq!(answer["usagesCount"], 200);
-    let jobs = gateway.read_jobs();
+    let jobs = gateway.read_jobs().await;
     assert_eq!(jobs.len(), 1, "only the 200-usage job is in Kafka");
     assert_eq!(jobs[0].job_id, answer["id"].as_str().unwrap());
     assert_eq!(jobs[0].usages_count, 200);
@@ -141,7 +139,7 @@ async fn malformed_requests_get_400_naming_the_field_and_nothing_is_produced(poo
         .unwrap();
     let (status, code, _) = error_of(response).await;
     assert_eq!((status, code.as_str()), (StatusCode::UNSUPPORTED_MEDIA_TYPE, "mdsp.core.generic.unsupportedMediaType"));
-    assert!(gateway.read_jobs().is_empty(), "a refused request produced a job");
+    assert!(gateway.read_jobs().await.is_empty(), "a refused request produced a job");
 }
 
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
@@ -191,7 +189,7 @@ async fn an_oversize_body_is_413_at_once_and_the_client_can_read_it(pool: PgPool
         let (status, code, _) = error_of(response).await;
         assert_eq!((status, code.as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "mdsp.core.generic.payloadTooLarge"));
     }
-    assert!(gateway.read_jobs().is_empty());
+    assert!(gateway.read_jobs().await.is_empty());
 }
 
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
@@ -205,7 +203,7 @@ async fn authentication_and_authorisation_matrix(pool: PgPool) {
     assert_eq!((status, code.as_str()), (StatusCode::UNAUTHORIZED, "mdsp.core.generic.unauthorized"), "no token");
 
     let forged = uts_common::auth::mint_hs256("some-other-secret-0123456789", "acme", "", WRITE, 600).unwrap();
-    let expired = uts_common::auth::mint_hs256(support::SECRET, "acme", "", WRITE, -3600).unwrap();
+    let expired = uts_common::auth::mint_hs256(crate::support::SECRET, "acme", "", WRITE, -3600).unwrap();
     for (token, why) in [(forged, "signature"), (expired, "expired"), ("garbage".to_owned(), "well-formed")] {
         let (status, _, message) = error_of(gateway.post_jobs(&token, &body).await).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{why}");
@@ -236,7 +234,7 @@ async fn authentication_and_authorisation_matrix(pool: PgPool) {
         let token = TestGateway::token(tenant, scopes);
         assert_eq!(gateway.post_jobs(&token, &body).await.status(), StatusCode::ACCEPTED, "{tenant}");
     }
-    assert_eq!(gateway.read_jobs().len(), 2, "only the two accepted jobs are in Kafka");
+    assert_eq!(gateway.read_jobs().await.len(), 2, "only the two accepted jobs are in Kafka");
 }
 
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
@@ -271,7 +269,7 @@ async fn the_same_idempotency_key_returns_the_same_job(pool: PgPool) {
     assert!(message.starts_with("Idempotency-Key was already used"), "{message}");
 
     // Kafka holds the first job twice under one id (consumers dedup by id) and the other once.
-    let jobs = gateway.read_jobs();
+    let jobs = gateway.read_jobs().await;
     let with_first_id = jobs.iter().filter(|j| j.job_id == first["id"].as_str().unwrap()).count();
     assert_eq!((jobs.len(), with_first_id), (3, 2));
     assert!(jobs.iter().all(|j| j.idempotency_key.starts_with("order-4")));
@@ -303,7 +301,7 @@ async fn concurrent_requests_with_one_key_are_one_job(pool: PgPool) {
     assert_eq!(ids.len(), 1, "one key, one job: {ids:?}");
     assert_eq!(answers.iter().filter(|(_, replayed, _)| !replayed).count(), 1, "exactly one original answer");
     let id = *ids.iter().next().unwrap();
-    let jobs = gateway.read_jobs();
+    let jobs = gateway.read_jobs().await;
     assert!(!jobs.is_empty() && jobs.iter().all(|j| j.job_id == id), "Kafka holds only that job's id");
 
     let claims = || async {
@@ -371,7 +369,7 @@ async fn a_request_failing_several_checks_gets_the_first_ones_answer(pool: PgPoo
     let buyer_read = TestGateway::token("buyer", &["uts.usages.read"]);
     let (third, _, _) = error_of(send(&buyer_read, "text/plain", "bad key", oversize).await.unwrap()).await;
     assert_eq!([first, second, third], [StatusCode::FORBIDDEN, StatusCode::TOO_MANY_REQUESTS, StatusCode::FORBIDDEN]);
-    assert!(gateway.read_jobs().is_empty(), "a refused request reached Kafka");
+    assert!(gateway.read_jobs().await.is_empty(), "a refused request reached Kafka");
 }
 
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
@@ -384,7 +382,7 @@ async fn the_legacy_endpoint_goes_through_the_same_pipeline(pool: PgPool) {
     let response = gateway.client.post(gateway.url("/usages")).bearer_auth(&token).json(&body).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.text().await.unwrap(), "Data is successfully saved to the database");
-    let jobs = gateway.read_jobs();
+    let jobs = gateway.read_jobs().await;
     assert_eq!(jobs.len(), 1);
     assert_eq!(jobs[0].origin, v1::Origin::Usages as i32);
     assert_eq!(jobs[0].users[0].resources[0].application, "managemymachines");
@@ -447,13 +445,13 @@ async fn exponent_notation_is_exact_or_refused(pool: PgPool) {
         assert_eq!((status, code.as_str()), (StatusCode::BAD_REQUEST, "mdsp.core.generic.invalidRequestBodyProperty"));
         assert!(message.starts_with("users[0].resources[0].usages[0].value is out of range"), "{value}: {message}");
     }
-    assert!(gateway.read_jobs().is_empty(), "a refused value produced a job");
+    assert!(gateway.read_jobs().await.is_empty(), "a refused value produced a job");
     for (value, exact) in [("1.0000000000000000000000000001e0", "1.0000000000000000000000000001"), ("125E-2", "1.25")] {
         let response = post(value.to_owned()).await.unwrap();
         assert_eq!(response.status(), StatusCode::ACCEPTED, "{value}");
         let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
         // By id: the jobs land on different partitions, so the topic's read order is not theirs.
-        let jobs = gateway.read_jobs();
+        let jobs = gateway.read_jobs().await;
         let job = jobs.iter().find(|j| j.job_id == id).expect("the accepted job is in Kafka");
         assert_eq!(job.users[0].resources[0].usages[0].value, exact, "{value}");
     }
