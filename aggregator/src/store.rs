@@ -6,24 +6,45 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
-use sqlx::{Postgres, Transaction};
+use sqlx::postgres::PgArguments;
+use sqlx::{Arguments, Postgres, Transaction};
 
 use crate::fold::{Accumulators, Last};
 
-/// An aggregation key: (provider, consumer, application, unit).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// An aggregation key: (provider, consumer, application, unit), read from the columns every
+/// table of the aggregator names them by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, sqlx::FromRow)]
 pub struct KeyId {
+    #[sqlx(rename = "provider_tenant_id")]
     pub provider: String,
+    #[sqlx(rename = "consumer_tenant_id")]
     pub consumer: String,
     pub application: String,
     pub unit: String,
 }
 
 /// A daily bucket: an aggregation key and a UTC day.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, sqlx::FromRow)]
 pub struct BucketId {
+    #[sqlx(flatten)]
     pub key: KeyId,
     pub day: NaiveDate,
+}
+
+/// The arguments of a statement, `$1`… in the order they are added.
+#[derive(Default)]
+struct Args(PgArguments);
+
+impl Args {
+    fn add<'q, T: sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres> + 'q>(mut self, value: T) -> sqlx::Result<Self> {
+        self.0.add(value).map_err(sqlx::Error::Encode)?;
+        Ok(self)
+    }
+
+    /// The four key columns.
+    fn keys(self, keys: &KeyColumns) -> sqlx::Result<Self> {
+        self.add(&keys.providers)?.add(&keys.consumers)?.add(&keys.applications)?.add(&keys.units)
+    }
 }
 
 /// One (job, aggregation key) batch to claim, with its usage count.
@@ -66,16 +87,9 @@ impl<'a> BatchColumns<'a> {
         Self { jobs: batches.iter().map(|(job, _)| *job).collect(), keys }
     }
 
-    fn bind<'q, O>(
-        &'q self,
-        query: sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::QueryAs<'q, Postgres, O, sqlx::postgres::PgArguments> {
-        query
-            .bind(&self.jobs)
-            .bind(&self.keys.providers)
-            .bind(&self.keys.consumers)
-            .bind(&self.keys.applications)
-            .bind(&self.keys.units)
+    /// `$1`–`$5`.
+    fn args(&self) -> sqlx::Result<Args> {
+        Args::default().add(&self.jobs)?.keys(&self.keys)
     }
 }
 
@@ -96,27 +110,27 @@ pub async fn claim(
         keys.push(claim.key);
         counts.push(claim.usages);
     }
-    let rows: Vec<(String, String, String, String, String, DateTime<Utc>)> = sqlx::query_as(
+    #[derive(sqlx::FromRow)]
+    struct Claimed {
+        job_id: String,
+        #[sqlx(flatten)]
+        key: KeyId,
+        applied_at: DateTime<Utc>,
+    }
+    let args = Args::default().add(&jobs)?.keys(&keys)?.add(&counts)?;
+    let rows: Vec<Claimed> = sqlx::query_as_with(
         "INSERT INTO aggregate_applied_batches
             (job_id, provider_tenant_id, consumer_tenant_id, application, unit, usages_count)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[])
          ON CONFLICT DO NOTHING
          RETURNING job_id, provider_tenant_id, consumer_tenant_id, application, unit, applied_at",
+        args.0,
     )
-    .bind(&jobs)
-    .bind(&keys.providers)
-    .bind(&keys.consumers)
-    .bind(&keys.applications)
-    .bind(&keys.units)
-    .bind(&counts)
     .fetch_all(&mut **tx)
     .await?;
     // Every row has the transaction's time; with none inserted nothing is written with it.
-    let now = rows.first().map_or_else(Utc::now, |row| row.5);
-    let claimed = rows
-        .into_iter()
-        .map(|(job, provider, consumer, application, unit, _)| (job, KeyId { provider, consumer, application, unit }))
-        .collect();
+    let now = rows.first().map_or_else(Utc::now, |row| row.applied_at);
+    let claimed = rows.into_iter().map(|row| (row.job_id, row.key)).collect();
     Ok((claimed, now))
 }
 
@@ -129,18 +143,14 @@ pub async fn reject(tx: &mut Transaction<'_, Postgres>, rejected: &[(&str, &KeyI
     for (_, key, _) in rejected {
         keys.push(key);
     }
-    sqlx::query(
+    let args = Args::default().add(&jobs)?.keys(&keys)?.add(&reasons)?;
+    sqlx::query_with(
         "UPDATE aggregate_applied_batches a SET rejection = k.reason
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS k(job_id, p, c, a, u, reason)
          WHERE (a.job_id, a.provider_tenant_id, a.consumer_tenant_id, a.application, a.unit)
              = (k.job_id, k.p, k.c, k.a, k.u)",
+        args.0,
     )
-    .bind(&jobs)
-    .bind(&keys.providers)
-    .bind(&keys.consumers)
-    .bind(&keys.applications)
-    .bind(&keys.units)
-    .bind(&reasons)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -151,23 +161,24 @@ pub async fn rejections(
     tx: &mut Transaction<'_, Postgres>,
     batches: &[(&str, &KeyId)],
 ) -> sqlx::Result<HashMap<(String, KeyId), String>> {
-    let columns = BatchColumns::of(batches);
-    let rows: Vec<(String, String, String, String, String, String)> = columns
-        .bind(sqlx::query_as(
-            "SELECT a.job_id, a.provider_tenant_id, a.consumer_tenant_id, a.application, a.unit, a.rejection
-             FROM aggregate_applied_batches a
-             JOIN UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS k(job_id, p, c, a, u)
-               ON (a.job_id, a.provider_tenant_id, a.consumer_tenant_id, a.application, a.unit) = (k.job_id, k.p, k.c, k.a, k.u)
-             WHERE a.rejection IS NOT NULL",
-        ))
-        .fetch_all(&mut **tx)
-        .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(job, provider, consumer, application, unit, reason)| {
-            ((job, KeyId { provider, consumer, application, unit }), reason)
-        })
-        .collect())
+    #[derive(sqlx::FromRow)]
+    struct Rejected {
+        job_id: String,
+        #[sqlx(flatten)]
+        key: KeyId,
+        rejection: String,
+    }
+    let rows: Vec<Rejected> = sqlx::query_as_with(
+        "SELECT a.job_id, a.provider_tenant_id, a.consumer_tenant_id, a.application, a.unit, a.rejection
+         FROM aggregate_applied_batches a
+         JOIN UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS k(job_id, p, c, a, u)
+           ON (a.job_id, a.provider_tenant_id, a.consumer_tenant_id, a.application, a.unit) = (k.job_id, k.p, k.c, k.a, k.u)
+         WHERE a.rejection IS NOT NULL",
+        BatchColumns::of(batches).args()?.0,
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows.into_iter().map(|row| ((row.job_id, row.key), row.rejection)).collect())
 }
 
 /// A bucket as stored: its accumulators and version.
@@ -188,23 +199,21 @@ pub async fn lock_buckets(
         keys.push(&bucket.key);
         days.push(bucket.day);
     }
-    type Row = (
-        String,
-        String,
-        String,
-        String,
-        NaiveDate,
-        i64,
-        Decimal,
-        Decimal,
-        Decimal,
-        Decimal,
-        DateTime<Utc>,
-        String,
-        i32,
-        i64,
-    );
-    let rows: Vec<Row> = sqlx::query_as(
+    #[derive(sqlx::FromRow)]
+    struct Locked {
+        #[sqlx(flatten)]
+        bucket: BucketId,
+        usages_count: i64,
+        sum_value: Decimal,
+        min_value: Decimal,
+        max_value: Decimal,
+        last_value: Decimal,
+        last_at: DateTime<Utc>,
+        last_job_id: String,
+        last_index: i32,
+        version: i64,
+    }
+    let rows: Vec<Locked> = sqlx::query_as_with(
         "SELECT d.provider_tenant_id, d.consumer_tenant_id, d.application, d.unit, d.day,
                 d.usages_count, d.sum_value, d.min_value, d.max_value, d.last_value, d.last_at, d.last_job_id,
                 d.last_index, d.version
@@ -213,38 +222,23 @@ pub async fn lock_buckets(
            ON (d.provider_tenant_id, d.consumer_tenant_id, d.application, d.unit, d.day) = (k.p, k.c, k.a, k.u, k.day)
          ORDER BY d.provider_tenant_id, d.consumer_tenant_id, d.application, d.unit, d.day
          FOR UPDATE OF d",
+        Args::default().keys(&keys)?.add(&days)?.0,
     )
-    .bind(&keys.providers)
-    .bind(&keys.consumers)
-    .bind(&keys.applications)
-    .bind(&keys.units)
-    .bind(&days)
     .fetch_all(&mut **tx)
     .await?;
     Ok(rows
         .into_iter()
-        .map(
-            |(
-                provider,
-                consumer,
-                application,
-                unit,
-                day,
-                count,
-                sum,
-                min,
-                max,
-                last_value,
-                last_at,
-                last_job_id,
-                last_index,
-                version,
-            )| {
-                let last = Last { value: last_value, at: last_at, job_id: last_job_id, index: last_index };
-                let bucket = BucketId { key: KeyId { provider, consumer, application, unit }, day };
-                (bucket, StoredBucket { acc: Accumulators { count, sum, min, max, last }, version })
-            },
-        )
+        .map(|row| {
+            let last = Last { value: row.last_value, at: row.last_at, job_id: row.last_job_id, index: row.last_index };
+            let acc = Accumulators {
+                count: row.usages_count,
+                sum: row.sum_value,
+                min: row.min_value,
+                max: row.max_value,
+                last,
+            };
+            (row.bucket, StoredBucket { acc, version: row.version })
+        })
         .collect())
 }
 
@@ -284,7 +278,10 @@ pub async fn store_buckets(tx: &mut Transaction<'_, Postgres>, buckets: &[NewBuc
         rules.push(b.rule_id.to_owned());
         versions.push(b.version);
     }
-    sqlx::query(
+    let args = Args::default().keys(&keys)?.add(&days)?.add(&functions)?.add(&values)?.add(&counts)?;
+    let args = args.add(&sums)?.add(&mins)?.add(&maxs)?.add(&last_values)?.add(&last_ats)?;
+    let args = args.add(&last_jobs)?.add(&last_indexes)?.add(&billables)?.add(&rules)?.add(&versions)?;
+    sqlx::query_with(
         "INSERT INTO daily_aggregates
             (provider_tenant_id, consumer_tenant_id, application, unit, day, function, value, usages_count,
              sum_value, min_value, max_value, last_value, last_at, last_job_id, last_index, billable, rule_id,
@@ -298,39 +295,25 @@ pub async fn store_buckets(tx: &mut Transaction<'_, Postgres>, buckets: &[NewBuc
             last_value = EXCLUDED.last_value, last_at = EXCLUDED.last_at, last_job_id = EXCLUDED.last_job_id,
             last_index = EXCLUDED.last_index, billable = EXCLUDED.billable, rule_id = EXCLUDED.rule_id,
             version = EXCLUDED.version, updated_at = now()",
+        args.0,
     )
-    .bind(&keys.providers)
-    .bind(&keys.consumers)
-    .bind(&keys.applications)
-    .bind(&keys.units)
-    .bind(&days)
-    .bind(&functions)
-    .bind(&values)
-    .bind(&counts)
-    .bind(&sums)
-    .bind(&mins)
-    .bind(&maxs)
-    .bind(&last_values)
-    .bind(&last_ats)
-    .bind(&last_jobs)
-    .bind(&last_indexes)
-    .bind(&billables)
-    .bind(&rules)
-    .bind(&versions)
     .execute(&mut **tx)
     .await?;
     Ok(())
 }
 
 /// One job's contribution to a bucket version, as recorded in the lineage.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Contribution {
+    #[sqlx(flatten)]
     pub bucket: BucketId,
     pub job_id: String,
+    #[sqlx(rename = "usages_count")]
     pub usages: i32,
     pub version: i64,
     /// The bucket's value and usage count at `version`.
     pub bucket_value: Decimal,
+    #[sqlx(rename = "bucket_usages_count")]
     pub bucket_usages: i64,
     pub applied_at: DateTime<Utc>,
 }
@@ -349,23 +332,15 @@ pub async fn store_contributions(tx: &mut Transaction<'_, Postgres>, rows: &[Con
         values.push(row.bucket_value);
         totals.push(row.bucket_usages);
     }
-    sqlx::query(
+    let args = Args::default().keys(&keys)?.add(&days)?.add(&jobs)?.add(&counts)?.add(&versions)?;
+    sqlx::query_with(
         "INSERT INTO aggregate_contributions
             (provider_tenant_id, consumer_tenant_id, application, unit, day, job_id, usages_count, version,
              bucket_value, bucket_usages_count)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::date[], $6::text[], $7::int4[],
              $8::int8[], $9::numeric[], $10::int8[])",
+        args.add(&values)?.add(&totals)?.0,
     )
-    .bind(&keys.providers)
-    .bind(&keys.consumers)
-    .bind(&keys.applications)
-    .bind(&keys.units)
-    .bind(&days)
-    .bind(&jobs)
-    .bind(&counts)
-    .bind(&versions)
-    .bind(&values)
-    .bind(&totals)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -377,9 +352,7 @@ pub async fn versions_of(
     tx: &mut Transaction<'_, Postgres>,
     batches: &[(&str, &KeyId)],
 ) -> sqlx::Result<Vec<Contribution>> {
-    let columns = BatchColumns::of(batches);
-    type Row = (String, String, String, String, NaiveDate, String, i32, i64, Decimal, i64, DateTime<Utc>);
-    let rows: Vec<Row> = columns.bind(sqlx::query_as(
+    sqlx::query_as_with(
         "WITH versions AS (
            SELECT DISTINCT c.provider_tenant_id, c.consumer_tenant_id, c.application, c.unit, c.day, c.version
            FROM aggregate_contributions c
@@ -393,35 +366,8 @@ pub async fn versions_of(
            ON (c.provider_tenant_id, c.consumer_tenant_id, c.application, c.unit, c.day, c.version)
             = (v.provider_tenant_id, v.consumer_tenant_id, v.application, v.unit, v.day, v.version)
          ORDER BY c.provider_tenant_id, c.consumer_tenant_id, c.application, c.unit, c.day, c.version, c.job_id",
-    ))
+        BatchColumns::of(batches).args()?.0,
+    )
     .fetch_all(&mut **tx)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(
-                provider,
-                consumer,
-                application,
-                unit,
-                day,
-                job_id,
-                usages,
-                version,
-                bucket_value,
-                bucket_usages,
-                applied_at,
-            )| {
-                Contribution {
-                    bucket: BucketId { key: KeyId { provider, consumer, application, unit }, day },
-                    job_id,
-                    usages,
-                    version,
-                    bucket_value,
-                    bucket_usages,
-                    applied_at,
-                }
-            },
-        )
-        .collect())
+    .await
 }
