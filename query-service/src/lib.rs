@@ -33,6 +33,7 @@ pub mod config;
 pub mod dashboard;
 pub mod freshness;
 pub mod jobs_api;
+mod kpi;
 pub mod month;
 pub mod monthly_api;
 pub mod projection;

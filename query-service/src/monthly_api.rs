@@ -28,6 +28,7 @@ use uts_common::auth::Scope;
 use uts_common::domain::AggregationFunction;
 use uts_common::error::ApiError;
 
+use crate::kpi::{KpiNames, NAME_COLUMNS};
 use crate::month::{convert, daily_values, monthly_value, Day, OutOfRange, PreFill};
 use crate::request::{authorize, storage_error, PageInfo, Params};
 use crate::AppState;
@@ -105,7 +106,7 @@ fn out_of_range(consumer: &str, kpi: &Kpi, year: i32, month: u32) -> ApiError {
             "the {year}-{month:02} value of KPI {} for consumer {consumer} is beyond the exact decimal range \
              (about 7.9e28); the daily aggregates are in range and can be read with includeDailyValues \
              or per day",
-            kpi.name
+            kpi.names.name
         ),
     );
     err.parameters.push(uts_common::error::MessageParameter { name: "consumer".into(), value: consumer.to_owned() });
@@ -128,12 +129,7 @@ fn include_daily(params: &Params) -> Result<bool, ApiError> {
 }
 
 struct Kpi {
-    name: String,
-    display_name: String,
-    application: String,
-    application_display_name: String,
-    unit: String,
-    owner: String,
+    names: KpiNames,
     daily: AggregationFunction,
     monthly: AggregationFunction,
     pre_fill: PreFill,
@@ -144,12 +140,8 @@ struct Kpi {
 /// A KPI as stored.
 #[derive(sqlx::FromRow)]
 struct KpiRow {
-    name: String,
-    display_name: String,
-    application: String,
-    application_display_name: String,
-    unit: String,
-    owner_tenant_id: String,
+    #[sqlx(flatten)]
+    names: KpiNames,
     aggregation_function_daily: String,
     aggregation_function_monthly: String,
     pre_fill: String,
@@ -157,11 +149,10 @@ struct KpiRow {
 }
 
 async fn load_kpi(state: &AppState, application: &str, name: &str, provider: &str) -> Result<Kpi, ApiError> {
-    let row: Option<KpiRow> = sqlx::query_as(
-        "SELECT name, display_name, application, application_display_name, unit, owner_tenant_id,
-                aggregation_function_daily, aggregation_function_monthly, pre_fill, unit_conversion_factor
-         FROM kpis WHERE application = $1 AND name = $2 AND owner_tenant_id = $3",
-    )
+    let row: Option<KpiRow> = sqlx::query_as(&format!(
+        "SELECT {NAME_COLUMNS}, aggregation_function_daily, aggregation_function_monthly, pre_fill, unit_conversion_factor
+         FROM kpis WHERE application = $1 AND name = $2 AND owner_tenant_id = $3"
+    ))
     .bind(application)
     .bind(name)
     .bind(provider)
@@ -170,12 +161,7 @@ async fn load_kpi(state: &AppState, application: &str, name: &str, provider: &st
     .map_err(storage_error)?;
     let row = row.ok_or_else(|| no_such_kpi(name, application, provider))?;
     Ok(Kpi {
-        name: row.name,
-        display_name: row.display_name,
-        application: row.application,
-        application_display_name: row.application_display_name,
-        unit: row.unit,
-        owner: row.owner_tenant_id,
+        names: row.names,
         daily: AggregationFunction::from_str(&row.aggregation_function_daily).unwrap_or_default(),
         monthly: AggregationFunction::from_str(&row.aggregation_function_monthly).unwrap_or_default(),
         pre_fill: row.pre_fill.parse().unwrap_or_default(),
@@ -195,10 +181,10 @@ async fn has_usages_under(state: &AppState, kpi: &Kpi, consumer: &str) -> Result
         "SELECT EXISTS (SELECT 1 FROM daily_aggregates
                         WHERE provider_tenant_id = $1 AND consumer_tenant_id = $2 AND application = $3 AND unit = $4)",
     )
-    .bind(&kpi.owner)
+    .bind(&kpi.names.owner_tenant_id)
     .bind(consumer)
-    .bind(&kpi.application)
-    .bind(&kpi.unit)
+    .bind(&kpi.names.application)
+    .bind(&kpi.names.unit)
     .fetch_one(&state.pool)
     .await
     .map_err(storage_error)
@@ -229,9 +215,9 @@ async fn load_days(
          WHERE provider_tenant_id = $1 AND application = $2 AND unit = $3 AND day BETWEEN $4 AND $5
            AND ($6::text IS NULL OR consumer_tenant_id = $6)",
     )
-    .bind(&kpi.owner)
-    .bind(&kpi.application)
-    .bind(&kpi.unit)
+    .bind(&kpi.names.owner_tenant_id)
+    .bind(&kpi.names.application)
+    .bind(&kpi.names.unit)
     .bind(from)
     .bind(until)
     .bind(consumer)
@@ -297,10 +283,10 @@ impl<'a> KpiMonth<'a> {
     /// `until` is the month's last day so far; a future month answers the day before it began.
     fn new(kpi: &'a Kpi, year: i32, month: u32, from: NaiveDate, until: NaiveDate) -> Self {
         Self {
-            application: &kpi.application,
-            application_display_name: &kpi.application_display_name,
-            kpi_name: &kpi.name,
-            kpi_display_name: &kpi.display_name,
+            application: &kpi.names.application,
+            application_display_name: &kpi.names.application_display_name,
+            kpi_name: &kpi.names.name,
+            kpi_display_name: &kpi.names.display_name,
             until: until.max(from - Duration::days(1)).to_string(),
             year: year.to_string(),
             month: MONTHS[month as usize - 1],
@@ -362,7 +348,7 @@ async fn consumer_usage(
     // A provider's KPIs are visible to its consumers only: a tenant that never had a usage under
     // this KPI's (application, unit) gets the same 404 as for a KPI that does not exist, so KPI
     // names cannot be probed.
-    if kpi.owner != consumer && !has_usages_under(&state, &kpi, &consumer).await? {
+    if kpi.names.owner_tenant_id != consumer && !has_usages_under(&state, &kpi, &consumer).await? {
         return Err(no_such_kpi(kpi_name, application, provider));
     }
     let (from, until) = month_range(year, month)?;
@@ -375,7 +361,7 @@ async fn consumer_usage(
     let answer = ConsumerUsage {
         consumer,
         value: number(value),
-        provider: kpi.owner.clone(),
+        provider: kpi.names.owner_tenant_id.clone(),
         kpi: KpiMonth::new(&kpi, year, month, from, until),
         daily_values,
     };

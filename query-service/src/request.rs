@@ -222,6 +222,15 @@ impl Listing {
     }
 }
 
+/// Whether `sql`, a `SELECT EXISTS (…)` over the text arguments `args` (`$1`…), holds.
+pub(crate) async fn holds(pool: &PgPool, sql: &str, args: &[&str]) -> Result<bool, ApiError> {
+    let mut query = sqlx::query_scalar(sql);
+    for arg in args {
+        query = query.bind(*arg);
+    }
+    query.fetch_one(pool).await.map_err(storage_error)
+}
+
 /// A database failure: 503 when PostgreSQL cannot be reached, else 500 (the cause is logged
 /// under the response's `logref`, never sent).
 pub(crate) fn storage_error(err: sqlx::Error) -> ApiError {

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use super::body::{self, Object};
 use super::owned::{Owned, Returning};
+use crate::kpi::KpiNames;
 use crate::month::PreFill;
 use crate::request::{serialize_datetime, spellings};
 
@@ -25,12 +26,9 @@ use crate::request::{serialize_datetime, spellings};
 #[serde(rename_all = "camelCase")]
 pub(super) struct KpiOut {
     kpi_id: Uuid,
-    name: String,
-    display_name: String,
-    application: String,
-    application_display_name: String,
-    unit: String,
-    owner_tenant_id: String,
+    #[serde(flatten)]
+    #[sqlx(flatten)]
+    names: KpiNames,
     aggregation_function_daily: String,
     aggregation_function_monthly: String,
     pre_fill: String,
@@ -50,12 +48,7 @@ const COLUMNS: &str = "kpi_id, name, display_name, application, application_disp
 /// The validated body of `POST /kpis` and `PUT /kpis/{kpiId}`.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct KpiSpec {
-    name: String,
-    display_name: String,
-    application: String,
-    application_display_name: String,
-    unit: String,
-    owner_tenant_id: String,
+    names: KpiNames,
     aggregation_function_daily: AggregationFunction,
     aggregation_function_monthly: AggregationFunction,
     pre_fill: PreFill,
@@ -100,12 +93,7 @@ fn parse_kpi(object: &Object) -> Result<KpiSpec, ApiError> {
         return Err(ApiError::invalid_body_property("unitConversionFactor", "must be greater than 0"));
     }
     Ok(KpiSpec {
-        name,
-        display_name,
-        application,
-        application_display_name,
-        unit,
-        owner_tenant_id,
+        names: KpiNames { name, display_name, application, application_display_name, unit, owner_tenant_id },
         aggregation_function_daily,
         aggregation_function_monthly,
         pre_fill,
@@ -148,32 +136,32 @@ impl Owned for Kpis {
     }
 
     fn owner(spec: &KpiSpec) -> &str {
-        &spec.owner_tenant_id
+        &spec.names.owner_tenant_id
     }
 
     fn application(spec: &KpiSpec) -> &str {
-        &spec.application
+        &spec.names.application
     }
 
     fn key(spec: &KpiSpec) -> &str {
-        &spec.name
+        &spec.names.name
     }
 
     fn duplicate(spec: &KpiSpec, existing: &str) -> String {
         format!(
             "name {} is already the name of a KPI of application {}{existing}; KPI names are unique per application",
-            spec.name, spec.application
+            spec.names.name, spec.names.application
         )
     }
 
     fn bind<'q>(query: Returning<'q, Self>, spec: &'q KpiSpec) -> Returning<'q, Self> {
         query
-            .bind(&spec.name)
-            .bind(&spec.display_name)
-            .bind(&spec.application)
-            .bind(&spec.application_display_name)
-            .bind(&spec.unit)
-            .bind(&spec.owner_tenant_id)
+            .bind(&spec.names.name)
+            .bind(&spec.names.display_name)
+            .bind(&spec.names.application)
+            .bind(&spec.names.application_display_name)
+            .bind(&spec.names.unit)
+            .bind(&spec.names.owner_tenant_id)
             .bind(spec.aggregation_function_daily.as_str())
             .bind(spec.aggregation_function_monthly.as_str())
             .bind(spec.pre_fill.as_str())
@@ -202,8 +190,8 @@ mod tests {
     #[test]
     fn defaults_fill_what_is_left_out() {
         let spec = parse(base()).unwrap();
-        assert_eq!(spec.display_name, "asset-count");
-        assert_eq!(spec.application_display_name, "assetmonitor");
+        assert_eq!(spec.names.display_name, "asset-count");
+        assert_eq!(spec.names.application_display_name, "assetmonitor");
         assert_eq!(spec.aggregation_function_daily, AggregationFunction::Sum);
         assert_eq!(spec.aggregation_function_monthly, AggregationFunction::Sum);
         assert_eq!(spec.pre_fill, PreFill::Zero);

@@ -49,7 +49,7 @@ use uts_common::error::ApiError;
 
 use self::kpis::Kpis;
 use self::rules::Rules;
-use crate::request::storage_error;
+use crate::request::holds;
 use crate::AppState;
 
 /// Where the admin API lives.
@@ -118,6 +118,25 @@ async fn operator_only(request: Request, next: Next) -> Result<Response, ApiErro
     Ok(next.run(request).await)
 }
 
+/// The state and the [`Caller`] of an admin request (put there by [`require_admin`]).
+pub(crate) struct Admin {
+    pub(crate) state: Arc<AppState>,
+    pub(crate) caller: Caller,
+}
+
+impl axum::extract::FromRequestParts<Arc<AppState>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let caller = parts.extensions.get::<Caller>().cloned();
+        let caller = caller.ok_or_else(|| ApiError::internal("an admin handler ran without require_admin"))?;
+        Ok(Self { state: state.clone(), caller })
+    }
+}
+
 /// Who administers: the service's operator (`uts.admin`: everything), or a provider
 /// (`uts.provider.admin`: the rules and KPIs it owns, its own tenant and its IoT tenants).
 /// What a provider may not see answers as if it did not exist (404, never "forbidden", so ids
@@ -165,15 +184,13 @@ impl Caller {
 /// operator can still do anything).
 async fn check_application_free(pool: &PgPool, caller: &Caller, application: &str) -> Result<(), ApiError> {
     let Some(own) = caller.owner() else { return Ok(()) };
-    let taken: bool = sqlx::query_scalar(
+    let taken = holds(
+        pool,
         "SELECT EXISTS (SELECT 1 FROM rules WHERE application = $1 AND owner_tenant_id <> $2)
              OR EXISTS (SELECT 1 FROM kpis WHERE application = $1 AND owner_tenant_id <> $2)",
+        &[application, own],
     )
-    .bind(application)
-    .bind(own)
-    .fetch_one(pool)
-    .await
-    .map_err(storage_error)?;
+    .await?;
     if taken {
         Err(ApiError::forbidden(format!(
             "application {application} belongs to another provider: its rules and KPIs have another owner"
@@ -204,11 +221,7 @@ fn count_change(resource: &'static str, action: &'static str) {
 /// 400 naming `property` unless the tenant `owner` is registered. Tenants are never deleted,
 /// so the answer cannot go stale before the write (the foreign key would catch it anyway).
 async fn check_owner(pool: &PgPool, property: &str, owner: &str) -> Result<(), ApiError> {
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1)")
-        .bind(owner)
-        .fetch_one(pool)
-        .await
-        .map_err(storage_error)?;
+    let exists = holds(pool, "SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1)", &[owner]).await?;
     if exists {
         Ok(())
     } else {

@@ -9,14 +9,12 @@
 //! its owner), an owner that does not exist 400. `PUT` replaces the whole resource (absent
 //! optional properties return to their defaults) and increments `version`.
 
-use std::sync::Arc;
-
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 use serde::Serialize;
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::PgPool;
@@ -24,9 +22,8 @@ use uts_common::error::ApiError;
 use uuid::Uuid;
 
 use super::body::{self, Object};
-use super::{check_application_free, check_owner, count_change, read_object, violates, Caller, BASE_PATH};
+use super::{check_application_free, check_owner, count_change, read_object, violates, Admin, Caller, BASE_PATH};
 use crate::request::{path_uuid, storage_error, Listing, Page, Params};
-use crate::AppState;
 
 /// A query whose rows are the resource's answer.
 pub(super) type Returning<'q, R> = sqlx::query::QueryAs<'q, sqlx::Postgres, <R as Owned>::Out, PgArguments>;
@@ -74,8 +71,7 @@ pub(super) trait Owned: Send + Sync + 'static {
 
 /// `POST`: 201 with the resource and its `Location`.
 pub(super) async fn create<R: Owned>(
-    State(state): State<Arc<AppState>>,
-    Extension(caller): Extension<Caller>,
+    Admin { state, caller }: Admin,
     headers: HeaderMap,
     request_body: Body,
 ) -> Result<Response, ApiError> {
@@ -101,8 +97,7 @@ pub(super) async fn create<R: Owned>(
 
 /// `GET /{id}`.
 pub(super) async fn get<R: Owned>(
-    State(state): State<Arc<AppState>>,
-    Extension(caller): Extension<Caller>,
+    Admin { state, caller }: Admin,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<R::Out>, ApiError> {
     let id = path_uuid(path, R::WHAT)?;
@@ -114,8 +109,7 @@ pub(super) async fn get<R: Owned>(
 
 /// `PUT /{id}`: replaces the resource, `version` + 1.
 pub(super) async fn update<R: Owned>(
-    State(state): State<Arc<AppState>>,
-    Extension(caller): Extension<Caller>,
+    Admin { state, caller }: Admin,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     request_body: Body,
@@ -158,8 +152,7 @@ pub(super) async fn update<R: Owned>(
 
 /// `DELETE /{id}`: 204.
 pub(super) async fn delete<R: Owned>(
-    State(state): State<Arc<AppState>>,
-    Extension(caller): Extension<Caller>,
+    Admin { state, caller }: Admin,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let id = path_uuid(path, R::WHAT)?;
@@ -180,8 +173,7 @@ pub(super) async fn delete<R: Owned>(
 
 /// `GET ?<filters>&page=&size=`: a page in [`Owned::ORDER`]; a provider lists its own only.
 pub(super) async fn list<R: Owned>(
-    State(state): State<Arc<AppState>>,
-    Extension(caller): Extension<Caller>,
+    Admin { state, caller }: Admin,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<Page<R::Out>>, ApiError> {
     let mut known: Vec<&str> = R::FILTERS.iter().map(|(parameter, _)| *parameter).collect();

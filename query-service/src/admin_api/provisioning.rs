@@ -7,13 +7,10 @@
 //! then looks for provisioned applications) either waits for us or is seen by us. An unknown
 //! tenant in the path is 404, like any path naming nothing; `PUT` needs no body.
 
-use std::sync::Arc;
-
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -22,9 +19,8 @@ use uts_common::domain::MAX_NAME_LEN;
 use uts_common::error::ApiError;
 
 use super::body::name_problem;
-use super::{count_change, Caller};
-use crate::request::{path_segments, serialize_datetime, storage_error};
-use crate::AppState;
+use super::{count_change, Admin, Caller};
+use crate::request::{holds, path_segments, serialize_datetime, storage_error};
 
 /// One provisioned application as answered.
 #[derive(Debug, Serialize, sqlx::FromRow)]
@@ -39,8 +35,7 @@ pub(super) struct Provisioned {
 /// `PUT /tenants/{tenantId}/applications/{application}`: 201 when provisioned now, 200 when it
 /// already was.
 pub(super) async fn put(
-    State(state): State<Arc<AppState>>,
-    Extension(caller): Extension<Caller>,
+    Admin { state, caller }: Admin,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let (tenant_id, application) = path_segments(path, "path")?;
@@ -99,8 +94,7 @@ pub(super) async fn put(
 /// `DELETE /tenants/{tenantId}/applications/{application}`: 204, or 404 when it was not
 /// provisioned.
 pub(super) async fn delete(
-    State(state): State<Arc<AppState>>,
-    Extension(caller): Extension<Caller>,
+    Admin { state, caller }: Admin,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let (tenant_id, application) = path_segments(path, "path")?;
@@ -127,8 +121,7 @@ pub(super) struct Applications {
 /// `GET /tenants/{tenantId}/applications`, ordered by application. Not paged: an IoT tenant
 /// has a handful of applications.
 pub(super) async fn list(
-    State(state): State<Arc<AppState>>,
-    Extension(caller): Extension<Caller>,
+    Admin { state, caller }: Admin,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Applications>, ApiError> {
     let tenant_id = path_segments(path, "tenantId")?;
@@ -147,24 +140,19 @@ pub(super) async fn list(
 }
 
 async fn tenant_exists(pool: &PgPool, tenant_id: &str) -> Result<bool, ApiError> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1)")
-        .bind(tenant_id)
-        .fetch_one(pool)
-        .await
-        .map_err(storage_error)
+    holds(pool, "SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1)", &[tenant_id]).await
 }
 
 /// A provider provisions only its IoT tenants (those naming it as their operator); any other
 /// tenant answers as unknown. Nothing to check for the service operator.
 async fn check_visible(pool: &PgPool, caller: &Caller, tenant_id: &str) -> Result<(), ApiError> {
     let Some(own) = caller.owner() else { return Ok(()) };
-    let visible: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1 AND operator_tenant_id = $2)")
-            .bind(tenant_id)
-            .bind(own)
-            .fetch_one(pool)
-            .await
-            .map_err(storage_error)?;
+    let visible = holds(
+        pool,
+        "SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1 AND operator_tenant_id = $2)",
+        &[tenant_id, own],
+    )
+    .await?;
     if visible {
         Ok(())
     } else {

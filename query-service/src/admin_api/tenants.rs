@@ -5,14 +5,11 @@
 //! span rows under row locks). Tenants are never deleted: rules, KPIs, aggregates and jobs refer
 //! to them.
 
-use std::sync::Arc;
-
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -21,9 +18,8 @@ use uts_common::error::ApiError;
 use uts_common::tenants::{self, TenantRefused, TenantRow, TenantSpec, Written};
 
 use super::body::{self, name_problem, Object, MAX_TENANT_ID_LEN};
-use super::{count_change, read_object, Caller};
+use super::{count_change, read_object, Admin};
 use crate::request::{path_segments, serialize_datetime, spellings, storage_error, Listing, Page, Params};
-use crate::AppState;
 
 /// A tenant as answered.
 #[derive(Debug, Serialize, sqlx::FromRow)]
@@ -77,8 +73,7 @@ fn refused(err: TenantRefused) -> ApiError {
 
 /// `PUT /tenants/{tenantId}`: 201 when created, 200 when replaced.
 pub(super) async fn put(
-    State(state): State<Arc<AppState>>,
-    Extension(caller): Extension<Caller>,
+    Admin { state, caller }: Admin,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     request_body: Body,
@@ -107,8 +102,7 @@ pub(super) async fn put(
 /// `GET /tenants/{tenantId}`.
 /// A provider sees its own tenant and its IoT tenants.
 pub(super) async fn get(
-    State(state): State<Arc<AppState>>,
-    Extension(caller): Extension<Caller>,
+    Admin { state, caller }: Admin,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<TenantOut>, ApiError> {
     let tenant_id = path_segments(path, "tenantId")?;
@@ -124,8 +118,7 @@ pub(super) async fn get(
 
 /// `GET /tenants?type=&page=&size=`, ordered by tenant id.
 pub(super) async fn list(
-    State(state): State<Arc<AppState>>,
-    Extension(caller): Extension<Caller>,
+    Admin { state, caller }: Admin,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<Page<TenantOut>>, ApiError> {
     let params = Params::parse(query, &["type", "page", "size"])?;
