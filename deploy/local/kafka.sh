@@ -187,6 +187,21 @@ fetch_libs() {
   log_info "fetched $(find "$LIBS" -name '*.jar' | wc -l) jars in $(($(now_s) - t0))s"
 }
 
+# A log4j2 configuration: one console appender NAME on TARGET (SYSTEM_OUT/SYSTEM_ERR) at LEVEL.
+log4j_conf() {
+  cat <<EOF
+status = warn
+appender.out.type = Console
+appender.out.name = $1
+appender.out.target = $2
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = $3
+rootLogger.appenderRef.out.ref = $1
+EOF
+}
+
+
 # ---------------------------------------------------------------------------------------------
 # Config
 
@@ -262,33 +277,15 @@ ssl.truststore.location=$UTS_KAFKA_TLS_DIR/ca.pem
 EOF
   fi
 
-  cat >"$LOG4J_CONF" <<'EOF'
-# Broker logging (log4j2), to stdout -> kafka.log
-status = warn
-appender.out.type = Console
-appender.out.name = STDOUT
-appender.out.target = SYSTEM_OUT
-appender.out.layout.type = PatternLayout
-appender.out.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = INFO
-rootLogger.appenderRef.out.ref = STDOUT
+  # Broker logging to stdout (-> kafka.log), INFO; the tools' warnings and errors to stderr.
+  log4j_conf STDOUT SYSTEM_OUT INFO >"$LOG4J_CONF"
+  cat >>"$LOG4J_CONF" <<'EOF'
 logger.statechange.name = state.change.logger
 logger.statechange.level = WARN
 logger.cleaner.name = kafka.log.LogCleaner
 logger.cleaner.level = WARN
 EOF
-
-  cat >"$TOOLS_LOG4J_CONF" <<'EOF'
-# Tool logging (log4j2): warnings and errors only, to stderr
-status = warn
-appender.err.type = Console
-appender.err.name = STDERR
-appender.err.target = SYSTEM_ERR
-appender.err.layout.type = PatternLayout
-appender.err.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = WARN
-rootLogger.appenderRef.err.ref = STDERR
-EOF
+  log4j_conf STDERR SYSTEM_ERR WARN >"$TOOLS_LOG4J_CONF"
 }
 
 # run_tool CLASS ARGS... -> runs a Kafka tool class with the fetched jars (quiet logging).

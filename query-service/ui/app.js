@@ -133,14 +133,34 @@ function stopRefresh() {
 
 // ---- paging ------------------------------------------------------------------------------------
 
-/** Wires a pager's buttons to `state.page` and `reload`. */
+/** Makes the pager `id` (an empty `div.pager`): Previous, the page text, Next, wired to `state.page` and `reload`. */
 function pager(id, state, reload) {
-  for (const button of $(id).querySelectorAll("button")) {
+  const step = (by, label) => {
+    const button = el("button", { type: "button", "data-step": by }, label);
     button.addEventListener("click", () => {
-      state.page = Math.max(0, state.page + Number(button.dataset.step));
+      state.page = Math.max(0, state.page + by);
       reload();
     });
-  }
+    return button;
+  };
+  $(id).replaceChildren(step(-1, "Previous"), el("span", { class: "pager-text" }), step(1, "Next"));
+}
+
+/** A table row of plain cells; a cell given as `num(value)` is right-aligned. */
+function row(attributes, ...cells) {
+  return el("tr", attributes, ...cells.map((cell) => (cell instanceof Node && cell.tagName === "TD" ? cell : el("td", {}, cell))));
+}
+
+function num(value) {
+  return el("td", { class: "num" }, value);
+}
+
+/** Shows `rows` in the table `name-table`, "none" in `name-empty` when there are none, and `page` in `name-pager`. */
+function showRows(name, rows, page) {
+  $(`${name}-table`).tBodies[0].replaceChildren(...rows);
+  const empty = document.getElementById(`${name}-empty`);
+  if (empty) empty.hidden = rows.length > 0;
+  showPage(`${name}-pager`, page);
 }
 
 function showPage(id, page) {
@@ -183,9 +203,7 @@ async function loadJobs() {
         el("td", { class: "job-status" }, badge(job.status)),
       );
     });
-    $("jobs-table").tBodies[0].replaceChildren(...rows);
-    $("jobs-empty").hidden = rows.length > 0;
-    showPage("jobs-pager", answer.page);
+    showRows("jobs", rows, answer.page);
     if (answer.page.totalPages > 0 && jobsState.page >= answer.page.totalPages) {
       jobsState.page = answer.page.totalPages - 1;
     }
@@ -215,19 +233,16 @@ async function loadJob() {
     $("job-status").replaceChildren(badge(job.status));
     $("job-time").textContent = job.time;
     $("job-count").textContent = job.usagesCount;
-    $("summary-table").tBodies[0].replaceChildren(
-      ...job.usagesSummary.map((s) =>
-        el("tr", {}, el("td", {}, s.application), el("td", {}, s.unit), el("td", {}, badge(s.processStatus)), el("td", { class: "num" }, s.usagesCount)),
-      ),
+    showRows(
+      "summary",
+      job.usagesSummary.map((s) => row({}, s.application, s.unit, badge(s.processStatus), num(s.usagesCount))),
+      job.page,
     );
-    showPage("summary-pager", job.page);
-    $("errors-table").tBodies[0].replaceChildren(
-      ...errors.errors.map((e) =>
-        el("tr", {}, el("td", {}, el("code", {}, e.code)), el("td", {}, e.message), el("td", {}, e.errorType), el("td", {}, e.info)),
-      ),
+    showRows(
+      "errors",
+      errors.errors.map((e) => row({}, el("code", {}, e.code), e.message, e.errorType, e.info)),
+      errors.page,
     );
-    $("errors-empty").hidden = errors.errors.length > 0;
-    showPage("errors-pager", errors.page);
     $("job-detail").hidden = false;
   } catch (err) {
     if (err.status !== 401) notice(`Job ${id}: ${err.message}`);
@@ -401,42 +416,16 @@ async function loadAdmin() {
       api("/admin/rules", { page: rulesState.page, size: 20 }),
       api("/admin/kpis", { page: adminKpisState.page, size: 20 }),
     ]);
-    const ruleRows = rules.rules.map((rule) =>
-      el(
-        "tr",
-        { "data-rule-id": rule.ruleId },
-        el("td", {}, rule.application),
-        el("td", {}, rule.unit),
-        el("td", {}, rule.ownerTenantId),
-        el("td", {}, yesNo(rule.active)),
-        el("td", {}, rule.aggregationFunction),
-        el("td", {}, yesNo(rule.billingEnabled)),
-        el("td", { class: "num" }, rule.minValue ?? ""),
-        el("td", { class: "num" }, rule.maxValue ?? ""),
-        el("td", {}, rule.version),
-      ),
+    const ruleRows = rules.rules.map((r) =>
+      row({ "data-rule-id": r.ruleId }, r.application, r.unit, r.ownerTenantId, yesNo(r.active), r.aggregationFunction,
+        yesNo(r.billingEnabled), num(r.minValue ?? ""), num(r.maxValue ?? ""), r.version),
     );
-    $("rules-table").tBodies[0].replaceChildren(...ruleRows);
-    $("rules-empty").hidden = ruleRows.length > 0;
-    showPage("rules-pager", rules.page);
-    const kpiRows = kpis.kpis.map((kpi) =>
-      el(
-        "tr",
-        { "data-kpi-id": kpi.kpiId },
-        el("td", {}, kpi.name),
-        el("td", {}, kpi.application),
-        el("td", {}, kpi.unit),
-        el("td", {}, kpi.ownerTenantId),
-        el("td", {}, kpi.aggregationFunctionDaily),
-        el("td", {}, kpi.aggregationFunctionMonthly),
-        el("td", {}, kpi.preFill),
-        el("td", { class: "num" }, kpi.unitConversionFactor),
-        el("td", {}, kpi.version),
-      ),
+    showRows("rules", ruleRows, rules.page);
+    const kpiRows = kpis.kpis.map((k) =>
+      row({ "data-kpi-id": k.kpiId }, k.name, k.application, k.unit, k.ownerTenantId, k.aggregationFunctionDaily,
+        k.aggregationFunctionMonthly, k.preFill, num(k.unitConversionFactor), k.version),
     );
-    $("admin-kpis-table").tBodies[0].replaceChildren(...kpiRows);
-    $("admin-kpis-empty").hidden = kpiRows.length > 0;
-    showPage("admin-kpis-pager", kpis.page);
+    showRows("admin-kpis", kpiRows, kpis.page);
     notice(null);
   } catch (err) {
     if (err.status !== 401) notice(`Rules and KPIs: ${err.message}`);

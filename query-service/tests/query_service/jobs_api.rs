@@ -56,29 +56,29 @@ impl Service {
     }
 }
 
+/// A usage of 1.5 `unit` now, at `index` of its job.
+fn usage(index: u32, unit: &str) -> v1::Usage {
+    v1::Usage { index, value: "1.5".into(), unit: unit.into(), datetime: Some(to_timestamp(chrono::Utc::now())) }
+}
+
+/// User `u` of tenant plant-9 with `usages` of resource `r` of application `app`.
+fn plant_user(usages: Vec<v1::Usage>) -> v1::UserUsages {
+    let resource = v1::ResourceUsages { application: "app".into(), alias: "app".into(), resource: "r".into(), usages };
+    v1::UserUsages {
+        tenant_id: "plant-9".into(),
+        user_id: "u".into(),
+        user_type: v1::UserType::User as i32,
+        resources: vec![resource],
+    }
+}
+
 fn job(id: &str, tenant: &str) -> v1::UsageJob {
-    let usage = |index: u32, unit: &str| v1::Usage {
-        index,
-        value: "1.5".into(),
-        unit: unit.into(),
-        datetime: Some(to_timestamp(chrono::Utc::now())),
-    };
     v1::UsageJob {
         job_id: id.into(),
         submitter_tenant: tenant.into(),
         received_at: Some(to_timestamp(chrono::Utc::now())),
         usages_count: 3,
-        users: vec![v1::UserUsages {
-            tenant_id: "plant-9".into(),
-            user_id: "u".into(),
-            user_type: v1::UserType::User as i32,
-            resources: vec![v1::ResourceUsages {
-                application: "app".into(),
-                alias: "app".into(),
-                resource: "r".into(),
-                usages: vec![usage(0, "u1"), usage(1, "u1"), usage(2, "u2")],
-            }],
-        }],
+        users: vec![plant_user(vec![usage(0, "u1"), usage(1, "u1"), usage(2, "u2")])],
         ..Default::default()
     }
 }
@@ -193,22 +193,7 @@ async fn failed_usages_make_errors_visible_by_class(pool: PgPool) {
     use v1::UsageStatus as S;
     let service = start(pool).await;
     service.job(&job("job-e", "acme")).await;
-    let failing = v1::UserUsages {
-        tenant_id: "plant-9".into(),
-        user_id: "u".into(),
-        user_type: v1::UserType::User as i32,
-        resources: vec![v1::ResourceUsages {
-            application: "app".into(),
-            alias: "app".into(),
-            resource: "r".into(),
-            usages: vec![v1::Usage {
-                index: 2,
-                value: "1.5".into(),
-                unit: "u2".into(),
-                datetime: Some(to_timestamp(chrono::Utc::now())),
-            }],
-        }],
-    };
+    let failing = plant_user(vec![usage(2, "u2")]);
     let error = v1::UsageError {
         code: "mdsp.uts.verification.valueAboveMaximum".into(),
         message: "value is above the rule's maximum 1".into(),
