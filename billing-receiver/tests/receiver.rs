@@ -142,15 +142,7 @@ async fn records_are_listed_in_arrival_order_and_readable_one_by_one() {
     assert_eq!(stored[1]["idempotencyKey"], "key-2");
     assert_eq!(stored[1]["record"], record(2, "2.50"), "the body is kept exactly as sent");
 
-    let one: Value = receiver
-        .client
-        .get(receiver.url(&format!("/billing/v1/records/{}", ids[2])))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let one = uts_testkit::get_json(&receiver.client, &receiver.url(&format!("/billing/v1/records/{}", ids[2]))).await;
     assert_eq!(one, stored[2]);
     for unknown in [uuid::Uuid::new_v4().to_string(), "not-a-uuid".to_owned()] {
         let response =

@@ -13,7 +13,6 @@ use uts_common::auth::mint_hs256;
 use uts_common::config::KafkaArgs;
 use uts_common::domain::TenantType;
 use uts_common::proto::{v1, Message};
-use uts_common::tenants::{self, Tenant};
 use uts_testkit::{isolated_kafka, read_topic_to_end};
 
 pub use uts_testkit::SECRET;
@@ -95,16 +94,13 @@ impl Pipeline {
             uts_testkit::isolated_kafka_on(3, kafka_flags).await
         };
         let shutdown = CancellationToken::new();
-        for (id, kind, operator) in [
+        let registered = [
             ("op", TenantType::Operator, None),
             ("prov", TenantType::Developer, None),
             ("plant", TenantType::Iot, Some("op")),
             ("buyer", TenantType::Customer, None),
-        ] {
-            let tenant =
-                Tenant { tenant_id: id.into(), tenant_type: kind, operator_tenant_id: operator.map(Into::into) };
-            tenants::upsert(&pool, &tenant).await.unwrap();
-        }
+        ];
+        uts_testkit::register_tenants(&pool, &registered).await;
         sqlx::query("INSERT INTO provisioning (tenant_id, application) VALUES ('plant', 'app')")
             .execute(&pool)
             .await

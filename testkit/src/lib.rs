@@ -11,8 +11,10 @@ use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 
 use tokio_util::sync::CancellationToken;
 use uts_common::config::KafkaArgs;
+use uts_common::domain::TenantType;
 use uts_common::kafka;
 pub use uts_common::kafka::read_topic_to_end;
+use uts_common::tenants::Tenant;
 
 /// The HS256 secret the tests' services verify tokens with.
 pub const SECRET: &str = "integration-test-secret-0123456789";
@@ -139,4 +141,19 @@ fn read_blocking(mut config: ClientConfig, topic: &str, count: usize, timeout: D
         }
     }
     messages
+}
+
+/// Registers `tenants`, each (id, type, operator), straight in PostgreSQL.
+pub async fn register_tenants(pool: &sqlx::PgPool, tenants: &[(&str, TenantType, Option<&str>)]) {
+    for (id, kind, operator) in tenants {
+        let tenant =
+            Tenant { tenant_id: (*id).into(), tenant_type: *kind, operator_tenant_id: operator.map(Into::into) };
+        uts_common::tenants::upsert(pool, &tenant).await.expect("registering a test tenant");
+    }
+}
+
+/// The JSON body of `GET url` (panics unless the answer is JSON).
+pub async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value {
+    let response = client.get(url).send().await.unwrap_or_else(|err| panic!("GET {url}: {err}"));
+    response.json().await.unwrap_or_else(|err| panic!("GET {url}: not JSON: {err}"))
 }

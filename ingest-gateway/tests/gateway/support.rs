@@ -10,7 +10,6 @@ use sqlx::PgPool;
 use uts_common::config::KafkaArgs;
 use uts_common::domain::TenantType;
 use uts_common::proto::{v1, Message};
-use uts_common::tenants::{self, Tenant};
 use uts_testkit::{brokers, Served};
 pub use uts_testkit::{eventually, SECRET};
 
@@ -44,16 +43,13 @@ impl TestGateway {
         args.extend_from_slice(extra);
         let config = Config::parse_from(args);
         uts_common::kafka::ensure_topics(&config.kafka, &config.kafka.topics()).await.expect("creating test topics");
-        for (id, kind, operator) in [
+        let registered = [
             ("acme", TenantType::Operator, None),
             ("devco", TenantType::Developer, None),
             ("plant-1", TenantType::Iot, Some("acme")),
             ("buyer", TenantType::Customer, None),
-        ] {
-            let tenant =
-                Tenant { tenant_id: id.into(), tenant_type: kind, operator_tenant_id: operator.map(Into::into) };
-            tenants::upsert(&pool, &tenant).await.unwrap();
-        }
+        ];
+        uts_testkit::register_tenants(&pool, &registered).await;
         let (topic, kafka) = (config.kafka.topics().usage_jobs, config.kafka.clone());
         let app = Application::build(config, pool.clone()).await.expect("building the gateway");
         let addr = app.local_addr();

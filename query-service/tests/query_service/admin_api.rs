@@ -967,15 +967,7 @@ async fn a_client_gets_tokens_the_services_accept_and_its_secret_is_shown_once(p
     assert_eq!((claims["ten"].as_str(), claims["sub"].as_str()), (Some("acme"), Some("acme-exporter")));
     assert_eq!(claims["scope"], json!(["uts.usages.read", "uts.usages.write"]));
     assert_eq!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(), 1800);
-    let jwks: Value = service
-        .client
-        .get(format!("http://{}/.well-known/jwks.json", service.addr))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks = uts_testkit::get_json(&service.client, &format!("http://{}/.well-known/jwks.json", service.addr)).await;
     let jwk = &jwks["keys"][0];
     assert_eq!(
         (jwk["kid"].as_str(), jwk["kty"].as_str(), jwk["alg"].as_str()),
