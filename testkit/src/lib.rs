@@ -157,3 +157,56 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value 
     let response = client.get(url).send().await.unwrap_or_else(|err| panic!("GET {url}: {err}"));
     response.json().await.unwrap_or_else(|err| panic!("GET {url}: not JSON: {err}"))
 }
+
+/// The limits of `uts_common::http::serve` on a real listener, as a client sees them.
+pub mod http_limits {
+    use std::net::SocketAddr;
+    use std::time::{Duration, Instant};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// A client that sends `head` (headers never finished) is cut off, not before `timeout`.
+    pub async fn unfinished_headers_are_cut_off(addr: SocketAddr, head: &str, timeout: Duration) {
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(head.as_bytes()).await.unwrap();
+        let started = Instant::now();
+        let mut buffer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buffer)).await;
+        assert!(read.is_ok(), "a client that never finished its headers still held its connection after 5 s");
+        assert!(started.elapsed() >= timeout.mul_f32(0.8), "closed before the header timeout");
+    }
+
+    /// A request whose declared body never comes (`head` ends inside it) is answered 503 at
+    /// the request timeout, not before; returns the answer's text.
+    pub async fn a_body_that_never_comes_is_503(addr: SocketAddr, head: &str, timeout: Duration) -> String {
+        let mut stalled = TcpStream::connect(addr).await.unwrap();
+        stalled.write_all(head.as_bytes()).await.unwrap();
+        let started = Instant::now();
+        let mut answer = vec![0; 4096];
+        let n =
+            tokio::time::timeout(Duration::from_secs(5), stalled.read(&mut answer)).await.expect("no answer").unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.contains(&format!("did not complete within {} ms", timeout.as_millis())), "{answer}");
+        assert!(started.elapsed() >= timeout.mul_f32(0.85), "answered before the request timeout");
+        answer
+    }
+
+    /// With two connections open on a listener limited to 2, a third one's `request` waits
+    /// and is served once another closes; returns its answer.
+    pub async fn a_third_connection_waits_for_a_free_one(addr: SocketAddr, request: &[u8]) -> String {
+        let (first, _second) = (TcpStream::connect(addr).await.unwrap(), TcpStream::connect(addr).await.unwrap());
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        third.write_all(request).await.unwrap();
+        let mut answer = Vec::new();
+        let waiting = tokio::time::timeout(Duration::from_secs(1), third.read_to_end(&mut answer)).await;
+        assert!(waiting.is_err(), "a third connection was served beyond the limit of 2: {answer:?}");
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut answer))
+            .await
+            .expect("the third connection was not served once another closed")
+            .unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+}

@@ -1146,55 +1146,27 @@ async fn a_signing_key_rotation_keeps_the_tokens_of_the_previous_key_valid(pool:
 /// is 503 at the request timeout, and connections beyond the limit wait.
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn the_http_limits_hold_on_the_real_query_service(pool: PgPool) {
-    use std::time::{Duration, Instant};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpStream;
+    use std::time::Duration;
+    use uts_testkit::http_limits;
 
     let flags = ["--rate-limit-per-second=0", "--http-header-timeout-ms=300", "--http-request-timeout-ms=700"];
     let timed = TestQueryService::start_with(pool.clone(), &flags).await;
-    let mut slow = TcpStream::connect(timed.addr).await.unwrap();
-    slow.write_all(b"GET /api/usagetransparency/v3/usagesJobs HTTP/1.1\r\nHost: x\r\n").await.unwrap();
-    let started = Instant::now();
-    let mut buffer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buffer)).await;
-    assert!(read.is_ok(), "a client that never finished its headers still held its connection after 5 s");
-    assert!(started.elapsed() >= Duration::from_millis(250), "closed before the header timeout");
-    // An admin write whose body never comes.
-    let mut stalled = TcpStream::connect(timed.addr).await.unwrap();
+    let head = "GET /api/usagetransparency/v3/usagesJobs HTTP/1.1\r\nHost: x\r\n";
+    http_limits::unfinished_headers_are_cut_off(timed.addr, head, Duration::from_millis(300)).await;
+    // An admin write whose body never comes stores nothing.
     let head = format!(
         "PUT /api/usagetransparency/v3/admin/tenants/acme HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
          Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"tenantType\":",
         timed.admin
     );
-    stalled.write_all(head.as_bytes()).await.unwrap();
-    let started = Instant::now();
-    let mut answer = vec![0; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(5), stalled.read(&mut answer)).await.expect("no answer").unwrap();
-    let answer = String::from_utf8_lossy(&answer[..n]);
-    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-    assert!(answer.contains("did not complete within 700 ms"), "{answer}");
-    assert!(started.elapsed() >= Duration::from_millis(600), "answered before the request timeout");
+    http_limits::a_body_that_never_comes_is_503(timed.addr, &head, Duration::from_millis(700)).await;
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM tenants").fetch_one(&pool).await.unwrap();
     assert_eq!(stored, 0, "a body that never came stored a tenant");
     timed.stop().await;
 
     let limited = TestQueryService::start_with(pool, &["--http-max-connections=2"]).await;
-    let (first, _second) =
-        (TcpStream::connect(limited.addr).await.unwrap(), TcpStream::connect(limited.addr).await.unwrap());
-    let mut third = TcpStream::connect(limited.addr).await.unwrap();
-    third
-        .write_all(b"GET /api/usagetransparency/v3/usagesJobs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    let waiting = tokio::time::timeout(Duration::from_secs(1), third.read_to_end(&mut answer)).await;
-    assert!(waiting.is_err(), "a third connection was served beyond the limit of 2: {answer:?}");
-    drop(first);
-    tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut answer))
-        .await
-        .expect("the third connection was not served once another closed")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    let request = b"GET /api/usagetransparency/v3/usagesJobs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let answer = http_limits::a_third_connection_waits_for_a_free_one(limited.addr, request).await;
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
     limited.stop().await;
 }
