@@ -232,3 +232,40 @@ async fn poison_goes_to_the_dead_letter_topic_and_the_verifier_carries_on(pool: 
     assert_eq!(statuses[0].job_id, "job-3", "the job after the poison was verified");
     shutdown.cancel();
 }
+
+/// The gateway always sets `received_at` and decisions are relative to it: a job without one is
+/// set aside on the dead-letter topic with the reason, yields no verified batch, no status event
+/// and no stored decision, and the job behind it on the partition is verified.
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn a_job_without_received_at_is_dead_lettered_and_the_partition_moves_on(pool: PgPool) {
+    setup(&pool).await;
+    let args = isolated_kafka(1).await;
+    let shutdown = start(&args, pool.clone()).await;
+    let untimed = v1::UsageJob { received_at: None, ..job("job-untimed") }.encode_to_vec();
+    produce(&args, "job-untimed", untimed.clone()).await;
+    produce(&args, "job-5", job("job-5").encode_to_vec()).await;
+    let topics = args.topics();
+
+    // One partition: once job-5 is verified, the job before it has been dealt with.
+    let statuses: Vec<v1::StatusEvent> = decode_all(&read_topic(&args, &topics.status, 1, WAIT).await);
+    let status_jobs: Vec<&str> = statuses.iter().map(|s| s.job_id.as_str()).collect();
+    assert_eq!(status_jobs, ["job-5"], "only the job after the untimed one has a status event");
+
+    let letters: Vec<v1::DeadLetter> = decode_all(&read_topic(&args, &topics.dead_letter, 1, WAIT).await);
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter = &letters[0];
+    assert_eq!(letter.original_key, b"job-untimed");
+    assert_eq!(letter.original_value, untimed, "the letter carries the job as it was");
+    assert_eq!((letter.source_topic.as_str(), letter.partition, letter.offset), (topics.usage_jobs.as_str(), 0, 0));
+    assert_eq!(letter.stage, v1::Stage::Verifier as i32);
+    assert!(letter.reason.contains("received_at"), "{}", letter.reason);
+
+    // job-5 yields three batches (see the first test); none belongs to the untimed job.
+    let batches: Vec<v1::VerifiedBatch> = decode_all(&read_topic(&args, &topics.usages_verified, 3, WAIT).await);
+    assert_eq!(batches.len(), 3);
+    assert!(batches.iter().all(|b| b.job_id == "job-5"), "{batches:?}");
+    let decided: Vec<String> =
+        sqlx::query_scalar("SELECT job_id FROM verifier_decisions ORDER BY job_id").fetch_all(&pool).await.unwrap();
+    assert_eq!(decided, ["job-5"]);
+    shutdown.cancel();
+}

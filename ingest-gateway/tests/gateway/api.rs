@@ -313,6 +313,54 @@ async fn concurrent_requests_with_one_key_are_one_job(pool: PgPool) {
     assert_eq!(claims().await, 1, "a request without Idempotency-Key claimed a key");
 }
 
+/// "Requests without the header never touch PostgreSQL" (docs/architecture.md): once the
+/// tenant's type is cached, PostgreSQL going away does not stop a POST without
+/// `Idempotency-Key`, while one with a key, which must be claimed there, is refused with 503 and
+/// `Retry-After` and nothing is produced for it.
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn a_post_without_idempotency_key_never_touches_postgresql(pool: PgPool) {
+    // The cache outlives the test whatever the machine's load (the default is 10 s).
+    let gateway = TestGateway::start(pool.clone(), &["--tenant-cache-ttl-ms=600000"]).await;
+    let token = TestGateway::token("acme", WRITE);
+    let warm = gateway.post_jobs(&token, &batch("acme", 1)).await;
+    assert_eq!(warm.status(), StatusCode::ACCEPTED, "the first POST caches acme's tenant type");
+    let warm: Value = warm.json().await.unwrap();
+
+    // The gateway shares this pool: from now on every acquire fails at once.
+    pool.close().await;
+    assert!(sqlx::query("SELECT 1").execute(&pool).await.is_err(), "the pool is closed");
+
+    let without = gateway.post_jobs(&token, &batch("acme", 2)).await;
+    assert_eq!(without.status(), StatusCode::ACCEPTED);
+    let without: Value = without.json().await.unwrap();
+
+    let with_key = gateway
+        .client
+        .post(gateway.url("/usagesJobs"))
+        .bearer_auth(&token)
+        .header("Idempotency-Key", "needs-postgresql")
+        .json(&batch("acme", 3))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_key.status(), StatusCode::SERVICE_UNAVAILABLE, "a key is claimed in PostgreSQL");
+    let retry_after = with_key.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+    let (_, code, message) = error_of(with_key).await;
+    assert_eq!(code, "mdsp.core.generic.serviceUnavailable");
+    assert!(message.starts_with("PostgreSQL is unavailable"), "{message}");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+
+    // Three partitions: compare as sets.
+    let jobs = gateway.read_jobs().await;
+    let mut found: Vec<(&str, u32)> = jobs.iter().map(|j| (j.job_id.as_str(), j.usages_count)).collect();
+    found.sort();
+    let mut expected = vec![(warm["id"].as_str().unwrap(), 1), (without["id"].as_str().unwrap(), 2)];
+    expected.sort();
+    assert_eq!(found, expected, "both keyless jobs are in Kafka and the 503 produced nothing");
+    assert!(jobs.iter().all(|j| j.idempotency_key.is_empty()));
+    gateway.stop().await;
+}
+
 /// The documented order of the checks (401 → 403 scope → 429 → 403 tenant type → 415 → 400
 /// `Idempotency-Key` → 413 → 400 body): a request that fails several gets the first one's
 /// answer, and nothing is produced.
