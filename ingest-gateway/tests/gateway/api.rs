@@ -593,54 +593,26 @@ async fn a_read_on_a_pooled_connection_the_query_service_closes_is_sent_again(po
 /// waits until another one closes.
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn the_http_limits_hold_on_the_real_gateway(pool: PgPool) {
-    use std::time::{Duration, Instant};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpStream;
+    use std::time::Duration;
+    use uts_testkit::http_limits;
 
     let timed =
         TestGateway::start(pool.clone(), &["--http-header-timeout-ms=300", "--http-request-timeout-ms=700"]).await;
     let token = TestGateway::token("acme", WRITE);
-    // Headers never finished: the connection is closed, with or without a word.
-    let mut slow = TcpStream::connect(timed.addr).await.unwrap();
-    slow.write_all(b"POST /api/usagetransparency/v3/usagesJobs HTTP/1.1\r\nHost: x\r\n").await.unwrap();
-    let started = Instant::now();
-    let mut buffer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buffer)).await;
-    assert!(read.is_ok(), "a client that never finished its headers still held its connection after 5 s");
-    assert!(started.elapsed() >= Duration::from_millis(250), "closed before the header timeout");
-    // A declared body that never comes: 503 at the request timeout.
-    let mut stalled = TcpStream::connect(timed.addr).await.unwrap();
+    let head = "POST /api/usagetransparency/v3/usagesJobs HTTP/1.1\r\nHost: x\r\n";
+    http_limits::unfinished_headers_are_cut_off(timed.addr, head, Duration::from_millis(300)).await;
     let head = format!(
         "POST /api/usagetransparency/v3/usagesJobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
          Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"users\":"
     );
-    stalled.write_all(head.as_bytes()).await.unwrap();
-    let started = Instant::now();
-    let mut answer = vec![0; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(5), stalled.read(&mut answer)).await.expect("no answer").unwrap();
-    let answer = String::from_utf8_lossy(&answer[..n]);
-    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-    assert!(answer.contains("did not complete within 700 ms"), "{answer}");
-    assert!(started.elapsed() >= Duration::from_millis(600), "answered before the request timeout");
+    http_limits::a_body_that_never_comes_is_503(timed.addr, &head, Duration::from_millis(700)).await;
     timed.stop().await;
 
     let limited = TestGateway::start(pool, &["--http-max-connections=2"]).await;
-    let (first, _second) =
-        (TcpStream::connect(limited.addr).await.unwrap(), TcpStream::connect(limited.addr).await.unwrap());
-    let mut third = TcpStream::connect(limited.addr).await.unwrap();
     // Answered by the gateway itself (401), not forwarded to the (absent) query service.
     let unauthenticated =
         b"POST /api/usagetransparency/v3/usagesJobs HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-    third.write_all(unauthenticated).await.unwrap();
-    let mut answer = Vec::new();
-    let waiting = tokio::time::timeout(Duration::from_secs(1), third.read_to_end(&mut answer)).await;
-    assert!(waiting.is_err(), "a third connection was served beyond the limit of 2: {answer:?}");
-    drop(first);
-    tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut answer))
-        .await
-        .expect("the third connection was not served once another closed")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = http_limits::a_third_connection_waits_for_a_free_one(limited.addr, unauthenticated).await;
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
     limited.stop().await;
 }
