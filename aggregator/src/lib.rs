@@ -43,7 +43,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use uts_common::config::{AdminArgs, DatabaseArgs, KafkaArgs, RetentionArgs, TelemetryArgs};
+use uts_common::config::{RetentionArgs, StageArgs};
 use uts_common::domain::{from_timestamp, to_timestamp, wire, AggregationFunction, UsageStatus};
 use uts_common::kafka::{self, DurableProducer, Outgoing};
 use uts_common::proto::{v1, Message};
@@ -65,19 +65,10 @@ pub struct Config {
     pub group: String,
 
     #[command(flatten)]
-    pub kafka: KafkaArgs,
-
-    #[command(flatten)]
-    pub database: DatabaseArgs,
-
-    #[command(flatten)]
     pub retention: RetentionArgs,
 
     #[command(flatten)]
-    pub admin: AdminArgs,
-
-    #[command(flatten)]
-    pub telemetry: TelemetryArgs,
+    pub stage: StageArgs,
 }
 
 /// One verified usage, checked.
@@ -401,26 +392,31 @@ pub(crate) fn deciding_job(batch: &[Decoded<Batch>], positions: impl Iterator<It
 
 /// Runs the aggregator with `pool` until `shutdown`.
 pub async fn run_with_pool(config: Config, pool: PgPool, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let topics = config.kafka.topics();
-    let runner =
-        Runner::new(&config.kafka, v1::Stage::Aggregator, "aggregator", &config.group, &[&topics.usages_verified])?;
-    let (producer, _) = kafka::durable_producer(&config.kafka)?;
+    let topics = config.stage.kafka.topics();
+    let runner = Runner::new(
+        &config.stage.kafka,
+        v1::Stage::Aggregator,
+        "aggregator",
+        &config.group,
+        &[&topics.usages_verified],
+    )?;
+    let (producer, _) = kafka::durable_producer(&config.stage.kafka)?;
     let handler = Aggregator {
         pool: pool.clone(),
         producer: producer.clone(),
         aggregates_topic: topics.aggregates,
         status_topic: topics.status,
-        produce_timeout: config.kafka.produce_timeout(),
+        produce_timeout: config.stage.kafka.produce_timeout(),
     };
     tracing::info!(group = %config.group, "aggregator consuming");
     let pruned = Some((uts_common::db::DedupTable::AggregateAppliedBatches, config.retention.days));
-    let parts = StageParts { pool, producer, admin: config.admin.addr, pruned };
+    let parts = StageParts { pool, producer, admin: config.stage.admin.addr, pruned };
     runner.run_stage(handler, parts, shutdown).await
 }
 
 /// The binary's entry point.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    uts_common::telemetry::init(&config.telemetry, "aggregator");
-    let pool = uts_common::db::connect(&config.database).await?;
+    uts_common::telemetry::init(&config.stage.telemetry, "aggregator");
+    let pool = uts_common::db::connect(&config.stage.database).await?;
     run_with_pool(config, pool, shutdown).await
 }

@@ -27,7 +27,7 @@ async fn start(kafka_args: &KafkaArgs, pool: PgPool) -> CancellationToken {
         format!("--kafka-brokers={}", kafka_args.brokers),
         format!("--topic-prefix={}", kafka_args.topic_prefix),
     ]);
-    uts_common::telemetry::init(&config.telemetry, "aggregator");
+    uts_common::telemetry::init(&config.stage.telemetry, "aggregator");
     let shutdown = CancellationToken::new();
     tokio::spawn(aggregator::run_with_pool(config, pool, shutdown.clone()));
     shutdown

@@ -1,6 +1,6 @@
 //! The forwarder's settings.
 
-use uts_common::config::{AdminArgs, DatabaseArgs, KafkaArgs, TelemetryArgs};
+use uts_common::config::StageArgs;
 
 /// Consumer group of every forwarder process.
 pub const GROUP: &str = "uts-billing-forwarder";
@@ -69,16 +69,7 @@ pub struct Config {
     pub group: String,
 
     #[command(flatten)]
-    pub kafka: KafkaArgs,
-
-    #[command(flatten)]
-    pub database: DatabaseArgs,
-
-    #[command(flatten)]
-    pub admin: AdminArgs,
-
-    #[command(flatten)]
-    pub telemetry: TelemetryArgs,
+    pub stage: StageArgs,
 }
 
 impl Config {

@@ -74,15 +74,15 @@ pub async fn run_with_receipts_listener(
     receipts_listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let topics = config.kafka.topics();
+    let topics = config.stage.kafka.topics();
     let runner = Runner::new(
-        &config.kafka,
+        &config.stage.kafka,
         v1::Stage::BillingForwarder,
         "billing-forwarder",
         &config.group,
         &[&topics.aggregates],
     )?;
-    let (producer, _) = kafka::durable_producer(&config.kafka)?;
+    let (producer, _) = kafka::durable_producer(&config.stage.kafka)?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_millis(config.request_timeout_ms))
         .pool_max_idle_per_host(usize::from(config.max_in_flight))
@@ -92,7 +92,7 @@ pub async fn run_with_receipts_listener(
         pool: pool.clone(),
         producer: producer.clone(),
         topic: topics.status.clone(),
-        timeout: config.kafka.produce_timeout(),
+        timeout: config.stage.kafka.produce_timeout(),
     };
     let receipts = Arc::new(receipts::ReceiptsState {
         pool: pool.clone(),
@@ -131,7 +131,7 @@ pub async fn run_with_receipts_listener(
     }));
     let writer = outbox::OutboxWriter { pool: pool.clone(), cadence_seconds: config.cadence_seconds, wake };
     // The outbox has no dedup table of its own: its rows are the record of what was sent.
-    let parts = StageParts { pool, producer: producer.clone(), admin: config.admin.addr, pruned: None };
+    let parts = StageParts { pool, producer: producer.clone(), admin: config.stage.admin.addr, pruned: None };
     let result = runner.run_stage(writer, parts, shutdown).await;
     let _ = sending.await;
     let _ = receipts_task.await;
@@ -140,7 +140,7 @@ pub async fn run_with_receipts_listener(
 
 /// The binary's entry point.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    uts_common::telemetry::init(&config.telemetry, "billing-forwarder");
-    let pool = uts_common::db::connect(&config.database).await?;
+    uts_common::telemetry::init(&config.stage.telemetry, "billing-forwarder");
+    let pool = uts_common::db::connect(&config.stage.database).await?;
     run_with_pool(config, pool, shutdown).await
 }

@@ -65,7 +65,7 @@ fn start_forwarder_on(
     }
     args.extend(extra.iter().map(|arg| (*arg).to_owned()));
     let config = billing_forwarder::Config::parse_from(args);
-    uts_common::telemetry::init(&config.telemetry, "billing-forwarder");
+    uts_common::telemetry::init(&config.stage.telemetry, "billing-forwarder");
     let shutdown = CancellationToken::new();
     tokio::spawn(billing_forwarder::run_with_receipts_listener(config, pool, receipts_listener, shutdown.clone()));
     shutdown

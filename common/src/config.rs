@@ -154,6 +154,33 @@ impl Topics {
     }
 }
 
+/// The flags every stage process has: Kafka, PostgreSQL, its admin listener and telemetry (the
+/// billing receiver, a stand-in for the billing system, is not a stage).
+#[derive(Debug, Clone, clap::Args)]
+pub struct StageArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub admin: AdminArgs,
+
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+/// The flags of a process that serves the API: how tokens are verified and the HTTP limits.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiArgs {
+    #[command(flatten)]
+    pub auth: AuthArgs,
+
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
 /// How to reach PostgreSQL.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DatabaseArgs {

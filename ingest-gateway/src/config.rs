@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use uts_common::config::{AdminArgs, AuthArgs, DatabaseArgs, HttpArgs, KafkaArgs, TelemetryArgs};
+use uts_common::config::{ApiArgs, StageArgs};
 
 /// Accepts usage batches over HTTP and makes them durable in Kafka.
 #[derive(Debug, Clone, clap::Parser)]
@@ -39,22 +39,10 @@ pub struct Config {
     pub query_service_url: String,
 
     #[command(flatten)]
-    pub kafka: KafkaArgs,
+    pub stage: StageArgs,
 
     #[command(flatten)]
-    pub database: DatabaseArgs,
-
-    #[command(flatten)]
-    pub auth: AuthArgs,
-
-    #[command(flatten)]
-    pub http: HttpArgs,
-
-    #[command(flatten)]
-    pub admin: AdminArgs,
-
-    #[command(flatten)]
-    pub telemetry: TelemetryArgs,
+    pub api: ApiArgs,
 }
 
 impl Config {

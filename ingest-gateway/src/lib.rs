@@ -75,9 +75,10 @@ impl Application {
     /// Connects the producer and binds the listeners. The pool is passed in so that tests can
     /// hand over their own database.
     pub async fn build(config: Config, pool: PgPool) -> anyhow::Result<Self> {
-        let auth = Authenticator::load(&config.auth, pool.clone()).await.context("loading token verification keys")?;
+        let auth =
+            Authenticator::load(&config.api.auth, pool.clone()).await.context("loading token verification keys")?;
         let upstream = forward::Upstream::new(&config.query_service_url)?;
-        let (producer, kafka_health) = kafka::durable_producer(&config.kafka)?;
+        let (producer, kafka_health) = kafka::durable_producer(&config.stage.kafka)?;
         // Failure counters exist from the start at 0 ("no failures", not "no data").
         metrics::counter!("uts_gateway_kafka_produce_failures_total").increment(0);
         metrics::counter!("uts_gateway_forward_failures_total").increment(0);
@@ -86,8 +87,8 @@ impl Application {
             tenants: TenantDirectory::new(pool.clone(), config.tenant_cache_ttl()),
             producer,
             kafka_health,
-            jobs_topic: config.kafka.topics().usage_jobs,
-            produce_timeout: config.kafka.produce_timeout(),
+            jobs_topic: config.stage.kafka.topics().usage_jobs,
+            produce_timeout: config.stage.kafka.produce_timeout(),
             pool,
             idempotency_window: chrono::Duration::days(i64::from(config.idempotency_window_days)),
             max_body_bytes: config.max_body_bytes,
@@ -97,7 +98,7 @@ impl Application {
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .with_context(|| format!("binding the API listener on {}", config.listen_addr))?;
-        Ok(Self { listener, state, admin_addr: config.admin.addr, config })
+        Ok(Self { listener, state, admin_addr: config.stage.admin.addr, config })
     }
 
     /// The bound address of the public API (useful with port 0).
@@ -126,7 +127,7 @@ impl Application {
             "ingest gateway listening"
         );
         let state = self.state.clone();
-        uts_common::http::serve(self.listener, app(state.clone()), &self.config.http, shutdown)
+        uts_common::http::serve(self.listener, app(state.clone()), &self.config.api.http, shutdown)
             .await
             .context("serving the API")?;
 
@@ -147,8 +148,8 @@ impl Application {
 
 /// Builds and runs the gateway with its own pool (the binary's entry point).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    telemetry::init(&config.telemetry, "ingest-gateway");
-    let pool = uts_common::db::connect(&config.database).await?;
+    telemetry::init(&config.stage.telemetry, "ingest-gateway");
+    let pool = uts_common::db::connect(&config.stage.database).await?;
     Application::build(config, pool).await?.run_until_stopped(shutdown).await
 }
 

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use uts_common::config::{AdminArgs, AuthArgs, DatabaseArgs, HttpArgs, KafkaArgs, RetentionArgs, TelemetryArgs};
+use uts_common::config::{ApiArgs, RetentionArgs, StageArgs};
 
 /// Projects jobs and their statuses; serves the job queries and the admin API over HTTP.
 #[derive(Debug, Clone, clap::Parser)]
@@ -31,23 +31,11 @@ pub struct Config {
     pub token_ttl_seconds: u32,
 
     #[command(flatten)]
-    pub kafka: KafkaArgs,
-
-    #[command(flatten)]
-    pub database: DatabaseArgs,
-
-    #[command(flatten)]
-    pub auth: AuthArgs,
-
-    #[command(flatten)]
-    pub http: HttpArgs,
-
-    #[command(flatten)]
     pub retention: RetentionArgs,
 
     #[command(flatten)]
-    pub admin: AdminArgs,
+    pub stage: StageArgs,
 
     #[command(flatten)]
-    pub telemetry: TelemetryArgs,
+    pub api: ApiArgs,
 }

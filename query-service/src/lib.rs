@@ -100,20 +100,21 @@ impl Application {
         if let Some(kid) = uts_common::tokens::ensure_signing_key(&pool).await? {
             tracing::info!(%kid, "created the token service's first signing key");
         }
-        let auth = Authenticator::load(&config.auth, pool.clone()).await.context("loading token verification keys")?;
+        let auth =
+            Authenticator::load(&config.api.auth, pool.clone()).await.context("loading token verification keys")?;
         let throttle = uts_common::throttle::Throttle::new(config.rate_limit_per_second, config.rate_limit_burst);
         let tokens = token_service::TokenIssuer::new(config.token_ttl_seconds);
         // At 0 from the start: "none expired" is not "no data".
         metrics::counter!("uts_query_list_wait_expired_total").increment(0);
-        let topics = config.kafka.topics();
+        let topics = config.stage.kafka.topics();
         let runner = uts_common::runner::Runner::new(
-            &config.kafka,
+            &config.stage.kafka,
             uts_common::proto::v1::Stage::QueryService,
             "query-service",
             &config.group,
             &[&topics.usage_jobs, &topics.status],
         )?
-        .with_default_max_batch(&config.kafka, PROJECTION_MAX_BATCH);
+        .with_default_max_batch(&config.stage.kafka, PROJECTION_MAX_BATCH);
         let freshness = freshness::Freshness::new(runner.producer.clone(), topics.usage_jobs.clone());
         let state = Arc::new(AppState { auth, pool, throttle, tokens, freshness });
         let listener = TcpListener::bind(config.listen_addr)
@@ -122,10 +123,10 @@ impl Application {
         Ok(Self {
             listener,
             state,
-            admin_addr: config.admin.addr,
+            admin_addr: config.stage.admin.addr,
             runner,
             jobs_topic: topics.usage_jobs,
-            http: config.http,
+            http: config.api.http,
             retention_days: config.retention.days,
         })
     }
@@ -177,7 +178,7 @@ impl Application {
 
 /// Builds and runs the query service with its own pool (the binary's entry point).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    telemetry::init(&config.telemetry, "query-service");
-    let pool = uts_common::db::connect(&config.database).await?;
+    telemetry::init(&config.stage.telemetry, "query-service");
+    let pool = uts_common::db::connect(&config.stage.database).await?;
     Application::build(config, pool).await?.run_until_stopped(shutdown).await
 }

@@ -35,7 +35,7 @@ use anyhow::Context;
 use sqlx::PgPool;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
-use uts_common::config::{AdminArgs, DatabaseArgs, KafkaArgs, RetentionArgs, TelemetryArgs};
+use uts_common::config::{RetentionArgs, StageArgs};
 use uts_common::kafka::{self, DurableProducer, Outgoing};
 use uts_common::proto::{v1, Message};
 use uts_common::runner::{decode_proto, Decoded, Handler, Rejected, Runner, StageParts};
@@ -66,19 +66,10 @@ pub struct Config {
     pub catalog_refresh_ms: u64,
 
     #[command(flatten)]
-    pub kafka: KafkaArgs,
-
-    #[command(flatten)]
-    pub database: DatabaseArgs,
-
-    #[command(flatten)]
     pub retention: RetentionArgs,
 
     #[command(flatten)]
-    pub admin: AdminArgs,
-
-    #[command(flatten)]
-    pub telemetry: TelemetryArgs,
+    pub stage: StageArgs,
 }
 
 /// The runner's handler.
@@ -253,28 +244,29 @@ impl Verifier {
 
 /// Runs the verifier with `pool` until `shutdown`.
 pub async fn run_with_pool(config: Config, pool: PgPool, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let topics = config.kafka.topics();
-    let runner = Runner::new(&config.kafka, v1::Stage::Verifier, "verifier", &config.group, &[&topics.usage_jobs])?;
-    let (producer, _) = kafka::durable_producer(&config.kafka)?;
+    let topics = config.stage.kafka.topics();
+    let runner =
+        Runner::new(&config.stage.kafka, v1::Stage::Verifier, "verifier", &config.group, &[&topics.usage_jobs])?;
+    let (producer, _) = kafka::durable_producer(&config.stage.kafka)?;
     let handler = Verifier {
         pool: pool.clone(),
         producer: producer.clone(),
         verified_topic: topics.usages_verified,
         status_topic: topics.status,
-        produce_timeout: config.kafka.produce_timeout(),
+        produce_timeout: config.stage.kafka.produce_timeout(),
         require_rule: config.require_rule,
         refresh: Duration::from_millis(config.catalog_refresh_ms),
         catalog: Mutex::new(None),
     };
     tracing::info!(group = %config.group, require_rule = config.require_rule, "verifier consuming");
     let pruned = Some((uts_common::db::DedupTable::VerifierDecisions, config.retention.days));
-    let parts = StageParts { pool, producer, admin: config.admin.addr, pruned };
+    let parts = StageParts { pool, producer, admin: config.stage.admin.addr, pruned };
     runner.run_stage(handler, parts, shutdown).await
 }
 
 /// The binary's entry point.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    uts_common::telemetry::init(&config.telemetry, "verifier");
-    let pool = uts_common::db::connect(&config.database).await?;
+    uts_common::telemetry::init(&config.stage.telemetry, "verifier");
+    let pool = uts_common::db::connect(&config.stage.database).await?;
     run_with_pool(config, pool, shutdown).await
 }

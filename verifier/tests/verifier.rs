@@ -29,7 +29,7 @@ async fn start(kafka_args: &KafkaArgs, pool: PgPool) -> CancellationToken {
     args.push(format!("--topic-prefix={}", kafka_args.topic_prefix));
     let config = verifier::Config::parse_from(args);
     // Stage logs (RUST_LOG) show in the output of a failing test.
-    uts_common::telemetry::init(&config.telemetry, "verifier");
+    uts_common::telemetry::init(&config.stage.telemetry, "verifier");
     let shutdown = CancellationToken::new();
     tokio::spawn(verifier::run_with_pool(config, pool, shutdown.clone()));
     shutdown

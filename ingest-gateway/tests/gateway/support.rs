@@ -42,7 +42,9 @@ impl TestGateway {
         args.extend(owned.iter().map(String::as_str));
         args.extend_from_slice(extra);
         let config = Config::parse_from(args);
-        uts_common::kafka::ensure_topics(&config.kafka, &config.kafka.topics()).await.expect("creating test topics");
+        uts_common::kafka::ensure_topics(&config.stage.kafka, &config.stage.kafka.topics())
+            .await
+            .expect("creating test topics");
         let registered = [
             ("acme", TenantType::Operator, None),
             ("devco", TenantType::Developer, None),
@@ -50,7 +52,7 @@ impl TestGateway {
             ("buyer", TenantType::Customer, None),
         ];
         uts_testkit::register_tenants(&pool, &registered).await;
-        let (topic, kafka) = (config.kafka.topics().usage_jobs, config.kafka.clone());
+        let (topic, kafka) = (config.stage.kafka.topics().usage_jobs, config.stage.kafka.clone());
         let app = Application::build(config, pool.clone()).await.expect("building the gateway");
         let addr = app.local_addr();
         let served = Served::spawn(|shutdown| app.run_until_stopped(shutdown));
