@@ -40,16 +40,12 @@ async fn rule(pool: &PgPool, unit: &str, function: &str, billing: bool) {
     .unwrap();
 }
 
-#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
-async fn a_billed_job_ends_received_for_billing(pool: PgPool) {
-    let pipeline = Pipeline::start(pool.clone()).await;
-    rule(&pool, "billed-unit", "SUM", true).await;
-    let id = pipeline
-        .post_job(
-            "op",
-            &job("op", "user", "app", &[("20", "billed-unit", now_text()), ("2.5", "billed-unit", now_text())]),
-        )
-        .await;
+/// Posts a job of `values` of the billed `unit` and waits until both its usages are
+/// RECEIVEDFORBILLING, in the status topic and through the API (COMPLETED); the job's id and
+/// billing's records.
+async fn billed_to_completion(pipeline: &Pipeline, unit: &str, values: [&str; 2]) -> (String, Vec<Value>) {
+    let usages = [(values[0], unit, now_text()), (values[1], unit, now_text())];
+    let id = pipeline.post_job("op", &job("op", "user", "app", &usages)).await;
     // Converged: stages' events may arrive in any order (billing's before the aggregator's).
     let converged = BTreeMap::from([("RECEIVEDFORBILLING".to_owned(), 2)]);
     let board = pipeline.wait_for(&id, WAIT, |b| b.nonzero() == converged).await;
@@ -58,11 +54,18 @@ async fn a_billed_job_ends_received_for_billing(pool: PgPool) {
     let shown = pipeline.wait_for_job_status("op", &id, "COMPLETED", WAIT).await;
     assert_eq!(
         shown["usagesSummary"],
-        json!([{"application": "app", "unit": "billed-unit", "usagesCount": 2,
-        "processStatus": "RECEIVEDFORBILLING"}])
+        json!([{"application": "app", "unit": unit, "usagesCount": 2, "processStatus": "RECEIVEDFORBILLING"}])
     );
     let records = pipeline.billing_records().await;
     assert_eq!(records.len(), 1);
+    (id, records)
+}
+
+#[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
+async fn a_billed_job_ends_received_for_billing(pool: PgPool) {
+    let pipeline = Pipeline::start(pool.clone()).await;
+    rule(&pool, "billed-unit", "SUM", true).await;
+    let (id, records) = billed_to_completion(&pipeline, "billed-unit", ["20", "2.5"]).await;
     assert_eq!(records[0]["record"]["value"], "22.5");
     assert_eq!(records[0]["record"]["bucket"]["providerTenant"], "prov");
     assert_eq!(records[0]["record"]["coveredVersions"], json!({"from": 1, "to": 1}));
@@ -210,24 +213,7 @@ async fn billing_failures_show_then_recover_to_received(pool: PgPool) {
 async fn a_receipt_sent_later_by_callback_completes_the_job(pool: PgPool) {
     let pipeline = Pipeline::start_with_receipts_by_callback(pool.clone()).await;
     rule(&pool, "async-unit", "SUM", true).await;
-    let id = pipeline
-        .post_job(
-            "op",
-            &job("op", "user", "app", &[("4", "async-unit", now_text()), ("1.25", "async-unit", now_text())]),
-        )
-        .await;
-    // Converged: stages' events may arrive in any order (billing's before the aggregator's).
-    let converged = BTreeMap::from([("RECEIVEDFORBILLING".to_owned(), 2)]);
-    let board = pipeline.wait_for(&id, WAIT, |b| b.nonzero() == converged).await;
-    assert_eq!(board.nonzero(), converged);
-    let shown = pipeline.wait_for_job_status("op", &id, "COMPLETED", WAIT).await;
-    assert_eq!(
-        shown["usagesSummary"],
-        json!([{"application": "app", "unit": "async-unit", "usagesCount": 2,
-        "processStatus": "RECEIVEDFORBILLING"}])
-    );
-    let records = pipeline.billing_records().await;
-    assert_eq!(records.len(), 1);
+    let (_, records) = billed_to_completion(&pipeline, "async-unit", ["4", "1.25"]).await;
     assert_eq!(records[0]["record"]["value"], "5.25");
     let (state, record_id): (String, Option<String>) =
         sqlx::query_as("SELECT state, record_id FROM billing_outbox").fetch_one(&pool).await.unwrap();
