@@ -400,7 +400,7 @@ pub async fn run_with_pool(config: Config, pool: PgPool, shutdown: CancellationT
         &config.group,
         &[&topics.usages_verified],
     )?;
-    let (producer, _) = kafka::durable_producer(&config.stage.kafka)?;
+    let producer = runner.producer.clone();
     let handler = Aggregator {
         pool: pool.clone(),
         producer: producer.clone(),
@@ -416,7 +416,6 @@ pub async fn run_with_pool(config: Config, pool: PgPool, shutdown: CancellationT
 
 /// The binary's entry point.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    uts_common::telemetry::init(&config.stage.telemetry, "aggregator");
-    let pool = uts_common::db::connect(&config.stage.database).await?;
+    let pool = uts_common::runner::start(&config.stage, "aggregator").await?;
     run_with_pool(config, pool, shutdown).await
 }

@@ -52,7 +52,6 @@ use anyhow::Context;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use uts_common::kafka;
 use uts_common::proto::v1;
 use uts_common::runner::{Runner, StageParts};
 
@@ -82,7 +81,7 @@ pub async fn run_with_receipts_listener(
         &config.group,
         &[&topics.aggregates],
     )?;
-    let (producer, _) = kafka::durable_producer(&config.stage.kafka)?;
+    let producer = runner.producer.clone();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_millis(config.request_timeout_ms))
         .pool_max_idle_per_host(usize::from(config.max_in_flight))
@@ -140,7 +139,6 @@ pub async fn run_with_receipts_listener(
 
 /// The binary's entry point.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    uts_common::telemetry::init(&config.stage.telemetry, "billing-forwarder");
-    let pool = uts_common::db::connect(&config.stage.database).await?;
+    let pool = uts_common::runner::start(&config.stage, "billing-forwarder").await?;
     run_with_pool(config, pool, shutdown).await
 }

@@ -41,7 +41,7 @@ use crate::proto::{v1, Message};
 use crate::trace;
 
 mod stage;
-pub use stage::StageParts;
+pub use stage::{start, StageParts};
 
 /// Most messages of a batch unless `--consumer-max-batch` or the stage says otherwise.
 pub const DEFAULT_MAX_BATCH: u32 = 256;

@@ -148,8 +148,7 @@ impl Application {
 
 /// Builds and runs the gateway with its own pool (the binary's entry point).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    telemetry::init(&config.stage.telemetry, "ingest-gateway");
-    let pool = uts_common::db::connect(&config.stage.database).await?;
+    let pool = uts_common::runner::start(&config.stage, "ingest-gateway").await?;
     Application::build(config, pool).await?.run_until_stopped(shutdown).await
 }
 

@@ -178,7 +178,6 @@ impl Application {
 
 /// Builds and runs the query service with its own pool (the binary's entry point).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    telemetry::init(&config.stage.telemetry, "query-service");
-    let pool = uts_common::db::connect(&config.stage.database).await?;
+    let pool = uts_common::runner::start(&config.stage, "query-service").await?;
     Application::build(config, pool).await?.run_until_stopped(shutdown).await
 }

@@ -247,7 +247,7 @@ pub async fn run_with_pool(config: Config, pool: PgPool, shutdown: CancellationT
     let topics = config.stage.kafka.topics();
     let runner =
         Runner::new(&config.stage.kafka, v1::Stage::Verifier, "verifier", &config.group, &[&topics.usage_jobs])?;
-    let (producer, _) = kafka::durable_producer(&config.stage.kafka)?;
+    let producer = runner.producer.clone();
     let handler = Verifier {
         pool: pool.clone(),
         producer: producer.clone(),
@@ -266,7 +266,6 @@ pub async fn run_with_pool(config: Config, pool: PgPool, shutdown: CancellationT
 
 /// The binary's entry point.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    uts_common::telemetry::init(&config.stage.telemetry, "verifier");
-    let pool = uts_common::db::connect(&config.stage.database).await?;
+    let pool = uts_common::runner::start(&config.stage, "verifier").await?;
     run_with_pool(config, pool, shutdown).await
 }

@@ -7,8 +7,15 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::{Handler, Runner};
+use crate::config::StageArgs;
 use crate::db::DedupTable;
 use crate::kafka::DurableProducer;
+
+/// A stage process's start: its telemetry (logs, metrics, traces named `name`), then its pool.
+pub async fn start(args: &StageArgs, name: &'static str) -> anyhow::Result<PgPool> {
+    crate::telemetry::init(&args.telemetry, name);
+    crate::db::connect(&args.database).await
+}
 
 /// What a consumer stage runs beside its consumer.
 pub struct StageParts {
