@@ -236,38 +236,28 @@ async fn check_type_change(
     current: &str,
     new: TenantType,
 ) -> Result<(), TenantRefused> {
-    if current == "operator" && new != TenantType::Operator {
-        let operated: Vec<String> = sqlx::query_scalar(
+    // (what the tenant is leaving, what would be left without it, the words for it)
+    let holds: [(&str, TenantType, &str, &str); 2] = [
+        (
+            "operator",
+            TenantType::Operator,
             "SELECT tenant_id FROM tenants WHERE operator_tenant_id = $1 ORDER BY tenant_id LIMIT 5",
-        )
-        .bind(tenant_id)
-        .fetch_all(&mut **tx)
-        .await?;
-        if !operated.is_empty() {
-            return Err(invalid(
-                "tenantType",
-                format_args!(
-                    "cannot change from operator while it operates IoT tenants ({}); move them to another operator first",
-                    operated.join(", ")
-                ),
-            ));
-        }
-    }
-    if current == "iot" && new != TenantType::Iot {
-        let provisioned: Vec<String> = sqlx::query_scalar(
+            "cannot change from operator while it operates IoT tenants ({}); move them to another operator first",
+        ),
+        (
+            "iot",
+            TenantType::Iot,
             "SELECT application FROM provisioning WHERE tenant_id = $1 ORDER BY application LIMIT 5",
-        )
-        .bind(tenant_id)
-        .fetch_all(&mut **tx)
-        .await?;
-        if !provisioned.is_empty() {
-            return Err(invalid(
-                "tenantType",
-                format_args!(
-                    "cannot change from iot while applications are provisioned to it ({}); remove them first",
-                    provisioned.join(", ")
-                ),
-            ));
+            "cannot change from iot while applications are provisioned to it ({}); remove them first",
+        ),
+    ];
+    for (kind, as_type, dependants, problem) in holds {
+        if current != kind || new == as_type {
+            continue;
+        }
+        let found: Vec<String> = sqlx::query_scalar(dependants).bind(tenant_id).fetch_all(&mut **tx).await?;
+        if !found.is_empty() {
+            return Err(invalid("tenantType", problem.replace("{}", &found.join(", "))));
         }
     }
     Ok(())

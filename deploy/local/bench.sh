@@ -24,7 +24,9 @@
 #     UTS_BENCH_SOAK_SECONDS (600) at UTS_BENCH_RATE jobs/s, by default 80 % of the sustained
 #     maximum, measured first (60 s unbounded: the rate the aggregator kept up during the load);
 #     a line a minute with every process's RSS and every stage's largest lag, then whether memory
-#     stayed flat (within 10 % after two warm-up minutes) and the lags bounded.
+#     stayed flat (after two warm-up minutes, the last third's mean RSS within 10 % of the first
+#     third's; the billing receiver, which keeps every record, reported but not judged) and the
+#     lags bounded.
 #
 #   deploy/local/bench.sh [uts-bench flags, e.g. --seconds 20 --concurrency 64]
 set -euo pipefail

@@ -180,18 +180,8 @@ fn walk_usages_jobs(body: &[u8]) -> Result<Batch, ApiError> {
             let alias = optional_name(resource, "alias", &path)?.unwrap_or(application);
             let resource_name = required_name(resource, "resource", &path)?;
             let usages = required_array(resource, "usages", &path)?;
-            let mut out_usages = Vec::with_capacity(usages.len());
-            for (k, usage) in usages.iter().enumerate() {
-                let path = format!("{path}.usages[{k}]");
-                out_usages.push(parse_usage(usage, &path, ["value", "unit", "datetime"], next_index)?);
-                next_index += 1;
-            }
-            out_resources.push(v1::ResourceUsages {
-                application: application.to_owned(),
-                alias: alias.to_owned(),
-                resource: resource_name.to_owned(),
-                usages: out_usages,
-            });
+            let usages = parse_resource_usages(usages, &format!("{path}.usages"), USAGE_NAMES, &mut next_index)?;
+            out_resources.push(resource_usages(application, alias, resource_name, usages));
         }
         out.push(v1::UserUsages {
             tenant_id: tenant_id.to_owned(),
@@ -225,18 +215,8 @@ pub fn parse_legacy_usages(body: &[u8]) -> Result<Batch, ApiError> {
         let application = required_name(entry, "resourceAlias", &path)?;
         let resource = optional_name(entry, "resourceName", &path)?.unwrap_or(application);
         let usages = required_array(entry, "UsageData", &path)?;
-        let mut out_usages = Vec::with_capacity(usages.len());
-        for (k, usage) in usages.iter().enumerate() {
-            let path = format!("{path}.UsageData[{k}]");
-            out_usages.push(parse_usage(usage, &path, ["usage", "usageUnit", "usageDate"], next_index)?);
-            next_index += 1;
-        }
-        resources.push(v1::ResourceUsages {
-            application: application.to_owned(),
-            alias: application.to_owned(),
-            resource: resource.to_owned(),
-            usages: out_usages,
-        });
+        let usages = parse_resource_usages(usages, &format!("{path}.UsageData"), LEGACY_USAGE_NAMES, &mut next_index)?;
+        resources.push(resource_usages(application, application, resource, usages));
     }
     let user = v1::UserUsages {
         tenant_id: tenant_id.to_owned(),
@@ -245,6 +225,34 @@ pub fn parse_legacy_usages(body: &[u8]) -> Result<Batch, ApiError> {
         resources,
     };
     Ok(Batch { users: vec![user], usages_count: next_index })
+}
+
+/// The field names of value, unit and datetime in `POST /usagesJobs` and in the older `POST /usages`.
+const USAGE_NAMES: [&str; 3] = ["value", "unit", "datetime"];
+const LEGACY_USAGE_NAMES: [&str; 3] = ["usage", "usageUnit", "usageDate"];
+
+/// The usages of one resource (`path` names the array), indexed from `next_index` on.
+fn parse_resource_usages(
+    usages: &[Value],
+    path: &str,
+    names: [&str; 3],
+    next_index: &mut u32,
+) -> Result<Vec<v1::Usage>, ApiError> {
+    let mut out = Vec::with_capacity(usages.len());
+    for (k, usage) in usages.iter().enumerate() {
+        out.push(parse_usage(usage, &format!("{path}[{k}]"), names, *next_index)?);
+        *next_index += 1;
+    }
+    Ok(out)
+}
+
+fn resource_usages(application: &str, alias: &str, resource: &str, usages: Vec<v1::Usage>) -> v1::ResourceUsages {
+    v1::ResourceUsages {
+        application: application.to_owned(),
+        alias: alias.to_owned(),
+        resource: resource.to_owned(),
+        usages,
+    }
 }
 
 /// One usage; `names` are the field names of value, unit and datetime in this body shape.

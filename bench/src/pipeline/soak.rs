@@ -13,27 +13,43 @@ pub(super) struct Minute {
     pub(super) max_lag: BTreeMap<String, u64>,
 }
 
-/// The soak's verdict: per process, RSS at the end of the warm-up and the most after it (flat:
-/// within 10 %); per stage, the largest lag in the first and in the last third after the
-/// warm-up (bounded: the last no more than twice the first, or below 10 s of load).
+/// The billing receiver stands in for the billing system and keeps every record it was sent, in
+/// memory by design: its RSS is reported, not judged.
+const KEEPS_EVERYTHING: &str = "receiver";
+
+/// The soak's verdict, over the minutes after the warm-up. Memory, per process: the mean RSS of
+/// the last third against that of the first third (flat: within 10 %; a single minute's sample
+/// swings with the batch sizes in hand, so the peak is printed but not the rule). Lag, per
+/// stage: the largest in the first and in the last third (bounded: the last no more than twice
+/// the first, or below 10 s of load).
 pub(super) fn soak_verdict(minutes: &[Minute], messages_per_second: u64) {
     if minutes.len() <= WARM_UP_MINUTES + 1 {
         println!("  soak: too short for a verdict ({} minutes, {WARM_UP_MINUTES} of warm-up)", minutes.len());
         return;
     }
     let after = &minutes[WARM_UP_MINUTES..];
-    let reference = &minutes[WARM_UP_MINUTES - 1].rss;
-    let mut flat = true;
-    let mut lines = Vec::new();
-    for (name, base) in reference {
-        let most = after.iter().filter_map(|m| m.rss.get(name)).max().copied().unwrap_or(0);
-        let growth = (most as f64 / (*base).max(1) as f64 - 1.0) * 100.0;
-        flat &= growth <= 10.0;
-        lines.push(format!("{name} {base} -> at most {most} MB ({growth:+.0} %)"));
-    }
-    println!("  soak memory after warm-up: {}: {}", lines.join(", "), if flat { "FLAT" } else { "GROWING" });
     let third = (after.len() / 3).max(1);
     let (first, last) = (&after[..third], &after[after.len() - third..]);
+    let mean = |ms: &[Minute], name: &str| {
+        let values: Vec<u64> = ms.iter().filter_map(|m| m.rss.get(name).copied()).collect();
+        values.iter().sum::<u64>() as f64 / values.len().max(1) as f64
+    };
+    let mut flat = true;
+    let mut lines = Vec::new();
+    for name in minutes[WARM_UP_MINUTES - 1].rss.keys() {
+        let (early, late) = (mean(first, name), mean(last, name));
+        let growth = (late / early.max(1.0) - 1.0) * 100.0;
+        let peak = after.iter().filter_map(|m| m.rss.get(name)).max().copied().unwrap_or(0);
+        let judged = name != KEEPS_EVERYTHING;
+        flat &= !judged || growth <= 10.0;
+        let note = if judged { "" } else { ", keeps every record: not judged" };
+        lines.push(format!("{name} {early:.0} -> {late:.0} MB ({growth:+.0} %, peak {peak}{note})"));
+    }
+    println!(
+        "  soak memory (mean of the first third -> of the last third after warm-up): {}: {}",
+        lines.join(", "),
+        if flat { "FLAT" } else { "GROWING" }
+    );
     let mut bounded = true;
     let mut lines = Vec::new();
     for name in minutes[0].max_lag.keys() {
