@@ -47,7 +47,7 @@ use uts_common::config::{RetentionArgs, StageArgs};
 use uts_common::domain::{from_timestamp, to_timestamp, wire, AggregationFunction, UsageStatus};
 use uts_common::kafka::{self, DurableProducer, Outgoing};
 use uts_common::proto::{v1, Message};
-use uts_common::runner::{decode_proto, Decoded, Handler, Rejected, Runner, StageParts};
+use uts_common::runner::{decode_proto, Decoded, Handler, Rejected, Runner};
 
 use crate::events::{aggregate_messages, rejection_event, status_events};
 use crate::fold::{Accumulators, Last};
@@ -393,29 +393,21 @@ pub(crate) fn deciding_job(batch: &[Decoded<Batch>], positions: impl Iterator<It
 /// Runs the aggregator with `pool` until `shutdown`.
 pub async fn run_with_pool(config: Config, pool: PgPool, shutdown: CancellationToken) -> anyhow::Result<()> {
     let topics = config.stage.kafka.topics();
-    let runner = Runner::new(
-        &config.stage.kafka,
-        v1::Stage::Aggregator,
-        "aggregator",
-        &config.group,
-        &[&topics.usages_verified],
-    )?;
-    let producer = runner.producer.clone();
+    let runner = Runner::new(&config.stage.kafka, v1::Stage::Aggregator, &config.group, &[&topics.usages_verified])?;
     let handler = Aggregator {
         pool: pool.clone(),
-        producer: producer.clone(),
+        producer: runner.producer.clone(),
         aggregates_topic: topics.aggregates,
         status_topic: topics.status,
         produce_timeout: config.stage.kafka.produce_timeout(),
     };
     tracing::info!(group = %config.group, "aggregator consuming");
     let pruned = Some((uts_common::db::DedupTable::AggregateAppliedBatches, config.retention.days));
-    let parts = StageParts { pool, producer, admin: config.stage.admin.addr, pruned };
-    runner.run_stage(handler, parts, shutdown).await
+    runner.run_stage(handler, pool, config.stage.admin.addr, pruned, shutdown).await
 }
 
 /// The binary's entry point.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let pool = uts_common::runner::start(&config.stage, "aggregator").await?;
+    let pool = uts_common::runner::start(&config.stage, v1::Stage::Aggregator).await?;
     run_with_pool(config, pool, shutdown).await
 }

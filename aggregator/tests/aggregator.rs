@@ -12,9 +12,8 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uts_common::config::KafkaArgs;
 use uts_common::domain::to_timestamp;
-use uts_common::kafka;
 use uts_common::proto::{v1, Message};
-use uts_testkit::{isolated_kafka, read_topic};
+use uts_testkit::{decode_all, isolated_kafka, read_messages, read_topic};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -31,6 +30,13 @@ async fn start(kafka_args: &KafkaArgs, pool: PgPool) -> CancellationToken {
     let shutdown = CancellationToken::new();
     tokio::spawn(aggregator::run_with_pool(config, pool, shutdown.clone()));
     shutdown
+}
+
+/// A fresh Kafka with `partitions` partitions and an aggregator on it.
+async fn started(pool: &PgPool, partitions: i32) -> (KafkaArgs, CancellationToken) {
+    let args = isolated_kafka(partitions).await;
+    let shutdown = start(&args, pool.clone()).await;
+    (args, shutdown)
 }
 
 fn batch(
@@ -66,13 +72,9 @@ fn batch(
     }
 }
 
-async fn produce(args: &KafkaArgs, messages: &[Vec<u8>]) {
-    let (producer, _) = kafka::durable_producer(args).unwrap();
-    for payload in messages {
-        kafka::produce_durably(&producer, &args.topics().usages_verified, b"k", payload, Duration::from_secs(10))
-            .await
-            .unwrap();
-    }
+async fn produce(args: &KafkaArgs, payloads: &[Vec<u8>]) {
+    let messages: Vec<(&[u8], &[u8])> = payloads.iter().map(|payload| (&b"k"[..], payload.as_slice())).collect();
+    uts_testkit::produce(args, &args.topics().usages_verified, &messages).await;
 }
 
 async fn bucket(pool: &PgPool, unit: &str, day: chrono::NaiveDate) -> Option<(Decimal, i64, i64)> {
@@ -90,8 +92,7 @@ fn d(text: &str) -> Decimal {
 
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn every_function_is_exact_and_each_batch_counts_once(pool: PgPool) {
-    let args = isolated_kafka(2).await;
-    let shutdown = start(&args, pool.clone()).await;
+    let (args, shutdown) = started(&pool, 2).await;
     let now = Utc::now();
     let today = now.date_naive();
     let t = |seconds: i64| now - chrono::Duration::seconds(seconds);
@@ -146,8 +147,7 @@ async fn every_function_is_exact_and_each_batch_counts_once(pool: PgPool) {
         sqlx::query_scalar("SELECT count(*) FROM aggregate_applied_batches").fetch_one(&pool).await.unwrap();
     assert_eq!(applied, 12);
     // The status events of the duplicate delivery equal the first one's.
-    let events: Vec<v1::StatusEvent> =
-        statuses.iter().map(|(_, p)| v1::StatusEvent::decode(p.as_slice()).unwrap()).collect();
+    let events: Vec<v1::StatusEvent> = decode_all(&statuses);
     let mut ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
     ids.sort();
     ids.dedup();
@@ -155,10 +155,9 @@ async fn every_function_is_exact_and_each_batch_counts_once(pool: PgPool) {
     assert!(events.iter().all(|e| e.transitions[0].to == v1::UsageStatus::Aggregated as i32));
 
     // The aggregates topic carries the buckets' values; the highest version is the final one.
-    let aggregates = read_topic(&args, &args.topics().aggregates, 12, WAIT).await;
+    let aggregates: Vec<v1::DailyAggregate> = read_messages(&args, &args.topics().aggregates, 12, WAIT).await;
     let sum_final = aggregates
-        .iter()
-        .map(|(_, p)| v1::DailyAggregate::decode(p.as_slice()).unwrap())
+        .into_iter()
         .filter(|a| a.bucket.as_ref().unwrap().key.as_ref().unwrap().unit == "sum")
         .max_by_key(|a| a.version)
         .unwrap();
@@ -173,8 +172,7 @@ async fn every_function_is_exact_and_each_batch_counts_once(pool: PgPool) {
 
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn late_usages_update_their_own_day_and_lineage_is_kept(pool: PgPool) {
-    let args = isolated_kafka(1).await;
-    let shutdown = start(&args, pool.clone()).await;
+    let (args, shutdown) = started(&pool, 1).await;
     let now = Utc::now();
     let yesterday = now.checked_sub_days(Days::new(1)).unwrap();
     produce(
@@ -197,8 +195,7 @@ async fn late_usages_update_their_own_day_and_lineage_is_kept(pool: PgPool) {
 
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn poison_and_overflow_are_set_aside_and_the_partition_moves_on(pool: PgPool) {
-    let args = isolated_kafka(1).await;
-    let shutdown = start(&args, pool.clone()).await;
+    let (args, shutdown) = started(&pool, 1).await;
     let now = Utc::now();
     let max = Decimal::MAX.to_string();
     produce(
@@ -213,11 +210,7 @@ async fn poison_and_overflow_are_set_aside_and_the_partition_moves_on(pool: PgPo
         ],
     )
     .await;
-    let letters: Vec<v1::DeadLetter> = read_topic(&args, &args.topics().dead_letter, 3, WAIT)
-        .await
-        .iter()
-        .map(|(_, p)| v1::DeadLetter::decode(p.as_slice()).unwrap())
-        .collect();
+    let letters: Vec<v1::DeadLetter> = read_messages(&args, &args.topics().dead_letter, 3, WAIT).await;
     assert_eq!(letters.len(), 3);
     assert!(letters.iter().any(|l| l.reason.contains("would leave the exact decimal range")), "{letters:?}");
     // An unknown function is a contract breach, set aside, not aggregated as SUM.
@@ -230,11 +223,7 @@ async fn poison_and_overflow_are_set_aside_and_the_partition_moves_on(pool: PgPo
         async move { read_status(&args, &topic, count).await }
     };
     async fn read_status(args: &KafkaArgs, topic: &str, count: usize) -> Vec<v1::StatusEvent> {
-        read_topic(args, topic, count, WAIT)
-            .await
-            .iter()
-            .map(|(_, p)| v1::StatusEvent::decode(p.as_slice()).unwrap())
-            .collect::<Vec<_>>()
+        read_messages(args, topic, count, WAIT).await
     }
     let events = statuses(3).await;
     assert_eq!(events.len(), 3, "job-big-1, job-big-2 and job-ok: {events:?}");

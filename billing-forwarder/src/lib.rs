@@ -53,7 +53,7 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uts_common::proto::v1;
-use uts_common::runner::{Runner, StageParts};
+use uts_common::runner::Runner;
 
 pub use config::{Config, GROUP};
 
@@ -74,13 +74,7 @@ pub async fn run_with_receipts_listener(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let topics = config.stage.kafka.topics();
-    let runner = Runner::new(
-        &config.stage.kafka,
-        v1::Stage::BillingForwarder,
-        "billing-forwarder",
-        &config.group,
-        &[&topics.aggregates],
-    )?;
+    let runner = Runner::new(&config.stage.kafka, v1::Stage::BillingForwarder, &config.group, &[&topics.aggregates])?;
     let producer = runner.producer.clone();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_millis(config.request_timeout_ms))
@@ -130,8 +124,7 @@ pub async fn run_with_receipts_listener(
     }));
     let writer = outbox::OutboxWriter { pool: pool.clone(), cadence_seconds: config.cadence_seconds, wake };
     // The outbox has no dedup table of its own: its rows are the record of what was sent.
-    let parts = StageParts { pool, producer: producer.clone(), admin: config.stage.admin.addr, pruned: None };
-    let result = runner.run_stage(writer, parts, shutdown).await;
+    let result = runner.run_stage(writer, pool, config.stage.admin.addr, None, shutdown).await;
     let _ = sending.await;
     let _ = receipts_task.await;
     result
@@ -139,6 +132,6 @@ pub async fn run_with_receipts_listener(
 
 /// The binary's entry point.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let pool = uts_common::runner::start(&config.stage, "billing-forwarder").await?;
+    let pool = uts_common::runner::start(&config.stage, v1::Stage::BillingForwarder).await?;
     run_with_pool(config, pool, shutdown).await
 }

@@ -10,11 +10,28 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uts_common::config::KafkaArgs;
-use uts_common::kafka;
 use uts_common::proto::{v1, Message};
-use uts_testkit::{isolated_kafka, read_topic};
+use uts_testkit::{decode_all, isolated_kafka, read_messages, read_topic};
 
 const WAIT: Duration = Duration::from_secs(60);
+
+/// The token of the forwarder's receipts endpoint in the tests that post receipts.
+const TOKEN: &str = "receipts-test-token-0123456789";
+
+/// A listener for a forwarder's receipts endpoint and the endpoint's URL, for a billing system
+/// that must know it before the forwarder starts.
+async fn receipts_endpoint() -> (tokio::net::TcpListener, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/billing/v1/receipts", listener.local_addr().unwrap());
+    (listener, url)
+}
+
+/// A fresh one-partition Kafka and a billing receiver that accepts everything (its URL).
+async fn kafka_and_receiver() -> (KafkaArgs, String, CancellationToken) {
+    let args = isolated_kafka(1).await;
+    let (url, receiver) = start_receiver(&[]).await;
+    (args, url, receiver)
+}
 
 async fn start_receiver(extra: &[&str]) -> (String, CancellationToken) {
     let mut args = vec!["billing-receiver", "--listen-addr=127.0.0.1:0", "--admin-addr=127.0.0.1:0"];
@@ -97,13 +114,10 @@ fn aggregate(unit: &str, version: u64, value: &str, billable: bool, jobs: &[(&st
     .encode_to_vec()
 }
 
-async fn produce(args: &KafkaArgs, messages: &[Vec<u8>]) {
-    let (producer, _) = kafka::durable_producer(args).unwrap();
-    for payload in messages {
-        kafka::produce_durably(&producer, &args.topics().aggregates, b"bucket", payload, Duration::from_secs(10))
-            .await
-            .unwrap();
-    }
+/// `payloads` to the aggregates topic, all under one key (one partition, in order).
+async fn produce(args: &KafkaArgs, payloads: &[Vec<u8>]) {
+    let messages: Vec<(&[u8], &[u8])> = payloads.iter().map(|payload| (&b"bucket"[..], payload.as_slice())).collect();
+    uts_testkit::produce(args, &args.topics().aggregates, &messages).await;
 }
 
 async fn records(url: &str, at_least: usize) -> Vec<Value> {
@@ -118,7 +132,7 @@ async fn records(url: &str, at_least: usize) -> Vec<Value> {
 }
 
 fn events(messages: &[(Vec<u8>, Vec<u8>)]) -> Vec<v1::StatusEvent> {
-    messages.iter().map(|(_, p)| v1::StatusEvent::decode(p.as_slice()).unwrap()).collect()
+    decode_all(messages)
 }
 
 /// Each event id once, first occurrence kept: what the projection applies.
@@ -149,8 +163,7 @@ async fn boards_until(
 
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn billable_versions_reach_billing_once_each_in_order(pool: PgPool) {
-    let args = isolated_kafka(1).await;
-    let (url, receiver) = start_receiver(&[]).await;
+    let (args, url, receiver) = kafka_and_receiver().await;
     let forwarder = start_forwarder(&args, pool, &url).await;
     produce(
         &args,
@@ -236,8 +249,7 @@ async fn a_failing_billing_system_is_retried_until_it_receives(pool: PgPool) {
 
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn poison_goes_to_the_dead_letter_topic_and_the_forwarder_carries_on(pool: PgPool) {
-    let args = isolated_kafka(1).await;
-    let (url, receiver) = start_receiver(&[]).await;
+    let (args, url, receiver) = kafka_and_receiver().await;
     let forwarder = start_forwarder(&args, pool, &url).await;
     let mut odd = v1::DailyAggregate::decode(aggregate("odd", 1, "1", true, &[("job-odd", 1)]).as_slice()).unwrap();
     odd.function = 42;
@@ -246,11 +258,7 @@ async fn poison_goes_to_the_dead_letter_topic_and_the_forwarder_carries_on(pool:
         &[b"\x08\x96\x01 junk".to_vec(), odd.encode_to_vec(), aggregate("u", 1, "1", true, &[("job-after", 1)])],
     )
     .await;
-    let letters: Vec<v1::DeadLetter> = read_topic(&args, &args.topics().dead_letter, 2, WAIT)
-        .await
-        .iter()
-        .map(|(_, p)| v1::DeadLetter::decode(p.as_slice()).unwrap())
-        .collect();
+    let letters: Vec<v1::DeadLetter> = read_messages(&args, &args.topics().dead_letter, 2, WAIT).await;
     assert_eq!(letters.len(), 2);
     assert!(letters.iter().all(|l| l.stage == v1::Stage::BillingForwarder as i32));
     assert!(letters.iter().any(|l| l.reason.contains("unknown aggregation function 42")), "{letters:?}");
@@ -261,11 +269,9 @@ async fn poison_goes_to_the_dead_letter_topic_and_the_forwarder_carries_on(pool:
 
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn a_receipt_by_callback_completes_a_record_answered_202(pool: PgPool) {
-    const TOKEN: &str = "receipts-test-token-0123456789";
     let args = isolated_kafka(1).await;
     // Bound here and handed to the forwarder: the receiver needs the address first.
-    let receipts_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let receipts = format!("http://{}/billing/v1/receipts", receipts_listener.local_addr().unwrap());
+    let (receipts_listener, receipts) = receipts_endpoint().await;
     let (url, receiver) =
         start_receiver(&[&format!("--receipts-url={receipts}"), &format!("--receipts-token={TOKEN}")]).await;
     let forwarder =
@@ -330,10 +336,8 @@ async fn a_receipt_by_callback_completes_a_record_answered_202(pool: PgPool) {
 /// it), and the record's events are "sent" and "received", each once, folding to RECEIVED.
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn a_receipt_that_overtakes_the_202_leaves_the_record_received(pool: PgPool) {
-    const TOKEN: &str = "receipts-test-token-0123456789";
     let args = isolated_kafka(1).await;
-    let receipts_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let receipts = format!("http://{}/billing/v1/receipts", receipts_listener.local_addr().unwrap());
+    let (receipts_listener, receipts) = receipts_endpoint().await;
     // The billing system: receipt first, then the 202.
     let billing = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let billing_url = format!("http://{}/billing/v1/records", billing.local_addr().unwrap());
@@ -415,8 +419,7 @@ async fn a_receipt_that_overtakes_the_202_leaves_the_record_received(pool: PgPoo
 /// right (folded as the projection folds).
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn histories_left_pending_by_a_crash_are_produced_and_fold_right(pool: PgPool) {
-    let args = isolated_kafka(1).await;
-    let (url, receiver) = start_receiver(&[]).await;
+    let (args, url, receiver) = kafka_and_receiver().await;
     let insert = |unit: &'static str, state: &'static str, failure_reported: bool, job: &'static str| {
         let pool = pool.clone();
         async move {
@@ -472,8 +475,7 @@ async fn histories_left_pending_by_a_crash_are_produced_and_fold_right(pool: PgP
 /// versions must reach RECEIVEDFORBILLING; the oldest's jobs used to stay AGGREGATED for ever.
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn a_record_superseded_after_its_lease_ran_out_hands_on_what_it_covered(pool: PgPool) {
-    let args = isolated_kafka(1).await;
-    let (url, receiver) = start_receiver(&[]).await;
+    let (args, url, receiver) = kafka_and_receiver().await;
     // (version, state, covered_by, covers_from, job)
     type Row<'a> = (i64, &'a str, Option<i64>, Option<i64>, &'a str);
     let rows: [Row; 3] = [
@@ -520,8 +522,7 @@ async fn a_record_superseded_after_its_lease_ran_out_hands_on_what_it_covered(po
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn two_forwarders_send_one_buckets_versions_in_increasing_order_only(pool: PgPool) {
     const VERSIONS: u64 = 60;
-    let args = isolated_kafka(1).await;
-    let (url, receiver) = start_receiver(&[]).await;
+    let (args, url, receiver) = kafka_and_receiver().await;
     let group = format!("forwarder-{}", uuid::Uuid::new_v4());
     let mut forwarders = Vec::new();
     for _ in 0..2 {
@@ -607,11 +608,8 @@ async fn two_forwarders_send_one_buckets_versions_in_increasing_order_only(pool:
 /// bucket's next version is sent as usual (a refused version does not block the bucket).
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn a_record_refused_for_good_is_not_retried_and_the_next_version_goes_through(pool: PgPool) {
-    const TOKEN: &str = "receipts-test-token-0123456789";
-    let args = isolated_kafka(1).await;
-    let (url, receiver) = start_receiver(&[]).await;
-    let receipts_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let receipts = format!("http://{}/billing/v1/receipts", receipts_listener.local_addr().unwrap());
+    let (args, url, receiver) = kafka_and_receiver().await;
+    let (receipts_listener, receipts) = receipts_endpoint().await;
     let forwarder =
         start_forwarder_on(&args, pool.clone(), &url, receipts_listener, &[&format!("--receipts-token={TOKEN}")]);
     let failures = url.replace("/billing/v1/records", "/admin/failures");

@@ -115,29 +115,15 @@ mod tests {
     async fn pruning_removes_only_rows_past_their_retention(pool: PgPool) {
         for (age, id) in [(100, "old"), (89, "recent"), (0, "new")] {
             let at = format!("now() - interval '{age} days'");
-            sqlx::query(&format!(
-                "INSERT INTO verifier_decisions (job_id, decision, decided_at) VALUES ($1, '\\x00', {at})"
-            ))
-            .bind(id)
-            .execute(&pool)
-            .await
-            .unwrap();
-            sqlx::query(&format!(
+            for insert in [
+                "INSERT INTO verifier_decisions (job_id, decision, decided_at) VALUES ($1, '\\x00', {at})",
                 "INSERT INTO aggregate_applied_batches
                    (job_id, provider_tenant_id, consumer_tenant_id, application, unit, usages_count, applied_at)
-                 VALUES ($1, 'p', 'c', 'a', 'u', 1, {at})"
-            ))
-            .bind(id)
-            .execute(&pool)
-            .await
-            .unwrap();
-            sqlx::query(&format!(
-                "INSERT INTO job_applied_events (event_id, job_id, applied_at) VALUES ($1, $1, {at})"
-            ))
-            .bind(id)
-            .execute(&pool)
-            .await
-            .unwrap();
+                 VALUES ($1, 'p', 'c', 'a', 'u', 1, {at})",
+                "INSERT INTO job_applied_events (event_id, job_id, applied_at) VALUES ($1, $1, {at})",
+            ] {
+                sqlx::query(&insert.replace("{at}", &at)).bind(id).execute(&pool).await.unwrap();
+            }
         }
         for table in [DedupTable::VerifierDecisions, DedupTable::AggregateAppliedBatches, DedupTable::JobAppliedEvents]
         {

@@ -1,6 +1,5 @@
 //! Domain types shared by every stage: ids, enums of the API, exact decimals and datetimes.
 
-use std::fmt;
 use std::str::FromStr;
 
 use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
@@ -47,42 +46,24 @@ pub fn name_problem(text: &str, max_len: usize) -> Option<NameProblem> {
     }
 }
 
-/// Identifier of a job: a UUID v7 (time-ordered), rendered as its hyphenated text.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct JobId(String);
+/// Job ids. A job id is opaque text to clients and on the wire: the `job_id` of every contract
+/// message, the key of `uts.usage-jobs` and `uts.status`, a text column, a path segment. The
+/// gateway mints UUIDv7s; the query service reads the minting time back. There is no newtype:
+/// every stage receives the id as the `String` of a prost message, so a wrapper would be a
+/// conversion at each crossing that checks nothing (the event ids and keys built from it are in
+/// [`wire`]).
+pub mod job_id {
+    use chrono::{DateTime, Utc};
 
-impl JobId {
-    pub fn new() -> Self {
-        Self(uuid::Uuid::now_v7().to_string())
+    /// A new job id: a UUID v7 (time-ordered), as its hyphenated text.
+    pub fn mint() -> String {
+        uuid::Uuid::now_v7().to_string()
     }
 
-    /// Accepts any non-empty id of printable ASCII up to 128 characters; ids are opaque to
-    /// clients, and unknown ids are answered with 404 rather than 400.
-    pub fn parse(text: &str) -> Option<Self> {
-        let ok = !text.is_empty() && text.len() <= 128 && text.bytes().all(|b| b.is_ascii_graphic());
-        ok.then(|| Self(text.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// When the gateway minted this id (ids are UUIDv7, time-ordered); `None` for any other id.
-    pub fn minted_at(&self) -> Option<DateTime<Utc>> {
-        let (seconds, nanos) = uuid::Uuid::parse_str(&self.0).ok()?.get_timestamp()?.to_unix();
+    /// When the gateway minted `id`; `None` for any id it did not mint.
+    pub fn minted_at(id: &str) -> Option<DateTime<Utc>> {
+        let (seconds, nanos) = uuid::Uuid::parse_str(id).ok()?.get_timestamp()?.to_unix();
         DateTime::from_timestamp(i64::try_from(seconds).ok()?, nanos)
-    }
-}
-
-impl Default for JobId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Display for JobId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 

@@ -41,7 +41,7 @@ use crate::proto::{v1, Message};
 use crate::trace;
 
 mod stage;
-pub use stage::{start, StageParts};
+pub use stage::start;
 
 /// Most messages of a batch unless `--consumer-max-batch` or the stage says otherwise.
 pub const DEFAULT_MAX_BATCH: u32 = 256;
@@ -169,13 +169,8 @@ pub struct Runner {
 
 impl Runner {
     /// A runner for `stage` in consumer group `group`, subscribed to `topics`.
-    pub fn new(
-        args: &KafkaArgs,
-        stage: v1::Stage,
-        name: &'static str,
-        group: &str,
-        topics: &[&str],
-    ) -> anyhow::Result<Self> {
+    pub fn new(args: &KafkaArgs, stage: v1::Stage, group: &str, topics: &[&str]) -> anyhow::Result<Self> {
+        let name = crate::domain::wire::process_name(stage);
         let consumer = kafka::at_least_once_consumer(args, group, name)?;
         consumer.subscribe(topics).with_context(|| format!("subscribing to {topics:?}"))?;
         let (producer, _) = kafka::durable_producer(args)?;

@@ -191,38 +191,29 @@ pub async fn register(
             }
         }
 
-        match type_of(tenant_id) {
+        let (write, written) = match type_of(tenant_id) {
             Some(current) => {
                 check_type_change(&mut tx, tenant_id, current, spec.tenant_type).await?;
-                let tenant: TenantRow = sqlx::query_as(&format!(
-                    "UPDATE tenants SET tenant_type = $2, operator_tenant_id = $3, display_name = $4, updated_at = now()
-                     WHERE tenant_id = $1 RETURNING {TENANT_COLUMNS}"
-                ))
-                .bind(tenant_id)
-                .bind(spec.tenant_type.as_str())
-                .bind(&spec.operator_tenant_id)
-                .bind(&spec.display_name)
-                .fetch_one(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                return Ok((tenant, Written::Replaced));
+                let update = "UPDATE tenants SET tenant_type = $2, operator_tenant_id = $3, display_name = $4,
+                                updated_at = now() WHERE tenant_id = $1";
+                (update, Written::Replaced)
             }
             None => {
-                let inserted: Option<TenantRow> = sqlx::query_as(&format!(
-                    "INSERT INTO tenants (tenant_id, tenant_type, operator_tenant_id, display_name)
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id) DO NOTHING RETURNING {TENANT_COLUMNS}"
-                ))
-                .bind(tenant_id)
-                .bind(spec.tenant_type.as_str())
-                .bind(&spec.operator_tenant_id)
-                .bind(&spec.display_name)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if let Some(tenant) = inserted {
-                    tx.commit().await?;
-                    return Ok((tenant, Written::Created));
-                }
+                let insert = "INSERT INTO tenants (tenant_id, tenant_type, operator_tenant_id, display_name)
+                              VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id) DO NOTHING";
+                (insert, Written::Created)
             }
+        };
+        let row: Option<TenantRow> = sqlx::query_as(&format!("{write} RETURNING {TENANT_COLUMNS}"))
+            .bind(tenant_id)
+            .bind(spec.tenant_type.as_str())
+            .bind(&spec.operator_tenant_id)
+            .bind(&spec.display_name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(tenant) = row {
+            tx.commit().await?;
+            return Ok((tenant, written));
         }
     }
     Err(TenantRefused::Contended(tenant_id.to_owned()))

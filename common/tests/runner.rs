@@ -86,7 +86,7 @@ fn start(
     group: &str,
     handler: Recorder,
 ) -> (CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
-    let runner = Runner::new(args, v1::Stage::Verifier, "test", group, &[&args.topics().usage_jobs]).unwrap();
+    let runner = Runner::new(args, v1::Stage::Verifier, group, &[&args.topics().usage_jobs]).unwrap();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(runner.run(handler, shutdown.clone()));
     (shutdown, task)

@@ -40,10 +40,11 @@ async fn rule(pool: &PgPool, unit: &str, function: &str, billing: bool) {
     .unwrap();
 }
 
-/// Posts a job of `values` of the billed `unit` and waits until both its usages are
+/// Adds a billed SUM rule for `unit`, posts a job of `values` of it and waits until both its usages are
 /// RECEIVEDFORBILLING, in the status topic and through the API (COMPLETED); the job's id and
 /// billing's records.
 async fn billed_to_completion(pipeline: &Pipeline, unit: &str, values: [&str; 2]) -> (String, Vec<Value>) {
+    rule(&pipeline.pool, unit, "SUM", true).await;
     let usages = [(values[0], unit, now_text()), (values[1], unit, now_text())];
     let id = pipeline.post_job("op", &job("op", "user", "app", &usages)).await;
     // Converged: stages' events may arrive in any order (billing's before the aggregator's).
@@ -64,7 +65,6 @@ async fn billed_to_completion(pipeline: &Pipeline, unit: &str, values: [&str; 2]
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn a_billed_job_ends_received_for_billing(pool: PgPool) {
     let pipeline = Pipeline::start(pool.clone()).await;
-    rule(&pool, "billed-unit", "SUM", true).await;
     let (id, records) = billed_to_completion(&pipeline, "billed-unit", ["20", "2.5"]).await;
     assert_eq!(records[0]["record"]["value"], "22.5");
     assert_eq!(records[0]["record"]["bucket"]["providerTenant"], "prov");
@@ -212,7 +212,6 @@ async fn billing_failures_show_then_recover_to_received(pool: PgPool) {
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn a_receipt_sent_later_by_callback_completes_the_job(pool: PgPool) {
     let pipeline = Pipeline::start_with_receipts_by_callback(pool.clone()).await;
-    rule(&pool, "async-unit", "SUM", true).await;
     let (_, records) = billed_to_completion(&pipeline, "async-unit", ["4", "1.25"]).await;
     assert_eq!(records[0]["record"]["value"], "5.25");
     let (state, record_id): (String, Option<String>) =
@@ -573,14 +572,10 @@ fn utsctl() -> std::path::PathBuf {
 
 /// The dead letters on the pipeline's topic, decoded.
 async fn dead_letters(pipeline: &Pipeline) -> Vec<uts_common::proto::v1::DeadLetter> {
-    use uts_common::proto::Message;
     let topic = pipeline.kafka.topics().dead_letter;
-    uts_testkit::read_topic_to_end(&pipeline.kafka, &topic, Duration::from_secs(20))
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(_, payload)| uts_common::proto::v1::DeadLetter::decode(payload.as_slice()).unwrap())
-        .collect()
+    uts_testkit::decode_all(
+        &uts_testkit::read_topic_to_end(&pipeline.kafka, &topic, Duration::from_secs(20)).await.unwrap(),
+    )
 }
 
 /// Replaying a dead letter that is still bad is safe, as the architecture document says: both

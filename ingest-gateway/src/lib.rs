@@ -148,7 +148,7 @@ impl Application {
 
 /// Builds and runs the gateway with its own pool (the binary's entry point).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let pool = uts_common::runner::start(&config.stage, "ingest-gateway").await?;
+    let pool = uts_common::runner::start(&config.stage, uts_common::proto::v1::Stage::Gateway).await?;
     Application::build(config, pool).await?.run_until_stopped(shutdown).await
 }
 

@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use chrono::{SubsecRound, Utc};
 use serde::Serialize;
 use uts_common::auth::{Principal, Scope};
-use uts_common::domain::{format_datetime, to_timestamp, JobId};
+use uts_common::domain::{format_datetime, job_id, to_timestamp};
 use uts_common::error::ApiError;
 use uts_common::proto::{v1, Message};
 use uts_common::{kafka, API_BASE};
@@ -108,7 +108,7 @@ async fn accept(
     };
 
     let mut job = Original {
-        job_id: JobId::new().to_string(),
+        job_id: job_id::mint(),
         // Millisecond precision: the `time` answered is exactly what is stored and replayed.
         received_at: Utc::now().trunc_subsecs(3),
         usages_count: batch.usages_count,

@@ -16,7 +16,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use uts_common::auth::Scope;
-use uts_common::domain::{format_datetime, JobId, JobStatus};
+use uts_common::domain::{format_datetime, job_id, JobStatus};
 use uts_common::error::ApiError;
 
 use crate::request::{authorize, storage_error, Listing, Page, PageInfo, Params};
@@ -227,8 +227,7 @@ async fn visible_job(state: &AppState, tenant: &str, id: &str) -> Result<JobJson
         return Ok(job);
     }
     let now = chrono::Utc::now();
-    let fresh = JobId::parse(id)
-        .and_then(|id| id.minted_at())
+    let fresh = job_id::minted_at(id)
         .is_some_and(|minted| minted > now - FRESH_ID && minted < now + chrono::TimeDelta::seconds(1));
     if !fresh {
         return Err(missing());

@@ -110,7 +110,6 @@ impl Application {
         let runner = uts_common::runner::Runner::new(
             &config.stage.kafka,
             uts_common::proto::v1::Stage::QueryService,
-            "query-service",
             &config.group,
             &[&topics.usage_jobs, &topics.status],
         )?
@@ -178,6 +177,6 @@ impl Application {
 
 /// Builds and runs the query service with its own pool (the binary's entry point).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let pool = uts_common::runner::start(&config.stage, "query-service").await?;
+    let pool = uts_common::runner::start(&config.stage, uts_common::proto::v1::Stage::QueryService).await?;
     Application::build(config, pool).await?.run_until_stopped(shutdown).await
 }

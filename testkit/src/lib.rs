@@ -101,6 +101,17 @@ pub async fn isolated_kafka_on(partitions: i32, flags: &[String]) -> KafkaArgs {
     args
 }
 
+/// Produces `messages`, each (key, payload), to `topic` in order, each acknowledged by the
+/// brokers before the next.
+pub async fn produce(args: &KafkaArgs, topic: &str, messages: &[(&[u8], &[u8])]) {
+    let (producer, _) = kafka::durable_producer(args).expect("a producer");
+    for (key, payload) in messages {
+        kafka::produce_durably(&producer, topic, key, payload, Duration::from_secs(10))
+            .await
+            .expect("producing a test message");
+    }
+}
+
 /// How long [`read_topic`] keeps reading after it has `count` messages, so that an assertion
 /// on an exact number sees an extra message instead of stopping just before it.
 pub const GRACE: Duration = Duration::from_millis(500);
@@ -114,6 +125,22 @@ pub async fn read_topic(args: &KafkaArgs, topic: &str, count: usize, timeout: Du
     tokio::task::spawn_blocking(move || read_blocking(config, &topic, count, timeout))
         .await
         .expect("the reading thread panicked")
+}
+
+/// The payloads of `messages` (as [`read_topic`] returns them) decoded as `M`; a payload that
+/// is not an `M` fails the test.
+pub fn decode_all<M: prost::Message + Default>(messages: &[(Vec<u8>, Vec<u8>)]) -> Vec<M> {
+    messages.iter().map(|(_, payload)| M::decode(payload.as_slice()).expect("a message of the expected type")).collect()
+}
+
+/// [`read_topic`], each payload decoded as `M`.
+pub async fn read_messages<M: prost::Message + Default>(
+    args: &KafkaArgs,
+    topic: &str,
+    count: usize,
+    timeout: Duration,
+) -> Vec<M> {
+    decode_all(&read_topic(args, topic, count, timeout).await)
 }
 
 fn read_blocking(mut config: ClientConfig, topic: &str, count: usize, timeout: Duration) -> Vec<(Vec<u8>, Vec<u8>)> {

@@ -4,7 +4,6 @@
 use std::process::Command;
 use std::time::Duration;
 
-use uts_common::kafka;
 use uts_common::proto::{v1, Message};
 use uts_testkit::{isolated_kafka, read_topic};
 
@@ -35,10 +34,7 @@ async fn dead_letters_are_listed_and_replayed_to_their_topic() {
         original_value: b"\x0a\x06job-dl".to_vec(),
         failed_at: Some(uts_common::domain::to_timestamp(chrono_now())),
     };
-    let (producer, _) = kafka::durable_producer(&args).unwrap();
-    kafka::produce_durably(&producer, &topics.dead_letter, b"job-dl", &letter.encode_to_vec(), Duration::from_secs(10))
-        .await
-        .unwrap();
+    uts_testkit::produce(&args, &topics.dead_letter, &[(b"job-dl", &letter.encode_to_vec())]).await;
 
     let listed = utsctl(&args, &[]);
     assert!(

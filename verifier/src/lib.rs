@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use uts_common::config::{RetentionArgs, StageArgs};
 use uts_common::kafka::{self, DurableProducer, Outgoing};
 use uts_common::proto::{v1, Message};
-use uts_common::runner::{decode_proto, Decoded, Handler, Rejected, Runner, StageParts};
+use uts_common::runner::{decode_proto, Decoded, Handler, Rejected, Runner};
 use uts_common::trace::Carrier;
 
 use crate::catalog::Catalog;
@@ -245,12 +245,10 @@ impl Verifier {
 /// Runs the verifier with `pool` until `shutdown`.
 pub async fn run_with_pool(config: Config, pool: PgPool, shutdown: CancellationToken) -> anyhow::Result<()> {
     let topics = config.stage.kafka.topics();
-    let runner =
-        Runner::new(&config.stage.kafka, v1::Stage::Verifier, "verifier", &config.group, &[&topics.usage_jobs])?;
-    let producer = runner.producer.clone();
+    let runner = Runner::new(&config.stage.kafka, v1::Stage::Verifier, &config.group, &[&topics.usage_jobs])?;
     let handler = Verifier {
         pool: pool.clone(),
-        producer: producer.clone(),
+        producer: runner.producer.clone(),
         verified_topic: topics.usages_verified,
         status_topic: topics.status,
         produce_timeout: config.stage.kafka.produce_timeout(),
@@ -260,12 +258,11 @@ pub async fn run_with_pool(config: Config, pool: PgPool, shutdown: CancellationT
     };
     tracing::info!(group = %config.group, require_rule = config.require_rule, "verifier consuming");
     let pruned = Some((uts_common::db::DedupTable::VerifierDecisions, config.retention.days));
-    let parts = StageParts { pool, producer, admin: config.stage.admin.addr, pruned };
-    runner.run_stage(handler, parts, shutdown).await
+    runner.run_stage(handler, pool, config.stage.admin.addr, pruned, shutdown).await
 }
 
 /// The binary's entry point.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let pool = uts_common::runner::start(&config.stage, "verifier").await?;
+    let pool = uts_common::runner::start(&config.stage, v1::Stage::Verifier).await?;
     run_with_pool(config, pool, shutdown).await
 }

@@ -10,10 +10,9 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uts_common::config::KafkaArgs;
 use uts_common::domain::{to_timestamp, TenantType};
-use uts_common::kafka;
 use uts_common::proto::{v1, Message};
 use uts_common::tenants::{self, Tenant};
-use uts_testkit::{isolated_kafka, read_topic};
+use uts_testkit::{decode_all, isolated_kafka, read_topic};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -33,6 +32,14 @@ async fn start(kafka_args: &KafkaArgs, pool: PgPool) -> CancellationToken {
     let shutdown = CancellationToken::new();
     tokio::spawn(verifier::run_with_pool(config, pool, shutdown.clone()));
     shutdown
+}
+
+/// The tenants and the rule of `setup`, a fresh Kafka with `partitions` partitions, a verifier on it.
+async fn started(pool: &PgPool, partitions: i32) -> (KafkaArgs, CancellationToken) {
+    setup(pool).await;
+    let args = isolated_kafka(partitions).await;
+    let shutdown = start(&args, pool.clone()).await;
+    (args, shutdown)
 }
 
 async fn setup(pool: &PgPool) {
@@ -94,21 +101,12 @@ fn job(id: &str) -> v1::UsageJob {
 }
 
 async fn produce(args: &KafkaArgs, key: &str, payload: Vec<u8>) {
-    let (producer, _) = kafka::durable_producer(args).unwrap();
-    kafka::produce_durably(&producer, &args.topics().usage_jobs, key.as_bytes(), &payload, Duration::from_secs(10))
-        .await
-        .unwrap();
-}
-
-fn decode_all<M: Message + Default>(messages: &[(Vec<u8>, Vec<u8>)]) -> Vec<M> {
-    messages.iter().map(|(_, payload)| M::decode(payload.as_slice()).unwrap()).collect()
+    uts_testkit::produce(args, &args.topics().usage_jobs, &[(key.as_bytes(), &payload)]).await;
 }
 
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn a_job_becomes_verified_batches_and_one_status_event(pool: PgPool) {
-    setup(&pool).await;
-    let args = isolated_kafka(2).await;
-    let shutdown = start(&args, pool.clone()).await;
+    let (args, shutdown) = started(&pool, 2).await;
     produce(&args, "job-1", job("job-1").encode_to_vec()).await;
 
     let topics = args.topics();
@@ -153,9 +151,7 @@ async fn a_job_becomes_verified_batches_and_one_status_event(pool: PgPool) {
 
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn a_job_seen_again_yields_the_same_messages_even_after_a_rule_change(pool: PgPool) {
-    setup(&pool).await;
-    let args = isolated_kafka(2).await;
-    let shutdown = start(&args, pool.clone()).await;
+    let (args, shutdown) = started(&pool, 2).await;
     let the_job = job("job-2").encode_to_vec();
     produce(&args, "job-2", the_job.clone()).await;
     let topics = args.topics();
@@ -218,9 +214,7 @@ async fn a_decision_stored_in_the_earlier_form_is_still_the_answer(pool: PgPool)
 
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn poison_goes_to_the_dead_letter_topic_and_the_verifier_carries_on(pool: PgPool) {
-    setup(&pool).await;
-    let args = isolated_kafka(1).await;
-    let shutdown = start(&args, pool.clone()).await;
+    let (args, shutdown) = started(&pool, 1).await;
     produce(&args, "junk", b"definitely not protobuf \xff".to_vec()).await;
     produce(&args, "job-3", job("job-3").encode_to_vec()).await;
     let topics = args.topics();
@@ -238,9 +232,7 @@ async fn poison_goes_to_the_dead_letter_topic_and_the_verifier_carries_on(pool: 
 /// and no stored decision, and the job behind it on the partition is verified.
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn a_job_without_received_at_is_dead_lettered_and_the_partition_moves_on(pool: PgPool) {
-    setup(&pool).await;
-    let args = isolated_kafka(1).await;
-    let shutdown = start(&args, pool.clone()).await;
+    let (args, shutdown) = started(&pool, 1).await;
     let untimed = v1::UsageJob { received_at: None, ..job("job-untimed") }.encode_to_vec();
     produce(&args, "job-untimed", untimed.clone()).await;
     produce(&args, "job-5", job("job-5").encode_to_vec()).await;

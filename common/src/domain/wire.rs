@@ -33,6 +33,19 @@ pub fn record_key(bucket_text: &str, version: i64) -> String {
     format!("{bucket_text}:{version}")
 }
 
+/// The name a stage's process goes by: its binary, its telemetry service, the `stage` label of
+/// its metrics and its Kafka client id.
+pub fn process_name(stage: v1::Stage) -> &'static str {
+    match stage {
+        v1::Stage::Gateway => "ingest-gateway",
+        v1::Stage::Verifier => "verifier",
+        v1::Stage::Aggregator => "aggregator",
+        v1::Stage::BillingForwarder => "billing-forwarder",
+        v1::Stage::QueryService => "query-service",
+        v1::Stage::Unspecified => "unspecified",
+    }
+}
+
 /// `verifier:<job id>`: the verifier's one step for a job.
 pub fn verifier_event_id(job_id: &str) -> String {
     format!("verifier:{job_id}")

@@ -9,7 +9,7 @@ use ingest_gateway::{Application, Config};
 use sqlx::PgPool;
 use uts_common::config::KafkaArgs;
 use uts_common::domain::TenantType;
-use uts_common::proto::{v1, Message};
+use uts_common::proto::v1;
 use uts_testkit::{brokers, Served};
 pub use uts_testkit::{eventually, SECRET};
 
@@ -75,7 +75,7 @@ impl TestGateway {
     /// high watermark at the time of the call.
     pub async fn read_jobs(&self) -> Vec<v1::UsageJob> {
         let messages = uts_testkit::read_topic_to_end(&self.kafka, &self.topic, Duration::from_secs(20)).await.unwrap();
-        messages.iter().map(|(_, payload)| v1::UsageJob::decode(payload.as_slice()).expect("a UsageJob")).collect()
+        uts_testkit::decode_all(&messages)
     }
 
     pub async fn stop(mut self) {

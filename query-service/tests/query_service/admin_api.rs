@@ -5,6 +5,39 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
+/// POSTs `body` to `path` and expects 201 with the new resource's `Location`; its id (the
+/// `id_property`) and its body.
+async fn create(service: &TestQueryService, path: &str, body: Value, id_property: &str) -> (String, Value) {
+    let response = service.call(Method::POST, path, Some(body)).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let created: Value = response.json().await.unwrap();
+    let id = created[id_property].as_str().unwrap().to_owned();
+    assert_eq!(location, format!("/api/usagetransparency/v3/admin{path}/{id}"));
+    (id, created)
+}
+
+/// `base` with `key` set to `value`.
+fn changed(base: &Value, key: &str, value: Value) -> Value {
+    let mut body = base.clone();
+    body[key] = value;
+    body
+}
+
+/// Each of `cases` (body, error code, the field it must name) sent to `path` is refused with 400
+/// naming that field.
+async fn assert_refusals<const N: usize>(
+    service: &TestQueryService,
+    method: Method,
+    path: &str,
+    cases: [(Value, &str, &str); N],
+) {
+    for (body, code, name) in cases {
+        let error = error_of(service.call(method.clone(), path, Some(body)).await).await;
+        assert_names(&error, code, name);
+    }
+}
+
 /// Expects a 400 with `code` naming `name`, the message starting with `name`.
 #[track_caller]
 fn assert_names(error: &ErrorAnswer, code: &str, name: &str) {
@@ -108,10 +141,7 @@ async fn tenant_validation_names_the_field(pool: PgPool) {
         (json!({"tenantType": "developer", "tenantId": "someone-else"}), "invalidRequestBodyProperty", "tenantId"),
         (json!({"tenantType": "developer", "colour": "red"}), "invalidRequestBodyProperty", "colour"),
     ];
-    for (body, code, name) in cases {
-        let error = error_of(service.call(Method::PUT, "/tenants/t1", Some(body)).await).await;
-        assert_names(&error, code, name);
-    }
+    assert_refusals(&service, Method::PUT, "/tenants/t1", cases).await;
     let too_long = format!("/tenants/{}", "x".repeat(129));
     let error = error_of(service.call(Method::PUT, &too_long, Some(json!({"tenantType": "developer"}))).await).await;
     assert_names(&error, "invalidParameter", "tenantId");
@@ -221,12 +251,7 @@ async fn a_rule_round_trip_keeps_exact_values_and_counts_versions(pool: PgPool) 
     service.tenant("acme", "operator", None).await;
     service.tenant("globex", "operator", None).await;
 
-    let response = service.call(Method::POST, "/rules", Some(rule("monitor", "kWh", "acme"))).await;
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let location = response.headers()["location"].to_str().unwrap().to_owned();
-    let created: Value = response.json().await.unwrap();
-    let id = created["ruleId"].as_str().unwrap().to_owned();
-    assert_eq!(location, format!("/api/usagetransparency/v3/admin/rules/{id}"));
+    let (id, created) = create(&service, "/rules", rule("monitor", "kWh", "acme"), "ruleId").await;
     let defaults = json!({
         "ruleId": id, "application": "monitor", "unit": "kWh", "ownerTenantId": "acme", "active": true,
         "aggregationFunction": "SUM", "billingEnabled": false, "minValue": null, "maxValue": null,
@@ -318,11 +343,8 @@ async fn a_second_rule_for_the_same_application_and_unit_is_a_conflict_naming_un
 async fn rule_validation_names_the_field(pool: PgPool) {
     let service = TestQueryService::start(pool).await;
     service.tenant("acme", "operator", None).await;
-    let with = |key: &str, value: Value| {
-        let mut body = rule("monitor", "kWh", "acme");
-        body[key] = value;
-        body
-    };
+    let base = rule("monitor", "kWh", "acme");
+    let with = |key: &str, value: Value| changed(&base, key, value);
     let cases = [
         (json!({"unit": "kWh", "ownerTenantId": "acme"}), "missingRequestBodyProperty", "application"),
         (json!({"application": "monitor", "ownerTenantId": "acme"}), "missingRequestBodyProperty", "unit"),
@@ -342,10 +364,7 @@ async fn rule_validation_names_the_field(pool: PgPool) {
         (with("ruleId", json!("8d2c5c4e-0000-4000-8000-000000000000")), "invalidRequestBodyProperty", "ruleId"),
         (with("owner", json!("acme")), "invalidRequestBodyProperty", "owner"),
     ];
-    for (body, code, name) in cases {
-        let error = error_of(service.call(Method::POST, "/rules", Some(body.clone())).await).await;
-        assert_names(&error, code, name);
-    }
+    assert_refusals(&service, Method::POST, "/rules", cases).await;
 
     // A number beyond the exact decimal range is refused, not rounded.
     let response = service
@@ -462,12 +481,7 @@ async fn a_kpi_round_trip(pool: PgPool) {
     let service = TestQueryService::start(pool).await;
     service.tenant("acme", "operator", None).await;
 
-    let response = service.call(Method::POST, "/kpis", Some(kpi("asset-count", "assetmonitor", "acme"))).await;
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let location = response.headers()["location"].to_str().unwrap().to_owned();
-    let created: Value = response.json().await.unwrap();
-    let id = created["kpiId"].as_str().unwrap().to_owned();
-    assert_eq!(location, format!("/api/usagetransparency/v3/admin/kpis/{id}"));
+    let (id, created) = create(&service, "/kpis", kpi("asset-count", "assetmonitor", "acme"), "kpiId").await;
     assert_eq!(
         created,
         json!({
@@ -521,11 +535,8 @@ async fn a_kpi_round_trip(pool: PgPool) {
 async fn kpi_validation_names_the_field(pool: PgPool) {
     let service = TestQueryService::start(pool).await;
     service.tenant("acme", "operator", None).await;
-    let with = |key: &str, value: Value| {
-        let mut body = kpi("asset-count", "assetmonitor", "acme");
-        body[key] = value;
-        body
-    };
+    let base = kpi("asset-count", "assetmonitor", "acme");
+    let with = |key: &str, value: Value| changed(&base, key, value);
     let cases = [
         (json!({"application": "a", "unit": "u", "ownerTenantId": "acme"}), "missingRequestBodyProperty", "name"),
         (with("unit", json!(null)), "missingRequestBodyProperty", "unit"),
@@ -542,10 +553,7 @@ async fn kpi_validation_names_the_field(pool: PgPool) {
         (with("displayName", json!("")), "invalidRequestBodyProperty", "displayName"),
         (with("kpiId", json!("8d2c5c4e-0000-4000-8000-000000000000")), "invalidRequestBodyProperty", "kpiId"),
     ];
-    for (body, code, name) in cases {
-        let error = error_of(service.call(Method::POST, "/kpis", Some(body.clone())).await).await;
-        assert_names(&error, code, name);
-    }
+    assert_refusals(&service, Method::POST, "/kpis", cases).await;
     // The name is unique per application.
     service.expect(Method::POST, "/kpis", Some(kpi("asset-count", "assetmonitor", "acme")), StatusCode::CREATED).await;
     let error =

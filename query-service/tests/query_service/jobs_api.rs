@@ -12,7 +12,7 @@ use uts_common::domain::to_timestamp;
 use uts_common::kafka;
 use uts_common::proto::{v1, Message};
 
-use crate::support::{TestQueryService, SECRET};
+use crate::support::{text, TestQueryService, SECRET};
 
 /// The query service plus producers to its topics.
 struct Service(TestQueryService);
@@ -23,8 +23,7 @@ async fn start(pool: PgPool) -> Service {
 
 impl Service {
     async fn produce(&self, topic: &str, key: &str, payload: Vec<u8>) {
-        let (producer, _) = kafka::durable_producer(&self.0.kafka).unwrap();
-        kafka::produce_durably(&producer, topic, key.as_bytes(), &payload, Duration::from_secs(10)).await.unwrap();
+        uts_testkit::produce(&self.0.kafka, topic, &[(key.as_bytes(), &payload)]).await;
     }
 
     async fn job(&self, job: &v1::UsageJob) {
@@ -108,18 +107,19 @@ fn event(
     }
 }
 
+/// The verifier's event for a [`job`]: both units verified.
+fn verified(job: &str) -> v1::StatusEvent {
+    use v1::UsageStatus as S;
+    let transitions = [("u1", S::Accepted, S::Verified, 2, false), ("u2", S::Accepted, S::Verified, 1, false)];
+    event(&format!("verifier:{job}"), job, &transitions, vec![])
+}
+
 fn summary(body: &Value) -> Vec<(String, String, i64)> {
     body["usagesSummary"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| {
-            (
-                s["unit"].as_str().unwrap().to_owned(),
-                s["processStatus"].as_str().unwrap().to_owned(),
-                s["usagesCount"].as_i64().unwrap(),
-            )
-        })
+        .map(|s| (text(s, "unit"), text(s, "processStatus"), s["usagesCount"].as_i64().unwrap()))
         .collect()
 }
 
@@ -136,14 +136,7 @@ async fn a_job_moves_from_accepted_to_completed_whatever_the_order_of_its_events
     let aggregated_u1 = event("aggregator:job-1:u1", "job-1", &[("u1", S::Verified, S::Aggregated, 2, true)], vec![]);
     service.event(&aggregated_u1).await;
     service.event(&aggregated_u1).await;
-    service
-        .event(&event(
-            "verifier:job-1",
-            "job-1",
-            &[("u1", S::Accepted, S::Verified, 2, false), ("u2", S::Accepted, S::Verified, 1, false)],
-            vec![],
-        ))
-        .await;
+    service.event(&verified("job-1")).await;
     let body =
         service.until("acme", "/usagesJobs/job-1", |b| b["status"] == "INPROGRESS" && summary(b).len() == 2).await;
     assert_eq!(summary(&body), vec![("u1".into(), "AGGREGATED".into(), 2), ("u2".into(), "VERIFIED".into(), 1)]);
@@ -152,14 +145,7 @@ async fn a_job_moves_from_accepted_to_completed_whatever_the_order_of_its_events
     assert_eq!(summary(&body), vec![("u1".into(), "AGGREGATED".into(), 2), ("u2".into(), "AGGREGATED".into(), 1)]);
 
     // Status before job: a second job whose verifier event arrives first.
-    service
-        .event(&event(
-            "verifier:job-2",
-            "job-2",
-            &[("u1", S::Accepted, S::Verified, 2, false), ("u2", S::Accepted, S::Verified, 1, false)],
-            vec![],
-        ))
-        .await;
+    service.event(&verified("job-2")).await;
     service.job(&job("job-2", "acme")).await;
     let body = service.until("acme", "/usagesJobs/job-2", |b| b["status"] == "INPROGRESS").await;
     assert_eq!(summary(&body), vec![("u1".into(), "VERIFIED".into(), 2), ("u2".into(), "VERIFIED".into(), 1)]);
@@ -349,11 +335,9 @@ async fn poison_on_either_topic_goes_to_the_dead_letter_topic_and_projection_car
     service.produce(&service.0.kafka.topics().usage_jobs, "junk", v1::UsageJob::default().encode_to_vec()).await;
     service.job(&job("job-after-poison", "acme")).await;
     service.until("acme", "/usagesJobs/job-after-poison", |b| b["status"] == "ACCEPTED").await;
-    let letters =
-        uts_testkit::read_topic(&service.0.kafka, &service.0.kafka.topics().dead_letter, 2, Duration::from_secs(30))
-            .await;
+    let topic = service.0.kafka.topics().dead_letter;
     let letters: Vec<v1::DeadLetter> =
-        letters.iter().map(|(_, p)| v1::DeadLetter::decode(p.as_slice()).unwrap()).collect();
+        uts_testkit::read_messages(&service.0.kafka, &topic, 2, Duration::from_secs(30)).await;
     assert_eq!(letters.len(), 2);
     assert!(letters.iter().all(|l| l.stage == v1::Stage::QueryService as i32));
 }
@@ -432,7 +416,7 @@ async fn a_job_is_readable_right_after_its_acknowledgement(pool: PgPool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut quick = 0;
     while quick < 2 {
-        let warm = uts_common::domain::JobId::new().as_str().to_owned();
+        let warm = uts_common::domain::job_id::mint();
         service.job(&job(&warm, "acme")).await;
         let sent = Instant::now();
         while service.get("acme", &format!("/usagesJobs/{warm}")).await.0 != StatusCode::OK {
@@ -449,7 +433,7 @@ async fn a_job_is_readable_right_after_its_acknowledgement(pool: PgPool) {
     kafka::check_reachable(&producer, Duration::from_secs(10)).await.unwrap();
     let mut misses = Vec::new();
     let (id, path, body) = loop {
-        let id = uts_common::domain::JobId::new().as_str().to_owned();
+        let id = uts_common::domain::job_id::mint();
         let path = format!("/usagesJobs/{id}");
         let late = async {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -482,7 +466,7 @@ async fn a_job_is_readable_right_after_its_acknowledgement(pool: PgPool) {
     }
     // A fresh id that never arrives: 404 after the bounded wait.
     let started = Instant::now();
-    let (status, _) = service.get("acme", &format!("/usagesJobs/{}", uts_common::domain::JobId::new().as_str())).await;
+    let (status, _) = service.get("acme", &format!("/usagesJobs/{}", uts_common::domain::job_id::mint())).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(started.elapsed() < Duration::from_secs(4), "waited {:?}", started.elapsed());
 }

@@ -9,7 +9,7 @@ use uts_common::auth::mint_hs256;
 use uts_common::domain::TenantType;
 use uts_common::tenants::{self, Tenant};
 
-use crate::support::{TestQueryService, SECRET};
+use crate::support::{error_of, text, TestQueryService, SECRET};
 
 async fn bucket(pool: &PgPool, consumer: &str, day: &str, values: &[&str]) {
     let values: Vec<Decimal> = values.iter().map(|v| v.parse().unwrap()).collect();
@@ -50,9 +50,13 @@ async fn kpi(pool: &PgPool, name: &str, display_name: &str, [daily, monthly, pre
     .unwrap();
 }
 
-async fn get(service: &TestQueryService, tenant: &str, path: &str) -> (StatusCode, Value) {
+async fn send(service: &TestQueryService, tenant: &str, path: &str) -> reqwest::Response {
     let token = mint_hs256(SECRET, tenant, "", &["uts.aggregates.read"], 600).unwrap();
-    let response = service.client.get(service.api(path)).bearer_auth(token).send().await.unwrap();
+    service.client.get(service.api(path)).bearer_auth(token).send().await.unwrap()
+}
+
+async fn get(service: &TestQueryService, tenant: &str, path: &str) -> (StatusCode, Value) {
+    let response = send(service, tenant, path).await;
     (response.status(), response.json().await.unwrap_or(Value::Null))
 }
 
@@ -156,13 +160,7 @@ async fn monthly_values_follow_the_kpi_and_stay_with_their_tenants(pool: PgPool)
             .as_array()
             .unwrap()
             .iter()
-            .map(|k| {
-                (
-                    k["provider"].as_str().unwrap().to_owned(),
-                    k["KPIName"].as_str().unwrap().to_owned(),
-                    k["role"].as_str().unwrap().to_owned(),
-                )
-            })
+            .map(|k| (text(k, "provider"), text(k, "KPIName"), text(k, "role")))
             .collect()
     };
     let (status, body) = get(&service, "bmw", "/kpis").await;
@@ -177,27 +175,13 @@ async fn monthly_values_follow_the_kpi_and_stay_with_their_tenants(pool: PgPool)
     assert_eq!(body["page"], json!({"number": 3, "size": 20, "totalElements": 0, "totalPages": 0}));
 
     // Parameters are checked and named.
-    let (status, body) = get(
-        &service,
-        "bmw",
-        "/aggregatedMonthlyConsumerUsage?month=1&year=2021&provider=prov&application=assetmonitor",
-    )
-    .await;
-    assert_eq!(
-        (status, body["errors"][0]["code"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("mdsp.core.generic.missingParameter"))
-    );
-    assert!(body["errors"][0]["message"].as_str().unwrap().starts_with("KPIName"));
-    let (status, body) = get(
-        &service,
-        "bmw",
-        "/aggregatedMonthlyConsumerUsage?month=13&year=2021&provider=prov&application=assetmonitor&KPIName=asset-count",
-    )
-    .await;
-    assert_eq!(
-        (status, body["errors"][0]["code"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("mdsp.core.generic.invalidParameter"))
-    );
+    let monthly = "/aggregatedMonthlyConsumerUsage?year=2021&provider=prov&application=assetmonitor";
+    let error = error_of(send(&service, "bmw", &format!("{monthly}&month=1")).await).await;
+    assert_eq!((error.status, error.code.as_str()), (StatusCode::BAD_REQUEST, "missingParameter"));
+    assert!(error.message.starts_with("KPIName"), "{error:?}");
+    let path = format!("{monthly}&month=13&KPIName=asset-count");
+    let error = error_of(send(&service, "bmw", &path).await).await;
+    assert_eq!((error.status, error.code.as_str()), (StatusCode::BAD_REQUEST, "invalidParameter"));
     service.stop().await;
 }
 

@@ -131,6 +131,11 @@ pub struct ErrorAnswer {
     pub names: Option<String>,
 }
 
+/// The string `value[key]`, which must be there.
+pub fn text(value: &Value, key: &str) -> String {
+    value[key].as_str().unwrap_or_else(|| panic!("no string {key} in {value}")).to_owned()
+}
+
 pub async fn error_of(response: reqwest::Response) -> ErrorAnswer {
     let status = response.status();
     let body: Value = response.json().await.unwrap();
