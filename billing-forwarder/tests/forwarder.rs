@@ -57,6 +57,16 @@ async fn start_forwarder_with(
     start_forwarder_on(kafka_args, pool, billing_url, receipts_listener, extra)
 }
 
+/// A forwarder whose receipts endpoint on `receipts_listener` takes receipts with [`TOKEN`].
+fn taking_receipts(
+    kafka_args: &KafkaArgs,
+    pool: PgPool,
+    billing_url: &str,
+    receipts_listener: tokio::net::TcpListener,
+) -> CancellationToken {
+    start_forwarder_on(kafka_args, pool, billing_url, receipts_listener, &[&format!("--receipts-token={TOKEN}")])
+}
+
 /// A forwarder whose receipts endpoint is on `receipts_listener` (bound by a test that must
 /// hand its address to the receiver first).
 fn start_forwarder_on(
@@ -274,8 +284,7 @@ async fn a_receipt_by_callback_completes_a_record_answered_202(pool: PgPool) {
     let (receipts_listener, receipts) = receipts_endpoint().await;
     let (url, receiver) =
         start_receiver(&[&format!("--receipts-url={receipts}"), &format!("--receipts-token={TOKEN}")]).await;
-    let forwarder =
-        start_forwarder_on(&args, pool.clone(), &url, receipts_listener, &[&format!("--receipts-token={TOKEN}")]);
+    let forwarder = taking_receipts(&args, pool.clone(), &url, receipts_listener);
     produce(&args, &[aggregate("u", 1, "4.5", true, &[("job-r", 4)])]).await;
 
     // SENT (from the 202) and RECEIVED (from the callback), in whichever order they were produced.
@@ -365,13 +374,7 @@ async fn a_receipt_that_overtakes_the_202_leaves_the_record_received(pool: PgPoo
         )
     };
     tokio::spawn(async move { axum::serve(billing, app).await.unwrap() });
-    let forwarder = start_forwarder_on(
-        &args,
-        pool.clone(),
-        &billing_url,
-        receipts_listener,
-        &[&format!("--receipts-token={TOKEN}")],
-    );
+    let forwarder = taking_receipts(&args, pool.clone(), &billing_url, receipts_listener);
     produce(&args, &[aggregate("u", 1, "2", true, &[("job-early", 2)])]).await;
 
     let statuses = distinct(events(&read_topic(&args, &args.topics().status, 2, WAIT).await));
@@ -610,8 +613,7 @@ async fn two_forwarders_send_one_buckets_versions_in_increasing_order_only(pool:
 async fn a_record_refused_for_good_is_not_retried_and_the_next_version_goes_through(pool: PgPool) {
     let (args, url, receiver) = kafka_and_receiver().await;
     let (receipts_listener, receipts) = receipts_endpoint().await;
-    let forwarder =
-        start_forwarder_on(&args, pool.clone(), &url, receipts_listener, &[&format!("--receipts-token={TOKEN}")]);
+    let forwarder = taking_receipts(&args, pool.clone(), &url, receipts_listener);
     let failures = url.replace("/billing/v1/records", "/admin/failures");
     let admin = reqwest::Client::new();
     let plan = admin.post(&failures).json(&serde_json::json!({"mode": "http422", "count": 1})).send().await.unwrap();

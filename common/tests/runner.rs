@@ -49,10 +49,7 @@ impl Handler for Recorder {
 
     fn decode(&self, _topic: &str, _key: Option<&[u8]>, payload: Option<&[u8]>) -> Result<v1::UsageJob, String> {
         let job: v1::UsageJob = decode_proto(payload)?;
-        if job.job_id.is_empty() {
-            return Err("job without id".into());
-        }
-        Ok(job)
+        (!job.job_id.is_empty()).then_some(job).ok_or_else(|| "job without id".to_owned())
     }
 
     async fn handle(&self, batch: &[Decoded<v1::UsageJob>]) -> anyhow::Result<Vec<Rejected>> {

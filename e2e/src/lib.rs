@@ -262,16 +262,10 @@ impl Pipeline {
         timeout: Duration,
     ) -> serde_json::Value {
         let token = mint_hs256(SECRET, tenant, "e2e@example.com", &["uts.usages.read"], 600).unwrap();
-        let deadline = Instant::now() + timeout;
+        let (deadline, url) = (Instant::now() + timeout, format!("{}/usagesJobs/{job_id}", self.query_api));
         loop {
-            let response = self
-                .client
-                .get(format!("{}/usagesJobs/{job_id}", self.query_api))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap();
-            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            let request = self.client.get(&url).bearer_auth(&token);
+            let body: serde_json::Value = request.send().await.unwrap().json().await.unwrap_or_default();
             if body["status"] == status {
                 return body;
             }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -118,12 +118,21 @@ fn client_error(err: ClientError) -> ApiError {
 }
 
 /// A client id from the path; one that breaks the name rule names no client (404).
-fn path_client_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    let id = path.map_err(|_| ApiError::no_match("no client with this id"))?.0;
-    if tokens::client_id_problem(&id).is_some() {
-        return Err(ApiError::no_match(format!("no client with id {id}")));
+/// The `{clientId}` of a path; one no client could have is a 404.
+pub(super) struct ClientIdPath(String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::no_match("no client with this id"))?;
+        if tokens::client_id_problem(&id).is_some() {
+            return Err(ApiError::no_match(format!("no client with id {id}")));
+        }
+        Ok(Self(id))
     }
-    Ok(id)
 }
 
 /// `POST /clients`.
@@ -149,9 +158,8 @@ pub(super) async fn create(
 /// `GET /clients/{clientId}`.
 pub(super) async fn get(
     State(state): State<Arc<AppState>>,
-    path: Result<Path<String>, PathRejection>,
+    ClientIdPath(id): ClientIdPath,
 ) -> Result<Json<ClientOut>, ApiError> {
-    let id = path_client_id(path)?;
     let client = tokens::get_client(&state.pool, &id).await.map_err(storage_error)?;
     client
         .map(|client| Json(ClientOut::new(client, None)))
@@ -175,9 +183,8 @@ pub(super) async fn list(
 /// `POST /clients/{clientId}/secret`: a new secret.
 pub(super) async fn rotate_secret(
     State(state): State<Arc<AppState>>,
-    path: Result<Path<String>, PathRejection>,
+    ClientIdPath(id): ClientIdPath,
 ) -> Result<Response, ApiError> {
-    let id = path_client_id(path)?;
     let (client, secret) = tokens::rotate_client_secret(&state.pool, &id).await.map_err(client_error)?;
     count_change("client", "rotate_secret");
     tracing::info!(client = %client.client_id, "token service client secret rotated");
@@ -187,9 +194,8 @@ pub(super) async fn rotate_secret(
 /// `DELETE /clients/{clientId}`: revokes it (the id stays taken).
 pub(super) async fn revoke(
     State(state): State<Arc<AppState>>,
-    path: Result<Path<String>, PathRejection>,
+    ClientIdPath(id): ClientIdPath,
 ) -> Result<Json<ClientOut>, ApiError> {
-    let id = path_client_id(path)?;
     let client = tokens::revoke_client(&state.pool, &id).await.map_err(client_error)?;
     count_change("client", "revoke");
     tracing::info!(client = %client.client_id, "token service client revoked");

@@ -152,8 +152,7 @@ async fn tenant_validation_names_the_field(pool: PgPool) {
 
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn an_iot_tenant_needs_an_operator_tenant(pool: PgPool) {
-    let service = TestQueryService::start(pool).await;
-    service.tenant("acme", "operator", None).await;
+    let service = TestQueryService::with_operator(pool, "acme").await;
     service.tenant("devco", "developer", None).await;
     let iot = |operator: Option<&str>| {
         let mut body = json!({"tenantType": "iot"});
@@ -197,8 +196,7 @@ async fn an_iot_tenant_needs_an_operator_tenant(pool: PgPool) {
 
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn applications_are_provisioned_only_to_iot_tenants(pool: PgPool) {
-    let service = TestQueryService::start(pool).await;
-    service.tenant("acme", "operator", None).await;
+    let service = TestQueryService::with_operator(pool, "acme").await;
     service.tenant("plant-1", "iot", Some("acme")).await;
 
     let error = error_of(service.call(Method::PUT, "/tenants/acme/applications/app", None).await).await;
@@ -247,8 +245,7 @@ async fn applications_are_provisioned_only_to_iot_tenants(pool: PgPool) {
 
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn a_rule_round_trip_keeps_exact_values_and_counts_versions(pool: PgPool) {
-    let service = TestQueryService::start(pool).await;
-    service.tenant("acme", "operator", None).await;
+    let service = TestQueryService::with_operator(pool, "acme").await;
     service.tenant("globex", "operator", None).await;
 
     let (id, created) = create(&service, "/rules", rule("monitor", "kWh", "acme"), "ruleId").await;
@@ -322,8 +319,7 @@ async fn a_rule_round_trip_keeps_exact_values_and_counts_versions(pool: PgPool) 
 
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn a_second_rule_for_the_same_application_and_unit_is_a_conflict_naming_unit(pool: PgPool) {
-    let service = TestQueryService::start(pool).await;
-    service.tenant("acme", "operator", None).await;
+    let service = TestQueryService::with_operator(pool, "acme").await;
     let first = service.expect(Method::POST, "/rules", Some(rule("monitor", "kWh", "acme")), StatusCode::CREATED).await;
     let error = error_of(service.call(Method::POST, "/rules", Some(rule("monitor", "kWh", "acme"))).await).await;
     assert_conflict(&error, "unit");
@@ -341,8 +337,7 @@ async fn a_second_rule_for_the_same_application_and_unit_is_a_conflict_naming_un
 
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn rule_validation_names_the_field(pool: PgPool) {
-    let service = TestQueryService::start(pool).await;
-    service.tenant("acme", "operator", None).await;
+    let service = TestQueryService::with_operator(pool, "acme").await;
     let base = rule("monitor", "kWh", "acme");
     let with = |key: &str, value: Value| changed(&base, key, value);
     let cases = [
@@ -421,8 +416,7 @@ async fn rule_validation_names_the_field(pool: PgPool) {
 
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn rule_lists_filter_and_page(pool: PgPool) {
-    let service = TestQueryService::start(pool).await;
-    service.tenant("acme", "operator", None).await;
+    let service = TestQueryService::with_operator(pool, "acme").await;
     service.tenant("globex", "developer", None).await;
     for unit in ["u1", "u2", "u3", "u4", "u5"] {
         service.expect(Method::POST, "/rules", Some(rule("monitor", unit, "acme")), StatusCode::CREATED).await;
@@ -478,8 +472,7 @@ async fn rule_lists_filter_and_page(pool: PgPool) {
 
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn a_kpi_round_trip(pool: PgPool) {
-    let service = TestQueryService::start(pool).await;
-    service.tenant("acme", "operator", None).await;
+    let service = TestQueryService::with_operator(pool, "acme").await;
 
     let (id, created) = create(&service, "/kpis", kpi("asset-count", "assetmonitor", "acme"), "kpiId").await;
     assert_eq!(
@@ -533,8 +526,7 @@ async fn a_kpi_round_trip(pool: PgPool) {
 
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn kpi_validation_names_the_field(pool: PgPool) {
-    let service = TestQueryService::start(pool).await;
-    service.tenant("acme", "operator", None).await;
+    let service = TestQueryService::with_operator(pool, "acme").await;
     let base = kpi("asset-count", "assetmonitor", "acme");
     let with = |key: &str, value: Value| changed(&base, key, value);
     let cases = [
@@ -691,8 +683,7 @@ async fn a_provider_administers_only_what_it_owns(pool: PgPool) {
 
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn authentication_and_authorisation_matrix(pool: PgPool) {
-    let service = TestQueryService::start(pool).await;
-    service.tenant("acme", "operator", None).await;
+    let service = TestQueryService::with_operator(pool, "acme").await;
     let endpoints: [(Method, &str, Option<Value>); 8] = [
         (Method::GET, "/tenants", None),
         (Method::GET, "/tenants/acme", None),
@@ -997,8 +988,7 @@ async fn a_client_gets_tokens_the_services_accept_and_its_secret_is_shown_once(p
 
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn bad_token_requests_get_oauth_errors_never_a_5xx(pool: PgPool) {
-    let service = TestQueryService::start(pool).await;
-    service.tenant("acme", "operator", None).await;
+    let service = TestQueryService::with_operator(pool, "acme").await;
     let (id, secret) = client(&service, "acme-app", &["uts.usages.read"]).await;
     let grant = "grant_type=client_credentials";
     let wrong = oauth(token_request(&service, Some((&id, "not-the-secret")), grant).await).await;
@@ -1065,8 +1055,7 @@ async fn bad_token_requests_get_oauth_errors_never_a_5xx(pool: PgPool) {
 
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn a_rotated_secret_replaces_the_old_and_a_revoked_client_loses_its_tokens(pool: PgPool) {
-    let service = TestQueryService::start(pool).await;
-    service.tenant("acme", "operator", None).await;
+    let service = TestQueryService::with_operator(pool, "acme").await;
     let (id, old_secret) = client(&service, "acme-app", &["uts.usages.read"]).await;
     let token = get_token(&service, &id, &old_secret).await;
     let rotated = service.expect(Method::POST, "/clients/acme-app/secret", None, StatusCode::OK).await;
@@ -1113,8 +1102,7 @@ async fn a_rotated_secret_replaces_the_old_and_a_revoked_client_loses_its_tokens
 
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn a_signing_key_rotation_keeps_the_tokens_of_the_previous_key_valid(pool: PgPool) {
-    let service = TestQueryService::start(pool).await;
-    service.tenant("acme", "operator", None).await;
+    let service = TestQueryService::with_operator(pool, "acme").await;
     let (id, secret) = client(&service, "acme-app", &["uts.usages.read"]).await;
     let before = get_token(&service, &id, &secret).await;
     let keys = service.expect(Method::GET, "/signingKeys", None, StatusCode::OK).await;

@@ -32,6 +32,13 @@ impl TestQueryService {
     }
 
     /// Its own (empty) topics and group: the projection must not touch the local stack's.
+    /// [`start`](Self::start) with `operator` registered as an operator tenant.
+    pub async fn with_operator(pool: PgPool, operator: &str) -> Self {
+        let service = Self::start(pool).await;
+        service.tenant(operator, "operator", None).await;
+        service
+    }
+
     pub async fn start_with(pool: PgPool, extra_args: &[&str]) -> Self {
         let kafka = uts_testkit::isolated_kafka(2).await;
         let group = format!("query-{}", kafka.topic_prefix);
