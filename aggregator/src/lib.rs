@@ -396,7 +396,7 @@ pub async fn run_with_pool(config: Config, pool: PgPool, shutdown: CancellationT
     let runner = Runner::new(&config.stage.kafka, v1::Stage::Aggregator, &config.group, &[&topics.usages_verified])?;
     let handler = Aggregator {
         pool: pool.clone(),
-        producer: runner.producer.clone(),
+        producer: uts_common::runner::handler_producer(&config.stage.kafka)?,
         aggregates_topic: topics.aggregates,
         status_topic: topics.status,
         produce_timeout: config.stage.kafka.produce_timeout(),

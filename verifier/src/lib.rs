@@ -248,7 +248,7 @@ pub async fn run_with_pool(config: Config, pool: PgPool, shutdown: CancellationT
     let runner = Runner::new(&config.stage.kafka, v1::Stage::Verifier, &config.group, &[&topics.usage_jobs])?;
     let handler = Verifier {
         pool: pool.clone(),
-        producer: runner.producer.clone(),
+        producer: uts_common::runner::handler_producer(&config.stage.kafka)?,
         verified_topic: topics.usages_verified,
         status_topic: topics.status,
         produce_timeout: config.stage.kafka.produce_timeout(),
