@@ -235,23 +235,22 @@ async fn visible_job(state: &AppState, tenant: &str, id: &str) -> Result<JobJson
     let deadline = tokio::time::Instant::now() + READ_YOUR_WRITES_WAIT;
     while tokio::time::Instant::now() < deadline {
         tokio::time::sleep(READ_YOUR_WRITES_POLL).await;
-        if let Some(job) = lookup().await? {
-            return Ok(job);
-        }
         let projected: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM jobs WHERE job_id = $1)")
             .bind(id)
             .fetch_one(&state.pool)
             .await
             .map_err(storage_error)?;
         if projected {
-            // Projected, and not the caller's (or beyond its 1000 most recent).
-            return Err(missing());
+            // Committed before the lookup starts, so the lookup sees it: the caller's job, or a 404
+            // (another tenant's, or beyond the caller's 1000 most recent). Looking up first and
+            // asking after answered 404 for the caller's own job projected in between.
+            return lookup().await?.ok_or_else(missing);
         }
     }
     Err(missing())
 }
 
-fn job_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+fn path_job_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     let Path(id) = path.map_err(|_| ApiError::no_match("no such usages job"))?;
     Ok(id)
 }
@@ -263,7 +262,7 @@ async fn get_job(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<JobSummary>, ApiError> {
     let tenant = authorize(&state, &headers, Scope::UsagesRead).await?;
-    let id = job_id(path)?;
+    let id = path_job_id(path)?;
     let params = Params::parse(query, &["page", "size"])?;
     let paging = params.paging_or(200)?;
     let job = visible_job(&state, &tenant, &id).await?;
@@ -297,7 +296,7 @@ async fn get_errors(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<Page<ErrorJson>>, ApiError> {
     let tenant = authorize(&state, &headers, Scope::UsagesRead).await?;
-    let id = job_id(path)?;
+    let id = path_job_id(path)?;
     let params = Params::parse(query, &["errorClass", "page", "size"])?;
     let paging = params.paging_or(10)?;
     let error_type = match params.get("errorClass") {
