@@ -5,5 +5,5 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    uts_common::shutdown::main_with::<aggregator::Config, _, _>("aggregator", aggregator::run).await
+    uts_common::shutdown::main_with::<aggregator::Config, _, _>(aggregator::run).await
 }

@@ -5,6 +5,5 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    uts_common::shutdown::main_with::<billing_forwarder::Config, _, _>("billing-forwarder", billing_forwarder::run)
-        .await
+    uts_common::shutdown::main_with::<billing_forwarder::Config, _, _>(billing_forwarder::run).await
 }

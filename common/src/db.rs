@@ -114,15 +114,15 @@ mod tests {
     #[sqlx::test(migrator = "crate::db::MIGRATOR")]
     async fn pruning_removes_only_rows_past_their_retention(pool: PgPool) {
         for (age, id) in [(100, "old"), (89, "recent"), (0, "new")] {
-            let at = format!("now() - interval '{age} days'");
+            let age = format!("{age} days");
             for insert in [
-                "INSERT INTO verifier_decisions (job_id, decision, decided_at) VALUES ($1, '\\x00', {at})",
+                "INSERT INTO verifier_decisions (job_id, decision, decided_at) VALUES ($1, '\\x00', now() - $2::interval)",
                 "INSERT INTO aggregate_applied_batches
                    (job_id, provider_tenant_id, consumer_tenant_id, application, unit, usages_count, applied_at)
-                 VALUES ($1, 'p', 'c', 'a', 'u', 1, {at})",
-                "INSERT INTO job_applied_events (event_id, job_id, applied_at) VALUES ($1, $1, {at})",
+                 VALUES ($1, 'p', 'c', 'a', 'u', 1, now() - $2::interval)",
+                "INSERT INTO job_applied_events (event_id, job_id, applied_at) VALUES ($1, $1, now() - $2::interval)",
             ] {
-                sqlx::query(&insert.replace("{at}", &at)).bind(id).execute(&pool).await.unwrap();
+                sqlx::query(insert).bind(id).bind(&age).execute(&pool).await.unwrap();
             }
         }
         for table in [DedupTable::VerifierDecisions, DedupTable::AggregateAppliedBatches, DedupTable::JobAppliedEvents]

@@ -44,10 +44,7 @@ mod stage;
 pub use stage::start;
 
 /// A producer for a handler's own messages, apart from its runner's (dead letters, readiness
-/// checks), as the stages had it until 2026-12-02. Sharing the runner's measured no better: the
-/// hot pipeline's maximum on 2026-12-03 was 359k and 369k usages/s aggregated shared, 399k and
-/// 386k apart, and 361k for the code before the change (apart too): a spread as wide as the
-/// difference, so nothing favours sharing.
+/// checks): sharing the runner's measured no faster (docs/architecture.md, "Soak").
 pub fn handler_producer(args: &KafkaArgs) -> anyhow::Result<DurableProducer> {
     Ok(kafka::durable_producer(args)?.0)
 }

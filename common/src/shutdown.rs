@@ -7,13 +7,15 @@ use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
 /// The body of every binary's `main`: parse the config, install the shutdown signal, run, and
-/// print the error chain and exit non-zero on failure.
-pub async fn main_with<C, F, Fut>(name: &str, run: F) -> ExitCode
+/// print the error chain under the command's name (its clap `name`) and exit non-zero on
+/// failure.
+pub async fn main_with<C, F, Fut>(run: F) -> ExitCode
 where
     C: clap::Parser,
     F: FnOnce(C, CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    let name = C::command().get_name().to_owned();
     let config = C::parse();
     let result = run(config, on_signal()).await;
     // The batch exporter waits on its own thread; not on a runtime worker.

@@ -227,29 +227,22 @@ async fn check_type_change(
     current: &str,
     new: TenantType,
 ) -> Result<(), TenantRefused> {
-    // (what the tenant is leaving, what would be left without it, the words for it)
-    let holds: [(&str, TenantType, &str, &str); 2] = [
-        (
-            "operator",
-            TenantType::Operator,
+    let (dependants, problem, remedy) = match current {
+        "operator" if new != TenantType::Operator => (
             "SELECT tenant_id FROM tenants WHERE operator_tenant_id = $1 ORDER BY tenant_id LIMIT 5",
-            "cannot change from operator while it operates IoT tenants ({}); move them to another operator first",
+            "cannot change from operator while it operates IoT tenants",
+            "move them to another operator first",
         ),
-        (
-            "iot",
-            TenantType::Iot,
+        "iot" if new != TenantType::Iot => (
             "SELECT application FROM provisioning WHERE tenant_id = $1 ORDER BY application LIMIT 5",
-            "cannot change from iot while applications are provisioned to it ({}); remove them first",
+            "cannot change from iot while applications are provisioned to it",
+            "remove them first",
         ),
-    ];
-    for (kind, as_type, dependants, problem) in holds {
-        if current != kind || new == as_type {
-            continue;
-        }
-        let found: Vec<String> = sqlx::query_scalar(dependants).bind(tenant_id).fetch_all(&mut **tx).await?;
-        if !found.is_empty() {
-            return Err(invalid("tenantType", problem.replace("{}", &found.join(", "))));
-        }
+        _ => return Ok(()),
+    };
+    let found: Vec<String> = sqlx::query_scalar(dependants).bind(tenant_id).fetch_all(&mut **tx).await?;
+    if !found.is_empty() {
+        return Err(invalid("tenantType", format_args!("{problem} ({}); {remedy}", found.join(", "))));
     }
     Ok(())
 }

@@ -5,5 +5,5 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    uts_common::shutdown::main_with::<ingest_gateway::Config, _, _>("ingest-gateway", ingest_gateway::run).await
+    uts_common::shutdown::main_with::<ingest_gateway::Config, _, _>(ingest_gateway::run).await
 }

@@ -5,5 +5,5 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    uts_common::shutdown::main_with::<verifier::Config, _, _>("verifier", verifier::run).await
+    uts_common::shutdown::main_with::<verifier::Config, _, _>(verifier::run).await
 }

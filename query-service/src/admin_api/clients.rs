@@ -117,8 +117,7 @@ fn client_error(err: ClientError) -> ApiError {
     }
 }
 
-/// A client id from the path; one that breaks the name rule names no client (404).
-/// The `{clientId}` of a path; one no client could have is a 404.
+/// The `{clientId}` of a path; one that breaks the name rule names no client (404).
 pub(super) struct ClientIdPath(String);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIdPath {
