@@ -5,7 +5,7 @@
 //! POST→AGGREGATED and POST→COMPLETED latencies. Reads only the stages' metrics endpoints
 //! (counters and lag); asserts nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,8 +15,10 @@ use hdrhistogram::Histogram;
 use tokio::sync::Mutex;
 
 mod measure;
+mod postgres;
 mod soak;
 use measure::*;
+use postgres::*;
 use soak::*;
 
 /// The usages of one load job.
@@ -61,6 +63,11 @@ pub struct PipelineArgs {
     /// (repeatable; progress is read from them).
     #[arg(long = "metrics")]
     pub metrics: Vec<String>,
+
+    /// The pipeline's database, for what PostgreSQL did during the load (WAL, checkpoints,
+    /// autovacuum, the statements that wrote the most WAL); left out without it.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
 
     /// How long to wait for the drain after the load, in seconds.
     #[arg(long, default_value_t = 180)]
@@ -164,6 +171,11 @@ pub async fn run(
         concurrency,
         if args.rate == 0 { "unbounded".to_owned() } else { format!("{} jobs/s", args.rate) }
     );
+    let postgres = Postgres::connect(args.database_url.as_deref()).await;
+    let wal_at_start = match &postgres {
+        Some(pg) => pg.wal().await,
+        None => None,
+    };
     let accepted = Arc::new(AtomicU64::new(1));
     let failed = Arc::new(AtomicU64::new(0));
     let loading = Arc::new(AtomicBool::new(true));
@@ -247,10 +259,15 @@ pub async fn run(
     let mut max_lag: BTreeMap<String, u64> = BTreeMap::new();
     let mut minutes: Vec<Minute> = Vec::new();
     let mut minute_lag: BTreeMap<String, u64> = BTreeMap::new();
+    // Per process, the sum and number of this minute's RSS samples (one a second): a single
+    // sample swings with the batches in hand at that instant.
+    let mut minute_rss: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut minute_start = (0u64, 0u64);
+    let (mut minute_wal, mut minute_checkpointing, mut minute_vacuumed) = (wal_at_start, 0u32, BTreeSet::new());
     let mut next_minute = Duration::from_secs(60);
     let mut previous = (0u64, Counts::default());
     let mut load_end: Option<(Duration, u64, Counts)> = None;
+    let mut wal_at_load_end = None;
     let mut agg_at_quarter = None;
     let mut drained = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -284,20 +301,30 @@ pub async fn run(
             if let Some(v) = value {
                 let entry = peak_rss.entry(name.clone()).or_default();
                 *entry = (*entry).max(v);
+                let (sum, samples) = minute_rss.entry(name.clone()).or_default();
+                (*sum, *samples) = (*sum + v, *samples + 1);
             }
             rss.push(value.map_or("-".to_owned(), |v| v.to_string()));
         }
         let verified = c.verified_usages;
+        if let (Some(pg), true) = (&postgres, args.soak) {
+            let background = pg.background().await;
+            minute_checkpointing += u32::from(background.checkpointing);
+            minute_vacuumed.extend(background.vacuuming);
+        }
         if args.soak && load_end.is_none() && elapsed >= next_minute {
             next_minute += Duration::from_secs(60);
             let minute = Minute {
                 accepted: now_accepted - minute_start.0,
                 completed: c.completed_usages.saturating_sub(minute_start.1),
-                rss: watch.iter().filter_map(|(n, pid)| rss_mb(pid).map(|v| (n.clone(), v))).collect(),
+                rss: std::mem::take(&mut minute_rss)
+                    .into_iter()
+                    .map(|(name, (sum, samples))| (name, sum / samples.max(1)))
+                    .collect(),
                 max_lag: std::mem::take(&mut minute_lag),
             };
             println!(
-                "minute {:>3}: accepted {:>7.0}/s completed {:>7.0}/s | backlog ver/agg/bill {}/{}/{} | max lag {} | RSS MB {}",
+                "minute {:>3}: accepted {:>7.0}/s completed {:>7.0}/s | backlog ver/agg/bill {}/{}/{} | max lag {} | mean RSS MB {}",
                 minutes.len() + 1,
                 minute.accepted as f64 / 60.0,
                 minute.completed as f64 / 60.0,
@@ -307,6 +334,20 @@ pub async fn run(
                 minute.max_lag.iter().map(|(n, v)| format!("{n} {v}")).collect::<Vec<_>>().join(", "),
                 minute.rss.iter().map(|(n, v)| format!("{n} {v}")).collect::<Vec<_>>().join(", ")
             );
+            if let Some(pg) = &postgres {
+                let wal = pg.wal().await;
+                let vacuumed = std::mem::take(&mut minute_vacuumed).into_iter().collect::<Vec<_>>();
+                println!(
+                    "            PostgreSQL: {} | checkpoint writing {} s of 60 | autovacuum: {}",
+                    match (wal, minute_wal) {
+                        (Some(now), Some(before)) => now.since(&before, minute.accepted),
+                        _ => "WAL -".to_owned(),
+                    },
+                    std::mem::take(&mut minute_checkpointing),
+                    if vacuumed.is_empty() { "-".to_owned() } else { vacuumed.join(", ") }
+                );
+                minute_wal = wal;
+            }
             minute_start = (now_accepted, c.completed_usages);
             minutes.push(minute);
         }
@@ -334,6 +375,10 @@ pub async fn run(
                 worker.await?;
             }
             load_end = Some((elapsed, accepted.load(Ordering::Relaxed) * USAGES_PER_JOB, c));
+            wal_at_load_end = match &postgres {
+                Some(pg) => pg.wal().await,
+                None => None,
+            };
         }
         if let Some((ended, total, _)) = load_end {
             // Every usage of the load and of the probes (one each) aggregated and final.
@@ -422,6 +467,12 @@ pub async fn run(
         "  max consumer lag (messages): {}",
         max_lag.iter().map(|(n, v)| format!("{n} {v}")).collect::<Vec<_>>().join(", ")
     );
+    if let (Some(pg), Some(start), Some(end)) = (&postgres, wal_at_start, wal_at_load_end) {
+        println!("  PostgreSQL during the load: {}", end.since(&start, total));
+        for statement in pg.top_wal_statements(5).await {
+            println!("    {statement}");
+        }
+    }
     if args.soak {
         soak_verdict(&minutes, args.rate.max(1));
     }

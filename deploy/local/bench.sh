@@ -12,7 +12,8 @@
 #     receiver 18075) on topics and a database of their own, billing on; the same load for the
 #     same time, then until drained, every second: usages accepted, verified, aggregated and
 #     completed, each stage's backlog and Kafka lag, every process's RSS; probe jobs give
-#     POST->visible/AGGREGATED/COMPLETED p50/p99. UTS_BENCH_PIPELINE_SECONDS (60) is the load's
+#     POST->visible/AGGREGATED/COMPLETED p50/p99, then PostgreSQL's WAL per usage, full-page
+#     images, checkpoints and top WAL statements during the load. UTS_BENCH_PIPELINE_SECONDS (60) is the load's
 #     length; UTS_BENCH_RATE=N posts N jobs/s instead of as fast as possible (e.g. half the
 #     sustained maximum, for the latencies); UTS_BENCH_SHAPES (hot spread) picks the shapes;
 #     UTS_BENCH_PHASES=pipeline skips phases 1 and 2, UTS_BENCH_PHASES=http skips phase 3;
@@ -23,7 +24,8 @@
 #  4. soak (UTS_BENCH_PHASES=soak, instead of the others): the pipeline phase, hot shape, for
 #     UTS_BENCH_SOAK_SECONDS (600) at UTS_BENCH_RATE jobs/s, by default 80 % of the sustained
 #     maximum, measured first (60 s unbounded: the rate the aggregator kept up during the load);
-#     a line a minute with every process's RSS and every stage's largest lag, then whether memory
+#     a line a minute with every process's mean RSS (sampled each second), every stage's largest
+#     lag and PostgreSQL's WAL, checkpoint and autovacuum work, then whether memory
 #     stayed flat (after two warm-up minutes, the last third's mean RSS within 10 % of the first
 #     third's; the billing receiver, which keeps every record, reported but not judged) and the
 #     lags bounded.

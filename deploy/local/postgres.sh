@@ -175,6 +175,9 @@ checkpoint_timeout = 15min
 checkpoint_completion_target = 0.9
 wal_compression = lz4
 fsync = on
+# Per-statement time and WAL (the benchmark prints the statements that write the most WAL).
+shared_preload_libraries = 'pg_stat_statements'
+pg_stat_statements.track = top
 password_encryption = 'scram-sha-256'
 log_line_prefix = '%m [%p] %q%u@%d '
 EOF
@@ -228,6 +231,14 @@ SQL
     log_info "creating database $PG_DB owned by $PG_USER"
     psql_super -d postgres -c "CREATE DATABASE $PG_DB OWNER $PG_USER"
   fi
+  # The benchmark reports what PostgreSQL did under load: pg_stat_statements (in template1
+  # too, so every database made later has the view) and pg_read_all_stats, which shows uts the
+  # checkpointer and autovacuum.
+  local db
+  for db in template1 "$PG_DB"; do
+    psql_super -d "$db" -c "SET client_min_messages = warning" -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"
+  done
+  psql_super -d postgres -c "GRANT pg_read_all_stats TO $PG_USER"
 }
 
 lock() {

@@ -9,6 +9,7 @@ pub(super) const WARM_UP_MINUTES: usize = 2;
 pub(super) struct Minute {
     pub(super) accepted: u64,
     pub(super) completed: u64,
+    /// Per process, the mean of the minute's RSS samples (one a second), in MB.
     pub(super) rss: BTreeMap<String, u64>,
     pub(super) max_lag: BTreeMap<String, u64>,
 }
@@ -18,8 +19,8 @@ pub(super) struct Minute {
 const KEEPS_EVERYTHING: &str = "receiver";
 
 /// The soak's verdict, over the minutes after the warm-up. Memory, per process: the mean RSS of
-/// the last third against that of the first third (flat: within 10 %; a single minute's sample
-/// swings with the batch sizes in hand, so the peak is printed but not the rule). Lag, per
+/// the last third against that of the first third (flat: within 10 %; a single sample swings
+/// with the batches in hand, so the highest minute is printed but is not the rule). Lag, per
 /// stage: the largest in the first and in the last third (bounded: the last no more than twice
 /// the first, or below 10 s of load).
 pub(super) fn soak_verdict(minutes: &[Minute], messages_per_second: u64) {
@@ -43,7 +44,7 @@ pub(super) fn soak_verdict(minutes: &[Minute], messages_per_second: u64) {
         let judged = name != KEEPS_EVERYTHING;
         flat &= !judged || growth <= 10.0;
         let note = if judged { "" } else { ", keeps every record: not judged" };
-        lines.push(format!("{name} {early:.0} -> {late:.0} MB ({growth:+.0} %, peak {peak}{note})"));
+        lines.push(format!("{name} {early:.0} -> {late:.0} MB ({growth:+.0} %, highest minute {peak}{note})"));
     }
     println!(
         "  soak memory (mean of the first third -> of the last third after warm-up): {}: {}",
