@@ -120,7 +120,8 @@ mod tests {
                 "INSERT INTO aggregate_applied_batches
                    (job_id, provider_tenant_id, consumer_tenant_id, application, unit, usages_count, applied_at)
                  VALUES ($1, 'p', 'c', 'a', 'u', 1, now() - $2::interval)",
-                "INSERT INTO job_applied_events (event_id, job_id, applied_at) VALUES ($1, $1, now() - $2::interval)",
+                "INSERT INTO job_applied_events (job_id, event_digest, applied_at)
+                 VALUES ($1, gen_random_uuid(), now() - $2::interval)",
             ] {
                 sqlx::query(insert).bind(id).bind(&age).execute(&pool).await.unwrap();
             }
@@ -134,5 +135,29 @@ mod tests {
         let kept: Vec<String> =
             sqlx::query_scalar("SELECT job_id FROM verifier_decisions ORDER BY job_id").fetch_all(&pool).await.unwrap();
         assert_eq!(kept, ["new", "recent"]);
+    }
+
+    /// Migration 19 replaced the event ids of `job_applied_events` by their digests: a row it
+    /// converted must match what the projection inserts for the same event, or a redelivered old
+    /// event would be applied a second time.
+    #[sqlx::test(migrations = false)]
+    async fn the_event_digest_migration_computes_the_projections_digest(pool: PgPool) {
+        let before_19: Vec<_> = MIGRATOR.iter().filter(|m| m.version < 20261203000019).cloned().collect();
+        let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut earlier = sqlx::migrate::Migrator::new(migrations).await.unwrap();
+        earlier.migrations = before_19.into();
+        earlier.run(&pool).await.unwrap();
+        let event_id = crate::domain::wire::billing_event_id("j-1", "acme/buyer/app/kWh/2024-05-01", 3, "sent");
+        sqlx::query("INSERT INTO job_applied_events (event_id, job_id) VALUES ($1, 'j-1')")
+            .bind(&event_id)
+            .execute(&pool)
+            .await
+            .unwrap();
+        MIGRATOR.run(&pool).await.unwrap();
+        let digest: uuid::Uuid = sqlx::query_scalar("SELECT event_digest FROM job_applied_events WHERE job_id = 'j-1'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(digest, crate::domain::wire::event_digest(&event_id));
     }
 }

@@ -2,8 +2,9 @@
 //! counts per (application, unit, status), how many reached their final status, and errors.
 //!
 //! **Exactly once with respect to its own crashes:** a job is projected only if its row can be
-//! inserted, an event only if its id can be inserted into `job_applied_events`, in the same
-//! transaction as the counts; the runner stores the offsets after the commit. **Any arrival
+//! inserted, an event only if its job id and the digest of its id can be inserted into
+//! `job_applied_events`, in the same transaction as the counts; the runner stores the offsets
+//! after the commit. **Any arrival
 //! order:** counts are sums of signed transitions (the job adds its usages as ACCEPTED, every
 //! transition subtracts from `from` and adds to `to`), so they converge whatever arrives first.
 
@@ -12,7 +13,7 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 use sqlx::{PgPool, Postgres, Transaction};
 
-use uts_common::domain::{format_datetime, from_timestamp};
+use uts_common::domain::{format_datetime, from_timestamp, wire};
 use uts_common::proto::v1;
 use uts_common::proto::views::JobView;
 use uts_common::runner::{decode_proto, Decoded, Handler, Rejected};
@@ -207,19 +208,20 @@ async fn project(tx: &mut Transaction<'_, Postgres>, batch: &[Decoded<Item>]) ->
     }
 
     if !events.is_empty() {
-        let ids: Vec<&str> = events.keys().copied().collect();
-        let job_ids: Vec<&str> = events.values().map(|e| e.job_id.as_str()).collect();
-        // A redelivered event is applied once.
-        let applied: Vec<String> = sqlx::query_scalar(
-            "INSERT INTO job_applied_events (event_id, job_id)
-             SELECT * FROM UNNEST($1::text[], $2::text[]) ON CONFLICT DO NOTHING RETURNING event_id",
+        // A redelivered event is applied once: its (job id, digest of its id) is inserted once.
+        let by_key: BTreeMap<(&str, uuid::Uuid), &v1::StatusEvent> =
+            events.values().map(|e| ((e.job_id.as_str(), wire::event_digest(&e.event_id)), *e)).collect();
+        let (job_ids, digests): (Vec<&str>, Vec<uuid::Uuid>) = by_key.keys().copied().unzip();
+        let applied: Vec<(String, uuid::Uuid)> = sqlx::query_as(
+            "INSERT INTO job_applied_events (job_id, event_digest)
+             SELECT * FROM UNNEST($1::text[], $2::uuid[]) ON CONFLICT DO NOTHING RETURNING job_id, event_digest",
         )
-        .bind(&ids)
         .bind(&job_ids)
+        .bind(&digests)
         .fetch_all(&mut **tx)
         .await?;
-        for event_id in &applied {
-            let event = events[event_id.as_str()];
+        for (job_id, digest) in &applied {
+            let event = by_key[&(job_id.as_str(), *digest)];
             for t in &event.transitions {
                 let count = i64::from(t.count);
                 let row = counts.entry((event.job_id.clone(), t.application.clone(), t.unit.clone())).or_default();

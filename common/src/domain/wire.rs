@@ -62,6 +62,17 @@ pub fn billing_event_id(job_id: &str, bucket_text: &str, version: impl Display, 
     format!("billing:{job_id}:{bucket_text}:{version}:{what}")
 }
 
+/// The key an event id is deduplicated by (`job_applied_events.event_digest`, beside the job
+/// id): the first 16 bytes of its SHA-256. The migration that introduced it computes the same in
+/// SQL for the rows it converted; two events of one job sharing a digest is a 2^-128 chance.
+pub fn event_digest(event_id: &str) -> uuid::Uuid {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(event_id.as_bytes());
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&hash[..16]);
+    uuid::Uuid::from_bytes(first)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,5 +93,7 @@ mod tests {
         assert_eq!(verifier_event_id("j"), "verifier:j");
         assert_eq!(aggregator_event_id("j", "acme/buyer/app/kWh"), "aggregator:j:acme/buyer/app/kWh");
         assert_eq!(billing_event_id("j", &bucket, 3, "sent"), "billing:j:acme/buyer/app/kWh/2024-05-01:3:sent");
+        // `printf 'verifier:j' | sha256sum`, its first 32 hex digits.
+        assert_eq!(event_digest("verifier:j").simple().to_string(), "5518adc7e96a7bfd4329309040c8da6b");
     }
 }
