@@ -73,6 +73,14 @@ pub struct KafkaArgs {
           value_parser = clap::value_parser!(u32).range(1..=10000))]
     pub consumer_max_batch: Option<u32>,
 
+    /// Most kilobytes of message payloads in one consumer batch, beside `--consumer-max-batch`:
+    /// a stage that falls behind takes full batches, and what it holds in memory then grows with
+    /// its messages' size (a job of 200 usages weighs about 100 times a status event). The
+    /// message that crosses the limit still joins the batch, so a larger one is taken alone.
+    #[arg(long = "consumer-max-batch-kbytes", env = "UTS_CONSUMER_MAX_BATCH_KBYTES", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub consumer_max_batch_kbytes: u32,
+
     /// Most kilobytes a consumer prefetches (librdkafka's `queued.max.messages.kbytes`, whose
     /// default of 64 MB per consumer, plus fetch buffers, took workers past 200 MB RSS).
     #[arg(long = "kafka-consumer-queue-kbytes", env = "UTS_KAFKA_CONSUMER_QUEUE_KBYTES", default_value_t = 2048)]

@@ -31,6 +31,7 @@ use anyhow::Context;
 use chrono::Utc;
 use futures::StreamExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaResult;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::Message as _;
 use tokio_util::sync::CancellationToken;
@@ -51,6 +52,11 @@ pub fn handler_producer(args: &KafkaArgs) -> anyhow::Result<DurableProducer> {
 
 /// Most messages of a batch unless `--consumer-max-batch` or the stage says otherwise.
 pub const DEFAULT_MAX_BATCH: u32 = 256;
+
+/// The payload size of a consumed message (0 for a consumer error).
+fn payload_len(message: &KafkaResult<BorrowedMessage<'_>>) -> usize {
+    message.as_ref().ok().and_then(|m| m.payload()).map_or(0, <[u8]>::len)
+}
 
 /// How long the runner waits for more messages to fill a batch once it has one.
 const BATCH_LINGER: Duration = Duration::from_millis(5);
@@ -169,6 +175,8 @@ pub struct Runner {
     pub name: &'static str,
     /// Most messages handed to the handler at once (`--consumer-max-batch`).
     pub max_batch: usize,
+    /// Most payload bytes handed to the handler at once (`--consumer-max-batch-kbytes`).
+    pub max_batch_bytes: usize,
     /// For `/readyz` (`admin::with_consumer`).
     pub liveness: std::sync::Arc<Liveness>,
 }
@@ -193,6 +201,7 @@ impl Runner {
             produce_timeout: args.produce_timeout(),
             name,
             max_batch: args.max_batch(DEFAULT_MAX_BATCH),
+            max_batch_bytes: args.consumer_max_batch_kbytes as usize * 1024,
             liveness: std::sync::Arc::new(Liveness::new(Duration::from_secs(args.consumer_stall_seconds))),
         })
     }
@@ -233,15 +242,19 @@ impl Runner {
             };
             let Some(first) = first else { break };
             self.liveness.batch_taken();
+            let mut bytes = payload_len(&first);
             let mut messages = vec![first];
             // Fill the batch with what is already there, waiting at most BATCH_LINGER.
             let linger = tokio::time::sleep(BATCH_LINGER);
             tokio::pin!(linger);
-            while messages.len() < self.max_batch {
+            while messages.len() < self.max_batch && bytes < self.max_batch_bytes {
                 tokio::select! {
                     () = &mut linger => break,
                     next = stream.next() => match next {
-                        Some(message) => messages.push(message),
+                        Some(message) => {
+                            bytes += payload_len(&message);
+                            messages.push(message);
+                        }
                         None => break,
                     },
                 }

@@ -23,15 +23,16 @@ struct Args {
 }
 
 async fn kafka_args() -> KafkaArgs {
+    kafka_args_with(&[]).await
+}
+
+async fn kafka_args_with(flags: &[&str]) -> KafkaArgs {
     let brokers = std::env::var("UTS_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into());
     let prefix = format!("runner-{}", uuid::Uuid::new_v4().simple());
-    let args = Args::parse_from([
-        "test",
-        &format!("--kafka-brokers={brokers}"),
-        &format!("--topic-prefix={prefix}"),
-        "--topic-partitions=2",
-    ])
-    .kafka;
+    let (brokers, prefix) = (format!("--kafka-brokers={brokers}"), format!("--topic-prefix={prefix}"));
+    let args =
+        Args::parse_from(["test", &brokers, &prefix, "--topic-partitions=2"].into_iter().chain(flags.iter().copied()))
+            .kafka;
     kafka::ensure_topics(&args, &args.topics()).await.unwrap();
     args
 }
@@ -42,6 +43,8 @@ struct Recorder {
     seen: Arc<Mutex<Vec<String>>>,
     failures_left: Arc<AtomicUsize>,
     attempts: Arc<AtomicUsize>,
+    /// The size of every batch handled.
+    batches: Arc<Mutex<Vec<usize>>>,
 }
 
 impl Handler for Recorder {
@@ -60,6 +63,7 @@ impl Handler for Recorder {
             anyhow::bail!("simulated database outage");
         }
         self.seen.lock().unwrap().extend(batch.iter().map(|d| d.item.job_id.clone()));
+        self.batches.lock().unwrap().push(batch.len());
         Ok(Vec::new())
     }
 }
@@ -191,4 +195,29 @@ async fn work_abandoned_at_shutdown_is_redelivered() {
     wait_for(&healthy, &["job-a".to_owned(), "job-b".to_owned()].into()).await;
     shutdown.cancel();
     task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_batch_is_bounded_in_bytes_as_well_as_in_messages() {
+    // 8 KB a batch, jobs of about 3 KB waiting before the runner starts: without the byte limit
+    // its first batches take all of them (up to 256); with it, three at most (the third crosses).
+    let args = kafka_args_with(&["--consumer-max-batch-kbytes=8"]).await;
+    let ids: Vec<String> = (0..30).map(|i| format!("job-{i}")).collect();
+    let payloads: Vec<Vec<u8>> = ids
+        .iter()
+        .map(|id| {
+            v1::UsageJob { job_id: id.clone(), submitter_tenant: "t".repeat(3000), ..Default::default() }
+                .encode_to_vec()
+        })
+        .collect();
+    produce(&args, &payloads).await;
+
+    let recorder = Recorder::default();
+    let (shutdown, task) = start(&args, &format!("group-{}", uuid::Uuid::new_v4()), recorder.clone());
+    wait_for(&recorder, &ids.iter().cloned().collect()).await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    let batches = recorder.batches.lock().unwrap().clone();
+    assert!(batches.iter().all(|&n| n <= 3), "batches of {batches:?}");
+    assert!(batches.contains(&3), "the backlog filled no batch to the limit: {batches:?}");
 }
