@@ -35,6 +35,12 @@
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+mkdir -p "$UTS_LOCAL_DIR/run"
+# One benchmark at a time: its exit deletes every uts-bench.* topic, a second run's included (a
+# soak started while the last one was still cleaning up lost its topics 17 s in).
+exec 9>"$UTS_LOCAL_DIR/run/bench.lock"
+flock -n 9 || die "another deploy/local/bench.sh is running (lock $UTS_LOCAL_DIR/run/bench.lock)"
+
 "$UTS_LOCAL_SCRIPTS_DIR/infra.sh" up >/dev/null
 # shellcheck disable=SC1091
 . "$UTS_LOCAL_DIR/env"

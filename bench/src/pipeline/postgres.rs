@@ -58,17 +58,16 @@ impl Postgres {
     pub(super) async fn wal(&self) -> Option<Wal> {
         let (bytes, full_page_images): (f64, i64) =
             sqlx::query_as("SELECT wal_bytes::float8, wal_fpi FROM pg_stat_wal").fetch_one(&self.pool).await.ok()?;
-        // PostgreSQL 17 moved the checkpoint counters to pg_stat_checkpointer.
-        let checkpoints = match sqlx::query_scalar("SELECT num_timed + num_requested FROM pg_stat_checkpointer")
-            .fetch_one(&self.pool)
-            .await
-        {
-            Ok(n) => n,
-            Err(_) => sqlx::query_scalar("SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter")
-                .fetch_one(&self.pool)
-                .await
-                .ok()?,
+        // PostgreSQL 17 moved the checkpoint counters to pg_stat_checkpointer (asked by version:
+        // a failed query would land in the server's log every minute).
+        let version: i32 =
+            sqlx::query_scalar("SELECT current_setting('server_version_num')::int").fetch_one(&self.pool).await.ok()?;
+        let sql = if version >= 170_000 {
+            "SELECT num_timed + num_requested FROM pg_stat_checkpointer"
+        } else {
+            "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
         };
+        let checkpoints = sqlx::query_scalar(sql).fetch_one(&self.pool).await.ok()?;
         Some(Wal { bytes, full_page_images, checkpoints })
     }
 
