@@ -172,10 +172,7 @@ pub async fn run(
         if args.rate == 0 { "unbounded".to_owned() } else { format!("{} jobs/s", args.rate) }
     );
     let postgres = Postgres::connect(args.database_url.as_deref()).await;
-    let wal_at_start = match &postgres {
-        Some(pg) => pg.wal().await,
-        None => None,
-    };
+    let wal_at_start = wal_of(postgres.as_ref()).await;
     let accepted = Arc::new(AtomicU64::new(1));
     let failed = Arc::new(AtomicU64::new(0));
     let loading = Arc::new(AtomicBool::new(true));
@@ -375,10 +372,7 @@ pub async fn run(
                 worker.await?;
             }
             load_end = Some((elapsed, accepted.load(Ordering::Relaxed) * USAGES_PER_JOB, c));
-            wal_at_load_end = match &postgres {
-                Some(pg) => pg.wal().await,
-                None => None,
-            };
+            wal_at_load_end = wal_of(postgres.as_ref()).await;
         }
         if let Some((ended, total, _)) = load_end {
             // Every usage of the load and of the probes (one each) aggregated and final.

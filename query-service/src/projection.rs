@@ -111,14 +111,15 @@ async fn record_progress(
 /// round trip per table, not per message. Returns how many usages reached a final status.
 async fn project(tx: &mut Transaction<'_, Postgres>, batch: &[Decoded<Item>]) -> Result<u64, sqlx::Error> {
     let mut jobs: BTreeMap<&str, &JobView> = BTreeMap::new();
-    let mut events: BTreeMap<&str, &v1::StatusEvent> = BTreeMap::new();
+    // Keyed as `job_applied_events` is: (job id, digest of the event id).
+    let mut events: BTreeMap<(&str, uuid::Uuid), &v1::StatusEvent> = BTreeMap::new();
     for decoded in batch {
         match &decoded.item {
             Item::Job(job) => {
                 jobs.entry(&job.job_id).or_insert(job);
             }
             Item::Status(event) => {
-                events.entry(&event.event_id).or_insert(event);
+                events.entry((&event.job_id, wire::event_digest(&event.event_id))).or_insert(event);
             }
         }
     }
@@ -208,10 +209,8 @@ async fn project(tx: &mut Transaction<'_, Postgres>, batch: &[Decoded<Item>]) ->
     }
 
     if !events.is_empty() {
-        // A redelivered event is applied once: its (job id, digest of its id) is inserted once.
-        let by_key: BTreeMap<(&str, uuid::Uuid), &v1::StatusEvent> =
-            events.values().map(|e| ((e.job_id.as_str(), wire::event_digest(&e.event_id)), *e)).collect();
-        let (job_ids, digests): (Vec<&str>, Vec<uuid::Uuid>) = by_key.keys().copied().unzip();
+        // A redelivered event is applied once: its key is inserted once.
+        let (job_ids, digests): (Vec<&str>, Vec<uuid::Uuid>) = events.keys().copied().unzip();
         let applied: Vec<(String, uuid::Uuid)> = sqlx::query_as(
             "INSERT INTO job_applied_events (job_id, event_digest)
              SELECT * FROM UNNEST($1::text[], $2::uuid[]) ON CONFLICT DO NOTHING RETURNING job_id, event_digest",
@@ -221,7 +220,7 @@ async fn project(tx: &mut Transaction<'_, Postgres>, batch: &[Decoded<Item>]) ->
         .fetch_all(&mut **tx)
         .await?;
         for (job_id, digest) in &applied {
-            let event = by_key[&(job_id.as_str(), *digest)];
+            let event = events[&(job_id.as_str(), *digest)];
             for t in &event.transitions {
                 let count = i64::from(t.count);
                 let row = counts.entry((event.job_id.clone(), t.application.clone(), t.unit.clone())).or_default();

@@ -7,7 +7,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 /// Counters of `pg_stat_wal` and the checkpointer at one moment.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 pub(super) struct Wal {
     bytes: f64,
     full_page_images: i64,
@@ -15,7 +15,7 @@ pub(super) struct Wal {
 }
 
 impl Wal {
-    /// `WAL 531 MB (27 B/usage), 1200 full-page images, 1 checkpoint` since `before`.
+    /// `WAL 531 MB (27.1 B/usage), 1200 full-page images, 1 checkpoint(s) started` since `before`.
     pub(super) fn since(&self, before: &Wal, usages: u64) -> String {
         let bytes = self.bytes - before.bytes;
         format!(
@@ -29,7 +29,6 @@ impl Wal {
 }
 
 /// What the server's background work was at one moment.
-#[derive(Default)]
 pub(super) struct Background {
     /// A checkpoint is writing buffers (the checkpointer waits between writes).
     pub(super) checkpointing: bool,
@@ -39,6 +38,9 @@ pub(super) struct Background {
 
 pub(super) struct Postgres {
     pool: PgPool,
+    /// The checkpoint counter's query: PostgreSQL 17 moved it to `pg_stat_checkpointer` (chosen
+    /// by version once: a failing query would land in the server's log every minute).
+    checkpoints_sql: &'static str,
 }
 
 impl Postgres {
@@ -46,8 +48,19 @@ impl Postgres {
     /// there is none.
     pub(super) async fn connect(url: Option<&str>) -> Option<Self> {
         let url = url?;
-        match PgPoolOptions::new().max_connections(1).connect(url).await {
-            Ok(pool) => Some(Self { pool }),
+        let connected = async {
+            let pool = PgPoolOptions::new().max_connections(1).connect(url).await?;
+            let version: i32 =
+                sqlx::query_scalar("SELECT current_setting('server_version_num')::int").fetch_one(&pool).await?;
+            let checkpoints_sql = if version >= 170_000 {
+                "SELECT num_timed + num_requested FROM pg_stat_checkpointer"
+            } else {
+                "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
+            };
+            Ok::<_, sqlx::Error>(Self { pool, checkpoints_sql })
+        };
+        match connected.await {
+            Ok(postgres) => Some(postgres),
             Err(e) => {
                 println!("PostgreSQL statistics left out: {e}");
                 None
@@ -58,16 +71,7 @@ impl Postgres {
     pub(super) async fn wal(&self) -> Option<Wal> {
         let (bytes, full_page_images): (f64, i64) =
             sqlx::query_as("SELECT wal_bytes::float8, wal_fpi FROM pg_stat_wal").fetch_one(&self.pool).await.ok()?;
-        // PostgreSQL 17 moved the checkpoint counters to pg_stat_checkpointer (asked by version:
-        // a failed query would land in the server's log every minute).
-        let version: i32 =
-            sqlx::query_scalar("SELECT current_setting('server_version_num')::int").fetch_one(&self.pool).await.ok()?;
-        let sql = if version >= 170_000 {
-            "SELECT num_timed + num_requested FROM pg_stat_checkpointer"
-        } else {
-            "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
-        };
-        let checkpoints = sqlx::query_scalar(sql).fetch_one(&self.pool).await.ok()?;
+        let checkpoints = sqlx::query_scalar(self.checkpoints_sql).fetch_one(&self.pool).await.ok()?;
         Some(Wal { bytes, full_page_images, checkpoints })
     }
 
@@ -89,8 +93,8 @@ impl Postgres {
         Background { checkpointing, vacuuming }
     }
 
-    /// The statements of this database that wrote the most WAL, with their share of it:
-    /// `"INSERT INTO jobs … 54 MB in 1163 calls"`.
+    /// The statements of this database that wrote the most WAL:
+    /// `"INSERT INTO jobs (job_id, …… 54 MB (0 full-page images) in 1163 calls"`.
     pub(super) async fn top_wal_statements(&self, n: i64) -> Vec<String> {
         let rows: Vec<(String, f64, i64, i64)> = sqlx::query_as(
             "SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 60), wal_bytes::float8, wal_fpi, calls
@@ -106,5 +110,13 @@ impl Postgres {
                 format!("{query}… {:.0} MB ({fpi} full-page images) in {calls} calls", bytes / 1e6)
             })
             .collect()
+    }
+}
+
+/// The WAL counters, if there is a server to ask.
+pub(super) async fn wal_of(postgres: Option<&Postgres>) -> Option<Wal> {
+    match postgres {
+        Some(pg) => pg.wal().await,
+        None => None,
     }
 }
