@@ -19,5 +19,3 @@ RUN apt-get update \
 COPY --from=build /out/ /usr/local/bin/
 USER uts
 ENV UTS_LOG_FORMAT=json
-# glibc malloc arenas for librdkafka's threads (deploy/local/lib.sh says why).
-ENV MALLOC_ARENA_MAX=2

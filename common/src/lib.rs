@@ -2,14 +2,17 @@
 //! telemetry ([`telemetry`]), graceful shutdown ([`shutdown`]), Kafka helpers ([`kafka`]), the
 //! PostgreSQL pool and the one migrations directory ([`db`]), domain types ([`domain`]), the
 //! `mdsp.core.generic.*` error model ([`error`]), the consumer runner every stage uses
-//! ([`runner`]), JWT authentication ([`auth`]), the tenant
-//! directory ([`tenants`]) and the admin listener with `/healthz`, `/readyz`, `/metrics`
-//! ([`admin`]), HTTP serving with timeouts and a connection cap ([`http`]) and the per-tenant
-//! rate limit of the HTTP APIs ([`throttle`]).
+//! ([`runner`]), JWT authentication ([`auth`]), the tenant directory ([`tenants`]), the admin
+//! listener with `/healthz`, `/readyz`, `/metrics` ([`admin`]), how the allocators return freed
+//! memory ([`alloc`]), HTTP serving with timeouts and a connection cap ([`http`]) and the
+//! per-tenant rate limit of the HTTP APIs ([`throttle`]).
 //!
 //! Stages never depend on each other; they meet only here and in the `uts-proto` contracts.
 
 pub mod admin;
+// Its allocator settings are calls into glibc and mimalloc: the one module with `unsafe`.
+#[allow(unsafe_code)]
+pub mod alloc;
 pub mod auth;
 pub mod config;
 pub mod db;

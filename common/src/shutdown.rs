@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use tokio_util::sync::CancellationToken;
 
-/// The body of every binary's `main`: parse the config, install the shutdown signal, run, and
+/// The body of every binary's `main`: set how the allocators return freed memory
+/// ([`crate::alloc`]), parse the config, install the shutdown signal, run, and
 /// print the error chain under the command's name (its clap `name`) and exit non-zero on
 /// failure.
 pub async fn main_with<C, F, Fut>(run: F) -> ExitCode
@@ -15,6 +16,7 @@ where
     F: FnOnce(C, CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    crate::alloc::return_freed_memory();
     let name = C::command().get_name().to_owned();
     let config = C::parse();
     let result = run(config, on_signal()).await;

@@ -40,11 +40,6 @@ UTS_KAFKA_PORT="${UTS_KAFKA_PORT:-19092}"
 UTS_KAFKA_CONTROLLER_PORT="${UTS_KAFKA_CONTROLLER_PORT:-19093}"
 UTS_PG_PORT="${UTS_PG_PORT:-55432}"
 export UTS_LOCAL_DIR UTS_BIND_HOST UTS_KAFKA_PORT UTS_KAFKA_CONTROLLER_PORT UTS_PG_PORT
-# The stages allocate through mimalloc, but librdkafka's threads go through glibc's malloc, which
-# gives each thread an arena of its own and keeps what it freed. Two arenas: under the
-# benchmark's full load the verifier went from 85 to 60 MB RSS and the aggregator from 130 to
-# 80 MB, at no cost in throughput (the Dockerfile sets the same).
-export MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX:-2}"
 
 for _uts_p in UTS_KAFKA_PORT UTS_KAFKA_CONTROLLER_PORT UTS_PG_PORT; do
   if ! [[ "${!_uts_p}" =~ ^[0-9]+$ ]] || (( ${!_uts_p} < 1 || ${!_uts_p} > 65535 )); then
