@@ -352,19 +352,29 @@ fn read_to_end_blocking(
         .set("enable.auto.commit", "false")
         .create()
         .context("creating a reader")?;
+    let deadline = std::time::Instant::now() + timeout;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).context("reading topic metadata")?;
     let partitions = metadata.topics().first().map_or(0, |t| t.partitions().len()) as i32;
     let mut assignment = rdkafka::TopicPartitionList::new();
     let mut ends = Vec::new();
     for partition in 0..partitions {
-        let (_, high) =
-            consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)).context("reading watermarks")?;
+        // A broker that has just restarted answers "not leader" until its partitions have their
+        // leaders again (CI saw it once): asked again until the deadline, then the error.
+        let high = loop {
+            match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+                Ok((_, high)) => break high,
+                Err(err) if std::time::Instant::now() < deadline => {
+                    tracing::debug!(partition, error = %err, "watermarks not readable yet; asking again");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(err) => return Err(err).context("reading watermarks"),
+            }
+        };
         ends.push(high);
         assignment.add_partition_offset(topic, partition, rdkafka::Offset::Beginning)?;
     }
     consumer.assign(&assignment).context("assigning partitions")?;
     let mut next: Vec<i64> = vec![0; ends.len()];
-    let deadline = std::time::Instant::now() + timeout;
     let mut messages = Vec::new();
     while next.iter().zip(&ends).any(|(n, end)| n < end) && std::time::Instant::now() < deadline {
         if let Some(Ok(message)) = rdkafka::consumer::BaseConsumer::poll(&consumer, Duration::from_millis(100)) {
