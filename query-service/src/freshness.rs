@@ -1,12 +1,14 @@
-//! Read-your-writes for `GET /usagesJobs`: a list waits, briefly, until the projection has applied
-//! every job that was in `uts.usage-jobs` when the request arrived.
+//! Read-your-writes: a list (`GET /usagesJobs`) waits, briefly, until the projection has applied
+//! every job that was in `uts.usage-jobs` when the request arrived; a GET of one job that is not
+//! projected waits for the same before it answers 404 (`jobs_api::visible_job`).
 //!
-//! The gateway answers 202 only after Kafka acknowledged the job, so "in the topic when the list
+//! The gateway answers 202 only after Kafka acknowledged the job, so "in the topic when the
 //! request arrived" covers every job whose 202 the caller holds. The topic's high watermarks are
 //! read from the brokers; the projection's progress from `projection_progress`, which it writes in
 //! the transaction of each batch (so any replica's progress counts, whichever one projects the
-//! partition). The wait is bounded by [`LIST_WAIT`]: when Kafka cannot be asked or the projection
-//! is far behind, the list answers with what is projected (the dashboard still refreshes).
+//! partition). The wait is bounded by [`CATCH_UP_WAIT`]: when Kafka cannot be asked or the projection
+//! is far behind, the list answers with what is projected (the dashboard still refreshes), and a
+//! GET of one job with 503.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -15,8 +17,8 @@ use rdkafka::producer::Producer;
 use sqlx::PgPool;
 use uts_common::kafka::DurableProducer;
 
-/// Longest wait of a list for the projection.
-pub const LIST_WAIT: Duration = Duration::from_secs(2);
+/// Longest wait of a read (a list, or a GET of one job) for the projection.
+pub const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
 
 const POLL: Duration = Duration::from_millis(20);
 const BROKER_TIMEOUT: Duration = Duration::from_millis(500);
@@ -51,31 +53,43 @@ impl Freshness {
         .await?
     }
 
-    /// Waits until the projection caught up with the topic as it is now, or [`LIST_WAIT`] passed.
+    /// The topic's extent now: what the projection must have applied to have every job acknowledged
+    /// before this call. `None` when the brokers cannot be asked within [`CATCH_UP_WAIT`].
+    pub async fn mark(&self) -> Option<Mark> {
+        match tokio::time::timeout(CATCH_UP_WAIT, self.watermarks()).await {
+            Ok(Ok(partitions)) => Some(Mark(partitions)),
+            Ok(Err(err)) => {
+                tracing::debug!(%err, "no watermarks of the jobs topic");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Whether the projection has applied everything up to `mark`.
+    pub async fn reached(&self, pool: &PgPool, mark: &Mark) -> Result<bool, sqlx::Error> {
+        let progress: Vec<(i32, i64)> =
+            sqlx::query_as("SELECT partition, next_offset FROM projection_progress WHERE topic = $1")
+                .bind(&self.topic)
+                .fetch_all(pool)
+                .await?;
+        let progress: HashMap<i32, i64> = progress.into_iter().collect();
+        Ok(!mark
+            .0
+            .iter()
+            .any(|(partition, low, high)| high > low && progress.get(partition).copied().unwrap_or(0) < *high))
+    }
+
+    /// Waits until the projection caught up with the topic as it is now, or [`CATCH_UP_WAIT`] passed.
     /// Whether it caught up.
     pub async fn catch_up(&self, pool: &PgPool) -> bool {
-        let deadline = Instant::now() + LIST_WAIT;
-        let marks = match tokio::time::timeout(LIST_WAIT, self.watermarks()).await {
-            Ok(Ok(marks)) => marks,
-            Ok(Err(err)) => {
-                tracing::debug!(%err, "no watermarks of the jobs topic; the list answers without waiting");
-                return false;
-            }
-            Err(_) => return false,
-        };
+        let deadline = Instant::now() + CATCH_UP_WAIT;
+        let Some(mark) = self.mark().await else { return false };
         loop {
-            let progress: Result<Vec<(i32, i64)>, _> =
-                sqlx::query_as("SELECT partition, next_offset FROM projection_progress WHERE topic = $1")
-                    .bind(&self.topic)
-                    .fetch_all(pool)
-                    .await;
-            let Ok(progress) = progress else { return false };
-            let progress: HashMap<i32, i64> = progress.into_iter().collect();
-            let behind = marks
-                .iter()
-                .any(|(partition, low, high)| high > low && progress.get(partition).copied().unwrap_or(0) < *high);
-            if !behind {
-                return true;
+            match self.reached(pool, &mark).await {
+                Ok(true) => return true,
+                Ok(false) => {}
+                Err(_) => return false,
             }
             if Instant::now() + POLL > deadline {
                 metrics::counter!("uts_query_list_wait_expired_total").increment(1);
@@ -85,3 +99,6 @@ impl Freshness {
         }
     }
 }
+
+/// The (low, high) watermark of every partition of the jobs topic at one moment.
+pub struct Mark(Vec<(i32, i64, i64)>);

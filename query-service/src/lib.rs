@@ -106,6 +106,7 @@ impl Application {
         let tokens = token_service::TokenIssuer::new(config.token_ttl_seconds);
         // At 0 from the start: "none expired" is not "no data".
         metrics::counter!("uts_query_list_wait_expired_total").increment(0);
+        metrics::counter!("uts_query_job_wait_expired_total").increment(0);
         let topics = config.stage.kafka.topics();
         let runner = uts_common::runner::Runner::new(
             &config.stage.kafka,

@@ -403,9 +403,10 @@ async fn readiness_needs_kafka_too(pool: PgPool) {
     shutdown.cancel();
 }
 
-/// Read your writes: a GET for a job the gateway acknowledged a moment ago waits (bounded) for
-/// the projection instead of answering 404 (the official client throws on it); old, foreign and
-/// non-gateway ids still answer 404 at once.
+/// Read your writes: a GET for a job the gateway acknowledged while the projection is behind waits
+/// (bounded) for the projection instead of answering 404 (the official client throws on it); if
+/// the projection stays behind it answers 503 with `Retry-After`, never 404. An id nobody posted
+/// answers 404 as soon as the projection is level; foreign and non-gateway ids at once.
 #[sqlx::test(migrator = "uts_common::db::MIGRATOR")]
 async fn a_job_is_readable_right_after_its_acknowledgement(pool: PgPool) {
     let service = start(pool).await;
@@ -424,49 +425,86 @@ async fn a_job_is_readable_right_after_its_acknowledgement(pool: PgPool) {
         }
         quick = if sent.elapsed() < Duration::from_millis(1500) { quick + 1 } else { 0 };
     }
-    // The job reaches the topic 200 ms after the GET was sent, as when the projection lags. The
-    // producer is connected beforehand: making one (metadata, producer id) took over a second on a
-    // loaded machine, and that is not what is measured here. Up to three jobs: under CI's full
-    // load the projection once took longer than the GET's 2 s wait (it answered 404 after
-    // waiting); an attempt may miss that way, but one must be read, and a miss must have waited.
+    // Jobs produced (acknowledged) before their GET is sent, while the projection is held back.
     let (producer, _) = kafka::durable_producer(&service.0.kafka).unwrap();
     kafka::check_reachable(&producer, Duration::from_secs(10)).await.unwrap();
+    let produce = |id: String| {
+        let producer = producer.clone();
+        let topic = service.0.kafka.topics().usage_jobs;
+        async move {
+            let payload = job(&id, "acme").encode_to_vec();
+            kafka::produce_durably(&producer, &topic, id.as_bytes(), &payload, Duration::from_secs(10)).await.unwrap();
+        }
+    };
+    // The projection lets go 300 ms after the GET was sent: the GET answers the job. Up to three
+    // jobs: under CI's full load the projection once took longer than the GET's 2 s wait; an
+    // attempt may miss that way (then 503, never 404), but one must be read.
     let mut misses = Vec::new();
     let (id, path, body) = loop {
         let id = uts_common::domain::job_id::mint();
         let path = format!("/usagesJobs/{id}");
-        let late = async {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let payload = job(&id, "acme").encode_to_vec();
-            let topic = service.0.kafka.topics().usage_jobs;
-            kafka::produce_durably(&producer, &topic, id.as_bytes(), &payload, Duration::from_secs(10)).await.unwrap();
+        let held = hold_projection(&service.0.pool).await;
+        produce(id.clone()).await;
+        let release = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            held.rollback().await.unwrap();
         };
         let asked = Instant::now();
-        let ((status, body), ()) = tokio::join!(service.get("acme", &path), late);
+        let ((status, body), ()) = tokio::join!(service.get("acme", &path), release);
+        let waited = asked.elapsed();
         if status == StatusCode::OK {
+            assert!(waited >= Duration::from_millis(300), "read after {waited:?}, before the projection could have it");
             break (id, path, body);
         }
-        let waited = asked.elapsed();
-        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-        assert!(waited >= Duration::from_millis(1500), "a 404 for a fresh id after only {waited:?}: no wait");
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(waited >= Duration::from_millis(1500), "a 503 after only {waited:?}: no wait");
         misses.push(waited);
-        assert!(misses.len() < 3, "a job produced 200 ms after its GET was never read: {misses:?}");
+        assert!(misses.len() < 3, "a job acknowledged before its GET was never read: {misses:?}");
     };
     assert_eq!(body["id"], id.as_str());
 
-    for (tenant, path) in [
-        ("other", path.clone()),                                                 // projected, foreign
-        ("acme", "/usagesJobs/01890a5d-ac96-774b-bcce-b302099a8057".to_owned()), // a UUIDv7 of 2023
-        ("acme", "/usagesJobs/not-a-uuid".to_owned()),
+    // The projection stays behind: its job, and an id nobody posted (which cannot be told from
+    // it meanwhile), answer 503 with Retry-After after the wait; once it moves, the job is read.
+    let held = hold_projection(&service.0.pool).await;
+    let late = uts_common::domain::job_id::mint();
+    produce(late.clone()).await;
+    let token = mint_hs256(SECRET, "acme", "reader", &["uts.usages.read"], 600).unwrap();
+    let unavailable = |id: String| {
+        let request = service.0.client.get(service.0.api(&format!("/usagesJobs/{id}"))).bearer_auth(&token);
+        async move {
+            let asked = Instant::now();
+            let response = request.send().await.unwrap();
+            let waited = asked.elapsed();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{id}");
+            assert_eq!(response.headers()["retry-after"], "1", "{id}");
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["errors"][0]["code"], "mdsp.core.generic.serviceUnavailable", "{body}");
+            assert!(waited >= Duration::from_millis(1500), "{id}: a 503 after only {waited:?}: no wait");
+        }
+    };
+    tokio::join!(unavailable(late.clone()), unavailable(uts_common::domain::job_id::mint()));
+    held.rollback().await.unwrap();
+    service.until("acme", &format!("/usagesJobs/{late}"), |job| job["id"] == late.as_str()).await;
+
+    // The projection is level: 404 without the wait, at once for what is not the gateway's.
+    for (tenant, path, within) in [
+        ("other", path.clone(), 500),                       // projected, foreign
+        ("acme", "/usagesJobs/not-a-uuid".to_owned(), 500), // not the gateway's
+        ("acme", "/usagesJobs/01890a5d-ac96-774b-bcce-b302099a8057".to_owned(), 1500), // a UUIDv7 of 2023
+        ("acme", format!("/usagesJobs/{}", uts_common::domain::job_id::mint()), 1500), // fresh, never posted
     ] {
         let started = Instant::now();
         let (status, _) = service.get(tenant, &path).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{tenant} {path}");
-        assert!(started.elapsed() < Duration::from_millis(500), "{path}: 404 after {:?}", started.elapsed());
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(within), "{path}: 404 after {took:?}");
     }
-    // A fresh id that never arrives: 404 after the bounded wait.
-    let started = Instant::now();
-    let (status, _) = service.get("acme", &format!("/usagesJobs/{}", uts_common::domain::job_id::mint())).await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    assert!(started.elapsed() < Duration::from_secs(4), "waited {:?}", started.elapsed());
+}
+
+/// Holds the projection back: its next batch cannot record its progress (in the batch's
+/// transaction) until the returned transaction ends; reads of the table go on.
+async fn hold_projection(pool: &PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut held = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE projection_progress IN EXCLUSIVE MODE").execute(&mut *held).await.unwrap();
+    held
 }
