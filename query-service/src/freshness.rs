@@ -20,7 +20,8 @@ use uts_common::kafka::DurableProducer;
 /// Longest wait of a read (a list, or a GET of one job) for the projection.
 pub const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
 
-const POLL: Duration = Duration::from_millis(20);
+/// How often a waiting read looks at the projection again.
+pub const CATCH_UP_POLL: Duration = Duration::from_millis(20);
 const BROKER_TIMEOUT: Duration = Duration::from_millis(500);
 
 pub struct Freshness {
@@ -91,11 +92,11 @@ impl Freshness {
                 Ok(false) => {}
                 Err(_) => return false,
             }
-            if Instant::now() + POLL > deadline {
+            if Instant::now() + CATCH_UP_POLL > deadline {
                 metrics::counter!("uts_query_list_wait_expired_total").increment(1);
                 return false;
             }
-            tokio::time::sleep(POLL).await;
+            tokio::time::sleep(CATCH_UP_POLL).await;
         }
     }
 }

@@ -19,7 +19,7 @@ use uts_common::auth::Scope;
 use uts_common::domain::{format_datetime, job_id, JobStatus};
 use uts_common::error::ApiError;
 
-use crate::freshness::CATCH_UP_WAIT;
+use crate::freshness::{CATCH_UP_POLL, CATCH_UP_WAIT};
 use crate::request::{authorize, storage_error, Listing, Page, PageInfo, Params};
 use crate::AppState;
 
@@ -200,9 +200,6 @@ async fn list_jobs(
     Ok(Json(Page::new("jobs", rows.into_iter().map(JobJson::from).collect(), paging.info(total))))
 }
 
-/// How often a GET looks again for a job that is not projected yet.
-const READ_YOUR_WRITES_POLL: std::time::Duration = std::time::Duration::from_millis(20);
-
 /// The caller's job `id`. Read your writes: the 202 of a POST comes before the projection has the
 /// job (`GET /usagesJobs/{id}` right after it answered 404 in 30 of 30 tries, and the official
 /// client throws on a 404), and under load the projection can be seconds behind. So a miss on a
@@ -254,10 +251,10 @@ async fn visible_job(state: &AppState, tenant: &str, id: &str) -> Result<JobJson
         if caught_up {
             return Err(missing());
         }
-        if tokio::time::Instant::now() + READ_YOUR_WRITES_POLL > deadline {
+        if tokio::time::Instant::now() + CATCH_UP_POLL > deadline {
             break;
         }
-        tokio::time::sleep(READ_YOUR_WRITES_POLL).await;
+        tokio::time::sleep(CATCH_UP_POLL).await;
     }
     metrics::counter!("uts_query_job_wait_expired_total").increment(1);
     Err(ApiError::service_unavailable(

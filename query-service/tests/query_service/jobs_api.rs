@@ -9,7 +9,6 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use uts_common::auth::mint_hs256;
 use uts_common::domain::to_timestamp;
-use uts_common::kafka;
 use uts_common::proto::{v1, Message};
 
 use crate::support::{text, TestQueryService, SECRET};
@@ -425,18 +424,8 @@ async fn a_job_is_readable_right_after_its_acknowledgement(pool: PgPool) {
         }
         quick = if sent.elapsed() < Duration::from_millis(1500) { quick + 1 } else { 0 };
     }
-    // Jobs produced (acknowledged) before their GET is sent, while the projection is held back.
-    let (producer, _) = kafka::durable_producer(&service.0.kafka).unwrap();
-    kafka::check_reachable(&producer, Duration::from_secs(10)).await.unwrap();
-    let produce = |id: String| {
-        let producer = producer.clone();
-        let topic = service.0.kafka.topics().usage_jobs;
-        async move {
-            let payload = job(&id, "acme").encode_to_vec();
-            kafka::produce_durably(&producer, &topic, id.as_bytes(), &payload, Duration::from_secs(10)).await.unwrap();
-        }
-    };
-    // The projection lets go 300 ms after the GET was sent: the GET answers the job. Up to three
+    // Jobs are produced (acknowledged) before their GET is sent, while the projection is held
+    // back. The projection lets go 300 ms after the GET was sent: the GET answers the job. Up to three
     // jobs: under CI's full load the projection once took longer than the GET's 2 s wait; an
     // attempt may miss that way (then 503, never 404), but one must be read.
     let mut misses = Vec::new();
@@ -444,7 +433,7 @@ async fn a_job_is_readable_right_after_its_acknowledgement(pool: PgPool) {
         let id = uts_common::domain::job_id::mint();
         let path = format!("/usagesJobs/{id}");
         let held = hold_projection(&service.0.pool).await;
-        produce(id.clone()).await;
+        service.job(&job(&id, "acme")).await;
         let release = async {
             tokio::time::sleep(Duration::from_millis(300)).await;
             held.rollback().await.unwrap();
@@ -467,7 +456,7 @@ async fn a_job_is_readable_right_after_its_acknowledgement(pool: PgPool) {
     // it meanwhile), answer 503 with Retry-After after the wait; once it moves, the job is read.
     let held = hold_projection(&service.0.pool).await;
     let late = uts_common::domain::job_id::mint();
-    produce(late.clone()).await;
+    service.job(&job(&late, "acme")).await;
     let token = mint_hs256(SECRET, "acme", "reader", &["uts.usages.read"], 600).unwrap();
     let unavailable = |id: String| {
         let request = service.0.client.get(service.0.api(&format!("/usagesJobs/{id}"))).bearer_auth(&token);
